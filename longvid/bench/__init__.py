@@ -1,0 +1,1 @@
+"""The long-range memory benchmark: generated long videos and the scaling study."""

@@ -1,0 +1,1 @@
+"""Memory mechanisms as small modules with explicit per-stream state."""

@@ -1,0 +1,1 @@
+"""Whole systems (MeMViT, MA-LMM, ReWind) and their shared blocks."""

@@ -1,0 +1,1 @@
+"""Training engine: sequential clip streams, schedules, losses, distributed."""

@@ -1,0 +1,96 @@
+"""Tensor transforms for video clips (no torchvision).
+
+All functions take frames shaped ``(T, C, H, W)`` (uint8 or float) and return the
+same layout, except :func:`to_model_input`, which produces the model layout
+``(C, T, H, W)``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+# Kinetics statistics used by PySlowFast / MeMViT (inputs scaled to [0, 1] first).
+KINETICS_MEAN = (0.45, 0.45, 0.45)
+KINETICS_STD = (0.225, 0.225, 0.225)
+# CLIP / EVA-CLIP statistics used by the LMMs' image encoders.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """The (height, width) after scaling so that the shorter side is ``short_side``.
+
+    The longer side is rounded to the nearest integer, as PySlowFast does.
+    """
+    if height <= width:
+        return short_side, max(1, int(round(width * short_side / height)))
+    return max(1, int(round(height * short_side / width))), short_side
+
+
+def resize(frames: torch.Tensor, size: tuple[int, int], antialias: bool = True) -> torch.Tensor:
+    """Bilinear resize of ``(T, C, H, W)`` frames to ``size = (H', W')``.
+
+    uint8 input is resized in float32 and rounded back to uint8.
+    ``antialias`` only has an effect when shrinking.
+    """
+    if tuple(frames.shape[-2:]) == tuple(size):
+        return frames
+    is_uint8 = frames.dtype == torch.uint8
+    x = frames.float() if is_uint8 else frames
+    shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    out = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias and shrinking)
+    if is_uint8:
+        out = out.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def resize_short_side(frames: torch.Tensor, short_side: int, antialias: bool = True) -> torch.Tensor:
+    """Resize ``(T, C, H, W)`` frames so the shorter side equals ``short_side``."""
+    return resize(frames, short_side_size(frames.shape[-2], frames.shape[-1], short_side), antialias)
+
+
+def center_crop(frames: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Center crop ``(T, C, H, W)`` frames to ``size`` (an int for a square)."""
+    crop_h, crop_w = (size, size) if isinstance(size, int) else size
+    height, width = frames.shape[-2:]
+    if crop_h > height or crop_w > width:
+        raise ValueError(f"crop {crop_h}x{crop_w} is larger than the frame {height}x{width}")
+    top = (height - crop_h) // 2
+    left = (width - crop_w) // 2
+    return frames[..., top : top + crop_h, left : left + crop_w]
+
+
+def normalize(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Scale uint8 frames to [0, 1] (float frames are taken as already scaled),
+    then subtract ``mean`` and divide by ``std`` per channel. ``(T, C, H, W)``."""
+    x = frames.float().div_(255.0) if frames.dtype == torch.uint8 else frames.float()
+    mean_t = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def to_model_input(
+    frames: torch.Tensor,
+    short_side: int | None = 224,
+    crop: int | tuple[int, int] | None = 224,
+    mean: Sequence[float] | None = KINETICS_MEAN,
+    std: Sequence[float] | None = KINETICS_STD,
+) -> torch.Tensor:
+    """uint8 ``(T, H, W, C)`` frames -> float ``(C, T, H', W')`` model input.
+
+    Resize (short side) first, then center crop, then normalize; ``None`` skips a step.
+    Without normalization the output is scaled to [0, 1].
+    """
+    x = frames.permute(0, 3, 1, 2)  # (T, C, H, W)
+    if short_side is not None:
+        x = resize_short_side(x, short_side)
+    if crop is not None:
+        x = center_crop(x, crop)
+    if mean is not None and std is not None:
+        x = normalize(x, mean, std)
+    else:
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+    return x.permute(1, 0, 2, 3).contiguous()  # (C, T, H, W)

@@ -1,0 +1,5 @@
+import longvid
+
+
+def test_import():
+    assert longvid.LongvidError
