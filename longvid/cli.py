@@ -149,8 +149,8 @@ def _version() -> str:
         return "unknown"
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:
-    return f"longvid: warning: {message}\n"
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"longvid: warning: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,9 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
-    warnings.formatwarning = _format_warning
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
+            return args.handler(args)
     except LongvidError as err:
         print(f"longvid: error: {err}", file=sys.stderr)
         return 1
