@@ -6,31 +6,31 @@ import torch.nn as nn
 
 from longvid.errors import LongvidError
 from longvid.memory.rewind import RewindMemoryConfig
+from longvid.models.encoders import FrozenImageEncoder
+from longvid.models.llm import CausalLM
 from longvid.models.rewind import ReWind, get_config, pool_frame_features, sigmoid_contrastive_loss
+from longvid.models.tiny import save_tiny_llm
 
 transformers = pytest.importorskip("transformers")
 
 
-class PatchEncoder(nn.Module):
-    """A stand-in frozen image encoder: ``(N, 3, H, W) -> (N, (H/p)*(W/p), D_v)``."""
-
-    def __init__(self, dim, patch):
-        super().__init__()
-        self.conv = nn.Conv2d(3, dim, patch, stride=patch)
-
-    def forward(self, images):
-        return self.conv(images).flatten(2).transpose(1, 2)
+def tiny_vision(width, image_size, patch):
+    """The shared frozen encoder on a random tiny CLIP tower: ``(image_size/patch)^2 + 1`` tokens."""
+    config = transformers.CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
+                                           num_attention_heads=4, image_size=image_size, patch_size=patch)
+    torch.manual_seed(0)
+    return FrozenImageEncoder(transformers.CLIPVisionModel(config), image_size)
 
 
-def tiny_llm(dim=64, vocab=50):
-    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024)
-    return transformers.LlamaForCausalLM(config)
+@pytest.fixture(scope="module")
+def llm_folder(tmp_path_factory):
+    return save_tiny_llm(str(tmp_path_factory.mktemp("llm")), hidden=64)
 
 
-def build(config, patch=8, seed=0):
+def build(config, llm_folder, image_size=32, patch=8, seed=0):
     torch.manual_seed(seed)
-    model = ReWind(config, PatchEncoder(config.memory.vision_dim, patch), tiny_llm(config.llm_dim)).eval()
+    vision = tiny_vision(config.memory.vision_dim, image_size, patch)
+    model = ReWind(config, vision, CausalLM.from_pretrained(llm_folder)).eval()
     for p in model.memory.parameters():
         nn.init.normal_(p, std=0.2)
     return model
@@ -50,14 +50,14 @@ def watch(model, video, ids, state=None, clip=None, mask=None):
     return state
 
 
-def test_llm_input_length_paper_settings():
+def test_llm_input_length_paper_settings(llm_folder):
     paper = get_config("rewind_paper")
     memory = RewindMemoryConfig(**{**paper.memory.__dict__, "dim": 32, "vision_dim": 16, "text_dim": 64, "num_heads": 4,
                                    "perceiver_layers": 1, "mlp_ratio": 1.0})
     config = get_config("rewind_paper", memory=memory, llm_dim=64, lora_rank=4)
     assert (config.memory.num_read, config.memory.num_write, config.top_l, config.num_select, config.frame_tokens) == (32, 2, 64, 8, 32)
-    model = build(config, patch=4)  # 64x64 frames: a 16x16 patch grid, as EVA-CLIP ViT-g at 224
-    video = torch.randn(1, 3, 100, 64, 64)
+    model = build(config, llm_folder, image_size=64, patch=4)  # a 16x16 patch grid (+ CLS), as EVA-CLIP ViT-g at 224
+    video = torch.rand(1, 3, 100, 64, 64)
     ids = torch.randint(0, 50, (1, 7))
     with torch.no_grad():
         state = watch(model, video, ids)
@@ -69,9 +69,9 @@ def test_llm_input_length_paper_settings():
 
 
 @torch.no_grad()
-def test_question_at_time_t_ignores_later_frames():
-    model = build(get_config("rewind_tiny"))
-    video, ids = torch.randn(1, 3, 21, 32, 32), torch.randint(0, 50, (1, 5))
+def test_question_at_time_t_ignores_later_frames(llm_folder):
+    model = build(get_config("rewind_tiny"), llm_folder)
+    video, ids = torch.rand(1, 3, 21, 32, 32), torch.randint(0, 50, (1, 5))
     full = watch(model, video, ids)
     cut = watch(model, video[:, :, :13], ids)  # the stream as seen at t = 12 s
     assert model.select(full, ids, until=12.0)[0].tolist() == model.select(cut, ids)[0].tolist()
@@ -82,9 +82,9 @@ def test_question_at_time_t_ignores_later_frames():
 
 
 @torch.no_grad()
-def test_batched_streams_match_single_streams():
-    model = build(get_config("rewind_tiny"), seed=1)
-    video, ids = torch.randn(2, 3, 11, 32, 32), torch.randint(0, 50, (2, 5))
+def test_batched_streams_match_single_streams(llm_folder):
+    model = build(get_config("rewind_tiny"), llm_folder, seed=1)
+    video, ids = torch.rand(2, 3, 11, 32, 32), torch.randint(0, 50, (2, 5))
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
     both = watch(model, video, ids, mask=mask)
     logits = model(both, ids, mask).logits[:, -1]
@@ -93,10 +93,10 @@ def test_batched_streams_match_single_streams():
         assert torch.allclose(model(alone, ids[b : b + 1, : int(mask[b].sum())]).logits[0, -1], logits[b], atol=1e-4)
 
 
-def test_stage2_loss_trains_memory_projections_and_lora_only():
-    model = build(get_config("rewind_tiny"), seed=2)
+def test_stage2_loss_trains_memory_projections_and_lora_only(llm_folder):
+    model = build(get_config("rewind_tiny"), llm_folder, seed=2)
     trainable = model.set_stage(2)
-    video, ids = torch.randn(2, 3, 10, 32, 32), torch.randint(0, 50, (2, 4))
+    video, ids = torch.rand(2, 3, 10, 32, 32), torch.randint(0, 50, (2, 4))
     answer, answer_mask = torch.randint(0, 50, (2, 3)), torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
     state = watch(model, video, ids)
     out = model(state, ids, answer_ids=answer, answer_mask=answer_mask)
@@ -116,7 +116,7 @@ def test_stage2_loss_trains_memory_projections_and_lora_only():
     assert all(p.requires_grad for p in trainable) and not model.video_head.weight.requires_grad
 
 
-def test_stage1_sigmoid_contrastive_loss():
+def test_stage1_sigmoid_contrastive_loss(llm_folder):
     gen = torch.Generator().manual_seed(3)
     video, text = torch.randn(4, 8, generator=gen), torch.randn(4, 8, generator=gen)
     scale, bias = torch.tensor(math.log(10.0)), torch.tensor(-10.0)
@@ -128,10 +128,10 @@ def test_stage1_sigmoid_contrastive_loss():
             expected -= math.log(1 / (1 + math.exp(-z * (10.0 * float(v[i] @ t[j]) - 10.0))))
     assert math.isclose(float(sigmoid_contrastive_loss(video, text, scale, bias)), expected / 4, rel_tol=1e-5)
 
-    model = build(get_config("rewind_tiny"), seed=3)
+    model = build(get_config("rewind_tiny"), llm_folder, seed=3)
     model.set_stage(1)
     state = model.init_state(2)
-    clip, ids = torch.randn(2, 3, 4, 32, 32), torch.zeros(2, 0, dtype=torch.long)  # no instruction in stage 1
+    clip, ids = torch.rand(2, 3, 4, 32, 32), torch.zeros(2, 0, dtype=torch.long)  # no instruction in stage 1
     written, _ = model.observe(clip, torch.zeros(2, 4, dtype=torch.float64), state, ids)
     loss = model.contrastive_loss(written, torch.tensor([4, 3]), torch.randint(0, 50, (2, 6)), torch.ones(2, 6, dtype=torch.bool))
     loss.backward()
@@ -152,3 +152,18 @@ def test_pool_frame_features_and_errors():
         get_config("rewind_huge")
     with pytest.raises(LongvidError, match="must equal llm_dim"):
         get_config("rewind_tiny", llm_dim=32)
+
+
+def test_text_api_answers_scores_and_trains(llm_folder):
+    model = build(get_config("rewind_tiny"), llm_folder, seed=4)
+    questions = ["what color is the square", "where is the circle"]
+    ids, mask = model.tokenize(questions)
+    state = watch(model, torch.rand(2, 3, 9, 32, 32), ids, mask=mask)
+    answers = model.answer(state, questions, max_new_tokens=3)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    scores = model.score(state, questions, ["red", "blue green"])
+    assert scores.shape == (2, 2) and torch.all(scores < 0)
+    # The score of a candidate is its answer log-likelihood: minus the loss times its token count (with EOS).
+    single = watch(model, torch.rand(1, 3, 9, 32, 32), ids[:1, : int(mask[0].sum())])
+    nll = model.answer_loss(single, questions[:1], ["blue green"])
+    assert torch.allclose(model.score(single, questions[:1], ["blue green"])[0, 0], -3 * nll, atol=1e-4)

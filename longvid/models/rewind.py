@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from longvid.errors import LongvidError
 from longvid.memory.rewind import FeatureBuffer, RewindMemory, RewindMemoryConfig, RewindState
 from longvid.memory.selection import select_frames
+from longvid.models.llm import IGNORE, CausalLM, answer_log_likelihood
 
 
 @dataclass(frozen=True)
@@ -127,20 +128,24 @@ class ReWind(nn.Module):
 
     Args:
         config: sizes and selection settings.
-        vision: frozen image encoder, ``(N, C, H, W) -> (N, P, D_v)`` patch features.
-        llm: a Hugging Face causal LM (``get_input_embeddings``, ``inputs_embeds``).
-        lora: wrap ``llm`` with peft LoRA (rank/alpha/targets from ``config``).
+        vision: the shared frozen image encoder (:class:`longvid.models.encoders.FrozenImageEncoder`
+            or anything with ``encode_frames``: frames ``(N, 3, H, W)`` in [0, 1] -> ``(N, P, D_v)``).
+        llm: the shared causal-LM adapter (:class:`longvid.models.llm.CausalLM`).
+        lora: wrap ``llm.model`` with peft LoRA (rank/alpha/targets from ``config``).
     """
 
-    def __init__(self, config: RewindConfig, vision: nn.Module, llm: nn.Module, lora: bool = True):
+    def __init__(self, config: RewindConfig, vision: nn.Module, llm: CausalLM, lora: bool = True):
         super().__init__()
+        if llm.hidden_size != config.llm_dim:
+            raise LongvidError(f"the language model's width {llm.hidden_size} does not match llm_dim={config.llm_dim}")
         self.config = config
         self.vision = vision.requires_grad_(False).eval()
         if lora:
             from peft import LoraConfig, get_peft_model
 
-            llm = get_peft_model(llm, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
-                                                 lora_dropout=config.lora_dropout, target_modules=list(config.lora_targets)))
+            llm.model = get_peft_model(llm.model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
+                                                             lora_dropout=config.lora_dropout,
+                                                             target_modules=list(config.lora_targets)))
         self.llm = llm
         mem = config.memory
         self.memory = RewindMemory(mem)
@@ -185,14 +190,14 @@ class ReWind(nn.Module):
 
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
         """LLM input embeddings ``(B, L) -> (B, L, llm_dim)``."""
-        return self.llm.get_input_embeddings()(ids)
+        return self.llm.embed(ids)
 
     @torch.no_grad()
     def encode_frames(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Frozen encoder features: ``(B, C, F, H, W) -> (B, F, P, D_v)``."""
+        """Frozen encoder features: pixels ``(B, 3, F, H, W)`` in [0, 1] -> ``(B, F, P, D_v)``."""
         batch, _, num_clip = pixels.shape[:3]
-        features = self.vision(pixels.transpose(1, 2).flatten(0, 1))  # (B*F, P, D_v)
-        return features.reshape(batch, num_clip, *features.shape[1:])
+        features = self.vision.encode_frames(pixels.transpose(1, 2).flatten(0, 1))  # (B*F, P, D_v)
+        return features.reshape(batch, num_clip, *features.shape[1:]).to(self.separator.device)
 
     def observe(
         self,
@@ -206,7 +211,7 @@ class ReWind(nn.Module):
     ) -> tuple[torch.Tensor, RewindStreamState]:
         """Watch one sub-clip per stream.
 
-        ``pixels (B, C, F, H, W)``, ``timestamps (B, F)`` seconds, ``instruction_ids (B, L)``
+        ``pixels (B, 3, F, H, W)`` in [0, 1], ``timestamps (B, F)`` seconds, ``instruction_ids (B, L)``
         with ``instruction_mask (B, L)`` bool, ``num_valid (B,)`` real frames, ``is_first (B,)``
         streams that restart. Returns the written memory tokens ``(B, F, N_W, D)`` and the state.
         """
@@ -274,7 +279,7 @@ class ReWind(nn.Module):
         prompts = self.prompt_embeddings(state, instruction_ids, instruction_mask, until)
         sequences, targets = [], []
         for stream, prompt in enumerate(prompts):
-            ignore = torch.full((len(prompt),), -100, dtype=torch.long, device=prompt.device)
+            ignore = torch.full((len(prompt),), IGNORE, dtype=torch.long, device=prompt.device)
             if answer_ids is None:
                 sequences.append(prompt)
                 targets.append(ignore)
@@ -284,17 +289,57 @@ class ReWind(nn.Module):
             targets.append(torch.cat([ignore, answer]))
         embeds, mask, labels = _pad_left(sequences, targets)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        return self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                        labels=labels if answer_ids is not None else None)
+        return self.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                              labels=labels if answer_ids is not None else None)
 
     @torch.no_grad()
     def generate(self, state: RewindStreamState, instruction_ids: torch.Tensor, instruction_mask: torch.Tensor | None = None,
                  until: float | None = None, max_new_tokens: int = 32, **kwargs) -> torch.Tensor:
-        """Greedy answer token ids ``(B, <= max_new_tokens)``."""
+        """Generated answer token ids ``(B, <= max_new_tokens)`` (greedy unless ``kwargs`` say otherwise)."""
         prompts = self.prompt_embeddings(state, instruction_ids, instruction_mask, until)
         embeds, mask, _ = _pad_left(prompts, [torch.zeros(len(p), dtype=torch.long) for p in prompts])
-        return self.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 do_sample=False, **kwargs)
+        return self.llm.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                       do_sample=False, pad_token_id=self.llm.pad_id,
+                                       eos_token_id=self.llm.tokenizer.eos_token_id, **kwargs)
+
+    # -- text in, text out ---------------------------------------------------------------
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Instruction token ids ``(B, L)`` (right-padded) and mask ``(B, L)`` bool."""
+        rows = self.llm.tokenize_prompts(texts)
+        return _pad_right(rows, self.llm.pad_id, self.separator.device)
+
+    def answer(self, state: RewindStreamState, questions: list[str], until: float | None = None,
+               max_new_tokens: int = 32, **kwargs) -> list[str]:
+        """Answer one question per stream (asked at ``until`` seconds in breakpoint mode).
+
+        The questions must be the instructions the memory was built with (the memory is
+        instruction-aware).
+        """
+        ids, mask = self.tokenize(questions)
+        out = self.generate(state, ids, mask, until, max_new_tokens, **kwargs)
+        return [t.strip() for t in self.llm.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def answer_loss(self, state: RewindStreamState, questions: list[str], answers: list[str],
+                    until: float | None = None) -> torch.Tensor:
+        """Stage-2 next-token cross-entropy of ``answers`` (+ EOS) given the streams and questions."""
+        ids, mask = self.tokenize(questions)
+        answer_ids, answer_mask = _pad_right(self.llm.tokenize_answers(answers), self.llm.pad_id, ids.device)
+        return self(state, ids, mask, answer_ids, answer_mask, until).loss
+
+    @torch.no_grad()
+    def score(self, state: RewindStreamState, questions: list[str], candidates: list[str],
+              until: float | None = None) -> torch.Tensor:
+        """Log-likelihood ``(B, K)`` of each candidate answer (closed-set QA and grounding)."""
+        ids, mask = self.tokenize(questions)
+        scores = []
+        for row in self.llm.tokenize_answers(candidates):
+            answer = torch.tensor([row] * len(questions), device=ids.device)
+            out = self(state, ids, mask, answer, until=until)
+            labels = torch.full(out.logits.shape[:2], IGNORE, dtype=torch.long, device=ids.device)
+            labels[:, -len(row):] = answer
+            scores.append(answer_log_likelihood(out.logits, labels))
+        return torch.stack(scores, dim=1)
 
     # -- stage 1 -----------------------------------------------------------------------
 
@@ -313,8 +358,19 @@ class ReWind(nn.Module):
         return sigmoid_contrastive_loss(self.video_head(video), self.text_head(text), self.log_scale, self.bias)
 
 
+def _pad_right(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> ids ``(B, L)`` padded with ``pad_id`` on the right, and mask ``(B, L)`` bool."""
+    length = max(1, max(len(row) for row in rows))
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool, device=device)
+    for b, row in enumerate(rows):
+        ids[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
+        mask[b, : len(row)] = True
+    return ids, mask
+
+
 def _pad_left(sequences: list[torch.Tensor], targets: list[torch.Tensor]):
-    """Left-pad ``(L_b, E)`` sequences: ``(B, L, E)`` embeddings, ``(B, L)`` mask and labels (-100 on pads)."""
+    """Left-pad ``(L_b, E)`` sequences: ``(B, L, E)`` embeddings, ``(B, L)`` mask and labels (IGNORE on pads)."""
     length = max(len(s) for s in sequences)
     first = sequences[0]
     embeds = first.new_zeros(len(sequences), length, first.shape[-1])
