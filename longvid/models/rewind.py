@@ -381,3 +381,36 @@ def _pad_left(sequences: list[torch.Tensor], targets: list[torch.Tensor]):
         mask[row, length - len(sequence):] = 1
         labels[row, length - len(sequence):] = target.to(first.device)
     return embeds, mask, labels
+
+
+def build_rewind(preset: str, vision: str, llm: str, lora: bool = True, device=None, **overrides) -> ReWind:
+    """A ReWind on a frozen image encoder and a causal LM loaded by local path or hub id.
+
+    The memory's ``vision_dim`` / ``text_dim`` and ``llm_dim`` follow the loaded models;
+    the other sizes come from ``preset`` and ``overrides``. The memory, projections and
+    LoRA start random: load trained weights with :func:`load_trainable`.
+    """
+    from longvid.models.encoders import FrozenImageEncoder
+
+    encoder = FrozenImageEncoder.from_pretrained(vision, device=device)
+    language = CausalLM.from_pretrained(llm, device=device)
+    base = get_config(preset)
+    memory = RewindMemoryConfig(**{**base.memory.__dict__, "vision_dim": encoder.width, "text_dim": language.hidden_size})
+    config = get_config(preset, **{"memory": memory, "llm_dim": language.hidden_size, **overrides})
+    return ReWind(config, encoder, language, lora=lora).to(device)
+
+
+def trainable_state_dict(model: ReWind) -> dict[str, torch.Tensor]:
+    """The weights ReWind trains (everything but the frozen encoder and the frozen LLM base)."""
+    return {name: tensor for name, tensor in model.state_dict().items()
+            if not name.startswith(("vision.", "llm.")) or "lora_" in name}
+
+
+def load_trainable(model: ReWind, tensors: dict[str, torch.Tensor]) -> None:
+    """Load :func:`trainable_state_dict` weights; a missing or unexpected name is an error."""
+    expected = set(trainable_state_dict(model))
+    missing, unexpected = expected - set(tensors), set(tensors) - expected
+    if missing or unexpected:
+        raise LongvidError(f"ReWind weights do not match the model: {len(missing)} missing, {len(unexpected)} unexpected "
+                           f"(e.g. {sorted(missing or unexpected)[0]})")
+    model.load_state_dict(tensors, strict=False)
