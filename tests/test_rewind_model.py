@@ -167,3 +167,21 @@ def test_text_api_answers_scores_and_trains(llm_folder):
     single = watch(model, torch.rand(1, 3, 9, 32, 32), ids[:1, : int(mask[0].sum())])
     nll = model.answer_loss(single, questions[:1], ["blue green"])
     assert torch.allclose(model.score(single, questions[:1], ["blue green"])[0, 0], -3 * nll, atol=1e-4)
+
+
+def test_watch_and_evaluation(llm_folder):
+    from longvid.eval.rewind import VideoQuestion, evaluate_grounding, evaluate_qa, parse_interval
+
+    assert parse_interval("from 12.5 to 3 s") == (3.0, 12.5) and parse_interval("never") is None
+    model = build(get_config("rewind_tiny"), llm_folder, seed=5)
+    video, times = torch.rand(1, 3, 11, 32, 32), torch.arange(11, dtype=torch.float64)[None]
+    ids, mask = model.tokenize(["what color is the square"])
+    with torch.no_grad():
+        reference = watch(model, video, ids, mask=mask)
+        state = model.watch(video, times, ids, mask)
+    assert torch.allclose(state.memory.tokens, reference.memory.tokens, atol=1e-5)
+    items = [VideoQuestion(video[0], times[0], "what color is the square", answer) for answer in ("red", "blue")]
+    choice = int(model.score(state, ["what color is the square"], ["red", "blue"])[0].argmax())
+    assert evaluate_qa(model, items, ["red", "blue"])["accuracy"] == 50.0 and choice in (0, 1)
+    grounding = evaluate_grounding(model, [VideoQuestion(video[0], times[0], "when does the red flash", (2.0, 4.0))], 3)
+    assert set(grounding) == {"R@0.3", "R@0.5", "R@0.7", "mIoU", "readable"} and 0 <= grounding["mIoU"] <= 100

@@ -229,6 +229,21 @@ class ReWind(nn.Module):
         written, memory = self.memory(features, text, instruction_mask, timestamps, memory, num_valid=num_valid)
         return written, RewindStreamState(memory=memory, buffer=state.buffer)
 
+    def watch(self, pixels: torch.Tensor, timestamps: torch.Tensor, instruction_ids: torch.Tensor,
+              instruction_mask: torch.Tensor | None = None, state: RewindStreamState | None = None,
+              **buffer_options) -> RewindStreamState:
+        """Watch whole videos ``pixels (B, 3, N, H, W)`` at ``timestamps (B, N)`` in sub-clips
+        of ``clip_frames`` (the last one padded); ``buffer_options`` go to :meth:`init_state`."""
+        batch, _, total = pixels.shape[:3]
+        state = self.init_state(batch, **buffer_options) if state is None else state
+        clip = self.config.clip_frames
+        for start in range(0, total, clip):
+            valid = min(clip, total - start)
+            pad = torch.arange(start, start + clip).clamp(max=total - 1)  # repeat the last frame
+            num_valid = torch.full((batch,), valid, dtype=torch.long, device=pixels.device)
+            _, state = self.observe(pixels[:, :, pad], timestamps[:, pad], state, instruction_ids, instruction_mask, num_valid)
+        return state
+
     # -- asking --------------------------------------------------------------------------
 
     def instruction_query(self, instruction_ids: torch.Tensor, instruction_mask: torch.Tensor | None) -> torch.Tensor:
