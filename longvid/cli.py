@@ -100,6 +100,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- ask -------------------------------------------------------------------------------
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from longvid.ask import ask_rewind, load_rewind
+
+    model = load_rewind(args.preset or "rewind_paper", args.vision, args.llm, args.weights, device=args.device)
+    answer = ask_rewind(args.video, args.question, model, until=args.time, keep_every=args.keep_every,
+                        spill_dir=args.spill_dir, max_new_tokens=args.max_new_tokens)
+    if args.json:
+        print(json.dumps(vars(answer)))
+        return 0
+    print(answer.text)
+    when = f"up to {args.time:g} s" if args.time is not None else "whole video"
+    times = ", ".join(f"{t:g}" for t in answer.selected_times)
+    print(
+        f"[{args.model}: {answer.frames_seen} frames ({when}), {answer.memory_tokens} memory tokens, "
+        f"{answer.llm_input_tokens} LLM input tokens, selected frames at [{times}] s, "
+        f"memory {answer.memory_bytes} B, feature buffer {answer.buffer_ram_bytes} B RAM + {answer.buffer_disk_bytes} B disk]",
+        file=sys.stderr,
+    )
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -133,6 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--width", type=int, default=160)
     sub.add_argument("--height", type=int, default=120)
     sub.add_argument("--seed", type=int, default=0)
+
+    sub = command("ask", cmd_ask, "Watch a video at 1 fps and answer a question about it.")
+    sub.add_argument("video")
+    sub.add_argument("question")
+    sub.add_argument("--model", choices=("rewind",), default="rewind", help="which system answers (default rewind)")
+    sub.add_argument("--preset", default=None, help="model preset (default rewind_paper)")
+    sub.add_argument("--vision", required=True, help="image encoder: local path or hub id")
+    sub.add_argument("--llm", required=True, help="language model: local path or hub id")
+    sub.add_argument("--weights", default=None, help="trained model weights (.safetensors)")
+    sub.add_argument("--time", type=float, default=None, help="breakpoint mode: answer at T seconds, seeing only video up to T")
+    sub.add_argument("--keep-every", type=int, default=1, help="feature buffer keeps every k-th frame (default 1: all)")
+    sub.add_argument("--spill-dir", default=None, help="feature buffer spills to memory-mapped files in this folder")
+    sub.add_argument("--max-new-tokens", type=int, default=32)
+    sub.add_argument("--device", default=None, help="torch device (default cpu)")
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub = command("demo", cmd_demo, "Write a demo video, print its info and stream its clips.")
     sub.add_argument("--out", default="longvid-demo", help="output folder (default longvid-demo/)")
