@@ -124,6 +124,30 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train / eval ----------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from longvid.train import load_config
+    from longvid.train.run import train
+
+    config = load_config(args.config, args.overrides)
+    history = train(config, resume=args.resume, progress=not args.quiet)
+    if history:
+        print(f"trained {history[-1]['step']} steps; last loss {history[-1]['loss']:.4f}; checkpoints in {config.out_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from longvid.train import load_config
+    from longvid.train.run import evaluate_checkpoint
+
+    config = load_config(args.config, args.overrides)
+    metrics = evaluate_checkpoint(config, args.checkpoint or config.out_dir, args.pooling, progress=not args.quiet)
+    print(json.dumps(metrics) if args.json else "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -176,6 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("demo", cmd_demo, "Write a demo video, print its info and stream its clips.")
     sub.add_argument("--out", default="longvid-demo", help="output folder (default longvid-demo/)")
     sub.add_argument("--seconds", type=float, default=20.0)
+
+    sub = command("train", cmd_train, "Train a memory model on sequential clip streams (use torchrun for several processes).")
+    sub.add_argument("config", help="a training preset (see longvid.train.PRESETS) or a JSON file of config fields")
+    sub.add_argument("overrides", nargs="*", help="config fields as key=value, e.g. lr=0.01 progressive=1,2,3")
+    sub.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sub = command("eval", cmd_eval, "Evaluate a checkpoint on the config's validation videos.")
+    sub.add_argument("config", help="a training preset or a JSON file of config fields")
+    sub.add_argument("overrides", nargs="*", help="config fields as key=value")
+    sub.add_argument("--checkpoint", help="checkpoint path or folder (default: the latest in out_dir)")
+    sub.add_argument("--pooling", choices=("mean", "last"), default="mean", help="video score: mean of clip logits or the last clip's")
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 

@@ -195,3 +195,4 @@ def test_config_presets_and_overrides(tmp_path):
 def test_class_frequencies():
     source = TensorVideos([torch.zeros(1, 1, 1, 1, 1)] * 4, [{"label": 0}, {"label": 0}, {"label": 2}, {"label": 0}])
     assert class_frequencies(source, 4)["label"].tolist() == [0.75, 0.0, 0.25, 0.0]
+

@@ -62,6 +62,23 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+class StreamStep(nn.Module):
+    """``model`` with stop-gradient on the memory it returns (what DDP wraps).
+
+    The returned memory is carried to the next step without its graph, so no graph
+    lives across steps, and DDP only sees the logits as outputs (parameters that
+    only write memory are then correctly "unused" for this step's gradient).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, clip: torch.Tensor, state, **kwargs):
+        out, state = self.model(clip, state, **kwargs)
+        return out, state.detach()
+
+
 class Trainer:
     """Trains a memory model on sequential streams of a :class:`ClipSource`.
 
@@ -114,11 +131,12 @@ class Trainer:
     # -- setup -----------------------------------------------------------------------------
 
     def _wrap(self, model: nn.Module) -> nn.Module:
+        step = StreamStep(model)
         if not self.dist.enabled:
-            return model
+            return step
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(
-            model, device_ids=device_ids, find_unused_parameters=self.config.find_unused_parameters
+            step, device_ids=device_ids, find_unused_parameters=self.config.find_unused_parameters
         )
 
     def _amp_dtype(self) -> torch.dtype | None:
@@ -193,7 +211,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.scheduler.step()
-        self.state = new_state.detach()  # stop-gradient: no graph kept across steps
+        self.state = new_state  # detached by StreamStep: no graph kept across steps
         count = valid.sum().float()
         totals = all_reduce(torch.stack([loss.detach().float() * count, count]))
         return {"loss": (totals[0] / totals[1]).item(), "clips": int(totals[1]), "lr": lr}

@@ -30,9 +30,12 @@ class ToyState:
 
 
 class ToyMemoryModel(nn.Module):
-    """Pooled clip -> embedding; logits from the embedding and the mean kept memory;
-    the memory appends a learned compression of the embedding (pipelined: its
-    gradient only comes from the step that reads it next)."""
+    """Pooled clip -> embedding; logits from the embedding and the mean kept memory.
+
+    Like MeMViT's pipelined compression, the memory stores the newest step raw and
+    compresses it at the next call (inside that call's graph), so the compression
+    is trained while the stored memory itself is detached by the engine.
+    """
 
     def __init__(self, in_channels: int = 3, dim: int = 16, num_classes: int = 4, memory_len: int = 3):
         super().__init__()
@@ -49,11 +52,12 @@ class ToyMemoryModel(nn.Module):
 
     def forward(self, clip: torch.Tensor, state: ToyState, memory_keep: torch.Tensor | None = None):
         x = self.norm(self.embed(clip.mean(dim=(2, 3, 4))))  # (B, D)
+        newest = torch.tanh(self.compress(state.memory[:, -1]))  # (B, D) compress the previous clip's raw entry
+        memory = torch.cat([state.memory[:, :-1], newest.unsqueeze(1)], dim=1)  # (B, M, D), all compressed
         keep = state.filled if memory_keep is None else state.filled & memory_keep  # (B, M)
         weights = keep.to(x.dtype).unsqueeze(2)  # (B, M, 1)
-        read = (state.memory * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, D)
+        read = (memory * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, D)
         out = self.head(torch.cat([x, read], dim=1))  # (B, K)
-        written = torch.tanh(self.compress(x)).unsqueeze(1)  # (B, 1, D)
-        memory = torch.cat([state.memory[:, 1:], written], dim=1)  # (B, M, D)
+        memory = torch.cat([memory[:, 1:], x.unsqueeze(1)], dim=1)  # drop the oldest, append this clip raw
         filled = torch.cat([state.filled[:, 1:], torch.ones_like(state.filled[:, :1])], dim=1)
         return out, ToyState(memory, filled)
