@@ -10,6 +10,8 @@ from longvid.models.llm import CausalLM
 from longvid.models.malmm import MALMM, PRESETS, get_config, load_malmm_weights
 from longvid.models.tiny import save_tiny_llm
 
+torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
+
 REF = os.environ.get("LONGVID_REFERENCE", "/work/shared/reference") + "/malmm_tiny/qformer_memory_ref.npz"
 
 
