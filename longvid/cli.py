@@ -100,6 +100,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- ask -------------------------------------------------------------------------------
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from longvid.video import ClipReader, probe
+
+    if args.model != "malmm":
+        raise LongvidError(f"unknown model {args.model!r} for ask (available: malmm)")
+    from longvid.models.malmm import answer_stream, build_malmm
+
+    if not args.encoder or not args.llm:
+        raise LongvidError("ask --model malmm needs --encoder and --llm (local paths or hub ids)")
+    info = probe(args.video)
+    fps = args.fps or (args.frames / info.duration if info.duration > 0 else 1.0)
+    model = build_malmm(args.preset, args.encoder, args.llm, args.qformer_tokenizer or None, args.checkpoint, device=args.device)
+    reader = ClipReader(args.video, clip_frames=1, fps=fps, short_side=None, crop=None, mean=None, std=None, tail="drop", background=True)
+    frames = (clip.frames[:, 0] for clip in reader)  # (3, H, W) in [0, 1]
+    answers, state = answer_stream(model, frames, args.question)
+    print(answers[0])
+    if args.verbose:
+        print(f"frames watched: {int(state.frames_seen[0])} at {fps:.3g} fps", file=sys.stderr)
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -137,6 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("demo", cmd_demo, "Write a demo video, print its info and stream its clips.")
     sub.add_argument("--out", default="longvid-demo", help="output folder (default longvid-demo/)")
     sub.add_argument("--seconds", type=float, default=20.0)
+
+    sub = command("ask", cmd_ask, "Watch a video online and answer a question about it.")
+    sub.add_argument("video")
+    sub.add_argument("question")
+    sub.add_argument("--model", default="malmm", help="model family (default malmm)")
+    sub.add_argument("--preset", default="malmm_qa", help="model preset (default malmm_qa)")
+    sub.add_argument("--checkpoint", default=None, help="trained weights (.pth/.safetensors; released MA-LMM names accepted)")
+    sub.add_argument("--encoder", default=None, help="image encoder: path or hub id of a CLIP/SigLIP/AutoModel vision tower")
+    sub.add_argument("--llm", default=None, help="language model: path or hub id of a causal LM")
+    sub.add_argument("--qformer-tokenizer", default="bert-base-uncased", help="Q-Former instruction tokenizer ('' for none)")
+    sub.add_argument("--frames", type=int, default=20, help="frames sampled uniformly over the video (default 20)")
+    sub.add_argument("--fps", type=float, default=None, help="sample at this rate instead (long videos, online)")
+    sub.add_argument("--device", default=None, help="torch device (default cpu)")
+    sub.add_argument("-v", "--verbose", action="store_true")
     return parser
 
 

@@ -269,3 +269,62 @@ def _read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return load_file(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state.get("model", state)
+
+
+def build_malmm(
+    preset: str = "malmm_qa",
+    encoder: str | None = None,
+    llm: str | None = None,
+    qformer_tokenizer: str | None = "bert-base-uncased",
+    checkpoint: str | None = None,
+    device=None,
+    **overrides,
+) -> MALMM:
+    """A ready MA-LMM: preset + encoder and LLM by path or hub id (+ trained weights).
+
+    ``llm_hidden`` and the Q-Former's ``encoder_width`` follow the loaded LLM and encoder.
+    ``qformer_tokenizer`` (None: no instruction text in the Q-Former) gets InstructBLIP's
+    extra ``[DEC]`` token when it is a BERT tokenizer.
+    """
+    from longvid.models.encoders import FrozenImageEncoder
+    from longvid.models.llm import CausalLM
+
+    config = get_config(preset, **overrides)
+    vision = FrozenImageEncoder.from_pretrained(encoder, device=device) if encoder else None
+    language = CausalLM.from_pretrained(llm, device=device) if llm else None
+    if vision is not None:
+        config = replace(config, qformer=replace(config.qformer, encoder_width=vision.width))
+    if language is not None:
+        config = replace(config, llm_hidden=language.hidden_size)
+    tokenizer = None
+    if qformer_tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(qformer_tokenizer)
+        except (OSError, ValueError) as err:
+            raise LongvidError(f"cannot load the Q-Former tokenizer {qformer_tokenizer!r}: {err}") from err
+        if "bert" in type(tokenizer).__name__.lower():
+            tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    model = MALMM(config, vision, language, tokenizer)
+    if checkpoint:
+        load_malmm_weights(model, checkpoint)
+    return model.to(device) if device else model
+
+
+@torch.no_grad()
+def answer_stream(model: MALMM, frames, question: str, state: MALMMState | None = None) -> tuple[list[str], MALMMState]:
+    """Watch ``frames`` (an iterable of ``(3, H, W)`` tensors in [0, 1]) one at a time with
+    ``question`` as the Q-Former instruction, then answer it. Returns (beams, state)."""
+    if model.encoder is None:
+        raise LongvidError("this MA-LMM has no image encoder attached")
+    model.eval()
+    device = next(model.parameters()).device
+    text_ids, text_mask = model.tokenize_instructions([question], device)
+    state = state or model.init_state(1, device)
+    for frame in frames:
+        tokens = model.encoder.encode_frames(frame[None]).to(device)  # (1, Nv, Cv)
+        _, state = model.step(tokens, text_ids, text_mask, state)
+    if state.queries is None:
+        raise LongvidError("no frames were read from the video")
+    return model.answer(state, [question], num_return_sequences=1)[0], state
