@@ -104,9 +104,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    if not args.encoder or not args.llm:
+        raise LongvidError(f"ask --model {args.model} needs --encoder and --llm (local paths or hub ids)")
+    if args.model == "rewind":
+        return _ask_rewind(args)
+    return _ask_malmm(args)
+
+
+def _ask_rewind(args: argparse.Namespace) -> int:
     from longvid.ask import ask_rewind, load_rewind
 
-    model = load_rewind(args.preset or "rewind_paper", args.vision, args.llm, args.weights, device=args.device)
+    model = load_rewind(args.preset or "rewind_paper", args.encoder, args.llm, args.checkpoint, device=args.device)
     answer = ask_rewind(args.video, args.question, model, until=args.time, keep_every=args.keep_every,
                         spill_dir=args.spill_dir, max_new_tokens=args.max_new_tokens)
     if args.json:
@@ -121,6 +129,22 @@ def cmd_ask(args: argparse.Namespace) -> int:
         f"memory {answer.memory_bytes} B, feature buffer {answer.buffer_ram_bytes} B RAM + {answer.buffer_disk_bytes} B disk]",
         file=sys.stderr,
     )
+    return 0
+
+
+def _ask_malmm(args: argparse.Namespace) -> int:
+    from longvid.models.malmm import answer_stream, build_malmm
+    from longvid.video import ClipReader, probe
+
+    info = probe(args.video)
+    fps = args.fps or (args.frames / info.duration if info.duration > 0 else 1.0)
+    model = build_malmm(args.preset or "malmm_qa", args.encoder, args.llm, args.qformer_tokenizer or None, args.checkpoint, device=args.device)
+    reader = ClipReader(args.video, clip_frames=1, fps=fps, end=args.time, short_side=None, crop=None, mean=None, std=None, tail="drop", background=True)
+    frames = (clip.frames[:, 0] for clip in reader)  # (3, H, W) in [0, 1]
+    answers, state = answer_stream(model, frames, args.question)
+    print(answers[0])
+    if args.verbose:
+        print(f"frames watched: {int(state.frames_seen[0])} at {fps:.3g} fps", file=sys.stderr)
     return 0
 
 
@@ -182,20 +206,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--height", type=int, default=120)
     sub.add_argument("--seed", type=int, default=0)
 
-    sub = command("ask", cmd_ask, "Watch a video at 1 fps and answer a question about it.")
+    sub = command("ask", cmd_ask, "Watch a video online and answer a question about it (MA-LMM or ReWind).")
     sub.add_argument("video")
     sub.add_argument("question")
-    sub.add_argument("--model", choices=("rewind",), default="rewind", help="which system answers (default rewind)")
-    sub.add_argument("--preset", default=None, help="model preset (default rewind_paper)")
-    sub.add_argument("--vision", required=True, help="image encoder: local path or hub id")
-    sub.add_argument("--llm", required=True, help="language model: local path or hub id")
-    sub.add_argument("--weights", default=None, help="trained model weights (.safetensors)")
+    sub.add_argument("--model", choices=("malmm", "rewind"), default="malmm", help="which system answers (default malmm)")
+    sub.add_argument("--preset", default=None, help="model preset (default malmm_qa / rewind_paper)")
+    sub.add_argument("--encoder", "--vision", dest="encoder", default=None,
+                     help="image encoder: path or hub id of a CLIP/SigLIP/AutoModel vision tower")
+    sub.add_argument("--llm", default=None, help="language model: path or hub id of a causal LM")
+    sub.add_argument("--checkpoint", "--weights", dest="checkpoint", default=None,
+                     help="trained weights (.safetensors; for MA-LMM also released .pth names)")
     sub.add_argument("--time", type=float, default=None, help="breakpoint mode: answer at T seconds, seeing only video up to T")
-    sub.add_argument("--keep-every", type=int, default=1, help="feature buffer keeps every k-th frame (default 1: all)")
-    sub.add_argument("--spill-dir", default=None, help="feature buffer spills to memory-mapped files in this folder")
+    sub.add_argument("--frames", type=int, default=20, help="malmm: frames sampled uniformly over the video (default 20)")
+    sub.add_argument("--fps", type=float, default=None, help="malmm: sample at this rate instead (long videos, online)")
+    sub.add_argument("--qformer-tokenizer", default="bert-base-uncased", help="malmm: Q-Former instruction tokenizer ('' for none)")
+    sub.add_argument("--keep-every", type=int, default=1, help="rewind: feature buffer keeps every k-th frame (default 1: all)")
+    sub.add_argument("--spill-dir", default=None, help="rewind: feature buffer spills to memory-mapped files in this folder")
     sub.add_argument("--max-new-tokens", type=int, default=32)
     sub.add_argument("--device", default=None, help="torch device (default cpu)")
-    sub.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_argument("--json", action="store_true", help="rewind: print one JSON object")
+    sub.add_argument("-v", "--verbose", action="store_true")
 
     sub = command("demo", cmd_demo, "Write a demo video, print its info and stream its clips.")
     sub.add_argument("--out", default="longvid-demo", help="output folder (default longvid-demo/)")

@@ -43,7 +43,7 @@ def test_ask_rewind_breakpoint_and_buffer(setup, capsys):
 
 def test_ask_errors(setup, capsys, tmp_path):
     video, vision, llm, _ = setup
-    common = ["--preset", "rewind_tiny", "--vision", vision, "--llm", llm]
+    common = ["--model", "rewind", "--preset", "rewind_tiny", "--vision", vision, "--llm", llm]
     code, _, err = run(capsys, "ask", str(tmp_path / "missing.mp4"), "q", *common)
     assert code == 1 and "no such file" in err
     code, _, err = run(capsys, "ask", video, "q", *common, "--weights", str(tmp_path / "w.safetensors"))

@@ -9,6 +9,8 @@ from longvid.errors import LongvidError
 from longvid.models.llm import CausalLM, answer_log_likelihood, build_generation_inputs, build_training_inputs
 from longvid.models.tiny import save_tiny_llm
 
+torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
+
 REF = os.environ.get("LONGVID_REFERENCE", "/work/shared/reference") + "/malmm_tiny/qformer_memory_ref.npz"
 
 

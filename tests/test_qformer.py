@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from longvid.errors import LongvidError
 from longvid.models.qformer import QFormer, QFormerConfig, SparseMemoryConfig, load_qformer_state_dict
 
+torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
+
 REF = os.environ.get("LONGVID_REFERENCE", "/work/shared/reference") + "/malmm_tiny/qformer_memory_ref.npz"
 needs_ref = pytest.mark.skipif(not os.path.exists(REF), reason="malmm_tiny reference not available")
 

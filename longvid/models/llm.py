@@ -17,6 +17,7 @@ against reference tensors without a tokenizer.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -198,7 +199,14 @@ class CausalLM(nn.Module):
     ) -> list[list[str]]:
         """Beam-search answers: B lists of ``num_return_sequences`` strings, best first."""
         embeds, mask = build_generation_inputs(self._prefix(prefix), self.tokenize_prompts(prompts), self.embed, self.pad_id)
-        out = self.model.generate(
+        with warnings.catch_warnings():  # the penalty applies to generated tokens only, as in InstructBLIP
+            warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds")
+            out = self._generate(embeds, mask, num_beams, max_new_tokens, min_new_tokens, repetition_penalty, length_penalty, num_return_sequences)
+        texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return [texts[i : i + num_return_sequences] for i in range(0, len(texts), num_return_sequences)]
+
+    def _generate(self, embeds, mask, num_beams, max_new_tokens, min_new_tokens, repetition_penalty, length_penalty, num_return_sequences):
+        return self.model.generate(
             inputs_embeds=embeds,
             attention_mask=mask,
             do_sample=False,
@@ -211,5 +219,3 @@ class CausalLM(nn.Module):
             pad_token_id=self.pad_id,
             eos_token_id=self.tokenizer.eos_token_id,
         )  # (B * n, new tokens): with inputs_embeds only, just the generated ids
-        texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
-        return [texts[i : i + num_return_sequences] for i in range(0, len(texts), num_return_sequences)]

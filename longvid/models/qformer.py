@@ -415,7 +415,10 @@ def load_qformer_state_dict(qformer: QFormer, state_dict: dict[str, torch.Tensor
             continue
         mapped[new] = value
         used.append(name)
-    result = qformer.load_state_dict(mapped, strict=False)
+    try:
+        result = qformer.load_state_dict(mapped, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise LongvidError(f"checkpoint does not fit this Q-Former configuration: {str(err).splitlines()[-1].strip()}") from err
     missing = [k for k in result.missing_keys if not k.endswith((".block_pool", ".gate.weight", ".gate.bias"))]
     if result.unexpected_keys:
         raise LongvidError(f"checkpoint has Q-Former parameters this configuration lacks: {', '.join(result.unexpected_keys[:5])}")

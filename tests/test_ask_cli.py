@@ -1,0 +1,35 @@
+import pytest
+import torch
+
+from longvid.cli import main
+from longvid.models.malmm import build_malmm
+from longvid.models.tiny import save_tiny_llm, save_tiny_vision
+from longvid.video import write_video
+
+torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
+
+
+def test_ask_malmm_end_to_end(tmp_path, capsys):
+    video = str(tmp_path / "v.mp4")
+    write_video(video, (torch.rand(12, 48, 64, 3) * 255).to(torch.uint8), fps=6)
+    vision = save_tiny_vision(str(tmp_path / "vision"))
+    llm = save_tiny_llm(str(tmp_path / "llm"))
+    model = build_malmm("malmm_tiny", vision, llm, llm)
+    from safetensors.torch import save_file
+
+    save_file(model.trainable_state_dict(), str(tmp_path / "w.safetensors"))
+    args = ["ask", video, "what color is the circle", "--preset", "malmm_tiny", "--encoder", vision, "--llm", llm,
+            "--qformer-tokenizer", llm, "--checkpoint", str(tmp_path / "w.safetensors"), "--frames", "4", "-v"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 1 and "frames watched" in err
+
+
+def test_ask_errors(tmp_path, capsys):
+    video = str(tmp_path / "v.mp4")
+    write_video(video, torch.zeros(2, 16, 16, 3, dtype=torch.uint8), fps=2)
+    assert main(["ask", video, "q"]) == 1
+    assert "needs --encoder and --llm" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage_error:  # argparse: usage + one error line, exit 2
+        main(["ask", video, "q", "--model", "nope"])
+    assert usage_error.value.code == 2
