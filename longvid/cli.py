@@ -104,23 +104,67 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from longvid.video import ClipReader, probe
+    if args.model == "malmm":
+        return _ask_malmm(args)
+    from longvid.ask import ask_rewind, load_rewind
 
-    if args.model != "malmm":
-        raise LongvidError(f"unknown model {args.model!r} for ask (available: malmm)")
-    from longvid.models.malmm import answer_stream, build_malmm
+    model = load_rewind(args.preset or "rewind_paper", args.vision, args.llm, args.weights, device=args.device)
+    answer = ask_rewind(args.video, args.question, model, until=args.time, keep_every=args.keep_every,
+                        spill_dir=args.spill_dir, max_new_tokens=args.max_new_tokens)
+    if args.json:
+        print(json.dumps(vars(answer)))
+        return 0
+    print(answer.text)
+    when = f"up to {args.time:g} s" if args.time is not None else "whole video"
+    times = ", ".join(f"{t:g}" for t in answer.selected_times)
+    print(
+        f"[{args.model}: {answer.frames_seen} frames ({when}), {answer.memory_tokens} memory tokens, "
+        f"{answer.llm_input_tokens} LLM input tokens, selected frames at [{times}] s, "
+        f"memory {answer.memory_bytes} B, feature buffer {answer.buffer_ram_bytes} B RAM + {answer.buffer_disk_bytes} B disk]",
+        file=sys.stderr,
+    )
+    return 0
 
-    if not args.encoder or not args.llm:
-        raise LongvidError("ask --model malmm needs --encoder and --llm (local paths or hub ids)")
-    info = probe(args.video)
-    fps = args.fps or (args.frames / info.duration if info.duration > 0 else 1.0)
-    model = build_malmm(args.preset, args.encoder, args.llm, args.qformer_tokenizer or None, args.checkpoint, device=args.device)
-    reader = ClipReader(args.video, clip_frames=1, fps=fps, short_side=None, crop=None, mean=None, std=None, tail="drop", background=True)
-    frames = (clip.frames[:, 0] for clip in reader)  # (3, H, W) in [0, 1]
-    answers, state = answer_stream(model, frames, args.question)
-    print(answers[0])
-    if args.verbose:
-        print(f"frames watched: {int(state.frames_seen[0])} at {fps:.3g} fps", file=sys.stderr)
+
+def _ask_malmm(args: argparse.Namespace) -> int:
+    from longvid.ask import ask_malmm
+    from longvid.models.malmm import build_malmm
+
+    model = build_malmm(args.preset or "malmm_qa", args.vision, args.llm, args.qformer_tokenizer or None, args.weights, device=args.device)
+    answer = ask_malmm(args.video, args.question, model, until=args.time, num_frames=args.frames, fps=args.fps)
+    if args.json:
+        print(json.dumps(vars(answer)))
+        return 0
+    print(answer.text)
+    print(
+        f"[malmm: {answer.frames_seen} frames, memory {answer.memory_tokens} tokens / {answer.memory_bytes} B, "
+        f"{answer.llm_input_tokens} LLM input tokens]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+# -- train / eval ----------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from longvid.train import load_config
+    from longvid.train.run import train
+
+    config = load_config(args.config, args.overrides)
+    history = train(config, resume=args.resume, progress=not args.quiet)
+    if history:
+        print(f"trained {history[-1]['step']} steps; last loss {history[-1]['loss']:.4f}; checkpoints in {config.out_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from longvid.train import load_config
+    from longvid.train.run import evaluate_checkpoint
+
+    config = load_config(args.config, args.overrides)
+    metrics = evaluate_checkpoint(config, args.checkpoint or config.out_dir, args.pooling, progress=not args.quiet)
+    print(json.dumps(metrics) if args.json else "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
     return 0
 
 
@@ -158,23 +202,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--height", type=int, default=120)
     sub.add_argument("--seed", type=int, default=0)
 
+    sub = command("ask", cmd_ask, "Watch a video online and answer a question about it.")
+    sub.add_argument("video")
+    sub.add_argument("question")
+    sub.add_argument("--model", choices=("rewind", "malmm"), default="rewind", help="which system answers (default rewind)")
+    sub.add_argument("--preset", default=None, help="model preset (default rewind_paper / malmm_qa)")
+    sub.add_argument("--vision", "--encoder", required=True, help="image encoder: local path or hub id")
+    sub.add_argument("--llm", required=True, help="language model: local path or hub id")
+    sub.add_argument("--weights", "--checkpoint", default=None, help="trained model weights (.safetensors; malmm also released .pth)")
+    sub.add_argument("--time", type=float, default=None, help="breakpoint mode: answer at T seconds, seeing only video up to T")
+    sub.add_argument("--keep-every", type=int, default=1, help="feature buffer keeps every k-th frame (default 1: all)")
+    sub.add_argument("--spill-dir", default=None, help="feature buffer spills to memory-mapped files in this folder")
+    sub.add_argument("--max-new-tokens", type=int, default=32)
+    sub.add_argument("--device", default=None, help="torch device (default cpu)")
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_argument("--frames", type=int, default=20, help="malmm: frames sampled uniformly over the video (default 20)")
+    sub.add_argument("--fps", type=float, default=None, help="malmm: sample at this rate instead (online, any length)")
+    sub.add_argument("--qformer-tokenizer", default="bert-base-uncased", help="malmm: Q-Former instruction tokenizer ('' for none)")
+
     sub = command("demo", cmd_demo, "Write a demo video, print its info and stream its clips.")
     sub.add_argument("--out", default="longvid-demo", help="output folder (default longvid-demo/)")
     sub.add_argument("--seconds", type=float, default=20.0)
 
-    sub = command("ask", cmd_ask, "Watch a video online and answer a question about it.")
-    sub.add_argument("video")
-    sub.add_argument("question")
-    sub.add_argument("--model", default="malmm", help="model family (default malmm)")
-    sub.add_argument("--preset", default="malmm_qa", help="model preset (default malmm_qa)")
-    sub.add_argument("--checkpoint", default=None, help="trained weights (.pth/.safetensors; released MA-LMM names accepted)")
-    sub.add_argument("--encoder", default=None, help="image encoder: path or hub id of a CLIP/SigLIP/AutoModel vision tower")
-    sub.add_argument("--llm", default=None, help="language model: path or hub id of a causal LM")
-    sub.add_argument("--qformer-tokenizer", default="bert-base-uncased", help="Q-Former instruction tokenizer ('' for none)")
-    sub.add_argument("--frames", type=int, default=20, help="frames sampled uniformly over the video (default 20)")
-    sub.add_argument("--fps", type=float, default=None, help="sample at this rate instead (long videos, online)")
-    sub.add_argument("--device", default=None, help="torch device (default cpu)")
-    sub.add_argument("-v", "--verbose", action="store_true")
+    sub = command("train", cmd_train, "Train a memory model on sequential clip streams (use torchrun for several processes).")
+    sub.add_argument("config", help="a training preset (see longvid.train.PRESETS) or a JSON file of config fields")
+    sub.add_argument("overrides", nargs="*", help="config fields as key=value, e.g. lr=0.01 progressive=1,2,3")
+    sub.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sub = command("eval", cmd_eval, "Evaluate a checkpoint on the config's validation videos.")
+    sub.add_argument("config", help="a training preset or a JSON file of config fields")
+    sub.add_argument("overrides", nargs="*", help="config fields as key=value")
+    sub.add_argument("--checkpoint", help="checkpoint path or folder (default: the latest in out_dir)")
+    sub.add_argument("--pooling", choices=("mean", "last"), default="mean", help="video score: mean of clip logits or the last clip's")
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -187,8 +249,8 @@ def _version() -> str:
         return "unknown"
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:
-    return f"longvid: warning: {message}\n"
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"longvid: warning: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -197,9 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
-    warnings.formatwarning = _format_warning
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
+            return args.handler(args)
     except LongvidError as err:
         print(f"longvid: error: {err}", file=sys.stderr)
         return 1

@@ -1,3 +1,5 @@
+import json
+
 import torch
 
 from longvid.cli import main
@@ -17,16 +19,18 @@ def test_ask_malmm_end_to_end(tmp_path, capsys):
     from safetensors.torch import save_file
 
     save_file(model.trainable_state_dict(), str(tmp_path / "w.safetensors"))
-    args = ["ask", video, "what color is the circle", "--preset", "malmm_tiny", "--encoder", vision, "--llm", llm,
-            "--qformer-tokenizer", llm, "--checkpoint", str(tmp_path / "w.safetensors"), "--frames", "4", "-v"]
+    args = ["ask", video, "what color is the circle", "--model", "malmm", "--preset", "malmm_tiny", "--encoder", vision,
+            "--llm", llm, "--qformer-tokenizer", llm, "--checkpoint", str(tmp_path / "w.safetensors"), "--frames", "4"]
     assert main(args) == 0
     out, err = capsys.readouterr()
-    assert len(out.strip().splitlines()) == 1 and "frames watched" in err
+    assert len(out.strip().splitlines()) == 1 and "[malmm: 4 frames" in err
+    assert main(args[:-2] + ["--fps", "3", "--time", "1.0", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["frames_seen"] == 4 and record["memory_tokens"] == 4 * 17 + 4 * 4 * (8 + 6)  # L=5 not reached
 
 
 def test_ask_errors(tmp_path, capsys):
     video = str(tmp_path / "v.mp4")
     write_video(video, torch.zeros(2, 16, 16, 3, dtype=torch.uint8), fps=2)
-    assert main(["ask", video, "q"]) == 1
-    assert "needs --encoder and --llm" in capsys.readouterr().err
-    assert main(["ask", video, "q", "--model", "nope"]) == 1
+    assert main(["ask", video, "q", "--model", "malmm", "--encoder", str(tmp_path / "none"), "--llm", "x"]) == 1
+    assert "cannot load image encoder" in capsys.readouterr().err

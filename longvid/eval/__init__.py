@@ -1,1 +1,27 @@
 """Evaluation metrics."""
+
+from longvid.eval.metrics import (
+    Box,
+    box_iou,
+    class_mean_recall,
+    epic_accuracy,
+    frame_map,
+    grounding_metrics,
+    temporal_iou,
+    topk_accuracy,
+    topk_correct,
+    voc_average_precision,
+)
+
+__all__ = [
+    "Box",
+    "box_iou",
+    "class_mean_recall",
+    "epic_accuracy",
+    "frame_map",
+    "grounding_metrics",
+    "temporal_iou",
+    "topk_accuracy",
+    "topk_correct",
+    "voc_average_precision",
+]

@@ -1,1 +1,17 @@
-"""Training engine: sequential clip streams, schedules, losses, distributed."""
+"""Training engine: sequential clip streams, schedules, losses, checkpoints, distributed."""
+
+from longvid.train.config import PRESETS, TrainConfig, load_config
+from longvid.train.loop import Trainer, evaluate, memory_drop_mask, seed_everything
+from longvid.train.toy import ToyMemoryModel, ToyState
+
+__all__ = [
+    "PRESETS",
+    "ToyMemoryModel",
+    "ToyState",
+    "TrainConfig",
+    "Trainer",
+    "evaluate",
+    "load_config",
+    "memory_drop_mask",
+    "seed_everything",
+]

@@ -296,8 +296,8 @@ class ClipReader:
             return
         expected = self.end if self.end is not None else self.info.duration
         warnings.warn(
-            f"{self.path}: decoding stopped at {progress.last_time:.2f} s of {expected:.2f} s "
-            f"({progress.error}); yielded {progress.clips} clips",
+            f"{self.path}: damaged video ({progress.error}); decoded up to {progress.last_time:.2f} s "
+            f"of {expected:.2f} s and yielded {progress.clips} clips",
             VideoDecodeWarning,
             stacklevel=3,
         )
@@ -319,33 +319,64 @@ class ClipReader:
                     container.seek(offset, stream=stream, backward=True, any_frame=False)
                 except av.FFmpegError as err:
                     raise VideoError(self.path, f"cannot seek to {self.start} s ({_reason(err)})") from None
-            decoded = 0
-            frames = container.decode(stream)
-            while True:
-                try:
-                    frame = next(frames)
-                except StopIteration:
-                    break
-                except av.FFmpegError as err:
-                    progress.error = _reason(err)
-                    break
-                time = frame.time if frame.time is not None else decoded / fallback_fps
-                decoded += 1
+            counts = _Counts()
+            for frame in self._frames(container, stream, progress, counts):
+                time = frame.time if frame.time is not None else (counts.frames - 1) / fallback_fps
                 if time < self.start - 1e-6:
                     continue
                 if self.end is not None and time >= self.end - 1e-9:
-                    break
+                    return
                 progress.frames += 1
                 progress.last_time = time
                 yield frame, time
             if progress.frames == 0 and self.start == 0:
                 why = f" ({progress.error})" if progress.error else ""
                 raise VideoError(self.path, f"no decodable video frames{why}")
-            if progress.error is None and self.start == 0 and self.end is None and decoded < stream.frames - 1:
-                # Some damaged files end without a decoder error: the header tells.
-                progress.error = f"the stream ended after {decoded} of {stream.frames} frames"
+            if progress.error is None:
+                progress.error = self._damage(stream, counts, progress)
         finally:
             container.close()
+
+    @staticmethod
+    def _frames(container, stream, progress: "_Progress", counts: "_Counts") -> Iterator[av.VideoFrame]:
+        """Decode packet by packet, counting packets with data and frames out.
+
+        A packet the decoder rejects is skipped (and recorded); FFmpeg also drops some
+        damaged data silently (its log is off: logging from its decoding threads can
+        deadlock PyAV), which shows as fewer frames than packets or an early end.
+        """
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets, None)
+            except av.FFmpegError as err:  # the container itself is unreadable from here
+                progress.error = progress.error or _reason(err)
+                return
+            if packet is None:
+                return
+            if packet.size:
+                counts.packets += 1
+            try:
+                frames = packet.decode()  # the last, empty packet flushes the decoder
+            except av.FFmpegError as err:  # a damaged packet: skip it, keep decoding
+                progress.error = progress.error or _reason(err)
+                continue
+            for frame in frames:
+                counts.frames += 1
+                yield frame
+
+    def _damage(self, stream, counts: "_Counts", progress: "_Progress") -> str | None:
+        """Why a stream that decoded without an exception still looks damaged, or None."""
+        if counts.frames < counts.packets:
+            return f"{counts.packets - counts.frames} of {counts.packets} frames could not be decoded"
+        if self.start > 0 or self.end is not None:
+            return None
+        if stream.frames and counts.frames < stream.frames - 1:
+            return f"the stream ended after {counts.frames} of {stream.frames} frames"
+        slack = max(0.5, 3 * progress.frame_duration)
+        if self.info.duration > 0 and progress.last_time + progress.frame_duration < self.info.duration - slack:
+            return "the stream ended early"
+        return None
 
     def _decode_clips(self, progress: "_Progress") -> Iterator[Clip]:
         if self.fps is None:
@@ -430,6 +461,12 @@ class ClipReader:
     def __repr__(self) -> str:
         mode = f"fps={self.fps}" if self.fps is not None else f"stride={self.stride}"
         return f"ClipReader({self.path!r}, clip_frames={self.clip_frames}, {mode})"
+
+
+@dataclass
+class _Counts:
+    packets: int = 0  # demuxed packets that carry data
+    frames: int = 0  # frames the decoder produced
 
 
 @dataclass

@@ -18,20 +18,22 @@ def write_video(
     timestamps: Sequence[float] | None = None,
     options: dict[str, str] | None = None,
     pix_fmt: str = "yuv420p",
+    container_options: dict[str, str] | None = None,
 ) -> int:
     """Encode ``(H, W, 3)`` uint8 RGB frames to ``path``; returns the frame count.
 
     ``timestamps`` (seconds, increasing) gives each frame its own presentation time,
     for variable-frame-rate files; otherwise frames are spaced ``1 / fps`` apart.
     With 4:2:0 ``pix_fmt`` an odd width or height loses its last column/row; use e.g.
-    ``codec="ffv1", pix_fmt="yuv444p"`` in a ``.mkv`` for odd sizes.
+    ``codec="ffv1", pix_fmt="yuv444p"`` in a ``.mkv`` for odd sizes. ``options`` go to
+    the encoder, ``container_options`` to the muxer (e.g. ``{"movflags": "faststart"}``).
     The file is written to a temporary name and renamed when complete.
     """
     path = os.fspath(path)
     tmp = f"{path}.partial{os.path.splitext(path)[1]}"
     rate = Fraction(fps).limit_denominator(1000)
     count = 0
-    with av.open(tmp, mode="w") as container:
+    with av.open(tmp, mode="w", options=container_options or {}) as container:
         stream = None
         for frame_array in frames:
             if stream is None:

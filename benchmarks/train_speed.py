@@ -1,0 +1,74 @@
+"""Training speed of a small MeMViT preset on CPU, with and without memory.
+
+Prints clips/s (steady state, after warm-up steps) and the process's peak
+resident memory for ``memvit_tiny`` (memory_len 2) and ``mvit_tiny`` (no memory),
+trained by the engine on generated clips. Each configuration runs in its own
+subprocess so peak memory is not shared.
+
+    python benchmarks/train_speed.py [--steps 12] [--batch 4] [--frames 8] [--size 64] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+
+def measure(model: str, args: argparse.Namespace) -> dict:
+    """Run ``args.warmup + args.steps`` training steps of ``model``; clips/s over the last ``steps``."""
+    import torch
+
+    import longvid
+    from longvid.train import Trainer, TrainConfig, seed_everything
+    from longvid.train.data import synthetic_source
+
+    torch.set_num_threads(args.threads)
+    total = args.warmup + args.steps
+    cfg = TrainConfig(
+        model=model, num_classes=10, clip_frames=args.frames, size=args.size, synthetic_videos=args.batch,
+        synthetic_clips=total, batch_size=args.batch, epochs=1, max_steps=total, eval_every=0, log_every=10**9,
+        checkpoint_every=10**9, out_dir=tempfile.mkdtemp(prefix="longvid-speed-"),
+    )  # fmt: skip
+    seed_everything(0)
+    net = longvid.build_model(model, num_classes=10, num_frames=args.frames, crop_size=args.size)
+    history = Trainer(net, cfg, synthetic_source(cfg, 0), log=None).fit()
+    steady = history[args.warmup :]
+    seconds = sum(args.batch / r["clips_per_s"] for r in steady)
+    return {
+        "model": model,
+        "memory_len": net.config.memory_len,
+        "clips_per_s": len(steady) * args.batch / seconds,
+        "peak_rss_mb": max(r["peak_mem_mb"] for r in history),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=12, help="timed steps (default 12)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed first steps (default 3)")
+    parser.add_argument("--batch", type=int, default=4, help="streams per step (default 4)")
+    parser.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
+    parser.add_argument("--size", type=int, default=64, help="crop size (default 64)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args)))
+        return
+    print(f"training on CPU, batch {args.batch} x clip (3, {args.frames}, {args.size}, {args.size}), "
+          f"{args.threads} thread(s), {args.steps} timed steps after {args.warmup}")  # fmt: skip
+    print(f"{'model':<14}{'memory':>8}{'clips/s':>10}{'peak RSS MB':>14}")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for model in ("memvit_tiny", "mvit_tiny"):
+        cmd = [sys.executable, os.path.abspath(__file__), "--one", model] + sys.argv[1:]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root))
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{r['model']:<14}{('M=' + str(r['memory_len'])):>8}{r['clips_per_s']:>10.1f}{r['peak_rss_mb']:>14.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Ask a question about a video file: stream it at 1 fps into a model's memory, then answer.
+
+``ask_rewind`` is what ``longvid ask VIDEO "question" --model rewind`` runs. With
+``until`` (breakpoint mode) the video is read only up to ``until`` seconds, so the
+answer uses only what an online viewer had seen by then.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from longvid.errors import LongvidError
+
+
+@dataclass
+class Answer:
+    """An answer and what it cost."""
+
+    text: str
+    frames_seen: int  # frames watched (1 fps)
+    memory_tokens: int  # tokens in the memory
+    llm_input_tokens: int  # memory + separator + selected frames + instruction
+    selected_times: list[float]  # seconds of the frames DFS selected
+    memory_bytes: int
+    buffer_ram_bytes: int
+    buffer_disk_bytes: int
+
+
+@torch.no_grad()
+def ask_rewind(
+    video: str | os.PathLike,
+    question: str,
+    model,
+    until: float | None = None,
+    keep_every: int = 1,
+    spill_dir: str | os.PathLike | None = None,
+    max_new_tokens: int = 32,
+) -> Answer:
+    """Watch ``video`` at 1 fps with ``model`` (a :class:`longvid.models.rewind.ReWind`) and answer ``question``.
+
+    ``keep_every`` / ``spill_dir``: feature-buffer policy (every k-th frame; memory-mapped
+    files in that folder).
+    """
+    from longvid.video import ClipReader
+
+    if until is not None and until < 0:
+        raise LongvidError(f"--time must be >= 0 seconds, got {until}")
+    model.eval()
+    clip_frames = model.config.clip_frames
+    # Frames at t <= until are kept: the reader stops before ``end``.
+    reader = ClipReader(video, clip_frames=clip_frames, fps=1.0, short_side=None, crop=None, mean=None, std=None,
+                        end=None if until is None else until + 1e-3, background=True)
+    ids, mask = model.tokenize([question])
+    state = model.init_state(1, keep_every=keep_every, spill_dir=spill_dir)
+    for clip in reader:
+        pixels = clip.frames[None].to(model.separator.device)  # (1, 3, F, H, W) in [0, 1]
+        _, state = model.observe(pixels, clip.timestamps[None], state, ids, mask, num_valid=torch.tensor([clip.num_valid]))
+    if int(state.memory.num_frames[0]) == 0:
+        raise LongvidError(f"{video}: no frames before {until} s")
+    text = model.answer(state, [question], max_new_tokens=max_new_tokens)[0]
+    (prompt,) = model.prompt_embeddings(state, ids, mask)
+    (chosen,) = model.select(state, ids, mask)
+    sizes = state.nbytes()
+    return Answer(
+        text=text,
+        frames_seen=int(state.memory.num_frames[0]),
+        memory_tokens=int(state.memory.lengths[0]),
+        llm_input_tokens=len(prompt),
+        selected_times=[float(t) for t in state.memory.timestamps[0, chosen.to(state.memory.timestamps.device)]],
+        memory_bytes=sizes["memory"],
+        buffer_ram_bytes=sizes["buffer_ram"],
+        buffer_disk_bytes=sizes["buffer_disk"],
+    )
+
+
+def load_rewind(preset: str, vision: str, llm: str, weights: str | os.PathLike | None = None, device=None):
+    """A ReWind from a preset, an image encoder and an LLM (paths or hub ids), and trained
+    weights from a safetensors file (None: random memory, projections and LoRA)."""
+    from longvid.models.rewind import build_rewind, load_trainable
+
+    model = build_rewind(preset, vision, llm, device=device)
+    if weights is not None:
+        from safetensors.torch import load_file
+
+        if not os.path.isfile(weights):
+            raise LongvidError(f"{weights}: no such weights file")
+        load_trainable(model, load_file(os.fspath(weights), device=str(device or "cpu")))
+    return model
+
+
+@torch.no_grad()
+def ask_malmm(
+    video: str | os.PathLike,
+    question: str,
+    model,
+    until: float | None = None,
+    num_frames: int = 20,
+    fps: float | None = None,
+) -> Answer:
+    """Watch ``video`` with ``model`` (a :class:`longvid.models.malmm.MALMM` with encoder and LLM)
+    one frame at a time and answer ``question`` (also the Q-Former instruction).
+
+    Frames: ``num_frames`` spread uniformly over the video (or over ``[0, until]``), or a
+    fixed ``fps`` for online use on videos of any length (memory stays at L slots).
+    """
+    from longvid.models.malmm import answer_stream
+    from longvid.video import ClipReader, probe
+
+    if until is not None and until < 0:
+        raise LongvidError(f"--time must be >= 0 seconds, got {until}")
+    if fps is None:
+        if num_frames < 1:
+            raise LongvidError(f"--frames must be >= 1, got {num_frames}")
+        duration = probe(video).duration if until is None else until
+        fps = num_frames / duration if duration > 0 else 1.0
+    reader = ClipReader(video, clip_frames=1, fps=fps, short_side=None, crop=None, mean=None, std=None, tail="drop",
+                        end=None if until is None else until + 1e-3, background=True)
+    frames = (clip.frames[:, 0] for clip in reader)  # (3, H, W) in [0, 1]
+    beams, state = answer_stream(model, frames, question)
+    prompt_tokens = len(model.llm.tokenize_prompts([question])[0])
+    return Answer(
+        text=beams[0],
+        frames_seen=int(state.frames_seen[0]),
+        memory_tokens=state.memory_tokens(),
+        llm_input_tokens=state.queries.shape[1] + prompt_tokens,
+        selected_times=[],
+        memory_bytes=state.nbytes(),
+        buffer_ram_bytes=0,
+        buffer_disk_bytes=0,
+    )

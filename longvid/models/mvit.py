@@ -1,0 +1,466 @@
+"""MViTv2 building blocks with MeMViT memory attention.
+
+Pool-first multi-head pooling attention (the released MeMViT / MViTv2 form): per block,
+``x_norm = norm1(x)`` is split into heads and pooled into q, k, v by depthwise Conv3d
+(kernel 3x3x3, weights shared across heads) + LayerNorm *before* the q/k/v Linear layers;
+the cls token bypasses pooling and is put back before the norm. Residual pooling adds the
+pooled q to the attention output (not to the cls row). Decomposed relative positions
+(``rel_pos_t/h/w``) are added to the logits of the non-cls queries and keys, with
+scaled distances when the q and k grids differ. A stage transition pools q (stride
+1x2x2), max-pools the residual and projects it to the new width.
+
+Memory (``longvid.memory.kv``): an attention layer given a ``LayerMemory`` attends to
+``[memory entries ; current]`` keys/values, with its own position tables
+(``rel_pos_mem_t/h/w``, temporal distances scaled by the compression stride) and with
+masked entries set to ``-inf`` before the softmax. Attention runs through
+``F.scaled_dot_product_attention`` with the position terms and masks as one additive bias.
+
+Tensor layout: tokens ``(B, N, C)`` with ``N = n_cls + T*H*W`` in (t, h, w) order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longvid.errors import LongvidError
+from longvid.memory.kv import KVMemorySpec, LayerCache, compress_tokens, memory_step
+
+Size3 = tuple[int, int, int]
+
+
+def round_width(width: float, multiplier: float, min_width: int = 1, divisor: int = 1) -> int:
+    """PySlowFast's width rounding: ``width * multiplier`` to a multiple of ``divisor``."""
+    width *= multiplier
+    min_width = min_width or divisor
+    width_out = max(min_width, int(width + divisor / 2) // divisor * divisor)
+    if width_out < 0.9 * width:
+        width_out += divisor
+    return int(width_out)
+
+
+def conv_out_size(size: Sequence[int], kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int]) -> Size3:
+    return tuple((s + 2 * p - k) // st + 1 for s, k, st, p in zip(size, kernel, stride, padding))
+
+
+# -- relative positions ----------------------------------------------------------------
+
+
+def resize_rel_table(table: Tensor, length: int) -> Tensor:
+    """Linearly resize a (L, dim) relative-position table to ``length`` rows."""
+    if table.shape[0] == length:
+        return table
+    resized = F.interpolate(table.t()[None], size=length, mode="linear")  # (1, dim, length)
+    return resized[0].t()
+
+
+def spatial_rel_pos(table: Tensor, q_size: int, k_size: int) -> Tensor:
+    """Table rows for every (query, key) pair along one spatial axis.
+
+    Distances are scaled to the finer grid when q and k sizes differ (MViTv2):
+    ``i * max(k/q, 1) - j * max(q/k, 1) + (k - 1) * max(q/k, 1)``, truncated.
+    Returns (q_size, k_size, dim).
+    """
+    table = resize_rel_table(table, 2 * max(q_size, k_size) - 1)
+    q_ratio = max(k_size / q_size, 1.0)
+    k_ratio = max(q_size / k_size, 1.0)
+    dist = torch.arange(q_size)[:, None] * q_ratio - torch.arange(k_size)[None, :] * k_ratio
+    dist = dist + (k_size - 1) * k_ratio
+    return table[dist.long().to(table.device)]
+
+
+def temporal_rel_pos(table: Tensor, q_t: int, k_t: int, k_stride: int = 1) -> Tensor:
+    """Table rows ``i + (k_t - 1 - j) * k_stride`` for query frame i and key frame j.
+
+    ``k_stride`` is the compression stride for memory keys (laid end to end, oldest first).
+    Returns (q_t, k_t, dim).
+    """
+    dist = torch.arange(q_t)[:, None] + (k_t - 1 - torch.arange(k_t)[None, :]) * k_stride
+    if int(dist.max()) >= table.shape[0]:
+        raise LongvidError(
+            f"temporal position table has {table.shape[0]} rows but needs {int(dist.max()) + 1}: "
+            "the clip has more frames (or the memory more clips) than the model was built for"
+        )
+    return table[dist.to(table.device)]
+
+
+def rel_pos_terms(q: Tensor, rt: Tensor, rh: Tensor, rw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Decomposed position logits.
+
+    Args:
+        q: (B, heads, qt, qh, qw, d) non-cls queries.
+        rt / rh / rw: (qt, kt, d) / (qh, kh, d) / (qw, kw, d) gathered tables.
+    Returns:
+        (B, heads, qt, qh, qw, kt), (..., kh), (..., kw).
+    """
+    return (
+        torch.einsum("bntyxd,tkd->bntyxk", q, rt),
+        torch.einsum("bntyxd,ykd->bntyxk", q, rh),
+        torch.einsum("bntyxd,xkd->bntyxk", q, rw),
+    )
+
+
+# -- pooling ---------------------------------------------------------------------------
+
+
+def _grid_to_conv(x: Tensor, thw: Size3) -> Tensor:
+    """(B, heads, T*H*W, C) -> (B*heads, C, T, H, W) contiguous, for a depthwise Conv3d."""
+    b, n, _, c = x.shape
+    return x.reshape(b * n, *thw, c).permute(0, 4, 1, 2, 3).contiguous()
+
+
+def _conv_to_tokens(x: Tensor, batch: int) -> Tensor:
+    """(B*heads, C, T, H, W) -> (B, heads, T*H*W, C)."""
+    bn, c = x.shape[:2]
+    return x.reshape(batch, bn // batch, c, -1).transpose(2, 3)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, dim_out: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim_out)
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample during training."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty(x.shape[0], *([1] * (x.dim() - 1))).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class PatchEmbed(nn.Module):
+    """Conv3d patchify: (B, C, T, H, W) -> tokens (B, T'*H'*W', dim) and grid (T', H', W').
+
+    ``causal``: the temporal padding is all on the past side, so token frame i sees input
+    frames up to ``i * stride_t`` only.
+    """
+
+    def __init__(self, in_chans: int, dim: int, kernel: Size3, stride: Size3, padding: Size3, causal: bool = False):
+        super().__init__()
+        self.causal_pad = kernel[0] - 1 if causal else 0
+        padding = (0, padding[1], padding[2]) if causal else tuple(padding)
+        self.proj = nn.Conv3d(in_chans, dim, kernel, stride=stride, padding=padding)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Size3]:
+        if self.causal_pad:
+            x = F.pad(x, (0, 0, 0, 0, self.causal_pad, 0))
+        x = self.proj(x)  # (B, dim, T', H', W')
+        return x.flatten(2).transpose(1, 2), tuple(x.shape[2:])
+
+
+# -- attention -------------------------------------------------------------------------
+
+
+@dataclass
+class LayerMemory:
+    """What one memory-reading attention layer gets for a step.
+
+    keys / values: the layer's caches (see ``longvid.memory.kv.LayerCache``).
+    valid: (B, M) bool, entries (oldest first) each stream may attend to.
+    """
+
+    keys: LayerCache
+    values: LayerCache
+    valid: Tensor
+    spec: KVMemorySpec
+
+
+class MultiScaleAttention(nn.Module):
+    """Pool-first multi-head pooling attention with optional key/value memory.
+
+    Args:
+        dim / dim_out: input / output width; heads split ``dim`` for pooling and
+            ``dim_out`` for attention (head_dim = dim_out // num_heads).
+        input_size: (T, H, W) token grid the block receives at the model's clip size
+            (sizes the position tables).
+        memory_len: M; > 0 creates the memory parameters (compression fK/fV and
+            ``rel_pos_mem_*`` tables) whether or not the layer reads memory.
+        causal: causal pooling convs (stride_t must be 1), future current-clip keys
+            and the current cls key masked.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        num_heads: int,
+        input_size: Size3,
+        kernel_q: Size3 = (3, 3, 3),
+        kernel_kv: Size3 = (3, 3, 3),
+        stride_q: Size3 = (1, 1, 1),
+        stride_kv: Size3 = (1, 1, 1),
+        qkv_bias: bool = True,
+        has_cls: bool = True,
+        rel_pos_spatial: bool = True,
+        rel_pos_temporal: bool = True,
+        memory_len: int = 0,
+        compress_kernel: Size3 = (7, 3, 3),
+        compress_stride: Size3 = (4, 2, 2),
+        causal: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
+        super().__init__()
+        if dim % num_heads or dim_out % num_heads:
+            raise LongvidError(f"widths {dim}->{dim_out} are not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.dim_out = dim_out
+        self.n_cls = 1 if has_cls else 0
+        self.causal = causal
+        self.compress_stride = tuple(compress_stride)
+        self.compress_kernel = tuple(compress_kernel)
+        self.attn_drop = attn_drop
+        head_dim = dim_out // num_heads
+
+        if rel_pos_spatial:
+            if input_size[1] != input_size[2]:
+                raise LongvidError(f"relative positions need a square token grid, got {input_size[1]}x{input_size[2]}")
+            q_size = input_size[1] // stride_q[1]
+            kv_size = input_size[1] // stride_kv[1]
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * max(q_size, kv_size) - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * max(q_size, kv_size) - 1, head_dim))
+            if memory_len:
+                mem_size = kv_size // compress_stride[1]
+                self.rel_pos_mem_h = nn.Parameter(torch.zeros(2 * max(q_size, mem_size) - 1, head_dim))
+                self.rel_pos_mem_w = nn.Parameter(torch.zeros(2 * max(q_size, mem_size) - 1, head_dim))
+        if rel_pos_temporal:
+            self.rel_pos_t = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
+            if memory_len:
+                # 2T + (ATTN_MAX_LEN - 2) T - 1 rows with ATTN_MAX_LEN = M + 1, as released.
+                self.rel_pos_mem_t = nn.Parameter(torch.zeros((memory_len + 1) * input_size[0] - 1, head_dim))
+        self.rel_pos_spatial = rel_pos_spatial
+        self.rel_pos_temporal = rel_pos_temporal
+
+        self.q = nn.Linear(dim, dim_out, bias=qkv_bias)
+        self.k = nn.Linear(dim, dim_out, bias=qkv_bias)
+        self.v = nn.Linear(dim, dim_out, bias=qkv_bias)
+        self.proj = nn.Linear(dim_out, dim_out)
+        self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+
+        dim_conv = dim // num_heads
+        self.shift = kernel_q[0] - 1 if causal else 0
+        if causal and (stride_q[0] != 1 or stride_kv[0] != 1 or kernel_q[0] != kernel_kv[0]):
+            raise LongvidError("the causal variant needs temporal pooling stride 1")
+
+        def pool(kernel: Size3, stride: Size3) -> nn.Conv3d:
+            pad_t = kernel[0] - 1 if causal else kernel[0] // 2
+            padding = (pad_t, kernel[1] // 2, kernel[2] // 2)
+            return nn.Conv3d(dim_conv, dim_conv, kernel, stride=stride, padding=padding, groups=dim_conv, bias=False)
+
+        self.pool_q = pool(kernel_q, stride_q)
+        self.norm_q = nn.LayerNorm(dim_conv, eps=1e-6)
+        self.pool_k = pool(kernel_kv, stride_kv)
+        self.norm_k = nn.LayerNorm(dim_conv, eps=1e-6)
+        self.pool_v = pool(kernel_kv, stride_kv)
+        self.norm_v = nn.LayerNorm(dim_conv, eps=1e-6)
+
+        if memory_len:
+            padding = tuple(k // 2 for k in compress_kernel)
+            self.compress_k = nn.Conv3d(dim, dim, compress_kernel, stride=compress_stride, padding=padding, groups=dim, bias=False)
+            self.compress_v = nn.Conv3d(dim, dim, compress_kernel, stride=compress_stride, padding=padding, groups=dim, bias=False)
+            self.norm_compress_k = nn.LayerNorm(dim, eps=1e-6)
+            self.norm_compress_v = nn.LayerNorm(dim, eps=1e-6)
+
+    def _pool(self, grid: Tensor, cls: Tensor, conv: nn.Conv3d, norm: nn.LayerNorm) -> tuple[Tensor, Size3]:
+        """Pool one of q/k/v. grid (B*heads, C, T, H, W), cls (B, heads, n_cls, C) -> (B, heads, n_cls + N', C)."""
+        pooled = conv(grid)
+        if self.shift:
+            pooled = pooled[:, :, : -self.shift]  # causal: drop outputs that saw padding from the future side
+        thw = tuple(pooled.shape[2:])
+        tokens = _conv_to_tokens(pooled, cls.shape[0])
+        return norm(torch.cat([cls, tokens], dim=2)), thw
+
+    def compressed_size(self, kv_thw: Size3) -> Size3:
+        """Token grid of a compressed memory entry."""
+        padding = tuple(k // 2 for k in self.compress_kernel)
+        return conv_out_size(kv_thw, self.compress_kernel, self.compress_stride, padding)
+
+    def forward(self, x: Tensor, thw: Size3, memory: LayerMemory | None = None) -> tuple[Tensor, Size3, tuple[LayerCache, LayerCache] | None]:
+        """Args:
+            x: (B, N, dim) normed tokens on grid ``thw``.
+            memory: this step's memory for the layer, or None.
+        Returns:
+            (B, Nq, dim_out), the q grid, and the new (key, value) caches (None without memory).
+        """
+        b, n, dim = x.shape
+        heads, c = self.num_heads, dim // self.num_heads
+        xh = x.reshape(b, n, heads, c).permute(0, 2, 1, 3)  # (B, heads, N, c)
+        cls, grid = xh[:, :, : self.n_cls], _grid_to_conv(xh[:, :, self.n_cls :], thw)
+        q, q_thw = self._pool(grid, cls, self.pool_q, self.norm_q)
+        k, k_thw = self._pool(grid, cls, self.pool_k, self.norm_k)
+        v, _ = self._pool(grid, cls, self.pool_v, self.norm_v)
+
+        def merge(t: Tensor) -> Tensor:  # (B, heads, N, c) -> (B, N, dim)
+            return t.transpose(1, 2).reshape(b, -1, dim)
+
+        q = self.q(merge(q)).view(b, -1, heads, self.dim_out // heads).transpose(1, 2)  # (B, heads, Nq, d)
+        k, v = merge(k), merge(v)  # (B, Nk, dim), pooled and un-projected
+        caches, mem_thw = None, None
+        if memory is not None:
+            mem_thw = self.compressed_size(k_thw)
+            read_k, cache_k = memory_step(memory.keys, k, memory.spec, lambda t: compress_tokens(t, k_thw, self.compress_k, self.norm_compress_k, self.n_cls)[0])
+            read_v, cache_v = memory_step(memory.values, v, memory.spec, lambda t: compress_tokens(t, k_thw, self.compress_v, self.norm_compress_v, self.n_cls)[0])
+            k = torch.cat([read_k.flatten(1, 2), k], dim=1)  # (B, M*Nc + Nk, dim)
+            v = torch.cat([read_v.flatten(1, 2), v], dim=1)
+            caches = (cache_k, cache_v)
+        k = self.k(k).view(b, -1, heads, self.dim_out // heads).transpose(1, 2)  # (B, heads, Nk_total, d)
+        v = self.v(v).view(b, -1, heads, self.dim_out // heads).transpose(1, 2)
+
+        n = self.n_cls
+        valid = memory.valid if memory is not None else None
+        drop = self.attn_drop if self.training else 0.0
+        body_bias, cls_bias = self.attention_bias(q, q_thw, k_thw, mem_thw, valid)
+        # Query rows are independent: the cls row (no position terms) and the grid rows
+        # run as two attention calls over the same keys.
+        q_body = q[:, :, n:]
+        out = F.scaled_dot_product_attention(q_body, k, v, attn_mask=body_bias, dropout_p=drop)  # (B, heads, Nq_sp, d)
+        out = out + q_body  # residual pooling (not on the cls row)
+        if n:
+            out_cls = F.scaled_dot_product_attention(q[:, :, :n], k, v, attn_mask=cls_bias, dropout_p=drop)
+            out = torch.cat([out_cls, out], dim=2)
+        out = out.transpose(1, 2).reshape(b, -1, self.dim_out)
+        return self.proj_drop(self.proj(out)), q_thw, caches
+
+    def attention_bias(self, q: Tensor, q_thw: Size3, k_thw: Size3, mem_thw: Size3 | None, mem_valid: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """Additive logit biases for ``[memory entries ; current]`` keys.
+
+        Keys are laid out as ``[entry_0 (cls, grid), .., entry_{M-1}, current (cls, grid)]``.
+        Returns:
+            body: (B, heads, Nq_sp, Nk) for the non-cls query rows: decomposed position
+                terms on grid keys; ``-inf`` on all columns of entries where ``mem_valid``
+                (B, M) is False; causal: ``-inf`` on future current frames and the current
+                cls key. None when there is nothing to add.
+            cls_row: (B, 1, n_cls, Nk) for the cls query: only the masks, or None.
+        """
+        has_mem = mem_valid is not None
+        if not (self.rel_pos_spatial or self.rel_pos_temporal or has_mem or self.causal):
+            return None, None
+        b, heads, nq, d = q.shape
+        n = self.n_cls
+        qt, qh, qw = q_thw
+        kt, kh, kw = k_thw
+        num_mem = mem_valid.shape[1] if has_mem else 0
+        tc, hc, wc = mem_thw if has_mem else (0, 0, 0)
+        nq_sp = qt * qh * qw
+        r_q = q[:, :, n:].reshape(b, heads, qt, qh, qw, d)
+        # Tables for current and memory keys concatenated along keys: one einsum per axis.
+        rt, rh, rw = self._tables(q_thw, k_thw, mem_thw, num_mem, q)
+        rel_t, rel_h, rel_w = rel_pos_terms(r_q, rt, rh, rw)  # (B, heads, qt, qh, qw, keys along the axis)
+
+        def grid(t: Tensor, h: Tensor, w: Tensor) -> Tensor:  # -> (B, heads, Nq_sp, kt*kh*kw)
+            th = t[..., :, None] + h[..., None, :]  # (B, heads, qt, qh, qw, kt, kh)
+            return (th[..., None] + w[..., None, None, :]).reshape(b, heads, nq_sp, -1)
+
+        def column(value: Tensor) -> Tensor:  # (B,) or scalar tensor -> (B, heads, Nq_sp, n)
+            return value.reshape(-1, 1, 1, 1).expand(b, heads, nq_sp, n)
+
+        pieces, cls_row = [], []
+        if has_mem:
+            neg = torch.zeros(mem_valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~mem_valid, float("-inf"))  # (B, M)
+            mem_t = rel_t[..., : num_mem * tc].unflatten(-1, (num_mem, tc)) + neg[:, None, None, None, None, :, None]
+            for m in range(num_mem):
+                if n:
+                    pieces.append(column(neg[:, m]))
+                pieces.append(grid(mem_t[..., m, :], rel_h[..., kh:], rel_w[..., kw:]))
+            cls_row.append(neg.repeat_interleave(n + tc * hc * wc, dim=1))  # (B, M*entry)
+        cur_t = rel_t[..., num_mem * tc :]
+        cls_value = q.new_full((), float("-inf") if self.causal else 0.0)
+        if self.causal:
+            future = torch.arange(kt, device=q.device)[None, :] > torch.arange(qt, device=q.device)[:, None]  # (qt, kt)
+            cur_t = cur_t + q.new_zeros(qt, kt).masked_fill_(future, float("-inf"))[:, None, None, :]
+        if n:
+            pieces.append(column(cls_value))
+        pieces.append(grid(cur_t, rel_h[..., :kh], rel_w[..., :kw]))
+        body = torch.cat(pieces, dim=-1)
+        if not n or not (has_mem or self.causal):
+            return body, None
+        cls_row += [cls_value.expand(b, n), q.new_zeros(b, kt * kh * kw)]
+        return body, torch.cat(cls_row, dim=1)[:, None, None, :].expand(b, 1, n, -1)
+
+    def _tables(self, q_thw: Size3, k_thw: Size3, mem_thw: Size3 | None, num_mem: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Gathered (q, k, d) tables per axis; memory keys appended after current keys.
+
+        Disabled position kinds give zero tables (no logit terms).
+        """
+        (qt, qh, qw), (kt, kh, kw) = q_thw, k_thw
+        d = like.shape[-1]
+
+        def zeros(q_len: int, k_len: int) -> Tensor:
+            return like.new_zeros(q_len, k_len, d)
+
+        tc, hc, wc = mem_thw if mem_thw is not None else (0, 0, 0)
+        if self.rel_pos_temporal:
+            rt = [temporal_rel_pos(self.rel_pos_t, qt, kt)]
+            if num_mem:
+                rt.insert(0, temporal_rel_pos(self.rel_pos_mem_t, qt, num_mem * tc, self.compress_stride[0]))
+            rt = torch.cat(rt, dim=1)
+        else:
+            rt = zeros(qt, num_mem * tc + kt)
+        if self.rel_pos_spatial:
+            rh, rw = [spatial_rel_pos(self.rel_pos_h, qh, kh)], [spatial_rel_pos(self.rel_pos_w, qw, kw)]
+            if num_mem:
+                rh.append(spatial_rel_pos(self.rel_pos_mem_h, qh, hc))
+                rw.append(spatial_rel_pos(self.rel_pos_mem_w, qw, wc))
+            rh, rw = torch.cat(rh, dim=1), torch.cat(rw, dim=1)
+        else:
+            rh, rw = zeros(qh, kh + (hc if num_mem else 0)), zeros(qw, kw + (wc if num_mem else 0))
+        return rt, rh, rw
+
+
+class MultiScaleBlock(nn.Module):
+    """One MViTv2 block (``dim_mul_in_att``: the attention changes the width).
+
+    ``x_norm = norm1(x)``; residual = ``proj(x_norm)`` if the width changes, max-pooled
+    (kernel stride+1) when q is pooled; ``x = residual + attn(x_norm)``;
+    ``x = x + mlp(norm2(x))``.
+    """
+
+    def __init__(self, dim: int, dim_out: int, num_heads: int, input_size: Size3, mlp_ratio: float = 4.0, drop_path: float = 0.0, **attn_kwargs):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = MultiScaleAttention(dim, dim_out, num_heads, input_size, **attn_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim_out, eps=1e-6)
+        self.mlp = Mlp(dim_out, int(dim_out * mlp_ratio), dim_out)
+        if dim != dim_out:
+            self.proj = nn.Linear(dim, dim_out)
+        stride_q = attn_kwargs.get("stride_q", (1, 1, 1))
+        self.n_cls = self.attn.n_cls
+        if math.prod(stride_q) > 1:
+            kernel = tuple(s + 1 if s > 1 else s for s in stride_q)
+            self.pool_skip = nn.MaxPool3d(kernel, stride_q, tuple(k // 2 for k in kernel))
+        else:
+            self.pool_skip = None
+
+    def forward(self, x: Tensor, thw: Size3, memory: LayerMemory | None = None) -> tuple[Tensor, Size3, tuple[LayerCache, LayerCache] | None]:
+        """x (B, N, dim) on grid thw -> (B, N', dim_out) on the pooled grid, new caches."""
+        x_norm = self.norm1(x)
+        x_block, thw_new, caches = self.attn(x_norm, thw, memory)
+        if hasattr(self, "proj"):
+            x = self.proj(x_norm)
+        if self.pool_skip is not None:
+            b, _, c = x.shape
+            grid = x[:, self.n_cls :].transpose(1, 2).reshape(b, c, *thw)
+            grid = self.pool_skip(grid).flatten(2).transpose(1, 2)
+            x = torch.cat([x[:, : self.n_cls], grid], dim=1)
+        x = x + self.drop_path(x_block)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, thw_new, caches

@@ -1,0 +1,170 @@
+"""Training configuration: one frozen dataclass, named presets in a plain dict."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass
+from typing import Sequence
+
+from longvid.errors import LongvidError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs besides the model weights and the data files.
+
+    Data: ``data`` is a generic annotation file (CSV/JSON/JSONL), a Kinetics-style
+    ``root/<class>/<video>`` folder, or ``"synthetic"`` (generated clips; see
+    :func:`longvid.train.data.synthetic_source`). Progressive schedule: epoch ``e``
+    uses videos cut into ``progressive[min(e // stage_epochs, len - 1)]``-clip
+    segments (``()`` keeps whole videos).
+    """
+
+    model: str = "memvit_tiny"
+    num_classes: int = 10
+    data: str = "synthetic"
+    val_data: str | None = None
+    clip_frames: int = 8
+    stride: int = 4
+    size: int = 64  # short side and square center crop of file clips
+    synthetic_videos: int = 16
+    synthetic_clips: int = 4
+    batch_size: int = 4
+    epochs: int = 5
+    progressive: tuple[int, ...] = ()
+    stage_epochs: int = 1
+    memory_drop: bool = True
+    shuffle: bool = True
+    optimizer: str = "adamw"  # "adamw" or "sgd" (with momentum)
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 0.05
+    warmup_steps: int = 0
+    clip_grad: float | None = 1.0
+    loss: str = "ce"  # "ce" (label smoothing), "bce" (multi-hot), "eql" (softmax equalization loss)
+    label_smoothing: float = 0.0
+    eql_lambda: float = 0.003
+    amp: str = "auto"  # "auto" (bf16/fp16 on CUDA, off on CPU), "bf16", "fp16", "off"
+    seed: int = 0
+    eval_every: int = 1  # epochs; 0: never
+    log_every: int = 10  # steps
+    checkpoint_every: int = 100  # steps; a checkpoint is also written at the end of every epoch
+    max_steps: int | None = None  # stop after this many steps (None: run all epochs)
+    out_dir: str = "runs/longvid"
+    find_unused_parameters: bool = True  # DDP: memory modules get no gradient while memory is empty
+
+    def clips_per_video(self, epoch: int) -> int | None:
+        """Segment length for ``epoch`` under the progressive schedule (None: whole videos)."""
+        if not self.progressive:
+            return None
+        return self.progressive[min(epoch // self.stage_epochs, len(self.progressive) - 1)]
+
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`LongvidError` for inconsistent values; returns self."""
+        checks = [
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.stage_epochs >= 1, f"stage_epochs must be >= 1, got {self.stage_epochs}"),
+            (all(k >= 1 for k in self.progressive), f"progressive clip counts must be >= 1, got {self.progressive}"),
+            (self.optimizer in ("adamw", "sgd"), f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}"),
+            (self.loss in ("ce", "bce", "eql"), f"loss must be 'ce', 'bce' or 'eql', got {self.loss!r}"),
+            (self.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto, bf16, fp16 or off, got {self.amp!r}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LongvidError(message)
+        return self
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # a few seconds on CPU: tiny MeMViT on generated clips
+    "memvit_tiny_synthetic": TrainConfig(
+        model="memvit_tiny", num_classes=4, data="synthetic", clip_frames=4, size=32, synthetic_videos=16,
+        synthetic_clips=4, batch_size=4, epochs=4, progressive=(1, 2, 4), lr=2e-3, warmup_steps=4, log_every=5,
+    ),
+    # MeMViT paper recipe (sections 4.3, A.2) for Kinetics/EPIC-style data: SGD, 5 progressive stages
+    "memvit16_16x4_sgd": TrainConfig(
+        model="memvit16_16x4", num_classes=400, data="annotations.csv", clip_frames=16, stride=4, size=224,
+        batch_size=8, epochs=50, progressive=(1, 2, 3, 4, 5), stage_epochs=10, optimizer="sgd", lr=0.1,
+        weight_decay=1e-4, warmup_steps=1000, clip_grad=1.0, amp="auto",
+    ),
+    "memvit16_16x4_adamw": TrainConfig(
+        model="memvit16_16x4", num_classes=400, data="annotations.csv", clip_frames=16, stride=4, size=224,
+        batch_size=8, epochs=30, progressive=(1, 2, 3, 4, 5), stage_epochs=6, optimizer="adamw", lr=1e-4,
+        weight_decay=0.05, warmup_steps=1000, label_smoothing=0.1,
+    ),
+}  # fmt: skip
+
+
+def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A preset name or a JSON file of fields, then ``key=value`` overrides."""
+    if name_or_path in PRESETS:
+        config = PRESETS[name_or_path]
+    elif os.path.isfile(name_or_path):
+        try:
+            with open(name_or_path, encoding="utf-8") as f:
+                fields = json.load(f)
+        except json.JSONDecodeError as err:
+            raise LongvidError(f"{name_or_path}:{err.lineno}: invalid JSON ({err.msg})") from None
+        config = _replace(TrainConfig(), {k: v for k, v in fields.items()}, name_or_path)
+    else:
+        known = ", ".join(sorted(PRESETS))
+        raise LongvidError(f"{name_or_path!r} is neither a preset ({known}) nor a config file")
+    parsed = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise LongvidError(f"override {item!r} must look like key=value")
+        parsed[key.strip().replace("-", "_")] = _parse_value(key.strip(), value.strip())
+    return _replace(config, parsed, "overrides").validate()
+
+
+def _replace(config: TrainConfig, fields: dict, where: str) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise LongvidError(f"{where}: unknown config field(s) {', '.join(unknown)}")
+    hints = typing.get_type_hints(TrainConfig)
+    converted = {k: _coerce(k, v, hints[k]) for k, v in fields.items()}
+    return dataclasses.replace(config, **converted)
+
+
+def _parse_value(key: str, text: str):
+    """A CLI value: JSON when it parses (numbers, lists, null), else the raw string; ``1,2,3`` is a list."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if "," in text:
+            return [_parse_value(key, part) for part in text.split(",")]
+        return text
+
+
+def _coerce(key: str, value, hint):
+    """Check and convert ``value`` to the field type ``hint``."""
+    args = typing.get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    base = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not tuple else hint
+    try:
+        if typing.get_origin(base) is tuple:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            return tuple(int(v) for v in items)
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes", "false", "0", "no"):
+                return str(value).lower() in ("true", "1", "yes")
+            raise ValueError
+        if base is int and (isinstance(value, bool) or float(value) != int(float(value))):
+            raise ValueError
+        return base(value)
+    except (TypeError, ValueError):
+        raise LongvidError(f"config field {key} expects {getattr(base, '__name__', base)}, got {value!r}") from None

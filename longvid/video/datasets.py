@@ -1,0 +1,669 @@
+"""Annotation formats and sequential multi-video clip streams.
+
+Annotation readers (each validates its rows and reports bad ones with their line
+numbers as a :class:`AnnotationError`):
+
+* :func:`load_annotations` — the generic CSV / JSON / JSONL format: ``video``,
+  ``label`` (index or class name; several ``;``-separated in CSV, a list in JSON),
+  optional ``start``/``end`` seconds, ``question``/``answer``, ``query``/
+  ``target_start``/``target_end``; other columns are kept in ``meta``;
+* :func:`load_epic_kitchens` — EPIC-Kitchens-100 action CSVs (verb and noun heads);
+* :func:`load_ava` — AVA v2.2 box CSVs, grouped into keyframes;
+* :func:`load_kinetics_folder` — ``root/<class>/<video>.mp4`` folders;
+* :func:`load_lvu` — LVU per-video label files.
+
+Streams: a :class:`ClipSource` gives a video's clips and targets;
+:class:`StreamSampler` plays videos in ``B`` slots, clip after clip, the next
+video starting in a slot (with ``is_first``) when the previous one ends, as
+MeMViT's sequential training needs. It shards videos across ranks and can save
+and restore its position exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol, Sequence
+
+import torch
+
+from longvid.errors import LongvidError
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+
+
+class AnnotationError(LongvidError):
+    """A bad annotation file or row; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One annotated video (or time range of a video).
+
+    video:   absolute path.
+    labels:  head name -> class indices, e.g. ``{"label": (3,)}`` or
+             ``{"verb": (2,), "noun": (10,)}``; empty for unlabelled rows.
+    start, end: seconds (None: the whole video).
+    meta:    everything else in the row (question, answer, query, ids, ...).
+    line:    where the row is in its file (1-based; JSON lists: item number).
+    """
+
+    video: str
+    labels: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    start: float | None = None
+    end: float | None = None
+    meta: dict = field(default_factory=dict, compare=False)
+    line: int = 0
+
+    @property
+    def label(self) -> tuple[int, ...]:
+        """The labels of the single-head formats (``labels["label"]``)."""
+        return self.labels.get("label", ())
+
+
+@dataclass
+class Annotations:
+    """Parsed annotation file: samples plus, per head, the class names (index order)."""
+
+    samples: list[Sample]
+    classes: dict[str, list[str]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.samples[index]
+
+
+# -- generic format -----------------------------------------------------------------------
+
+_GENERIC_KNOWN = ("video", "label", "start", "end")
+_FLOAT_FIELDS = ("start", "end", "target_start", "target_end")
+
+
+def load_annotations(
+    path: str | os.PathLike, classes: Sequence[str] | None = None, check_files: bool = True
+) -> Annotations:
+    """Read the generic annotation format (``.csv``, ``.json`` list or ``.jsonl``).
+
+    Labels that are all integers are class indices; otherwise they are class
+    names, indexed by ``classes`` when given or by their sorted set.
+    ``check_files`` reports rows whose video does not exist.
+    """
+    path = os.fspath(path)
+    rows = list(_read_rows(path))
+    folder = os.path.dirname(os.path.abspath(path))
+    tokens = [(line, _label_tokens(path, line, row.get("label"))) for line, row in rows]
+    class_list, lookup = _class_lookup(path, tokens, classes)
+    samples = []
+    for (line, row), (_, labels) in zip(rows, tokens):
+        video = row.get("video")
+        if not isinstance(video, str) or not video.strip():
+            raise AnnotationError(f"{path}:{line}: missing 'video'")
+        video = os.path.normpath(os.path.join(folder, os.path.expanduser(video.strip())))
+        if check_files and not os.path.isfile(video):
+            raise AnnotationError(f"{path}:{line}: video not found: {video}")
+        meta = {k: v for k, v in row.items() if k not in _GENERIC_KNOWN and v not in (None, "")}
+        for key in _FLOAT_FIELDS[2:]:
+            if key in meta:
+                meta[key] = _float(path, line, key, meta[key])
+        start = _float(path, line, "start", row.get("start"))
+        end = _float(path, line, "end", row.get("end"))
+        if start is not None and end is not None and end <= start:
+            raise AnnotationError(f"{path}:{line}: end {end:g} must be after start {start:g}")
+        label = tuple(lookup(line, t) for t in labels)
+        samples.append(Sample(video, {"label": label} if label else {}, start, end, meta, line))
+    return Annotations(samples, {"label": class_list} if class_list else {})
+
+
+def _read_rows(path: str) -> Iterator[tuple[int, dict]]:
+    if not os.path.isfile(path):
+        raise AnnotationError(f"{path}: no such annotation file")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or "video" not in reader.fieldnames:
+                raise AnnotationError(f"{path}:1: the header must name a 'video' column, got {reader.fieldnames}")
+            for row in reader:
+                if None in row:
+                    raise AnnotationError(f"{path}:{reader.line_num}: more fields than the header has")
+                yield reader.line_num, row
+    elif ext == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for line_num, text in enumerate(f, 1):
+                if text.strip():
+                    yield line_num, _json_object(path, line_num, text)
+    elif ext == ".json":
+        with open(path, encoding="utf-8") as f:
+            try:
+                items = json.load(f)
+            except json.JSONDecodeError as err:
+                raise AnnotationError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+        if not isinstance(items, list):
+            raise AnnotationError(f"{path}: expected a JSON list of samples")
+        for item_num, item in enumerate(items, 1):
+            if not isinstance(item, dict):
+                raise AnnotationError(f"{path}: item {item_num} is not an object")
+            yield item_num, item
+    else:
+        raise AnnotationError(f"{path}: unknown annotation format {ext!r} (use .csv, .json or .jsonl)")
+
+
+def _json_object(path: str, line: int, text: str) -> dict:
+    try:
+        item = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"{path}:{line}: invalid JSON ({err.msg})") from None
+    if not isinstance(item, dict):
+        raise AnnotationError(f"{path}:{line}: expected a JSON object")
+    return item
+
+
+def _label_tokens(path: str, line: int, value) -> list[str]:
+    if value is None or value == "":
+        return []
+    items = value if isinstance(value, list) else str(value).split(";")
+    tokens = [str(v).strip() for v in items]
+    if any(not t for t in tokens):
+        raise AnnotationError(f"{path}:{line}: empty label in {value!r}")
+    return tokens
+
+
+def _class_lookup(path, tokens, classes):
+    """(class names or None, function (line, token) -> index)."""
+    all_tokens = [t for _, ts in tokens for t in ts]
+    if classes is None and all(re.fullmatch(r"\d+", t) for t in all_tokens):
+        return None, lambda line, t: int(t)
+    names = list(classes) if classes is not None else sorted(set(all_tokens))
+    index = {name: i for i, name in enumerate(names)}
+
+    def lookup(line: int, token: str) -> int:
+        if token in index:
+            return index[token]
+        if re.fullmatch(r"\d+", token) and int(token) < len(names):
+            return int(token)
+        raise AnnotationError(f"{path}:{line}: unknown class {token!r}")
+
+    return names, lookup
+
+
+def _float(path: str, line: int, name: str, value) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise AnnotationError(f"{path}:{line}: {name} must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(number) or number < 0:
+        raise AnnotationError(f"{path}:{line}: {name} must be a finite time >= 0, got {value!r}")
+    return number
+
+
+# -- EPIC-Kitchens-100 ----------------------------------------------------------------------
+
+EPIC_COLUMNS = (
+    "narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp", "stop_timestamp",
+    "start_frame", "stop_frame", "narration", "verb", "verb_class", "noun", "noun_class", "all_nouns",
+    "all_noun_classes",
+)  # fmt: skip
+
+
+def parse_timestamp(text: str) -> float:
+    """``HH:MM:SS.ff`` (EPIC-Kitchens) -> seconds. Raises ValueError when malformed."""
+    match = re.fullmatch(r"(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)", text.strip())
+    if match is None:
+        raise ValueError(f"bad timestamp {text!r} (expected HH:MM:SS.ff)")
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def load_epic_kitchens(
+    path: str | os.PathLike, video_root: str | os.PathLike, video_pattern: str = "{participant_id}/videos/{video_id}.MP4"
+) -> Annotations:
+    """Read an EPIC-Kitchens-100 action CSV (``EPIC_100_train.csv`` / ``_validation.csv``).
+
+    Each row becomes a :class:`Sample` with heads ``verb`` and ``noun``,
+    ``start``/``end`` from ``start_timestamp``/``stop_timestamp`` and the video
+    at ``video_root/video_pattern``. The other columns go to ``meta``. Rows
+    without ``verb_class``/``noun_class`` columns (test split) get no labels.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise AnnotationError(f"{path}: no such annotation file")
+    samples = []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        required = ("participant_id", "video_id", "start_timestamp", "stop_timestamp")
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise AnnotationError(f"{path}:1: not an EPIC-Kitchens CSV: missing columns {', '.join(missing)}")
+        labelled = "verb_class" in reader.fieldnames and "noun_class" in reader.fieldnames
+        for row in reader:
+            line = reader.line_num
+            try:
+                start, end = parse_timestamp(row["start_timestamp"]), parse_timestamp(row["stop_timestamp"])
+                labels = {"verb": (int(row["verb_class"]),), "noun": (int(row["noun_class"]),)} if labelled else {}
+            except (ValueError, TypeError, AttributeError) as err:
+                raise AnnotationError(f"{path}:{line}: {err}") from None
+            if end < start:
+                raise AnnotationError(f"{path}:{line}: stop_timestamp is before start_timestamp")
+            video = os.path.join(os.fspath(video_root), video_pattern.format(**row))
+            meta = {k: v for k, v in row.items() if k not in ("start_timestamp", "stop_timestamp")}
+            samples.append(Sample(video, labels, start, end, meta, line))
+    return Annotations(samples)
+
+
+# -- AVA v2.2 -----------------------------------------------------------------------------
+
+
+@dataclass
+class AvaKeyframe:
+    """All boxes of one AVA keyframe.
+
+    boxes:   float ``(P, 4)`` normalized ``(x1, y1, x2, y2)``, one row per person box.
+    actions: per box, the action ids (1-based AVA ids).
+    person_ids: per box, the person id (-1 when the file has none).
+    scores:  per box and action, the detection score (prediction files), else None.
+    """
+
+    video_id: str
+    timestamp: int
+    video: str
+    boxes: torch.Tensor
+    actions: list[list[int]]
+    person_ids: list[int]
+    scores: list[list[float]] | None = None
+    lines: list[int] = field(default_factory=list)
+
+
+def load_ava(
+    path: str | os.PathLike, video_root: str | os.PathLike = "", ext: str = ".mp4", predictions: bool = False
+) -> list[AvaKeyframe]:
+    """Read an AVA v2.2 CSV (no header): ``video_id, middle_frame_timestamp, x1, y1,
+    x2, y2, action_id, person_id`` — or with ``predictions``, ``..., action_id, score``.
+
+    Rows of the same keyframe and the same box are merged (one box, several
+    actions). Keyframes come back in file order.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise AnnotationError(f"{path}: no such annotation file")
+    frames: dict[tuple[str, int], AvaKeyframe] = {}
+    box_rows: dict[tuple[str, int], list[tuple[float, ...]]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.reader(f), 1):
+            if not row:
+                continue
+            video_id, timestamp, box, action, last = _ava_row(path, line, row, predictions)
+            key = (video_id, timestamp)
+            if key not in frames:
+                video = os.path.join(os.fspath(video_root), video_id + ext)
+                frames[key] = AvaKeyframe(video_id, timestamp, video, torch.zeros(0, 4), [], [], [] if predictions else None)
+                box_rows[key] = []
+            frame = frames[key]
+            frame.lines.append(line)
+            person = -1 if predictions else int(last)
+            # the same box (and person) on several rows carries several actions
+            index = next((i for i, (b, p) in enumerate(zip(box_rows[key], frame.person_ids)) if b == box and p == person), None)
+            if index is None:
+                box_rows[key].append(box)
+                frame.person_ids.append(person)
+                frame.actions.append([])
+                if predictions:
+                    frame.scores.append([])
+                index = len(box_rows[key]) - 1
+            frame.actions[index].append(action)
+            if predictions:
+                frame.scores[index].append(float(last))
+    for key, frame in frames.items():
+        frame.boxes = torch.tensor(box_rows[key], dtype=torch.float32).view(-1, 4)
+    return list(frames.values())
+
+
+def _ava_row(path: str, line: int, row: list[str], predictions: bool):
+    if len(row) not in (7, 8):
+        raise AnnotationError(f"{path}:{line}: expected 7 or 8 fields, got {len(row)}")
+    if predictions and len(row) != 8:
+        raise AnnotationError(f"{path}:{line}: a prediction row needs a score in the 8th field")
+    try:
+        timestamp = int(row[1])
+        box = tuple(float(v) for v in row[2:6])
+        action = int(row[6])
+        last = (float(row[7]) if predictions else int(row[7])) if len(row) == 8 else -1
+    except ValueError as err:
+        raise AnnotationError(f"{path}:{line}: {err}") from None
+    x1, y1, x2, y2 = box
+    if not (0 <= x1 <= x2 <= 1 and 0 <= y1 <= y2 <= 1):
+        raise AnnotationError(f"{path}:{line}: box {box} is not normalized (0 <= x1 <= x2 <= 1, 0 <= y1 <= y2 <= 1)")
+    if action < 1:
+        raise AnnotationError(f"{path}:{line}: action_id must be >= 1, got {action}")
+    return row[0], timestamp, box, action, last
+
+
+def ava_boxes(keyframes: Sequence[AvaKeyframe]) -> list:
+    """Flatten keyframes into :class:`longvid.eval.Box` records for :func:`longvid.eval.frame_map`."""
+    from longvid.eval.metrics import Box
+
+    out = []
+    for kf in keyframes:
+        for b, box in enumerate(kf.boxes.tolist()):
+            for a, action in enumerate(kf.actions[b]):
+                score = kf.scores[b][a] if kf.scores is not None else 1.0
+                out.append(Box((kf.video_id, kf.timestamp), tuple(box), action, score))
+    return out
+
+
+# -- Kinetics-style folders and LVU -----------------------------------------------------------
+
+
+def load_kinetics_folder(root: str | os.PathLike) -> Annotations:
+    """``root/<class name>/<video>.<ext>``: class indices follow sorted folder names."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise AnnotationError(f"{root}: no such folder")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    samples = []
+    for index, name in enumerate(classes):
+        folder = os.path.join(root, name)
+        for file in sorted(os.listdir(folder)):
+            if file.lower().endswith(VIDEO_EXTENSIONS):
+                samples.append(Sample(os.path.join(folder, file), {"label": (index,)}, meta={"class": name}))
+    if not samples:
+        raise AnnotationError(f"{root}: no videos found in class folders (expected root/<class>/<video>.mp4)")
+    return Annotations(samples, {"label": classes})
+
+
+def load_lvu(path: str | os.PathLike, video_root: str | os.PathLike, ext: str = ".mp4") -> Annotations:
+    """An LVU task file (``lvu_1.0/<task>/<split>.csv``): a header line, then
+    space-separated rows ``<class index> <class name> <youtube_id> ...``; the video
+    is ``video_root/<youtube_id><ext>``. Regression tasks (float targets) are not
+    classification files and are rejected."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise AnnotationError(f"{path}: no such annotation file")
+    samples, names = [], {}
+    with open(path, encoding="utf-8") as f:
+        for line, text in enumerate(f, 1):
+            fields = text.split()
+            if line == 1 or not fields:
+                continue
+            if len(fields) < 3 or not re.fullmatch(r"\d+", fields[0]):
+                raise AnnotationError(f"{path}:{line}: expected '<class index> <class name> <youtube_id> ...', got {text.strip()!r}")
+            label = int(fields[0])
+            if names.setdefault(label, fields[1]) != fields[1]:
+                raise AnnotationError(f"{path}:{line}: class {label} is named both {names[label]!r} and {fields[1]!r}")
+            video = os.path.join(os.fspath(video_root), fields[2] + ext)
+            meta = {"class": fields[1], "youtube_id": fields[2], "extra": fields[3:]}
+            samples.append(Sample(video, {"label": (label,)}, meta=meta, line=line))
+    classes = [names.get(i, str(i)) for i in range(max(names) + 1)] if names else []
+    return Annotations(samples, {"label": classes})
+
+
+# -- clip sources --------------------------------------------------------------------------
+
+
+class ClipSource(Protocol):
+    """Videos as sequences of clips, for :class:`StreamSampler`."""
+
+    def __len__(self) -> int:
+        """Number of videos."""
+
+    def num_clips(self, video: int) -> int:
+        """Clips in video ``video`` (may over-estimate for files; streams end early then)."""
+
+    def clips(self, video: int, first: int = 0) -> Iterator[torch.Tensor]:
+        """Clips ``(C, T, H, W)`` of ``video`` from clip ``first`` on."""
+
+    def targets(self, video: int) -> dict[str, torch.Tensor]:
+        """Per-head targets of ``video``: a long scalar (class) or a float vector (multi-hot)."""
+
+
+class TensorVideos:
+    """Generated or in-memory videos: ``videos[i]`` is ``(N_i, C, T, H, W)``, N_i clips.
+
+    targets: per video, head name -> class index (int) or a target tensor.
+    """
+
+    def __init__(self, videos: Sequence[torch.Tensor], targets: Sequence[dict]):
+        if len(videos) != len(targets):
+            raise ValueError(f"{len(videos)} videos but {len(targets)} targets")
+        for i, video in enumerate(videos):
+            if video.dim() != 5 or video.shape[0] == 0:
+                raise ValueError(f"video {i} must be (N, C, T, H, W) with N >= 1, got {tuple(video.shape)}")
+        self.videos = list(videos)
+        self._targets = [{k: torch.as_tensor(v) for k, v in t.items()} for t in targets]
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def num_clips(self, video: int) -> int:
+        return self.videos[video].shape[0]
+
+    def clips(self, video: int, first: int = 0) -> Iterator[torch.Tensor]:
+        return iter(self.videos[video][first:])
+
+    def targets(self, video: int) -> dict[str, torch.Tensor]:
+        return self._targets[video]
+
+
+class FileVideos:
+    """Annotated video files read with :class:`~longvid.video.ClipReader`.
+
+    Single-label heads give long class indices; with ``multilabel`` (e.g. LVU
+    genre), targets are multi-hot vectors of ``num_classes[head]``.
+    ``reader_options`` go to ClipReader (clip_frames, stride, fps, short_side, crop...).
+    """
+
+    def __init__(self, samples: Sequence[Sample], multilabel: dict[str, int] | None = None, **reader_options):
+        self.samples = list(samples)
+        self.multilabel = multilabel or {}
+        self.reader_options = reader_options
+        self._num_clips: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _reader(self, video: int):
+        from longvid.video.reader import ClipReader
+
+        sample = self.samples[video]
+        return ClipReader(sample.video, start=sample.start or 0.0, end=sample.end, **self.reader_options)
+
+    def num_clips(self, video: int) -> int:
+        """Clips of the sample's time range, from the container header (may over-estimate)."""
+        if video not in self._num_clips:
+            reader = self._reader(video)
+            info = reader.info
+            seconds = max(0.0, (reader.end if reader.end is not None else info.duration) - reader.start)
+            frames = round(seconds * info.fps) if info.fps else info.num_frames
+            info = dataclasses.replace(info, duration=seconds, num_frames=frames)
+            self._num_clips[video] = max(1, info.num_clips(reader.clip_frames, reader.stride, reader.fps, reader.tail))
+        return self._num_clips[video]
+
+    def clips(self, video: int, first: int = 0) -> Iterator[torch.Tensor]:
+        for clip in self._reader(video):
+            if clip.index >= first:
+                yield clip.frames
+
+    def targets(self, video: int) -> dict[str, torch.Tensor]:
+        out = {}
+        for head, labels in self.samples[video].labels.items():
+            if head in self.multilabel:
+                target = torch.zeros(self.multilabel[head])
+                target[list(labels)] = 1.0
+                out[head] = target
+            elif len(labels) == 1:
+                out[head] = torch.tensor(labels[0])
+            else:
+                raise LongvidError(f"{self.samples[video].video}: {len(labels)} labels for head {head!r}; use multilabel")
+        return out
+
+
+# -- sequential streams --------------------------------------------------------------------
+
+
+@dataclass
+class StreamBatch:
+    """One step of ``B`` streams.
+
+    clips:    ``(B, C, T, H, W)``; zeros where ``valid`` is False.
+    is_first: bool ``(B,)``: the clip starts a new video (reset its memory).
+    valid:    bool ``(B,)``: the slot has a clip (False once its queue is empty).
+    targets:  head -> ``(B,)`` long or ``(B, K)`` float.
+    video:    long ``(B,)`` source video index (-1 when not valid).
+    clip:     long ``(B,)`` clip index in that video.
+    """
+
+    clips: torch.Tensor
+    is_first: torch.Tensor
+    valid: torch.Tensor
+    targets: dict[str, torch.Tensor]
+    video: torch.Tensor
+    clip: torch.Tensor
+
+
+def segments(source: ClipSource, clips_per_video: int | None) -> list[tuple[int, int, int]]:
+    """Split every video into consecutive ``(video, first clip, num clips)`` segments of
+    ``clips_per_video`` clips (the progressive schedule's "k-clip-long videos");
+    None keeps whole videos. A shorter tail segment is kept."""
+    out = []
+    for video in range(len(source)):
+        total = source.num_clips(video)
+        step = clips_per_video or total
+        out.extend((video, first, min(step, total - first)) for first in range(0, total, step))
+    return out
+
+
+class StreamSampler:
+    """Plays segments of a :class:`ClipSource` as ``batch_size`` sequential streams.
+
+    Each epoch, segments are (optionally) shuffled with ``seed + epoch``, then
+    sharded round-robin across ranks (rank ``r`` takes ``r, r + W, ...``). Each
+    rank's slots take its segments in order: when a slot's segment ends, the next
+    one starts there with ``is_first`` True. Clips within a segment stay in
+    temporal order. ``state_dict`` / ``load_state_dict`` save the exact position.
+    """
+
+    def __init__(
+        self,
+        source: ClipSource,
+        batch_size: int,
+        clips_per_video: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+        self.source = source
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.set_epoch(0, clips_per_video)
+
+    def set_epoch(self, epoch: int, clips_per_video: int | None = None) -> None:
+        """Start ``epoch`` from its beginning, with segments of ``clips_per_video`` clips."""
+        self.epoch = epoch
+        self.clips_per_video = clips_per_video
+        self.queue = self._rank_segments()
+        self.next_segment = 0  # next index in self.queue
+        self.slots: list[list[int] | None] = [None] * self.batch_size  # [queue index, clips played]
+        self._iters: list[Iterator[torch.Tensor] | None] = [None] * self.batch_size
+
+    def _rank_segments(self) -> list[tuple[int, int, int]]:
+        all_segments = segments(self.source, self.clips_per_video)
+        if self.shuffle:
+            random.Random(self.seed + self.epoch).shuffle(all_segments)
+        return all_segments[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        """Upper bound on this epoch's steps when every slot is busy: ceil(clips / B)."""
+        return math.ceil(sum(n for _, _, n in self.queue) / self.batch_size)
+
+    def __iter__(self) -> Iterator[StreamBatch]:
+        while True:
+            batch = self.next_batch()
+            if batch is None:
+                return
+            yield batch
+
+    def next_batch(self) -> StreamBatch | None:
+        """The next step's clips for every slot, or None when the epoch is over."""
+        items = [self._next_clip(slot) for slot in range(self.batch_size)]
+        if all(item is None for item in items):
+            return None
+        example = next(item for item in items if item is not None)
+        clips, targets, video, clip, is_first, valid = [], {k: [] for k in example[1]}, [], [], [], []
+        for item in items:
+            ok = item is not None
+            frames, tgt, vid, index, first = item if ok else (torch.zeros_like(example[0]), None, -1, -1, False)
+            clips.append(frames)
+            for head, value in (tgt or example[1]).items():
+                targets[head].append(value if ok else torch.zeros_like(value))
+            video.append(vid)
+            clip.append(index)
+            is_first.append(first)
+            valid.append(ok)
+        return StreamBatch(
+            clips=torch.stack(clips),  # (B, C, T, H, W)
+            is_first=torch.tensor(is_first),
+            valid=torch.tensor(valid),
+            targets={head: torch.stack(values) for head, values in targets.items()},
+            video=torch.tensor(video),
+            clip=torch.tensor(clip),
+        )
+
+    def _next_clip(self, slot: int):
+        """(clip, targets, video, clip index, is_first) for ``slot``, or None."""
+        while True:
+            if self.slots[slot] is None:
+                if self.next_segment >= len(self.queue):
+                    return None
+                self.slots[slot] = [self.next_segment, 0]
+                self._iters[slot] = None
+                self.next_segment += 1
+            position, played = self.slots[slot]
+            video, first, length = self.queue[position]
+            if played < length:
+                if self._iters[slot] is None:
+                    self._iters[slot] = self.source.clips(video, first + played)
+                frames = next(self._iters[slot], None)
+                if frames is not None:
+                    self.slots[slot][1] += 1
+                    return frames, self.source.targets(video), video, first + played, played == 0
+            self.slots[slot] = None  # segment done (or its file ended early)
+            self._iters[slot] = None
+
+    def state_dict(self) -> dict:
+        """Position after the last returned batch (JSON-serializable)."""
+        return {
+            "epoch": self.epoch,
+            "clips_per_video": self.clips_per_video,
+            "next_segment": self.next_segment,
+            "slots": [list(s) if s is not None else None for s in self.slots],
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where :meth:`state_dict` was taken (same source, seed and world size)."""
+        if state["world_size"] != self.world_size or state["rank"] != self.rank:
+            raise LongvidError(
+                f"the data position was saved for rank {state['rank']} of {state['world_size']}, "
+                f"not rank {self.rank} of {self.world_size}: resume with the same number of processes"
+            )
+        self.set_epoch(state["epoch"], state["clips_per_video"])
+        self.next_segment = state["next_segment"]
+        self.slots = [list(s) if s is not None else None for s in state["slots"]]

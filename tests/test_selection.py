@@ -1,0 +1,97 @@
+import math
+
+import pytest
+import torch
+
+from longvid.errors import LongvidError
+from longvid.memory.selection import dpc_knn, relevance_scores, select_frames, top_indices
+
+
+def naive_dpc_knn(features, num_select, k):
+    """Explicit loops over frames, following the convention in the docstring."""
+    n = features.shape[0]
+    if num_select >= n:
+        return list(range(n))
+    dist = [[torch.sqrt(((features[i] - features[j]) ** 2).sum()) for j in range(n)] for i in range(n)]
+    density = []
+    for i in range(n):
+        others = sorted(dist[i][j] for j in range(n) if j != i)[: min(k, n - 1)]
+        density.append(torch.exp(-(torch.stack(others) ** 2).mean()))
+    scores = []
+    for i in range(n):
+        denser = [dist[i][j] for j in range(n) if density[j] > density[i]]
+        delta = min(denser) if denser else max(dist[i])
+        scores.append(float(density[i] * delta))
+    ranked = sorted(range(n), key=lambda i: (-scores[i], i))
+    return sorted(ranked[:num_select])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dpc_knn_matches_naive_loops(seed):
+    gen = torch.Generator().manual_seed(seed)
+    n = 20 + seed
+    features = torch.randn(n, 5, generator=gen, dtype=torch.float64)
+    for num_select, k in [(8, 5), (3, 1), (10, 30)]:
+        assert dpc_knn(features, num_select, k).tolist() == naive_dpc_knn(features, num_select, k)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dpc_knn_matches_naive_with_ties(seed):
+    gen = torch.Generator().manual_seed(100 + seed)
+    base = torch.randint(0, 3, (10, 2), generator=gen).double()  # integer grid: many equal distances
+    features = torch.cat([base, base[:4]])  # exact duplicate frames: equal scores
+    features = features[torch.randperm(len(features), generator=gen)]
+    for num_select in (1, 4, 7):
+        assert dpc_knn(features, num_select, 3).tolist() == naive_dpc_knn(features, num_select, 3)
+
+
+def test_dpc_knn_ties_go_to_lower_index():
+    # Equal densities (k=1): every frame gets its largest distance: scores 11, 10, 10, 11.
+    features = torch.tensor([[0.0], [1.0], [10.0], [11.0]])
+    assert dpc_knn(features, 1, 1).tolist() == [0]
+    assert dpc_knn(features, 3, 1).tolist() == [0, 1, 3]
+
+
+def test_dpc_knn_picks_one_frame_per_cluster():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [50.0, 0.0], [0.0, 50.0]])
+    features = (centres.repeat_interleave(6, dim=0) + 0.1 * torch.randn(18, 2, generator=gen))
+    chosen = dpc_knn(features, 3, 4)
+    assert sorted(int(i) // 6 for i in chosen) == [0, 1, 2]
+    assert chosen.tolist() == sorted(chosen.tolist())
+
+
+def test_dpc_knn_small_inputs_and_errors():
+    assert dpc_knn(torch.randn(3, 4), 8, 5).tolist() == [0, 1, 2]
+    with pytest.raises(LongvidError, match="k >= 1"):
+        dpc_knn(torch.randn(5, 4), 2, 0)
+    with pytest.raises(LongvidError, match=r"\(N, D\)"):
+        dpc_knn(torch.randn(5, 4, 2), 2, 1)
+
+
+def test_top_indices_ties_and_order():
+    scores = torch.tensor([1.0, 3.0, 2.0, 3.0, 2.0])
+    assert top_indices(scores, 3).tolist() == [1, 2, 3]
+    assert top_indices(scores, 10).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_relevance_scores_match_loops():
+    gen = torch.Generator().manual_seed(1)
+    tokens, query = torch.randn(7, 2, 16, generator=gen), torch.randn(16, generator=gen)
+    expected = [sum(float(tokens[i, t] @ query) for t in range(2)) / 2 / math.sqrt(16) for i in range(7)]
+    assert torch.allclose(relevance_scores(tokens, query), torch.tensor(expected), atol=1e-5)
+
+
+def test_top_l_picks_frames_matching_planted_instruction():
+    gen = torch.Generator().manual_seed(2)
+    num_frames, dim = 100, 32
+    tokens = 0.1 * torch.randn(num_frames, 2, dim, generator=gen)
+    instruction = torch.randn(dim, generator=gen)
+    planted = [5, 17, 18, 40, 41, 42, 77, 90]
+    tokens[planted, 0] += instruction  # these frames "show" what the instruction asks about
+    candidates = top_indices(relevance_scores(tokens, instruction), len(planted))
+    assert candidates.tolist() == planted
+    # Full DFS: L = 8 relevant frames, then K_c = 3 representatives among them.
+    chosen = select_frames(tokens, instruction, top_l=8, num_select=3, k=2)
+    assert len(chosen) == 3 and set(chosen.tolist()) <= set(planted)
+    assert chosen.tolist() == sorted(chosen.tolist())

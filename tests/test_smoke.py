@@ -1,5 +1,0 @@
-import longvid
-
-
-def test_import():
-    assert longvid.LongvidError
