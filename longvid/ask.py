@@ -89,3 +89,45 @@ def load_rewind(preset: str, vision: str, llm: str, weights: str | os.PathLike |
             raise LongvidError(f"{weights}: no such weights file")
         load_trainable(model, load_file(os.fspath(weights), device=str(device or "cpu")))
     return model
+
+
+@torch.no_grad()
+def ask_malmm(
+    video: str | os.PathLike,
+    question: str,
+    model,
+    until: float | None = None,
+    num_frames: int = 20,
+    fps: float | None = None,
+) -> Answer:
+    """Watch ``video`` with ``model`` (a :class:`longvid.models.malmm.MALMM` with encoder and LLM)
+    one frame at a time and answer ``question`` (also the Q-Former instruction).
+
+    Frames: ``num_frames`` spread uniformly over the video (or over ``[0, until]``), or a
+    fixed ``fps`` for online use on videos of any length (memory stays at L slots).
+    """
+    from longvid.models.malmm import answer_stream
+    from longvid.video import ClipReader, probe
+
+    if until is not None and until < 0:
+        raise LongvidError(f"--time must be >= 0 seconds, got {until}")
+    if fps is None:
+        if num_frames < 1:
+            raise LongvidError(f"--frames must be >= 1, got {num_frames}")
+        duration = probe(video).duration if until is None else until
+        fps = num_frames / duration if duration > 0 else 1.0
+    reader = ClipReader(video, clip_frames=1, fps=fps, short_side=None, crop=None, mean=None, std=None, tail="drop",
+                        end=None if until is None else until + 1e-3, background=True)
+    frames = (clip.frames[:, 0] for clip in reader)  # (3, H, W) in [0, 1]
+    beams, state = answer_stream(model, frames, question)
+    prompt_tokens = len(model.llm.tokenize_prompts([question])[0])
+    return Answer(
+        text=beams[0],
+        frames_seen=int(state.frames_seen[0]),
+        memory_tokens=state.memory_tokens(),
+        llm_input_tokens=state.queries.shape[1] + prompt_tokens,
+        selected_times=[],
+        memory_bytes=state.nbytes(),
+        buffer_ram_bytes=0,
+        buffer_disk_bytes=0,
+    )

@@ -133,18 +133,20 @@ def _ask_rewind(args: argparse.Namespace) -> int:
 
 
 def _ask_malmm(args: argparse.Namespace) -> int:
-    from longvid.models.malmm import answer_stream, build_malmm
-    from longvid.video import ClipReader, probe
+    from longvid.ask import ask_malmm
+    from longvid.models.malmm import build_malmm
 
-    info = probe(args.video)
-    fps = args.fps or (args.frames / info.duration if info.duration > 0 else 1.0)
     model = build_malmm(args.preset or "malmm_qa", args.encoder, args.llm, args.qformer_tokenizer or None, args.checkpoint, device=args.device)
-    reader = ClipReader(args.video, clip_frames=1, fps=fps, end=args.time, short_side=None, crop=None, mean=None, std=None, tail="drop", background=True)
-    frames = (clip.frames[:, 0] for clip in reader)  # (3, H, W) in [0, 1]
-    answers, state = answer_stream(model, frames, args.question)
-    print(answers[0])
-    if args.verbose:
-        print(f"frames watched: {int(state.frames_seen[0])} at {fps:.3g} fps", file=sys.stderr)
+    answer = ask_malmm(args.video, args.question, model, until=args.time, num_frames=args.frames, fps=args.fps)
+    if args.json:
+        print(json.dumps(vars(answer)))
+        return 0
+    print(answer.text)
+    print(
+        f"[malmm: {answer.frames_seen} frames, memory {answer.memory_tokens} tokens / {answer.memory_bytes} B, "
+        f"{answer.llm_input_tokens} LLM input tokens]",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -224,8 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--spill-dir", default=None, help="rewind: feature buffer spills to memory-mapped files in this folder")
     sub.add_argument("--max-new-tokens", type=int, default=32)
     sub.add_argument("--device", default=None, help="torch device (default cpu)")
-    sub.add_argument("--json", action="store_true", help="rewind: print one JSON object")
-    sub.add_argument("-v", "--verbose", action="store_true")
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub = command("demo", cmd_demo, "Write a demo video, print its info and stream its clips.")
     sub.add_argument("--out", default="longvid-demo", help="output folder (default longvid-demo/)")

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -18,11 +20,14 @@ def test_ask_malmm_end_to_end(tmp_path, capsys):
     from safetensors.torch import save_file
 
     save_file(model.trainable_state_dict(), str(tmp_path / "w.safetensors"))
-    args = ["ask", video, "what color is the circle", "--preset", "malmm_tiny", "--encoder", vision, "--llm", llm,
-            "--qformer-tokenizer", llm, "--checkpoint", str(tmp_path / "w.safetensors"), "--frames", "4", "-v"]
+    args = ["ask", video, "what color is the circle", "--model", "malmm", "--preset", "malmm_tiny", "--encoder", vision,
+            "--llm", llm, "--qformer-tokenizer", llm, "--checkpoint", str(tmp_path / "w.safetensors"), "--frames", "4"]
     assert main(args) == 0
     out, err = capsys.readouterr()
-    assert len(out.strip().splitlines()) == 1 and "frames watched" in err
+    assert len(out.strip().splitlines()) == 1 and "[malmm: 4 frames" in err
+    assert main(args[:-2] + ["--fps", "3", "--time", "1.0", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["frames_seen"] == 4 and record["memory_tokens"] == 4 * 17 + 4 * 4 * (8 + 6)  # L=5 not reached
 
 
 def test_ask_errors(tmp_path, capsys):
@@ -33,3 +38,5 @@ def test_ask_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as usage_error:  # argparse: usage + one error line, exit 2
         main(["ask", video, "q", "--model", "nope"])
     assert usage_error.value.code == 2
+    assert main(["ask", video, "q", "--model", "malmm", "--encoder", str(tmp_path / "none"), "--llm", "x"]) == 1
+    assert "cannot load image encoder" in capsys.readouterr().err

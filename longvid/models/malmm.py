@@ -87,6 +87,21 @@ class MALMMState:
     frames_seen: torch.Tensor
     queries: torch.Tensor | None
 
+    def _tensors(self) -> list[torch.Tensor]:
+        banks = [] if self.memory is None else [b for b in (self.memory.visual, *self.memory.query) if b is not None]
+        return [t for b in banks for t in (b.slots, b.counts)] + ([] if self.queries is None else [self.queries])
+
+    def nbytes(self) -> int:
+        """Bytes held by the state (all streams): banks, counts and the latest queries."""
+        return sum(t.numel() * t.element_size() for t in self._tensors()) + self.frames_seen.numel() * self.frames_seen.element_size()
+
+    def memory_tokens(self) -> int:
+        """Stored tokens per stream: visual bank slots x Nv plus every query bank's slots x (Q + Lt)."""
+        if self.memory is None:
+            return 0 if self.queries is None else self.queries.shape[1]
+        banks = [b for b in (self.memory.visual, *self.memory.query) if b is not None]
+        return sum(b.slots.shape[1] * b.slots.shape[2] for b in banks)
+
 
 class MALMM(nn.Module):
     """``queries, state = model(frame_tokens, text_ids, text_mask, state, is_first)``.
