@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 import torch
 
 from longvid.errors import LongvidError
@@ -417,6 +418,7 @@ class ClipReader:
                 index += 1
 
     def _group(self, samples, progress: "_Progress") -> Iterator[Clip]:
+        to_rgb = VideoReformatter()  # one conversion context for the whole stream (much faster than per frame)
         frames: list[np.ndarray] = []
         times: list[float] = []
         window = 0
@@ -428,7 +430,7 @@ class ClipReader:
                 frames, times, window, window_start = [], [], sample_window, None
             if window_start is None:
                 window_start = sample_time if sample_time is not None else time
-            frames.append(frame.to_ndarray(format="rgb24"))
+            frames.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())  # (H, W, 3) uint8
             times.append(sample_time if sample_time is not None else time)
         if frames:
             end = progress.last_time + progress.frame_duration  # the last frame's end
