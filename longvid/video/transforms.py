@@ -31,20 +31,16 @@ def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]
 
 
 def resize(frames: torch.Tensor, size: tuple[int, int], antialias: bool = True) -> torch.Tensor:
-    """Bilinear resize of ``(T, C, H, W)`` frames to ``size = (H', W')``.
+    """Bilinear resize (half-pixel centres) of ``(T, C, H, W)`` frames to ``size = (H', W')``.
 
-    uint8 input is resized in float32 and rounded back to uint8.
-    ``antialias`` only has an effect when shrinking.
+    uint8 frames are resized by PyTorch's uint8 kernels (fast for the channels-last
+    layout that decoded ``(T, H, W, C)`` frames have once permuted) and stay uint8,
+    within 1 of the rounded float result. ``antialias`` only has an effect when shrinking.
     """
     if tuple(frames.shape[-2:]) == tuple(size):
         return frames
-    is_uint8 = frames.dtype == torch.uint8
-    x = frames.float() if is_uint8 else frames
-    shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    out = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias and shrinking)
-    if is_uint8:
-        out = out.round_().clamp_(0, 255).to(torch.uint8)
-    return out
+    shrinking = size[0] < frames.shape[-2] or size[1] < frames.shape[-1]
+    return F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=antialias and shrinking)
 
 
 def resize_short_side(frames: torch.Tensor, short_side: int, antialias: bool = True) -> torch.Tensor:
@@ -84,13 +80,18 @@ def to_model_input(
     Resize (short side) first, then center crop, then normalize; ``None`` skips a step.
     Without normalization the output is scaled to [0, 1].
     """
-    x = frames.permute(0, 3, 1, 2)  # (T, C, H, W)
+    x = frames.permute(0, 3, 1, 2)  # (T, C, H, W), channels-last in memory
     if short_side is not None:
         x = resize_short_side(x, short_side)
     if crop is not None:
         x = center_crop(x, crop)
+    pixels = torch.empty((x.shape[1], x.shape[0], x.shape[2], x.shape[3]), dtype=torch.float32)  # (C, T, H', W')
+    pixels.copy_(x.permute(1, 0, 2, 3))  # one pass: layout change + conversion
+    scale = 255.0 if x.dtype == torch.uint8 else 1.0
     if mean is not None and std is not None:
-        x = normalize(x, mean, std)
-    else:
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-    return x.permute(1, 0, 2, 3).contiguous()  # (C, T, H, W)
+        # (x / scale - mean) / std, folded into one subtraction and one multiplication
+        pixels.sub_(torch.tensor(mean).mul_(scale).view(-1, 1, 1, 1))
+        pixels.mul_(torch.tensor(std).mul_(scale).reciprocal_().view(-1, 1, 1, 1))
+    elif scale != 1.0:
+        pixels.div_(scale)
+    return pixels
