@@ -150,6 +150,47 @@ def _ask_malmm(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- stream ----------------------------------------------------------------------------
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    import torch
+
+    from longvid.predict import expand_videos, load_labels, load_stream_model, run_stream, settings_for
+    from longvid.train.distributed import setup
+
+    videos = expand_videos(args.videos)
+    if not videos:
+        raise LongvidError("no videos given")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LongvidError("--device cuda: no CUDA device is available")
+    if dtype == torch.float16 and not device.startswith("cuda"):
+        raise LongvidError("--dtype float16 needs --device cuda (use bfloat16 on CPU)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dist_info = setup(device)
+    device = dist_info.device if device.startswith("cuda") else torch.device(device)
+    labels = load_labels(args.labels) if args.labels else None
+    model, note = load_stream_model(args.model, args.checkpoint)
+    model = model.to(device=device, dtype=dtype)
+    log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr))
+    if log and dist_info.is_main:
+        log(f"model {type(model).__name__} ({note}) on {device}, {dtype}".replace("torch.", ""))
+    settings = settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size, topk=args.topk,
+                            aggregate=args.aggregate == "video", background=True)
+    summary = run_stream(model, videos, out=args.out, settings=settings, labels=labels, batch_streams=args.batch_streams,
+                         device=device, dtype=dtype, resume=args.resume, save_scores=args.save_scores,
+                         progress=not args.quiet, log=log)
+    if log:
+        log(f"{summary.done} videos done, {summary.failed} failed, {summary.skipped} skipped (already complete), "
+            f"{summary.clips} clips in {summary.seconds:.1f} s")
+    return 1 if summary.failed else 0
+
+
 # -- train / eval ----------------------------------------------------------------------
 
 
@@ -227,6 +268,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--max-new-tokens", type=int, default=32)
     sub.add_argument("--device", default=None, help="torch device (default cpu)")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub = command("stream", cmd_stream, "Run a memory model online over videos: one JSON line per clip.")
+    sub.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, glob patterns, or .txt files listing videos")
+    sub.add_argument("--model", default=None, help="model preset (default memvit_tiny, or the checkpoint's own config)")
+    sub.add_argument("--checkpoint", default=None, help="weights: longvid .safetensors or official MeMViT .pyth")
+    sub.add_argument("--labels", default=None, help="class names: .txt (one a line), .csv or .json label map")
+    sub.add_argument("--out", default=None, help="JSON lines output file (default stdout); written incrementally")
+    sub.add_argument("--resume", action="store_true", help="skip videos already complete in --out")
+    sub.add_argument("--save-scores", default=None, metavar="DIR", help="write each video's (clips, classes) scores as DIR/<name>.npy")
+    sub.add_argument("--topk", type=int, default=5, help="labels per clip (default 5)")
+    sub.add_argument("--aggregate", choices=("none", "video"), default="none", help="'video': add a per-video line averaging clip scores")
+    sub.add_argument("--batch-streams", type=int, default=1, help="videos processed at once as independent streams (default 1)")
+    sub.add_argument("-T", "--clip-frames", type=int, default=None, help="frames per clip (default: the model's)")
+    sub.add_argument("--tau", type=int, default=None, help="sampling stride in frames (default: the preset's, 4 for 16x4)")
+    sub.add_argument("--size", type=int, default=None, help="short side and center crop (default: the model's crop size)")
+    sub.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    sub.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    sub.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
     sub = command("demo", cmd_demo, "Write a demo video, print its info and stream its clips.")
     sub.add_argument("--out", default="longvid-demo", help="output folder (default longvid-demo/)")

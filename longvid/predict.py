@@ -1,0 +1,500 @@
+"""Online inference: stream videos clip by clip through a memory model.
+
+``stream_predictions`` yields one record (a dict, JSON-ready) per clip, and per video
+a closing record, so a caller can write them incrementally. Each video is one stream
+with its own memory; with ``batch_streams > 1`` several videos run side by side as a
+batch of independent streams, each reset when a new video enters its slot.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from longvid.errors import LongvidError
+from longvid.video import ClipReader, VideoError
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How clips are cut from each video and what each record holds."""
+
+    clip_frames: int = 16
+    stride: int = 4
+    size: int = 224  # short side resize and center crop
+    topk: int = 5
+    background: bool = True  # decode in a background thread (overlaps with compute)
+    keep_scores: bool = False  # add each clip's full score vector (a list) to its record
+    aggregate: bool = False  # add a per-video record averaging clip scores
+
+
+@dataclass
+class _Slot:
+    """One stream of the batch: the video it plays and where it is."""
+
+    video: str
+    clips: Iterator
+    seen: int = 0
+    scores: list[np.ndarray] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+
+def reader_for(model, video: str, settings: StreamSettings) -> ClipReader:
+    """The clip reader that feeds ``model`` from ``video`` (raises VideoError)."""
+    return ClipReader(
+        video,
+        clip_frames=settings.clip_frames,
+        stride=settings.stride,
+        short_side=settings.size,
+        crop=settings.size,
+        background=settings.background,
+    )
+
+
+def settings_for(model, **overrides) -> StreamSettings:
+    """Stream settings matching a MeMViT-style model's config (clip length, crop size)."""
+    config = getattr(model, "config", None)
+    base = {}
+    if config is not None:
+        frames = getattr(config, "num_frames", 16)
+        base = dict(clip_frames=frames, stride=getattr(config, "sample_stride", 3 if frames == 32 else 4), size=getattr(config, "crop_size", 224))
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return StreamSettings(**base)
+
+
+def top_labels(scores: np.ndarray, k: int, labels: Sequence[str] | None) -> list[dict]:
+    """The ``k`` best classes of one score vector, best first, ties to the lower index."""
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [{"label": labels[i] if labels is not None else int(i), "score": round(float(scores[i]), 6)} for i in order]
+
+
+def stream_predictions(
+    model: torch.nn.Module,
+    videos: str | os.PathLike | Iterable[str | os.PathLike],
+    settings: StreamSettings | None = None,
+    labels: Sequence[str] | None = None,
+    batch_streams: int = 1,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    reader: Callable[[object, str, StreamSettings], Iterable] = reader_for,
+) -> Iterator[dict]:
+    """Run ``model`` online over each video; yield JSON-ready records.
+
+    Records, in order of completion:
+      ``{"video", "clip", "start", "end", "top": [{"label", "score"}...]}`` per clip
+      (``"scores"`` too with ``settings.keep_scores``; scores are softmax probabilities);
+      ``{"video", "aggregate": "video", "clips", "top"}`` with ``settings.aggregate``
+      (mean of the clip probabilities, the MeMViT paper's one-pass testing);
+      ``{"video", "status": "done", "clips", "seconds"}`` when a video is complete;
+      ``{"video", "status": "error", "error"}`` when a video cannot be read (the run goes on).
+
+    Each video is a stream with its own memory; ``batch_streams`` videos run at once as
+    independent streams (a slot's memory is reset when its next video starts).
+    """
+    if isinstance(videos, (str, os.PathLike)):
+        videos = [videos]
+    if batch_streams < 1:
+        raise LongvidError(f"batch_streams must be >= 1, got {batch_streams}")
+    settings = settings or settings_for(model)
+    if device is None:
+        device = next(model.parameters()).device
+    pending = iter([os.fspath(v) for v in videos])
+    slots: list[_Slot | None] = [None] * batch_streams
+    state = None
+    model.eval()
+    with torch.inference_mode():
+        while True:
+            # Fill empty slots; a new video in a slot resets that stream's memory.
+            records: list[dict] = []
+            batch, batch_slots, fresh = [], [], []
+            for index in range(batch_streams):
+                while True:
+                    slot = slots[index]
+                    if slot is None:
+                        video = next(pending, None)
+                        if video is None:
+                            break
+                        try:
+                            slot = _Slot(video, iter(reader(model, video, settings)))
+                        except VideoError as err:
+                            records.append({"video": video, "status": "error", "error": err.reason})
+                            continue
+                        slots[index] = slot
+                    try:
+                        clip = next(slot.clips)
+                    except StopIteration:
+                        records.extend(_finish(slot, settings, labels))
+                        slots[index] = None
+                        continue
+                    except VideoError as err:
+                        records.append({"video": slot.video, "status": "error", "error": err.reason})
+                        slots[index] = None
+                        continue
+                    batch.append(clip)
+                    batch_slots.append(index)
+                    fresh.append(slot.seen == 0)
+                    break
+            yield from records
+            if not batch:
+                return
+            clips = torch.stack([c.frames for c in batch]).to(device=device, dtype=dtype or torch.float32)  # (b, C, T, H, W)
+            state = _state_for(model, state, batch_slots, fresh, batch_streams, device, dtype)
+            logits, new_state = model(clips, _select(state, batch_slots))
+            state = _scatter(state, new_state, batch_slots)
+            probs = _probabilities(logits)
+            for row, (index, clip) in enumerate(zip(batch_slots, batch)):
+                slot = slots[index]
+                scores = probs[row]
+                slot.seen += 1
+                if settings.aggregate:
+                    slot.scores.append(scores)
+                record = {
+                    "video": slot.video,
+                    "clip": clip.index,
+                    "start": round(clip.start, 6),
+                    "end": round(clip.end, 6),
+                    "top": top_labels(scores, settings.topk, labels),
+                }
+                if settings.keep_scores:
+                    record["scores"] = scores.tolist()  # full precision
+                yield record
+
+
+def _finish(slot: _Slot, settings: StreamSettings, labels: Sequence[str] | None) -> list[dict]:
+    records = []
+    if settings.aggregate and slot.scores:
+        mean = np.mean(np.stack(slot.scores), axis=0)
+        records.append({"video": slot.video, "aggregate": "video", "clips": slot.seen, "top": top_labels(mean, settings.topk, labels)})
+    records.append({"video": slot.video, "status": "done", "clips": slot.seen, "seconds": round(time.perf_counter() - slot.started, 3)})
+    return records
+
+
+def _probabilities(logits) -> np.ndarray:
+    """(b, K) softmax probabilities as float64 numpy; multi-head outputs are concatenated."""
+    if isinstance(logits, dict):
+        logits = torch.cat([v.reshape(v.shape[0], -1) for v in logits.values()], dim=1)
+    elif isinstance(logits, (tuple, list)):
+        logits = torch.cat([v.reshape(v.shape[0], -1) for v in logits], dim=1)
+    return torch.softmax(logits.float(), dim=-1).double().cpu().numpy()
+
+
+def _state_for(model, state, batch_slots, fresh, batch_streams, device, dtype):
+    """The full-batch state, created on first use, with fresh streams reset."""
+    if state is None:
+        state = model.init_state(batch_streams, device=device, dtype=dtype)
+    reset = torch.zeros(batch_streams, dtype=torch.bool, device=state.is_first.device)
+    for index, is_new in zip(batch_slots, fresh):
+        reset[index] = is_new
+    return state.reset(reset) if bool(reset.any()) else state
+
+
+def _select(state, batch_slots):
+    """The state rows of the streams that have a clip this step."""
+    if list(batch_slots) == list(range(state.batch_size)):
+        return state
+    index = torch.tensor(batch_slots, device=state.is_first.device)
+    return state._map(lambda x: x.index_select(0, index))
+
+
+def _scatter(state, new_state, batch_slots):
+    """Write the stepped streams' new memory back into the full-batch state."""
+    if list(batch_slots) == list(range(state.batch_size)):
+        return new_state
+    index = torch.tensor(batch_slots, device=state.is_first.device)
+    merged = iter([full.index_copy(0, index, rows) for full, rows in zip(_tensors(state), _tensors(new_state))])
+    return state._map(lambda _: next(merged))
+
+
+def _tensors(state) -> list[torch.Tensor]:
+    """The state's tensors in ``_map`` order."""
+    collected: list[torch.Tensor] = []
+
+    def collect(x):
+        collected.append(x)
+        return x
+
+    state._map(collect)
+    return collected
+
+
+# -- labels ----------------------------------------------------------------------------
+
+
+def load_labels(path: str | os.PathLike) -> list[str]:
+    """Class names from a text file (one per line), a CSV (``index,name`` or ``name``
+    rows; a header row is skipped), or JSON (a list, or a ``{index: name}`` /
+    ``{name: index}`` object)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise LongvidError(f"{path}: no such labels file")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise LongvidError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        if isinstance(data, list):
+            return [str(x) for x in data]
+        if isinstance(data, dict):
+            pairs = {}
+            for key, value in data.items():
+                if str(key).lstrip("-").isdigit():
+                    pairs[int(key)] = str(value)
+                elif isinstance(value, int):
+                    pairs[value] = str(key)
+                else:
+                    raise LongvidError(f"{path}: label map entries must pair an integer index with a name, got {key!r}: {value!r}")
+            return _dense(pairs, path)
+        raise LongvidError(f"{path}: expected a JSON list or object of labels")
+    if path.endswith(".csv"):
+        rows = [row for row in csv.reader(text.splitlines()) if row and any(cell.strip() for cell in row)]
+        if rows and len(rows[0]) >= 2 and not rows[0][0].strip().isdigit():
+            rows = rows[1:]  # header
+        if rows and all(len(r) >= 2 and r[0].strip().isdigit() for r in rows):
+            return _dense({int(r[0]): r[1].strip() for r in rows}, path)
+        return [r[0].strip() for r in rows]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _dense(pairs: dict[int, str], path: str) -> list[str]:
+    missing = sorted(set(range(len(pairs))) - set(pairs))
+    if missing:
+        raise LongvidError(f"{path}: label indices must be 0..{len(pairs) - 1}; missing {missing[:5]}")
+    return [pairs[i] for i in range(len(pairs))]
+
+
+# -- the `longvid stream` job: videos -> JSON lines file ------------------------------
+
+
+def expand_videos(items: Sequence[str]) -> list[str]:
+    """Video paths from paths, glob patterns, and ``.txt`` files listing paths (one a line)."""
+    import glob
+
+    videos: list[str] = []
+    for item in items:
+        if item.endswith(".txt") and os.path.isfile(item):
+            folder = os.path.dirname(item)
+            with open(item, encoding="utf-8") as f:
+                for line in f:
+                    line = line.strip()
+                    if line and not line.startswith("#"):
+                        videos.append(line if os.path.isabs(line) else os.path.join(folder, line))
+        elif any(ch in item for ch in "*?[") and not os.path.exists(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise LongvidError(f"{item}: no files match")
+            videos.extend(matches)
+        else:
+            videos.append(item)
+    return videos
+
+
+def read_records(path: str) -> list[dict]:
+    """The complete JSON records of an output file (a cut-off last line is ignored)."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # written when the run was killed
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise LongvidError(f"{path}: not a longvid stream output (bad JSON line)") from None
+    return records
+
+
+def completed_videos(records: Iterable[dict]) -> set[str]:
+    return {r["video"] for r in records if r.get("status") == "done"}
+
+
+def _atomic_write_lines(path: str, lines: Iterable[str]) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _save_scores(folder: str, video: str, scores: list[list[float]], used: set[str]) -> str:
+    """Write one video's (clips, K) probabilities as .npy, atomically; returns the path."""
+    stem = os.path.splitext(os.path.basename(video))[0]
+    name, n = stem, 1
+    while name in used:
+        n += 1
+        name = f"{stem}-{n}"
+    used.add(name)
+    path = os.path.join(folder, f"{name}.npy")
+    tmp = f"{path}.tmp{os.getpid()}.npy"
+    np.save(tmp, np.asarray(scores, dtype=np.float32).reshape(len(scores), -1))
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class StreamSummary:
+    videos: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    clips: int = 0
+    seconds: float = 0.0
+
+
+def run_stream(
+    model: torch.nn.Module,
+    videos: Sequence[str],
+    out: str | None = None,
+    settings: StreamSettings | None = None,
+    labels: Sequence[str] | None = None,
+    batch_streams: int = 1,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    resume: bool = False,
+    save_scores: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> StreamSummary:
+    """Stream ``videos`` through ``model`` and write JSON lines to ``out`` (None: stdout).
+
+    Every line is written whole and flushed as soon as its clip is done, so an
+    interrupted run leaves a valid file; ``resume`` keeps the complete videos of an
+    existing ``out`` and processes only the rest. Under ``torchrun`` each rank takes a
+    disjoint share of ``videos`` (every ``world``-th), writes ``out.partR``, and rank 0
+    merges the parts into ``out`` when all ranks are done.
+    """
+    import torch.distributed as dist
+
+    from longvid.train.distributed import barrier
+
+    joined = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if joined else (0, 1)
+    if world > 1 and out is None:
+        raise LongvidError("under torchrun, give --out FILE (each rank writes a part that rank 0 merges)")
+    settings = settings or settings_for(model)
+    if save_scores:
+        os.makedirs(save_scores, exist_ok=True)
+        settings = StreamSettings(**{**settings.__dict__, "keep_scores": True})
+    share = list(videos)[rank::world]
+    target = f"{out}.part{rank}" if world > 1 else out
+    summary = StreamSummary(videos=len(share))
+    if target is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        if resume and os.path.exists(target):
+            kept = read_records(target)
+            done = completed_videos(kept)
+            _atomic_write_lines(target, (json.dumps(r) + "\n" for r in kept if r["video"] in done))
+            summary.skipped = sum(1 for v in share if v in done)
+            share = [v for v in share if v not in done]
+        elif not resume:
+            _atomic_write_lines(target, [])
+        sink = open(target, "a", encoding="utf-8")
+    else:
+        sink = None
+    bar = _progress_bar(len(share), progress)
+    started = time.perf_counter()
+    used_names: set[str] = set()
+    scores_by_video: dict[str, list[list[float]]] = {}
+    try:
+        for record in stream_predictions(model, share, settings, labels, batch_streams, device, dtype):
+            video = record["video"]
+            if save_scores and "scores" in record:  # scores go to the .npy file, not the JSON
+                scores_by_video.setdefault(video, []).append(record.pop("scores"))
+            if "clip" in record:
+                summary.clips += 1
+            status = record.get("status")
+            if status == "done" and save_scores:
+                record["scores_file"] = _save_scores(save_scores, video, scores_by_video.pop(video, []), used_names)
+            line = json.dumps(record) + "\n"
+            if sink is None:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            else:
+                sink.write(line)
+                sink.flush()
+            if status in ("done", "error"):
+                summary.done += status == "done"
+                summary.failed += status == "error"
+                if status == "error" and log:
+                    log(f"{video}: {record['error']}")
+                _advance(bar, log, summary, record, started)
+    finally:
+        if sink is not None:
+            sink.close()
+        if bar is not None:
+            bar.close()
+    summary.seconds = time.perf_counter() - started
+    if world > 1:
+        barrier()
+        if rank == 0:
+            parts = [f"{out}.part{r}" for r in range(world)]
+            _atomic_write_lines(out, (line for part in parts for line in open(part, encoding="utf-8")))
+            for part in parts:
+                os.remove(part)
+        barrier()
+    return summary
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="video", dynamic_ncols=True, file=sys.stderr)
+
+
+def _advance(bar, log, summary: StreamSummary, record: dict, started: float) -> None:
+    rate = summary.clips / max(time.perf_counter() - started, 1e-9)
+    if bar is not None:
+        bar.set_postfix_str(f"{rate:.2f} clips/s, {summary.failed} failed")
+        bar.update(1)
+    elif log is not None and record.get("status") == "done":
+        finished = summary.done + summary.failed
+        log(f"[{finished}/{summary.videos}] {record['video']}: {record['clips']} clips, {rate:.2f} clips/s overall")
+
+
+# -- models for streaming -------------------------------------------------------------
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
+
+
+def shipped_weights(preset: str) -> str | None:
+    """The weights the package ships for ``preset`` (its demo task), if any."""
+    path = os.path.join(WEIGHTS_DIR, f"{preset}.safetensors")
+    return path if os.path.isfile(path) else None
+
+
+def load_stream_model(preset: str | None, checkpoint: str | None = None, default_preset: str = "memvit_tiny"):
+    """(model, weights note) for streaming.
+
+    ``checkpoint``: a longvid safetensors file (its stored config is used unless
+    ``preset`` is given) or an official MeMViT ``.pyth`` (needs the matching ``preset``).
+    Without one, the preset runs with the package's shipped demo weights if it has them,
+    else with random weights (the note says so).
+    """
+    from longvid.checkpoints import load_checkpoint, load_model, read_metadata
+    from longvid.models.memvit import build_model
+
+    if checkpoint is not None:
+        if not os.path.isfile(checkpoint):
+            raise LongvidError(f"{checkpoint}: no such checkpoint file")
+        if preset is None and checkpoint.endswith(".safetensors") and "config" in read_metadata(checkpoint):
+            return load_model(checkpoint), f"weights from {checkpoint}"
+        model = build_model(preset or default_preset)
+        load_checkpoint(model, checkpoint)
+        return model, f"weights from {checkpoint}"
+    preset = preset or default_preset
+    shipped = shipped_weights(preset)
+    if shipped is not None:
+        return load_model(shipped), f"shipped demo weights ({os.path.basename(shipped)})"
+    return build_model(preset), f"RANDOM weights: longvid ships no trained weights for {preset!r}; pass --checkpoint"
