@@ -197,3 +197,16 @@ def test_round_width_matches_pyslowfast():
     assert round_width(96, 2.0, divisor=2) == 192
     assert round_width(1, 2.0) == 2
     assert round_width(10, 1.5, divisor=4) == 16
+
+
+def test_bias_paths_with_and_without_autograd_agree():
+    attn = _attention()
+    spec = KVMemorySpec(2, "gap2")
+    memory = _memory(attn, spec, memory_valid(spec, torch.tensor([4, 2])))
+    x = torch.randn(2, 1 + 8 * 6 * 6, 8, dtype=torch.float64)
+    with torch.no_grad():
+        fast, _, _ = attn(x, (8, 6, 6), memory)
+    graph, _, _ = attn(x, (8, 6, 6), memory)
+    graph.sum().backward()
+    torch.testing.assert_close(graph.detach(), fast, rtol=1e-12, atol=1e-12)
+    assert attn.rel_pos_mem_t.grad is not None and attn.rel_pos_h.grad is not None

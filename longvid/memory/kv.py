@@ -108,12 +108,10 @@ def compress_tokens(tokens: Tensor, thw: Sequence[int], conv: Callable[[Tensor],
         (B, n_cls + Tc*Hc*Wc, C) and the compressed grid (Tc, Hc, Wc).
     """
     b, _, c = tokens.shape
-    t, h, w = thw
     cls, grid = tokens[:, :n_cls], tokens[:, n_cls:]
-    grid = grid.transpose(1, 2).reshape(b, c, t, h, w)
-    grid = conv(grid)  # (B, C, Tc, Hc, Wc)
+    grid = conv(grid.reshape(b, *thw, c).permute(0, 4, 1, 2, 3))  # channels-last (B, C, T, H, W) -> (B, C, Tc, Hc, Wc)
     thw_c = tuple(grid.shape[2:])
-    grid = grid.flatten(2).transpose(1, 2)  # (B, Tc*Hc*Wc, C)
+    grid = grid.permute(0, 2, 3, 4, 1).flatten(1, 3)  # (B, Tc*Hc*Wc, C)
     return norm(torch.cat([cls, grid], dim=1)), thw_c
 
 
