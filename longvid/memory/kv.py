@@ -192,11 +192,9 @@ class KVMemoryState:
         """Stop-gradient copy (the model already stores detached memory)."""
         return self._map(Tensor.detach)
 
-    def to(self, *args, **kwargs) -> "KVMemoryState":
-        """``Tensor.to`` on the memory tensors; flags keep their dtype."""
-        moved = self._map(lambda x: x.to(*args, **kwargs) if x.is_floating_point() else x)
-        device = moved.keys[0].raw.device if moved.keys else torch.empty(0).to(*args, **kwargs).device
-        return dataclasses.replace(moved, is_first=self.is_first.to(device), num_seen=self.num_seen.to(device))
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "KVMemoryState":
+        """Move to ``device``; ``dtype`` applies to the memory tensors (flags keep theirs)."""
+        return self._map(lambda x: x.to(device=device, dtype=dtype if x.is_floating_point() else None))
 
     def state_dict(self) -> dict[str, Tensor]:
         """Flat ``name -> tensor`` (contiguous) for saving with safetensors."""

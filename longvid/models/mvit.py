@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -119,41 +119,58 @@ def grid_to_tokens(grid: Tensor) -> Tensor:
     return grid.permute(0, 2, 3, 4, 1).flatten(1, 3)
 
 
-def _assemble_bias(pieces: list[tuple], b: int, heads: int, q_thw: Size3) -> Tensor:
+class _Fill(NamedTuple):
+    """Bias piece: ``value`` ((B,) or scalar) over ``width`` key columns (cls keys)."""
+
+    value: Tensor
+    width: int
+
+
+class _Grid(NamedTuple):
+    """Bias piece over a grid of keys: ``t[.., kt] + h[.., kh] + w[.., kw]``, each (B, heads, qt, qh, qw, k)."""
+
+    t: Tensor
+    h: Tensor
+    w: Tensor
+
+    @property
+    def width(self) -> int:
+        return self.t.shape[-1] * self.h.shape[-1] * self.w.shape[-1]
+
+
+def _assemble_bias(pieces: list[_Fill | _Grid], b: int, heads: int, q_thw: Size3) -> Tensor:
     """Concatenate bias pieces along keys into (B, heads, Nq_sp, Nk).
 
-    ``("fill", value, width)``: a (B,) or scalar value over ``width`` columns;
-    ``("grid", t, h, w)``: t (.., kt) + h (.., kh) + w (.., kw) over kt*kh*kw columns,
-    each (B, heads, qt, qh, qw, k_axis). With autograd: ``torch.cat``; without: each
-    piece is written once into a preallocated buffer (one pass over the bias).
+    With autograd: ``torch.cat``; without: each piece is written once into a
+    preallocated buffer (a single pass over the bias).
     """
     qt, qh, qw = q_thw
     nq_sp = qt * qh * qw
 
-    def width(p: tuple) -> int:
-        return p[2] if p[0] == "fill" else p[1].shape[-1] * p[2].shape[-1] * p[3].shape[-1]
+    def fill(p: _Fill) -> Tensor:
+        return p.value.reshape(-1, 1, 1, 1).expand(b, heads, nq_sp, p.width)
 
     if torch.is_grad_enabled():
         parts = []
         for p in pieces:
-            if p[0] == "fill":
-                parts.append(p[1].reshape(-1, 1, 1, 1).expand(b, heads, nq_sp, p[2]))
+            if isinstance(p, _Fill):
+                parts.append(fill(p))
             else:
-                th = p[1][..., :, None] + p[2][..., None, :]  # (B, heads, qt, qh, qw, kt, kh)
-                parts.append((th[..., None] + p[3][..., None, None, :]).reshape(b, heads, nq_sp, -1))
+                th = p.t[..., :, None] + p.h[..., None, :]  # (B, heads, qt, qh, qw, kt, kh)
+                parts.append((th[..., None] + p.w[..., None, None, :]).reshape(b, heads, nq_sp, -1))
         return torch.cat(parts, dim=-1)
-    ref = next(p[1] for p in pieces if p[0] == "grid")
-    out = ref.new_empty(b, heads, nq_sp, sum(width(p) for p in pieces))
+    ref = next(p.t for p in pieces if isinstance(p, _Grid))
+    out = ref.new_empty(b, heads, nq_sp, sum(p.width for p in pieces))
     col = 0
     for p in pieces:
-        view = out[..., col : col + width(p)]
-        if p[0] == "fill":
-            view.copy_(p[1].reshape(-1, 1, 1, 1).expand(b, heads, nq_sp, p[2]))
+        view = out[..., col : col + p.width]
+        if isinstance(p, _Fill):
+            view.copy_(fill(p))
         else:
-            kt, kh, kw = p[1].shape[-1], p[2].shape[-1], p[3].shape[-1]
-            th = p[1][..., :, None] + p[2][..., None, :]
-            torch.add(th[..., None], p[3][..., None, None, :], out=view.view(b, heads, qt, qh, qw, kt, kh, kw))
-        col += width(p)
+            th = p.t[..., :, None] + p.h[..., None, :]
+            grid = view.view(b, heads, qt, qh, qw, p.t.shape[-1], p.h.shape[-1], p.w.shape[-1])
+            torch.add(th[..., None], p.w[..., None, None, :], out=grid)
+        col += p.width
     return out
 
 
@@ -409,15 +426,14 @@ class MultiScaleAttention(nn.Module):
         rt, rh, rw = self._tables(q_thw, k_thw, mem_thw, num_mem, q)
         rel_t, rel_h, rel_w = rel_pos_terms(q.reshape(b, heads, qt, qh, qw, d), rt, rh, rw)
 
-        # Pieces along the key axis: ("fill", value (B,) or scalar, width) or ("grid", t, h, w).
-        pieces, cls_row = [], []
+        pieces, cls_row = [], []  # bias pieces along the key axis
         if has_mem:
             neg = torch.zeros(mem_valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~mem_valid, float("-inf"))  # (B, M)
             mem_t = rel_t[..., : num_mem * tc].unflatten(-1, (num_mem, tc)) + neg[:, None, None, None, None, :, None]
             for m in range(num_mem):
                 if n:
-                    pieces.append(("fill", neg[:, m], n))
-                pieces.append(("grid", mem_t[..., m, :], rel_h[..., kh:], rel_w[..., kw:]))
+                    pieces.append(_Fill(neg[:, m], n))
+                pieces.append(_Grid(mem_t[..., m, :], rel_h[..., kh:], rel_w[..., kw:]))
             cls_row.append(neg.repeat_interleave(n + tc * hc * wc, dim=1))  # (B, M*entry)
         cur_t = rel_t[..., num_mem * tc :]
         cls_value = q.new_full((), float("-inf") if self.causal else 0.0)
@@ -425,8 +441,8 @@ class MultiScaleAttention(nn.Module):
             future = torch.arange(kt, device=q.device)[None, :] > torch.arange(qt, device=q.device)[:, None]  # (qt, kt)
             cur_t = cur_t + q.new_zeros(qt, kt).masked_fill_(future, float("-inf"))[:, None, None, :]
         if n:
-            pieces.append(("fill", cls_value, n))
-        pieces.append(("grid", cur_t, rel_h[..., :kh], rel_w[..., :kw]))
+            pieces.append(_Fill(cls_value, n))
+        pieces.append(_Grid(cur_t, rel_h[..., :kh], rel_w[..., :kw]))
         body = _assemble_bias(pieces, b, heads, q_thw)
         if not n or not (has_mem or self.causal):
             return body, None
