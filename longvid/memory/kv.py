@@ -108,12 +108,10 @@ def compress_tokens(tokens: Tensor, thw: Sequence[int], conv: Callable[[Tensor],
         (B, n_cls + Tc*Hc*Wc, C) and the compressed grid (Tc, Hc, Wc).
     """
     b, _, c = tokens.shape
-    t, h, w = thw
     cls, grid = tokens[:, :n_cls], tokens[:, n_cls:]
-    grid = grid.transpose(1, 2).reshape(b, c, t, h, w)
-    grid = conv(grid)  # (B, C, Tc, Hc, Wc)
+    grid = conv(grid.reshape(b, *thw, c).permute(0, 4, 1, 2, 3))  # channels-last (B, C, T, H, W) -> (B, C, Tc, Hc, Wc)
     thw_c = tuple(grid.shape[2:])
-    grid = grid.flatten(2).transpose(1, 2)  # (B, Tc*Hc*Wc, C)
+    grid = grid.permute(0, 2, 3, 4, 1).flatten(1, 3)  # (B, Tc*Hc*Wc, C)
     return norm(torch.cat([cls, grid], dim=1)), thw_c
 
 
@@ -194,11 +192,9 @@ class KVMemoryState:
         """Stop-gradient copy (the model already stores detached memory)."""
         return self._map(Tensor.detach)
 
-    def to(self, *args, **kwargs) -> "KVMemoryState":
-        """``Tensor.to`` on the memory tensors; flags keep their dtype."""
-        moved = self._map(lambda x: x.to(*args, **kwargs) if x.is_floating_point() else x)
-        device = moved.keys[0].raw.device if moved.keys else torch.empty(0).to(*args, **kwargs).device
-        return dataclasses.replace(moved, is_first=self.is_first.to(device), num_seen=self.num_seen.to(device))
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "KVMemoryState":
+        """Move to ``device``; ``dtype`` applies to the memory tensors (flags keep theirs)."""
+        return self._map(lambda x: x.to(device=device, dtype=dtype if x.is_floating_point() else None))
 
     def state_dict(self) -> dict[str, Tensor]:
         """Flat ``name -> tensor`` (contiguous) for saving with safetensors."""

@@ -164,7 +164,7 @@ class BoxAttention(nn.Module):
     def forward(self, x: Tensor, memory: LayerMemory | None = None) -> tuple[Tensor, tuple[LayerCache, LayerCache] | None]:
         b, p, c = x.shape
         heads = self.num_heads
-        kv, caches, bias = x, None, None
+        k_in, v_in, caches, bias = x, x, None, None
         if memory is not None:
             read_k, cache_k = memory_step(memory.keys, x, memory.spec, lambda t: t)
             read_v, cache_v = memory_step(memory.values, x, memory.spec, lambda t: t)
@@ -172,8 +172,6 @@ class BoxAttention(nn.Module):
             k_in, v_in = torch.cat([read_k.flatten(1, 2), x], 1), torch.cat([read_v.flatten(1, 2), x], 1)
             neg = torch.zeros(memory.valid.shape, dtype=x.dtype, device=x.device).masked_fill_(~memory.valid, float("-inf"))
             bias = torch.cat([neg.repeat_interleave(p, dim=1), x.new_zeros(b, p)], 1)[:, None, None, :]  # (B, 1, 1, Nk)
-        else:
-            k_in, v_in = kv, kv
 
         def split(t: Tensor) -> Tensor:  # (B, N, C) -> (B, heads, N, d)
             return self.drop_qkv(t.view(b, -1, heads, c // heads).transpose(1, 2))

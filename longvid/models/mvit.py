@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -108,16 +108,70 @@ def rel_pos_terms(q: Tensor, rt: Tensor, rh: Tensor, rw: Tensor) -> tuple[Tensor
 # -- pooling ---------------------------------------------------------------------------
 
 
-def _grid_to_conv(x: Tensor, thw: Size3) -> Tensor:
-    """(B, heads, T*H*W, C) -> (B*heads, C, T, H, W) contiguous, for a depthwise Conv3d."""
-    b, n, _, c = x.shape
-    return x.reshape(b * n, *thw, c).permute(0, 4, 1, 2, 3).contiguous()
+def tokens_to_grid(tokens: Tensor, thw: Size3) -> Tensor:
+    """(B, T*H*W, C) -> (B, C, T, H, W) as a channels-last view (no copy)."""
+    b, _, c = tokens.shape
+    return tokens.reshape(b, *thw, c).permute(0, 4, 1, 2, 3)
 
 
-def _conv_to_tokens(x: Tensor, batch: int) -> Tensor:
-    """(B*heads, C, T, H, W) -> (B, heads, T*H*W, C)."""
-    bn, c = x.shape[:2]
-    return x.reshape(batch, bn // batch, c, -1).transpose(2, 3)
+def grid_to_tokens(grid: Tensor) -> Tensor:
+    """(B, C, T, H, W) -> (B, T*H*W, C); a view for channels-last grids."""
+    return grid.permute(0, 2, 3, 4, 1).flatten(1, 3)
+
+
+class _Fill(NamedTuple):
+    """Bias piece: ``value`` ((B,) or scalar) over ``width`` key columns (cls keys)."""
+
+    value: Tensor
+    width: int
+
+
+class _Grid(NamedTuple):
+    """Bias piece over a grid of keys: ``t[.., kt] + h[.., kh] + w[.., kw]``, each (B, heads, qt, qh, qw, k)."""
+
+    t: Tensor
+    h: Tensor
+    w: Tensor
+
+    @property
+    def width(self) -> int:
+        return self.t.shape[-1] * self.h.shape[-1] * self.w.shape[-1]
+
+
+def _assemble_bias(pieces: list[_Fill | _Grid], b: int, heads: int, q_thw: Size3) -> Tensor:
+    """Concatenate bias pieces along keys into (B, heads, Nq_sp, Nk).
+
+    With autograd: ``torch.cat``; without: each piece is written once into a
+    preallocated buffer (a single pass over the bias).
+    """
+    qt, qh, qw = q_thw
+    nq_sp = qt * qh * qw
+
+    def fill(p: _Fill) -> Tensor:
+        return p.value.reshape(-1, 1, 1, 1).expand(b, heads, nq_sp, p.width)
+
+    if torch.is_grad_enabled():
+        parts = []
+        for p in pieces:
+            if isinstance(p, _Fill):
+                parts.append(fill(p))
+            else:
+                th = p.t[..., :, None] + p.h[..., None, :]  # (B, heads, qt, qh, qw, kt, kh)
+                parts.append((th[..., None] + p.w[..., None, None, :]).reshape(b, heads, nq_sp, -1))
+        return torch.cat(parts, dim=-1)
+    ref = next(p.t for p in pieces if isinstance(p, _Grid))
+    out = ref.new_empty(b, heads, nq_sp, sum(p.width for p in pieces))
+    col = 0
+    for p in pieces:
+        view = out[..., col : col + p.width]
+        if isinstance(p, _Fill):
+            view.copy_(fill(p))
+        else:
+            th = p.t[..., :, None] + p.h[..., None, :]
+            grid = view.view(b, heads, qt, qh, qw, p.t.shape[-1], p.h.shape[-1], p.w.shape[-1])
+            torch.add(th[..., None], p.w[..., None, None, :], out=grid)
+        col += p.width
+    return out
 
 
 class Mlp(nn.Module):
@@ -279,14 +333,25 @@ class MultiScaleAttention(nn.Module):
             self.norm_compress_k = nn.LayerNorm(dim, eps=1e-6)
             self.norm_compress_v = nn.LayerNorm(dim, eps=1e-6)
 
-    def _pool(self, grid: Tensor, cls: Tensor, conv: nn.Conv3d, norm: nn.LayerNorm) -> tuple[Tensor, Size3]:
-        """Pool one of q/k/v. grid (B*heads, C, T, H, W), cls (B, heads, n_cls, C) -> (B, heads, n_cls + N', C)."""
-        pooled = conv(grid)
+    def _pool(self, grid: Tensor, cls: Tensor, conv: nn.Conv3d, norm: nn.LayerNorm) -> tuple[Tensor, Tensor, Size3]:
+        """Pool-first q/k/v for all heads at once.
+
+        The per-head depthwise conv (weights shared across heads) is one depthwise conv
+        over all ``dim`` channels with the weight repeated per head; LayerNorm is per head.
+        Args: grid (B, dim, T, H, W) channels-last, cls (B, n_cls, dim).
+        Returns: normed cls (B, n_cls, dim), normed grid tokens (B, N', dim), grid (T', H', W').
+        """
+        heads = self.num_heads
+        weight = conv.weight.repeat(heads, 1, 1, 1, 1) if heads > 1 else conv.weight
+        pooled = F.conv3d(grid, weight, stride=conv.stride, padding=conv.padding, groups=grid.shape[1])
         if self.shift:
-            pooled = pooled[:, :, : -self.shift]  # causal: drop outputs that saw padding from the future side
+            pooled = pooled[:, :, : -self.shift]  # causal: drop outputs that saw the future-side padding
         thw = tuple(pooled.shape[2:])
-        tokens = _conv_to_tokens(pooled, cls.shape[0])
-        return norm(torch.cat([cls, tokens], dim=2)), thw
+
+        def head_norm(t: Tensor) -> Tensor:  # LayerNorm over each head's channels
+            return norm(t.unflatten(-1, (heads, -1))).flatten(-2)
+
+        return head_norm(cls), head_norm(grid_to_tokens(pooled)), thw
 
     def compressed_size(self, kv_thw: Size3) -> Size3:
         """Token grid of a compressed memory entry."""
@@ -300,41 +365,36 @@ class MultiScaleAttention(nn.Module):
         Returns:
             (B, Nq, dim_out), the q grid, and the new (key, value) caches (None without memory).
         """
-        b, n, dim = x.shape
-        heads, c = self.num_heads, dim // self.num_heads
-        xh = x.reshape(b, n, heads, c).permute(0, 2, 1, 3)  # (B, heads, N, c)
-        cls, grid = xh[:, :, : self.n_cls], _grid_to_conv(xh[:, :, self.n_cls :], thw)
-        q, q_thw = self._pool(grid, cls, self.pool_q, self.norm_q)
-        k, k_thw = self._pool(grid, cls, self.pool_k, self.norm_k)
-        v, _ = self._pool(grid, cls, self.pool_v, self.norm_v)
+        b, _, dim = x.shape
+        n, heads, d = self.n_cls, self.num_heads, self.dim_out // self.num_heads
+        cls, grid = x[:, :n], tokens_to_grid(x[:, n:], thw)
+        q_cls, q_grid, q_thw = self._pool(grid, cls, self.pool_q, self.norm_q)
+        k_cls, k_grid, k_thw = self._pool(grid, cls, self.pool_k, self.norm_k)
+        v_cls, v_grid, _ = self._pool(grid, cls, self.pool_v, self.norm_v)
 
-        def merge(t: Tensor) -> Tensor:  # (B, heads, N, c) -> (B, N, dim)
-            return t.transpose(1, 2).reshape(b, -1, dim)
+        def split(t: Tensor) -> Tensor:  # (B, N, dim_out) -> (B, heads, N, d)
+            return t.view(b, -1, heads, d).transpose(1, 2)
 
-        q = self.q(merge(q)).view(b, -1, heads, self.dim_out // heads).transpose(1, 2)  # (B, heads, Nq, d)
-        k, v = merge(k), merge(v)  # (B, Nk, dim), pooled and un-projected
-        caches, mem_thw = None, None
+        q_cls, q_body = split(self.q(q_cls)), split(self.q(q_grid))  # cls row and grid rows kept apart
+        k = torch.cat([k_cls, k_grid], dim=1)  # (B, Nk, dim), pooled and un-projected
+        v = torch.cat([v_cls, v_grid], dim=1)
+        caches, mem_thw, valid = None, None, None
         if memory is not None:
-            mem_thw = self.compressed_size(k_thw)
-            read_k, cache_k = memory_step(memory.keys, k, memory.spec, lambda t: compress_tokens(t, k_thw, self.compress_k, self.norm_compress_k, self.n_cls)[0])
-            read_v, cache_v = memory_step(memory.values, v, memory.spec, lambda t: compress_tokens(t, k_thw, self.compress_v, self.norm_compress_v, self.n_cls)[0])
+            mem_thw, valid = self.compressed_size(k_thw), memory.valid
+            read_k, cache_k = memory_step(memory.keys, k, memory.spec, lambda t: compress_tokens(t, k_thw, self.compress_k, self.norm_compress_k, n)[0])
+            read_v, cache_v = memory_step(memory.values, v, memory.spec, lambda t: compress_tokens(t, k_thw, self.compress_v, self.norm_compress_v, n)[0])
             k = torch.cat([read_k.flatten(1, 2), k], dim=1)  # (B, M*Nc + Nk, dim)
             v = torch.cat([read_v.flatten(1, 2), v], dim=1)
             caches = (cache_k, cache_v)
-        k = self.k(k).view(b, -1, heads, self.dim_out // heads).transpose(1, 2)  # (B, heads, Nk_total, d)
-        v = self.v(v).view(b, -1, heads, self.dim_out // heads).transpose(1, 2)
+        k, v = split(self.k(k)), split(self.v(v))  # (B, heads, Nk_total, d)
 
-        n = self.n_cls
-        valid = memory.valid if memory is not None else None
+        body_bias, cls_bias = self.attention_bias(q_body, q_thw, k_thw, mem_thw, valid)
         drop = self.attn_drop if self.training else 0.0
-        body_bias, cls_bias = self.attention_bias(q, q_thw, k_thw, mem_thw, valid)
-        # Query rows are independent: the cls row (no position terms) and the grid rows
-        # run as two attention calls over the same keys.
-        q_body = q[:, :, n:]
-        out = F.scaled_dot_product_attention(q_body, k, v, attn_mask=body_bias, dropout_p=drop)  # (B, heads, Nq_sp, d)
-        out = out + q_body  # residual pooling (not on the cls row)
+        # Query rows are independent: the grid rows and the cls row (no position
+        # terms) are two attention calls over the same keys.
+        out = F.scaled_dot_product_attention(q_body, k, v, attn_mask=body_bias, dropout_p=drop) + q_body  # residual pooling
         if n:
-            out_cls = F.scaled_dot_product_attention(q[:, :, :n], k, v, attn_mask=cls_bias, dropout_p=drop)
+            out_cls = F.scaled_dot_product_attention(q_cls, k, v, attn_mask=cls_bias, dropout_p=drop)  # (B, heads, n, d)
             out = torch.cat([out_cls, out], dim=2)
         out = out.transpose(1, 2).reshape(b, -1, self.dim_out)
         return self.proj_drop(self.proj(out)), q_thw, caches
@@ -343,43 +403,37 @@ class MultiScaleAttention(nn.Module):
         """Additive logit biases for ``[memory entries ; current]`` keys.
 
         Keys are laid out as ``[entry_0 (cls, grid), .., entry_{M-1}, current (cls, grid)]``.
+        Args:
+            q: (B, heads, Nq_sp, d) grid queries (projected, unscaled).
         Returns:
-            body: (B, heads, Nq_sp, Nk) for the non-cls query rows: decomposed position
+            body: (B, heads, Nq_sp, Nk) for the grid query rows: decomposed position
                 terms on grid keys; ``-inf`` on all columns of entries where ``mem_valid``
                 (B, M) is False; causal: ``-inf`` on future current frames and the current
                 cls key. None when there is nothing to add.
             cls_row: (B, 1, n_cls, Nk) for the cls query: only the masks, or None.
+        Without autograd the body is written in place into one buffer.
         """
         has_mem = mem_valid is not None
         if not (self.rel_pos_spatial or self.rel_pos_temporal or has_mem or self.causal):
             return None, None
-        b, heads, nq, d = q.shape
+        b, heads, nq_sp, d = q.shape
         n = self.n_cls
         qt, qh, qw = q_thw
         kt, kh, kw = k_thw
         num_mem = mem_valid.shape[1] if has_mem else 0
         tc, hc, wc = mem_thw if has_mem else (0, 0, 0)
-        nq_sp = qt * qh * qw
-        r_q = q[:, :, n:].reshape(b, heads, qt, qh, qw, d)
         # Tables for current and memory keys concatenated along keys: one einsum per axis.
         rt, rh, rw = self._tables(q_thw, k_thw, mem_thw, num_mem, q)
-        rel_t, rel_h, rel_w = rel_pos_terms(r_q, rt, rh, rw)  # (B, heads, qt, qh, qw, keys along the axis)
+        rel_t, rel_h, rel_w = rel_pos_terms(q.reshape(b, heads, qt, qh, qw, d), rt, rh, rw)
 
-        def grid(t: Tensor, h: Tensor, w: Tensor) -> Tensor:  # -> (B, heads, Nq_sp, kt*kh*kw)
-            th = t[..., :, None] + h[..., None, :]  # (B, heads, qt, qh, qw, kt, kh)
-            return (th[..., None] + w[..., None, None, :]).reshape(b, heads, nq_sp, -1)
-
-        def column(value: Tensor) -> Tensor:  # (B,) or scalar tensor -> (B, heads, Nq_sp, n)
-            return value.reshape(-1, 1, 1, 1).expand(b, heads, nq_sp, n)
-
-        pieces, cls_row = [], []
+        pieces, cls_row = [], []  # bias pieces along the key axis
         if has_mem:
             neg = torch.zeros(mem_valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~mem_valid, float("-inf"))  # (B, M)
             mem_t = rel_t[..., : num_mem * tc].unflatten(-1, (num_mem, tc)) + neg[:, None, None, None, None, :, None]
             for m in range(num_mem):
                 if n:
-                    pieces.append(column(neg[:, m]))
-                pieces.append(grid(mem_t[..., m, :], rel_h[..., kh:], rel_w[..., kw:]))
+                    pieces.append(_Fill(neg[:, m], n))
+                pieces.append(_Grid(mem_t[..., m, :], rel_h[..., kh:], rel_w[..., kw:]))
             cls_row.append(neg.repeat_interleave(n + tc * hc * wc, dim=1))  # (B, M*entry)
         cur_t = rel_t[..., num_mem * tc :]
         cls_value = q.new_full((), float("-inf") if self.causal else 0.0)
@@ -387,9 +441,9 @@ class MultiScaleAttention(nn.Module):
             future = torch.arange(kt, device=q.device)[None, :] > torch.arange(qt, device=q.device)[:, None]  # (qt, kt)
             cur_t = cur_t + q.new_zeros(qt, kt).masked_fill_(future, float("-inf"))[:, None, None, :]
         if n:
-            pieces.append(column(cls_value))
-        pieces.append(grid(cur_t, rel_h[..., :kh], rel_w[..., :kw]))
-        body = torch.cat(pieces, dim=-1)
+            pieces.append(_Fill(cls_value, n))
+        pieces.append(_Grid(cur_t, rel_h[..., :kh], rel_w[..., :kw]))
+        body = _assemble_bias(pieces, b, heads, q_thw)
         if not n or not (has_mem or self.causal):
             return body, None
         cls_row += [cls_value.expand(b, n), q.new_zeros(b, kt * kh * kw)]
@@ -457,9 +511,7 @@ class MultiScaleBlock(nn.Module):
         if hasattr(self, "proj"):
             x = self.proj(x_norm)
         if self.pool_skip is not None:
-            b, _, c = x.shape
-            grid = x[:, self.n_cls :].transpose(1, 2).reshape(b, c, *thw)
-            grid = self.pool_skip(grid).flatten(2).transpose(1, 2)
+            grid = grid_to_tokens(self.pool_skip(tokens_to_grid(x[:, self.n_cls :], thw)))
             x = torch.cat([x[:, : self.n_cls], grid], dim=1)
         x = x + self.drop_path(x_block)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
