@@ -56,7 +56,7 @@ def test_online_equivalence_with_manual_model_calls(model, clips_videos):
 
 
 def test_memory_isolation_alone_after_another_and_batched(model, clips_videos):
-    a, b = clips_videos[0], clips_videos[1]
+    a, b, c = clips_videos
     exact = StreamSettings(**{**SETTINGS.__dict__, "topk": 10})
 
     def scores_of(videos, batch_streams):
@@ -67,16 +67,19 @@ def test_memory_isolation_alone_after_another_and_batched(model, clips_videos):
         return out
 
     alone = scores_of([b], 1)[b]
-    after_a = scores_of([a, b], 1)[b]
+    assert scores_of([a, b], 1)[b] == alone  # after another video: bit-identical
     beside_a = scores_of([a, b], 2)[b]
-    assert alone == after_a == beside_a
+    assert scores_of([c, b], 2)[b] == beside_a  # batched: the neighbour stream cannot change B's bits
+    # Batched vs alone differs only by float rounding: PyTorch's CPU matrix kernels pick
+    # their blocking by the batch size, so bits are not batch-invariant (the memory is).
+    np.testing.assert_allclose(np.array(beside_a), np.array(alone), rtol=0, atol=1e-6)
     # and the memory matters: B's later clips differ from running each clip with an empty memory
     fresh = []
     with torch.inference_mode():
         for clip in ClipReader(b, clip_frames=16, stride=2, short_side=64, crop=64):
             logits, _ = model(clip.frames[None], model.init_state(1))
-            fresh.append(torch.softmax(logits.double(), -1)[0].numpy())
-    assert not np.allclose(np.array(alone[-1]), fresh[-1], atol=1e-7)
+            fresh.append(torch.softmax(logits.float(), -1).double()[0].numpy())
+    assert np.abs(np.array(alone[-1]) - fresh[-1]).max() > 1e-4
 
 
 def test_batched_streams_refill_slots_in_order(model, clips_videos):
