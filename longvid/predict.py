@@ -200,29 +200,14 @@ def _select(state, batch_slots):
     """The state rows of the streams that have a clip this step."""
     if list(batch_slots) == list(range(state.batch_size)):
         return state
-    index = torch.tensor(batch_slots, device=state.is_first.device)
-    return state._map(lambda x: x.index_select(0, index))
+    return state.index_select(torch.tensor(batch_slots, device=state.is_first.device))
 
 
 def _scatter(state, new_state, batch_slots):
     """Write the stepped streams' new memory back into the full-batch state."""
     if list(batch_slots) == list(range(state.batch_size)):
         return new_state
-    index = torch.tensor(batch_slots, device=state.is_first.device)
-    merged = iter([full.index_copy(0, index, rows) for full, rows in zip(_tensors(state), _tensors(new_state))])
-    return state._map(lambda _: next(merged))
-
-
-def _tensors(state) -> list[torch.Tensor]:
-    """The state's tensors in ``_map`` order."""
-    collected: list[torch.Tensor] = []
-
-    def collect(x):
-        collected.append(x)
-        return x
-
-    state._map(collect)
-    return collected
+    return state.index_copy(torch.tensor(batch_slots, device=state.is_first.device), new_state)
 
 
 # -- labels ----------------------------------------------------------------------------

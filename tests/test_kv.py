@@ -179,3 +179,21 @@ def test_state_dtype_and_device_follow_the_model():
     assert state.keys[0].raw.dtype == torch.float64 and state.is_first.dtype == torch.bool
     out, state = model(_clips(1, batch=2)[0].double(), state)
     assert out.dtype == torch.float64 and state.keys[0].compressed.dtype == torch.float64
+
+
+def test_state_index_select_and_copy_round_trip():
+    import longvid
+
+    model = longvid.build_model("memvit_tiny").eval()
+    torch.manual_seed(1)
+    with torch.inference_mode():
+        _, state = model(torch.randn(3, 3, 16, 64, 64), model.init_state(3))
+        index = torch.tensor([2, 0])
+        part = state.index_select(index)
+        assert part.batch_size == 2
+        assert torch.equal(part.keys[0].raw[0], state.keys[0].raw[2])
+        zeroed = part.reset(torch.ones(2, dtype=torch.bool))
+        merged = state.index_copy(index, zeroed)
+        assert bool(merged.is_first[0]) and bool(merged.is_first[2]) and not bool(merged.is_first[1])
+        assert torch.equal(merged.values[-1].compressed[1], state.values[-1].compressed[1])
+        assert not merged.keys[0].raw[0].any() and not merged.keys[0].raw[2].any()

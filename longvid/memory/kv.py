@@ -188,6 +188,21 @@ class KVMemoryState:
         state = self._map(clear)
         return dataclasses.replace(state, is_first=self.is_first | mask)
 
+    def index_select(self, index: Tensor) -> "KVMemoryState":
+        """The state of streams ``index`` (LongTensor (b,)), in that order."""
+        return self._map(lambda x: x.index_select(0, index))
+
+    def index_copy(self, index: Tensor, rows: "KVMemoryState") -> "KVMemoryState":
+        """A copy of this state with streams ``index`` replaced by ``rows`` (b streams)."""
+        replaced = iter([full.index_copy(0, index, part) for full, part in zip(self._tensors(), rows._tensors())])
+        return self._map(lambda _: next(replaced))
+
+    def _tensors(self) -> list[Tensor]:
+        """All tensors in ``_map`` order."""
+        found: list[Tensor] = []
+        self._map(lambda x: found.append(x) or x)
+        return found
+
     def detach(self) -> "KVMemoryState":
         """Stop-gradient copy (the model already stores detached memory)."""
         return self._map(Tensor.detach)
