@@ -85,8 +85,9 @@ def to_model_input(
         x = resize_short_side(x, short_side)
     if crop is not None:
         x = center_crop(x, crop)
-    pixels = torch.empty((x.shape[1], x.shape[0], x.shape[2], x.shape[3]), dtype=torch.float32)  # (C, T, H', W')
-    pixels.copy_(x.permute(1, 0, 2, 3))  # one pass: layout change + conversion
+    planar = torch.empty((x.shape[1], x.shape[0], x.shape[2], x.shape[3]), dtype=x.dtype)  # (C, T, H', W')
+    planar.copy_(x.permute(1, 0, 2, 3))  # the layout change, on the small uint8 data
+    pixels = planar.to(torch.float32)
     scale = 255.0 if x.dtype == torch.uint8 else 1.0
     if mean is not None and std is not None:
         # (x / scale - mean) / std, folded into one subtraction and one multiplication
