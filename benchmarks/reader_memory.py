@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,9 +63,7 @@ def main() -> None:
     if len(rows) > 1:
         print(f"peak RSS ratio {rows[-1][0]:g} min / {rows[0][0]:g} min: {rows[-1][2] / rows[0][2]:.3f}")
     if not args.keep:
-        for name in os.listdir(folder):
-            os.remove(os.path.join(folder, name))
-        os.rmdir(folder)
+        shutil.rmtree(folder)
 
 
 if __name__ == "__main__":

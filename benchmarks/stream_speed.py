@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,9 +91,7 @@ def main() -> None:
     print(f"on the {min(videos):g}-minute video: decode-only {timings['decode']:.2f} s, model-only {timings['model']:.2f} s, "
           f"pipelined {timings['pipelined']:.2f} s = {timings['pipelined'] / bound:.2f} x max(decode, model)")
     if not args.keep:
-        for name in os.listdir(folder):
-            os.remove(os.path.join(folder, name))
-        os.rmdir(folder)
+        shutil.rmtree(folder)
 
 
 if __name__ == "__main__":
