@@ -87,12 +87,12 @@ def to_model_input(
         x = center_crop(x, crop)
     planar = torch.empty((x.shape[1], x.shape[0], x.shape[2], x.shape[3]), dtype=x.dtype)  # (C, T, H', W')
     planar.copy_(x.permute(1, 0, 2, 3))  # the layout change, on the small uint8 data
-    pixels = planar.to(torch.float32)
     scale = 255.0 if x.dtype == torch.uint8 else 1.0
     if mean is not None and std is not None:
         # (x / scale - mean) / std, folded into one subtraction and one multiplication
-        pixels.sub_(torch.tensor(mean).mul_(scale).view(-1, 1, 1, 1))
-        pixels.mul_(torch.tensor(std).mul_(scale).reciprocal_().view(-1, 1, 1, 1))
-    elif scale != 1.0:
-        pixels.div_(scale)
+        shift = torch.tensor(mean, dtype=torch.float32).mul_(scale).view(-1, 1, 1, 1)
+        inverse = torch.tensor(std, dtype=torch.float32).mul_(scale).reciprocal_().view(-1, 1, 1, 1)
+        pixels = planar.to(torch.float32).sub_(shift).mul_(inverse)
+    else:
+        pixels = torch.mul(planar, 1.0 / scale)  # converts to float32 in the same pass
     return pixels
