@@ -155,8 +155,16 @@ def test_clean_file_does_not_warn(videos):
         list(ClipReader(videos["cfr"], clip_frames=8, stride=2, **RAW))
 
 
+def test_uint8_clips(videos):
+    raw = list(ClipReader(videos["cfr"], clip_frames=4, stride=3, short_side=None, crop=None, mean=None, std=None, dtype=torch.uint8))
+    scaled = list(ClipReader(videos["cfr"], clip_frames=4, stride=3, **RAW))
+    assert raw[0].frames.dtype == torch.uint8 and len(raw) == len(scaled)
+    for a, b in zip(raw, scaled):
+        torch.testing.assert_close(a.frames.float() / 255, b.frames)
+
+
 def test_invalid_arguments(videos):
-    for kwargs in [dict(clip_frames=0), dict(stride=0), dict(fps=0), dict(tail="wrap"), dict(start=2, end=1)]:
+    for kwargs in [dict(clip_frames=0), dict(stride=0), dict(fps=0), dict(tail="wrap"), dict(start=2, end=1), dict(dtype=torch.uint8)]:
         with pytest.raises(ValueError):
             ClipReader(videos["cfr"], **kwargs)
 

@@ -92,3 +92,13 @@ def test_to_model_input_order_and_layout():
     torch.testing.assert_close(out, manual.permute(1, 0, 2, 3))
     raw = to_model_input(frames, short_side=None, crop=None, mean=None, std=None)
     torch.testing.assert_close(raw, frames.permute(3, 0, 1, 2).float() / 255)
+
+
+def test_uint8_output_is_the_unnormalized_pixels():
+    frames = torch.randint(0, 256, (3, 30, 50, 3), dtype=torch.uint8)
+    raw = to_model_input(frames, short_side=40, crop=32, mean=None, std=None, dtype=torch.uint8)
+    assert raw.dtype == torch.uint8 and raw.shape == (3, 3, 32, 32)
+    scaled = to_model_input(frames, short_side=40, crop=32, mean=None, std=None)
+    torch.testing.assert_close(raw.float() / 255, scaled)
+    with pytest.raises(ValueError, match="cannot be normalized"):
+        to_model_input(frames, dtype=torch.uint8)

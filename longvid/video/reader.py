@@ -48,7 +48,7 @@ class VideoDecodeWarning(UserWarning):
 class Clip:
     """One clip of a stream.
 
-    frames:      float tensor ``(C, T, H, W)``, model-ready.
+    frames:      float tensor ``(C, T, H, W)``, model-ready (uint8 with ``dtype=torch.uint8``).
     index:       position of the clip in the stream (0, 1, ...).
     start, end:  seconds covered: ``start`` is the first frame's time, ``end`` the
                  time the next clip starts (the last frame's end for the final clip).
@@ -177,6 +177,8 @@ class ClipReader:
         short_side: resize so the shorter side has this size (None: keep).
         crop: center crop size, an int for a square (None: full frame).
         mean, std: per-channel normalization after scaling to [0, 1] (None: only scale).
+        dtype: ``torch.float32`` (default) or ``torch.uint8`` for raw pixels (with
+            ``mean=None, std=None``), e.g. to normalize on the GPU.
         tail: ``"pad"`` yields the last partial clip, repeating its last frame;
             ``"drop"`` drops it.
         start, end: read only ``[start, end)`` seconds (start seeks).
@@ -206,6 +208,7 @@ class ClipReader:
         background: bool = False,
         queue_size: int = 2,
         decode_threads: int = 0,
+        dtype: torch.dtype = torch.float32,
     ):
         if clip_frames < 1:
             raise ValueError(f"clip_frames must be >= 1, got {clip_frames}")
@@ -217,6 +220,10 @@ class ClipReader:
             raise ValueError(f"tail must be 'pad' or 'drop', got {tail!r}")
         if start < 0 or (end is not None and end <= start):
             raise ValueError(f"need 0 <= start < end, got start={start}, end={end}")
+        if dtype not in (torch.float32, torch.uint8):
+            raise ValueError(f"dtype must be torch.float32 or torch.uint8, got {dtype}")
+        if dtype == torch.uint8 and (mean is not None or std is not None):
+            raise ValueError("uint8 clips cannot be normalized: pass mean=None, std=None")
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         self.path = os.fspath(path)
@@ -233,6 +240,7 @@ class ClipReader:
         self.background = background
         self.queue_size = queue_size
         self.decode_threads = decode_threads
+        self.dtype = dtype
         # Open now so a bad path fails at construction with a VideoError.
         self.info = probe(self.path)
         if self.info.duration > 0 and start >= self.info.duration:
@@ -419,38 +427,44 @@ class ClipReader:
 
     def _group(self, samples, progress: "_Progress") -> Iterator[Clip]:
         to_rgb = VideoReformatter()  # one conversion context for the whole stream (much faster than per frame)
-        frames: list[np.ndarray] = []
+        buffer: np.ndarray | None = None  # (T, H, W, 3) uint8, reused: each clip's pixels are copied out of it
+        count = 0
         times: list[float] = []
         window = 0
         window_start: float | None = None
         for frame, time, sample_window, sample_time in samples:
+            when = sample_time if sample_time is not None else time
             if sample_window != window:
-                if frames:
-                    yield self._make_clip(frames, times, window, window_start, next_start=sample_time if sample_time is not None else time)
-                frames, times, window, window_start = [], [], sample_window, None
+                if count:
+                    yield self._make_clip(buffer, count, times, window, window_start, next_start=when)
+                count, times, window, window_start = 0, [], sample_window, None
             if window_start is None:
-                window_start = sample_time if sample_time is not None else time
-            frames.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())  # (H, W, 3) uint8
-            times.append(sample_time if sample_time is not None else time)
-        if frames:
+                window_start = when
+            if buffer is None:
+                buffer = np.empty((self.clip_frames, frame.height, frame.width, 3), np.uint8)
+            # Copy at once: the converter then reuses its output buffer (keeping views alive
+            # makes it allocate every frame). A mid-stream size change is scaled to the first size.
+            buffer[count] = to_rgb.reformat(frame, format="rgb24", width=buffer.shape[2], height=buffer.shape[1]).to_ndarray()
+            count += 1
+            times.append(when)
+        if count:
             end = progress.last_time + progress.frame_duration  # the last frame's end
             if self.fps is not None:
-                end = min(end, window_start + len(frames) / self.fps)
+                end = min(end, window_start + count / self.fps)
             if self.end is not None:
                 end = min(end, self.end)
-            clip = self._make_clip(frames, times, window, window_start, next_start=end)
+            clip = self._make_clip(buffer, count, times, window, window_start, next_start=end)
             if clip is not None:
                 yield clip
 
-    def _make_clip(self, frames, times, window, window_start, next_start) -> Clip | None:
-        num_valid = len(frames)
+    def _make_clip(self, buffer: np.ndarray, num_valid: int, times, window, window_start, next_start) -> Clip | None:
         if num_valid < self.clip_frames:
             if self.tail == "drop":
                 return None
-            frames = frames + [frames[-1]] * (self.clip_frames - num_valid)
+            buffer[num_valid:] = buffer[num_valid - 1]
             times = times + [times[-1]] * (self.clip_frames - num_valid)
-        raw = torch.from_numpy(np.stack(frames))  # (T, H, W, C) uint8
-        pixels = to_model_input(raw, self.short_side, self.crop, self.mean, self.std)  # (C, T, H', W')
+        raw = torch.from_numpy(buffer)  # (T, H, W, C) uint8
+        pixels = to_model_input(raw, self.short_side, self.crop, self.mean, self.std, self.dtype)  # (C, T, H', W'), a new tensor
         return Clip(
             frames=pixels,
             index=window,

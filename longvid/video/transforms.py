@@ -74,12 +74,18 @@ def to_model_input(
     crop: int | tuple[int, int] | None = 224,
     mean: Sequence[float] | None = KINETICS_MEAN,
     std: Sequence[float] | None = KINETICS_STD,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """uint8 ``(T, H, W, C)`` frames -> float ``(C, T, H', W')`` model input.
 
     Resize (short side) first, then center crop, then normalize; ``None`` skips a step.
-    Without normalization the output is scaled to [0, 1].
+    Without normalization the output is scaled to [0, 1]. ``dtype=torch.uint8`` returns
+    the resized, cropped uint8 pixels (normalize later, e.g. on the GPU).
     """
+    if dtype not in (torch.float32, torch.uint8):
+        raise ValueError(f"dtype must be torch.float32 or torch.uint8, got {dtype}")
+    if dtype == torch.uint8 and (mean is not None or std is not None):
+        raise ValueError("uint8 output cannot be normalized: pass mean=None, std=None")
     x = frames.permute(0, 3, 1, 2)  # (T, C, H, W), channels-last in memory
     if short_side is not None:
         x = resize_short_side(x, short_side)
@@ -87,6 +93,8 @@ def to_model_input(
         x = center_crop(x, crop)
     planar = torch.empty((x.shape[1], x.shape[0], x.shape[2], x.shape[3]), dtype=x.dtype)  # (C, T, H', W')
     planar.copy_(x.permute(1, 0, 2, 3))  # the layout change, on the small uint8 data
+    if dtype == torch.uint8:
+        return planar
     scale = 255.0 if x.dtype == torch.uint8 else 1.0
     if mean is not None and std is not None:
         # (x / scale - mean) / std, folded into one subtraction and one multiplication
