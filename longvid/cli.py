@@ -160,7 +160,7 @@ def _ask_malmm(args: argparse.Namespace) -> int:
 def cmd_stream(args: argparse.Namespace) -> int:
     import torch
 
-    from longvid.predict import expand_videos, load_labels, load_stream_model, run_stream, settings_for
+    from longvid.predict import DEFAULT_STREAM_PRESET, expand_videos, load_labels, load_stream_model, run_stream, settings_for, shipped_labels
     from longvid.train.distributed import setup
 
     videos = expand_videos(args.videos)
@@ -180,6 +180,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     device = dist_info.device if device.startswith("cuda") else torch.device(device)
     labels = load_labels(args.labels) if args.labels else None
     model, note = load_stream_model(args.model, args.checkpoint)
+    if labels is None and args.checkpoint is None and "shipped" in note:
+        labels = shipped_labels(args.model or DEFAULT_STREAM_PRESET)
     model = model.to(device=device, dtype=dtype)
     log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr))
     if log and dist_info.is_main:
@@ -302,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("demo-video", cmd_demo_video, "Write a generated recall video: moving shapes and one brief coloured cue.")
     sub.add_argument("out", help="output video path (.mp4)")
     sub.add_argument("--seconds", type=float, default=20.0)
-    sub.add_argument("--fps", type=float, default=30.0)
+    sub.add_argument("--fps", type=float, default=16.0, help="frame rate (default 16: with the default stride 4, the 4 frames/s the shipped recall model sees)")
     sub.add_argument("--width", type=int, default=160)
     sub.add_argument("--height", type=int, default=120)
     sub.add_argument("--seed", type=int, default=0)
@@ -329,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("stream", cmd_stream, "Run a memory model online over videos: one JSON line per clip.")
     sub.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, glob patterns, or .txt files listing videos")
-    sub.add_argument("--model", default=None, help="model preset (default memvit_tiny, or the checkpoint's own config)")
+    sub.add_argument("--model", default=None, help="model preset (default memvit_tiny_recall with its shipped demo weights, or the checkpoint's own config)")
     sub.add_argument("--checkpoint", default=None, help="weights: longvid .safetensors or official MeMViT .pyth")
     sub.add_argument("--labels", default=None, help="class names: .txt (one a line), .csv or .json label map")
     sub.add_argument("--out", default=None, help="JSON lines output file (default stdout); written incrementally")

@@ -459,7 +459,16 @@ def shipped_weights(preset: str) -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def load_stream_model(preset: str | None, checkpoint: str | None = None, default_preset: str = "memvit_tiny"):
+def shipped_labels(preset: str) -> list[str] | None:
+    """Class names of the package's demo weights for ``preset`` (``<preset>.labels.json``), if any."""
+    path = os.path.join(WEIGHTS_DIR, f"{preset}.labels.json")
+    return load_labels(path) if os.path.isfile(path) else None
+
+
+DEFAULT_STREAM_PRESET = "memvit_tiny_recall"  # ships weights trained by ``longvid bench`` (recall)
+
+
+def load_stream_model(preset: str | None, checkpoint: str | None = None, default_preset: str = DEFAULT_STREAM_PRESET):
     """(model, weights note) for streaming.
 
     ``checkpoint``: a longvid safetensors file (its stored config is used unless

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import longvid.models.memvit
 from longvid.bench import run as bench
 from longvid.checkpoints import load_model, read_metadata
 
@@ -59,3 +60,11 @@ def test_baseline_sees_the_last_k_clips_end_to_end():
     assert torch.equal(joined[:, :2], clips[1, 1]) and torch.equal(joined[:, 2:], clips[1, 2])
     memory = bench.source_for(bench.memvit(1), clips, labels)
     assert memory.num_clips(0) == 3 and int(memory.targets(1)["label"]) == 2
+
+
+def test_memvit_variants_use_the_shipped_recall_preset():
+    spec = bench.MODES["default"].spec
+    model = bench.memvit(4).build(spec)
+    assert model.config == longvid.models.memvit.get_config("memvit_tiny_recall")
+    assert model.config.reading_blocks == (model.config.depth - 1,)  # reach exactly M
+    assert bench.memvit(2).reach == 2 and bench.baseline(5).reach == 4 and bench.short_term().reach == 0

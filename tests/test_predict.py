@@ -141,7 +141,7 @@ def test_cli_stream_labels_and_exit_codes(clips_videos, tmp_path, capsys):
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(f"class{i}" for i in range(10)))
     out = tmp_path / "out.jsonl"
-    code = main(["stream", clips_videos[1], "--labels", str(labels), "--out", str(out), "--quiet", "--size", "64", "--tau", "2"])
+    code = main(["stream", clips_videos[1], "--model", "memvit_tiny", "--labels", str(labels), "--out", str(out), "--quiet", "--size", "64", "--tau", "2"])
     assert code == 0
     records = read_records(str(out))
     assert records[0]["top"][0]["label"].startswith("class") and len(records[0]["top"]) == 5

@@ -33,7 +33,6 @@ import longvid
 from longvid.bench import measure
 from longvid.bench.synth import SynthSpec, normalize_frames, recall_sample, scene_clips
 from longvid.errors import LongvidError
-from longvid.models.memvit import PRESETS as MODEL_PRESETS
 from longvid.train import Trainer, TrainConfig, seed_everything
 from longvid.train.loop import evaluate
 from longvid.video.datasets import TensorVideos
@@ -56,14 +55,12 @@ class Variant:
         return self.clips - 1 + self.memory_len
 
     def build(self, spec: SynthSpec) -> torch.nn.Module:
-        """The tiny model: ``memvit_tiny`` layout at ``spec``'s clip size."""
+        """The tiny model at ``spec``'s clip size: ``mvit_tiny``, or for memory the
+        ``memvit_tiny_recall`` layout (memory read by the last block only, so its reach
+        is exactly ``M`` clips) with ``M = memory_len``."""
         overrides = dict(num_classes=spec.num_classes, num_frames=self.clips * spec.clip_frames, crop_size=spec.size, head_dropout=0.0)
         if self.memory_len:
-            depth = MODEL_PRESETS["memvit_tiny"].depth
-            # memory read by the last block only: its reach is exactly M clips;
-            # temporal compression 2 (the tiny clip has 2 token frames)
-            overrides.update(memory_len=self.memory_len, sampler="consecutive", memory_blocks=(depth - 1,), compress_stride=(2, 2, 2))
-            return longvid.build_model("memvit_tiny", **overrides)
+            return longvid.build_model("memvit_tiny_recall", memory_len=self.memory_len, **overrides)
         return longvid.build_model("mvit_tiny", **overrides)
 
 
