@@ -84,7 +84,7 @@ class BenchConfig:
     train_scenes: int = 2048
     eval_scenes: int = 48  # each shown once per class and distance
     cue_in_view: float = 0.5  # share of training videos asked at d = 0
-    epochs: int = 5
+    epochs: int = 8
     batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 20

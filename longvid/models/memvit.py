@@ -384,10 +384,11 @@ PRESETS: dict[str, MeMViTConfig] = {
     "memvit_tiny": _MEMVIT_TINY,
     "memvit_tiny_consecutive": dataclasses.replace(_MEMVIT_TINY, sampler="consecutive"),
     # ``longvid bench``'s MeMViT M=4 (recall of 4 cue classes; 4x32x32 clips of 1 s; memory read
-    # by the last block only, so its reach is exactly 4 clips); shipped trained in longvid/weights/
+    # by the last block only, so its reach is exactly 4 clips; temporal compression only, the
+    # memory keeps its 2x2 pooled spatial tokens); shipped trained in longvid/weights/
     "memvit_tiny_recall": dataclasses.replace(
         _MEMVIT_TINY, num_classes=4, num_frames=4, crop_size=32, head_dropout=0.0, memory_len=4,
-        sampler="consecutive", memory_blocks=(3,), compress_stride=(2, 2, 2),
+        sampler="consecutive", memory_blocks=(3,), compress_stride=(2, 1, 1),
     ),
     "memvit_tiny_causal": dataclasses.replace(_MEMVIT_TINY, head="anticipation", causal=True),
     "memvit_tiny_ava": dataclasses.replace(_MEMVIT_TINY, head="ava", num_classes=10, max_boxes=8, spatial_scale=1 / 32),
