@@ -181,3 +181,18 @@ def test_sigint_leaves_a_valid_file_and_resume_finishes(tmp_path):
         assert len(done) == 1  # resume skipped the complete videos and redid the cut-off one
         clip_ids = [r["clip"] for r in records if r.get("video") == video and "clip" in r]
         assert clip_ids == list(range(done[0]["clips"]))
+
+
+def test_multi_head_models_report_each_head(clips_videos):
+    torch.manual_seed(0)
+    model = longvid.build_model("memvit_tiny", head="verb_noun", num_classes=(3, 4)).eval()
+    records = list(stream_predictions(model, clips_videos[1], SETTINGS))
+    clip = records[0]
+    assert set(clip["top"]) == {"verb", "noun"} and len(clip["top"]["verb"]) == 3
+    verb, noun = np.array(clip["scores"][:3]), np.array(clip["scores"][3:])
+    assert verb.sum() == pytest.approx(1.0) and noun.sum() == pytest.approx(1.0)  # softmax per head
+
+
+def test_labels_must_match_the_classes(model, clips_videos):
+    with pytest.raises(longvid.LongvidError, match="name 3 classes but the model has 10"):
+        list(stream_predictions(model, clips_videos[1], SETTINGS, labels=["a", "b", "c"]))
