@@ -81,10 +81,14 @@ def cmd_clips(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_video(args: argparse.Namespace) -> int:
-    from longvid.bench.synth import write_demo_video
+    from longvid.bench.synth import SynthSpec, demo_sample, write_demo_video
 
     count = write_demo_video(args.out, seconds=args.seconds, fps=args.fps, width=args.width, height=args.height, seed=args.seed)
     print(f"wrote {args.out}: {count} frames, {args.width}x{args.height} at {args.fps:g} fps")
+    sample = demo_sample(args.seconds, seed=args.seed)
+    start, end = sample.target
+    print(f"cue: the {sample.answer} flashes at {start:.2f}-{end:.2f} s, {sample.distance} clips "
+          f"({SynthSpec().clip_seconds:g} s each) before the last clip")
     return 0
 
 
@@ -274,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--start", type=float, default=0.0, help="start time in seconds")
     sub.add_argument("--end", type=float, default=None, help="end time in seconds")
 
-    sub = command("demo-video", cmd_demo_video, "Write a generated moving-shapes video.")
+    sub = command("demo-video", cmd_demo_video, "Write a generated recall video: moving shapes and one brief coloured cue.")
     sub.add_argument("out", help="output video path (.mp4)")
     sub.add_argument("--seconds", type=float, default=20.0)
     sub.add_argument("--fps", type=float, default=30.0)

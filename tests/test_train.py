@@ -196,3 +196,21 @@ def test_class_frequencies():
     source = TensorVideos([torch.zeros(1, 1, 1, 1, 1)] * 4, [{"label": 0}, {"label": 0}, {"label": 2}, {"label": 0}])
     assert class_frequencies(source, 4)["label"].tolist() == [0.75, 0.0, 0.25, 0.0]
 
+
+
+def test_loss_on_last_clips_only(tmp_path):
+    """loss_clips="last": the clips before a video's last one only build memory (no
+    weight update, no graph), the last one carries the loss."""
+    cfg = config(tmp_path, epochs=1, synthetic_videos=2, synthetic_clips=3, batch_size=2, shuffle=False, loss_clips="last", memory_drop=False)
+    trainer = make_trainer(cfg)
+    weights = [p.detach().clone() for p in trainer.model.parameters()]
+    first = trainer.train_step(trainer.sampler.next_batch())
+    assert math.isnan(first["loss"]) and first["clips"] == 2
+    assert all(torch.equal(w, p) for w, p in zip(weights, trainer.model.parameters()))
+    assert bool(trainer.state.filled.any())  # the memory still moved on
+    trainer.train_step(trainer.sampler.next_batch())
+    last = trainer.train_step(trainer.sampler.next_batch())
+    assert math.isfinite(last["loss"]) and last["clips"] == 2
+    assert not all(torch.equal(w, p) for w, p in zip(weights, trainer.model.parameters()))
+    with pytest.raises(LongvidError, match="loss_clips"):
+        config(tmp_path, loss_clips="first").validate()

@@ -46,6 +46,7 @@ class TrainConfig:
     warmup_steps: int = 0
     clip_grad: float | None = 1.0
     loss: str = "ce"  # "ce" (label smoothing), "bce" (multi-hot), "eql" (softmax equalization loss)
+    loss_clips: str = "all"  # "all": every clip carries its video's loss; "last": only each video's last clip
     label_smoothing: float = 0.0
     eql_lambda: float = 0.003
     amp: str = "auto"  # "auto" (bf16/fp16 on CUDA, off on CPU), "bf16", "fp16", "off"
@@ -72,6 +73,7 @@ class TrainConfig:
             (all(k >= 1 for k in self.progressive), f"progressive clip counts must be >= 1, got {self.progressive}"),
             (self.optimizer in ("adamw", "sgd"), f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}"),
             (self.loss in ("ce", "bce", "eql"), f"loss must be 'ce', 'bce' or 'eql', got {self.loss!r}"),
+            (self.loss_clips in ("all", "last"), f"loss_clips must be 'all' or 'last', got {self.loss_clips!r}"),
             (self.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto, bf16, fp16 or off, got {self.amp!r}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
         ]

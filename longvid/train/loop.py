@@ -189,7 +189,9 @@ class Trainer:
             kwargs["memory_keep"] = memory_drop_mask(batch.clips.shape[0], self.memory_len, self.drop_generator).to(self.device)
         clips = batch.clips.to(self.device, non_blocking=True)
         targets = {k: v.to(self.device) for k, v in batch.targets.items()}
-        valid = batch.valid.to(self.device)
+        valid = self._loss_mask(batch).to(self.device)
+        if int(all_reduce(valid.sum().float())) == 0:  # no rank has a loss: the clips only write memory
+            return self._memory_step(clips, state, kwargs, int(all_reduce(batch.valid.sum().float())))
         with self._autocast():
             out, new_state = self.net(clips, state, **kwargs)
             loss = stream_loss(
@@ -213,8 +215,26 @@ class Trainer:
         self.scheduler.step()
         self.state = new_state  # detached by StreamStep: no graph kept across steps
         count = valid.sum().float()
-        totals = all_reduce(torch.stack([loss.detach().float() * count, count]))
-        return {"loss": (totals[0] / totals[1]).item(), "clips": int(totals[1]), "lr": lr}
+        totals = all_reduce(torch.stack([loss.detach().float() * count, count, batch.valid.sum().float().to(self.device)]))
+        return {"loss": (totals[0] / totals[1]).item(), "clips": int(totals[2]), "lr": lr}
+
+    def _loss_mask(self, batch) -> torch.Tensor:
+        """Bool ``(B,)``: slots whose clip carries a loss (``loss_clips="last"``: only the
+        last clip of its video; the earlier clips only build memory)."""
+        if self.config.loss_clips == "all":
+            return batch.valid
+        last = torch.tensor([self.train_source.num_clips(int(v)) - 1 if v >= 0 else -1 for v in batch.video])
+        return batch.valid & (batch.clip == last)
+
+    @torch.no_grad()
+    def _memory_step(self, clips: torch.Tensor, state, kwargs: dict, count: int) -> dict:
+        """A step without any loss: forward under no_grad to carry the memory on; the
+        learning-rate schedule still advances (it counts steps)."""
+        with self._autocast():
+            _, self.state = self.net(clips, state, **kwargs)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        return {"loss": float("nan"), "clips": count, "lr": lr}
 
     def _end_epoch(self) -> None:
         finished = self.epoch
