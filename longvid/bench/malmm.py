@@ -52,7 +52,10 @@ class MALMMBenchSpec:
 
     num_clips x clip_frames = T frames per video (``size`` pixels square); the cue is
     ``distances`` clips before the last one; ``memory_length`` = L bank slots for MA-LMM;
-    ``last_frames`` = frames the ``last`` baseline sees; ``train`` = the optimisation
+    ``last_frames`` = frames the ``last`` baseline sees; ``qformer_instruction``: give the
+    question to the Q-Former too (off by default: the recall question never changes, so it
+    only costs time); ``llm_init_std``: std of the frozen random LLM's weights (see
+    :func:`~longvid.models.tiny.save_tiny_llm`); ``train`` = the optimisation
     settings (its ``out_dir`` is replaced by the benchmark's work folder).
     """
 
@@ -66,6 +69,7 @@ class MALMMBenchSpec:
     train_videos: int = 256
     test_videos: int = 128
     test_seed: int = 1_000_000
+    qformer_instruction: bool = False
     llm_hidden: int = 32
     llm_init_std: float = 0.5
     systems: tuple[str, ...] = ("malmm", "last")
@@ -131,13 +135,13 @@ def system_view(system: str, tokens: torch.Tensor, spec: MALMMBenchSpec) -> torc
 
 
 def build_system(system: str, spec: MALMMBenchSpec, encoder_width: int, llm: CausalLM) -> MALMM:
-    """A fresh tiny MA-LMM (``malmm``) or InstructBLIP (``last``, ``concat``) around the frozen LLM,
-    with the LLM's tokenizer for the Q-Former's instruction text."""
+    """A fresh tiny MA-LMM (``malmm``) or InstructBLIP (``last``, ``concat``) around the frozen LLM
+    (with ``qformer_instruction``, the LLM's tokenizer feeds the question to the Q-Former)."""
     preset = "malmm_tiny" if system == "malmm" else "instructblip_tiny"
     config = get_config(preset, llm_hidden=llm.hidden_size, max_num_frames=max(16, spec.num_frames))
     length = spec.memory_length if system == "malmm" else 0
     config = replace(config, qformer=replace(config.qformer, encoder_width=encoder_width, memory_bank_length=length))
-    return MALMM(config, llm=llm, text_tokenizer=llm.tokenizer)
+    return MALMM(config, llm=llm, text_tokenizer=llm.tokenizer if spec.qformer_instruction else None)
 
 
 @torch.no_grad()
