@@ -66,15 +66,15 @@ class MALMMBenchSpec:
     distances: tuple[int, ...] = (2, 3, 4)
     memory_length: int = 4
     last_frames: int = 1
-    train_videos: int = 256
-    test_videos: int = 128
+    train_videos: int = 512
+    test_videos: int = 256
     test_seed: int = 1_000_000
     qformer_instruction: bool = False
     llm_hidden: int = 32
     llm_init_std: float = 0.5
     systems: tuple[str, ...] = ("malmm", "last")
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(batch_size=16, epochs=6, lr=2e-3, warmup_steps=10, weight_decay=0.0, clip_grad=1.0, log_every=20)
+        default_factory=lambda: TrainConfig(batch_size=16, epochs=8, lr=5e-3, warmup_steps=5, weight_decay=0.0, clip_grad=1.0, log_every=32)
     )
 
     @property
