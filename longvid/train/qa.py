@@ -146,8 +146,9 @@ class QATrainer:
         return getter() if callable(getter) else self.model.state_dict()
 
     def save(self) -> str:
-        """Write ``out_dir/step_XXXXXXXX`` (trainable weights, optimizer, schedule, step)."""
+        """Write ``out_dir/step_XXXXXXXX`` (trainable weights, optimizer, schedule, step, RNG state)."""
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self._trainable_state().items()}
+        tensors["rng.torch"] = torch.get_rng_state()  # dropout continues identically on resume
         record = {
             "config": self.config.to_json(),
             "step": self.step,
@@ -169,4 +170,5 @@ class QATrainer:
             raise LongvidError(f"{path} does not fit this model (unexpected {result.unexpected_keys[:3]})")
         self.optimizer.load_state_dict(ckpt.unflatten(record["optimizer"], tensors, self.device))
         self.scheduler.load_state_dict(record["scheduler"])
+        torch.set_rng_state(tensors["rng.torch"])
         self.step = record["step"]
