@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's longvid
 from longvid.bench.malmm import MALMMBenchSpec, format_table, run_malmm_bench  # noqa: E402
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the rows as JSON lines after the table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    transformers.utils.logging.disable_progress_bar()
     spec = MALMMBenchSpec(
         num_clips=args.num_clips, clip_frames=args.clip_frames, distances=tuple(int(d) for d in args.distances.split(",")),
         memory_length=args.memory_length, last_frames=args.last_frames, train_videos=args.train_videos,
