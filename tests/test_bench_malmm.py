@@ -3,9 +3,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from longvid.bench.malmm import MALMMBenchSpec, format_table, run_malmm_bench, system_view, video_frames
+from longvid.bench.malmm import QA_WORDS, MALMMBenchSpec, build_system, format_table, run_malmm_bench, system_view, video_frames
 from longvid.bench.synth import recall_sample, scene_clips
 from longvid.errors import LongvidError
+from longvid.models.llm import CausalLM
+from longvid.models.tiny import save_tiny_llm
 from longvid.train.config import TrainConfig
 
 torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
@@ -54,6 +56,15 @@ def test_last_frames_baseline_cannot_see_the_cue():
     clips = scene_clips(recall_sample(5, SMALL.synth(), 3, 1, cls=other).scene, SMALL.synth(), normalize=False)
     other_frames = clips.permute(0, 2, 1, 3, 4).flatten(0, 1).float() / 255  # (T, 3, H, W), another cue class
     assert torch.equal(view, other_frames[-2:]) and not torch.equal(frames, other_frames)
+
+
+def test_question_can_go_to_the_qformer_too(tmp_path):
+    llm = CausalLM.from_pretrained(save_tiny_llm(str(tmp_path), words=QA_WORDS, init_std=0.5))
+    model = build_system("malmm", replace(SMALL, qformer_instruction=True), 48, llm)
+    ids, mask = model.tokenize_instructions(["Which object flashed in the video?"])
+    assert ids.shape == (1, 8) and int(mask.sum()) == 8 and 1 not in ids.tolist()[0]  # <s> + 7 known tokens, no <unk>
+    assert torch.isfinite(model.loss(torch.randn(1, 6, 17, 48), ["Which object flashed in the video?"], ["blue triangle"]))
+    assert build_system("malmm", SMALL, 48, llm).tokenize_instructions(["x"]) == (None, None)
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from longvid.bench.synth import COLOURS, SHAPES, SynthSpec, class_name, make_sample, scene_clips
+from longvid.bench.synth import COLOURS, SHAPES, Sample, SynthSpec, class_name, make_sample, scene_clips
 from longvid.errors import LongvidError
 from longvid.models.encoders import FrozenImageEncoder
 from longvid.models.llm import CausalLM
@@ -107,8 +107,8 @@ class RecallSet:
     labels: torch.Tensor
 
 
-def video_frames(seed: int, spec: MALMMBenchSpec) -> tuple[torch.Tensor, object]:
-    """A recall video's frames ``(T, 3, H, W)`` in [0, 1] and its :class:`~longvid.bench.synth.Sample`."""
+def video_frames(seed: int, spec: MALMMBenchSpec) -> tuple[torch.Tensor, Sample]:
+    """A recall video's frames ``(T, 3, H, W)`` in [0, 1] and its sample (answer, label, distance)."""
     synth = spec.synth()
     sample = make_sample("recall", seed, synth, spec.num_clips, spec.distances)
     clips = scene_clips(sample.scene, synth, normalize=False)  # (num_clips, 3, t, H, W) uint8
