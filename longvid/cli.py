@@ -181,7 +181,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     labels = load_labels(args.labels) if args.labels else None
     model, note = load_stream_model(args.model, args.checkpoint)
     model = model.to(device=device, dtype=dtype)
-    log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr))
+    prefix = f"longvid[rank {dist_info.rank}]" if dist_info.enabled else "longvid"
+    log = None if args.quiet else (lambda message: print(f"{prefix}: {message}", file=sys.stderr))
     if log and dist_info.is_main:
         log(f"model {type(model).__name__} ({note}) on {device}, {dtype}".replace("torch.", ""))
     settings = settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size, topk=args.topk,
@@ -189,7 +190,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     summary = run_stream(model, videos, out=args.out, settings=settings, labels=labels, batch_streams=args.batch_streams,
                          device=device, dtype=dtype, resume=args.resume, save_scores=args.save_scores,
                          progress=not args.quiet, log=log)
-    if log:
+    if log and dist_info.is_main:
         log(f"{summary.done} videos done, {summary.failed} failed, {summary.skipped} skipped (already complete), "
             f"{summary.clips} clips in {summary.seconds:.1f} s")
     return 1 if summary.failed else 0
