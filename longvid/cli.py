@@ -256,6 +256,27 @@ def cmd_flops(args: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------------
 
 
+# -- bench -------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "scaling":
+        from longvid.bench.scaling import run_scaling
+
+        run_scaling(args.preset, size=args.size, out_dir=args.out)
+        return 0
+    from longvid.bench.run import MODES, run_bench, save_demo_weights
+
+    if args.quick and args.full:
+        raise LongvidError("choose one of --quick and --full")
+    mode = "quick" if args.quick else "full" if args.full else "default"
+    results = run_bench(MODES[mode], out_dir=args.out, progress=not args.quiet)
+    if args.save_weights:
+        path = save_demo_weights(results, args.save_weights)
+        print(f"saved {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longvid", description="Long video understanding with memory.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -353,6 +374,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--memory-blocks", default=None, help="blocks that read memory: comma-separated indices or 'all'")
     sub.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the preset's)")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub = command("bench", cmd_bench, "The long-range memory benchmark: train and compare memory vs more frames on recall "
+                  "('scaling': the cost study of a full-size preset, no training).")  # fmt: skip
+    sub.add_argument("what", nargs="?", choices=("recall", "scaling"), default="recall", help="recall (default) or scaling")
+    sub.add_argument("--quick", action="store_true", help="recall: a ~2-minute smoke run")
+    sub.add_argument("--full", action="store_true", help="recall: the thorough run (longer distances, more data)")
+    sub.add_argument("--out", default="bench-results", help="results folder (default bench-results/)")
+    sub.add_argument("--save-weights", default=None, metavar="PATH", help="recall: save the MeMViT M=4 model as PATH (.safetensors)")
+    sub.add_argument("--preset", default="memvit16_16x4", help="scaling: model preset (default memvit16_16x4)")
+    sub.add_argument("--size", type=int, default=None, help="scaling: spatial size (default: the preset's crop size)")
+    sub.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
