@@ -60,6 +60,8 @@ class RewindBenchSpec:
     vision_width: int = 32
     llm_hidden: int = 64
     llm_layers: int = 2
+    llm_init_std: float = 0.02  # grounding: the pointer head reads hidden states, small random weights keep them smooth
+    qa_llm_init_std: float = 0.2  # QA scores answer text: a frozen random LM needs large weights for confident logits
     seed: int = 0
 
 
@@ -92,15 +94,17 @@ def benchmark_words(spec: RewindBenchSpec) -> list[str]:
     return list(dict.fromkeys(w.lower() for t in texts for w in re.findall(r"\w+|[^\w\s]+", t)))
 
 
-def build_backbones(spec: RewindBenchSpec, folder: str):
-    """A tiny frozen CLIP encoder and the path of a tiny LLM written under ``folder``."""
+def build_backbones(spec: RewindBenchSpec, folder: str, init_std: float):
+    """A tiny frozen CLIP encoder and the path of a tiny LLM (random weights of std ``init_std``)
+    written under ``folder``."""
     from longvid.models.encoders import FrozenImageEncoder
     from longvid.models.tiny import save_tiny_llm, save_tiny_vision
 
     vision = save_tiny_vision(os.path.join(folder, "vision"), image_size=spec.synth.size, patch=8,
                               hidden=spec.vision_width, seed=spec.seed)
     llm = save_tiny_llm(os.path.join(folder, "llm"), hidden=spec.llm_hidden, layers=spec.llm_layers,
-                        words=benchmark_words(spec), seed=spec.seed)
+                        words=benchmark_words(spec), seed=spec.seed,
+                        init_std=init_std)
     return FrozenImageEncoder.from_pretrained(vision), llm
 
 
@@ -313,7 +317,7 @@ def qa_accuracy(model: ReWind, items: Sequence[Item], spec: RewindBenchSpec) -> 
 
 
 def _data(task: str, spec: RewindBenchSpec, folder: str):
-    encoder, llm_path = build_backbones(spec, folder)
+    encoder, llm_path = build_backbones(spec, folder, spec.qa_llm_init_std if task == "qa" else spec.llm_init_std)
     train = encode_items(task, range(spec.seed, spec.seed + spec.train_videos), spec, encoder)
     test = encode_items(task, range(spec.test_seed, spec.test_seed + spec.test_videos), spec, encoder)
     return encoder, llm_path, train, test
@@ -375,3 +379,12 @@ def format_table(rows: Sequence[dict]) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(str(row.get(k, "")) for k in keys) + " |" for row in rows]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    tables = {"grounding": grounding_table, "qa": qa_table}
+    if len(sys.argv) != 2 or sys.argv[1] not in tables:
+        raise SystemExit("usage: python -m longvid.bench.rewind grounding|qa")
+    print(format_table(tables[sys.argv[1]]()))
