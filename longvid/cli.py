@@ -181,7 +181,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     labels = load_labels(args.labels) if args.labels else None
     model, note = load_stream_model(args.model, args.checkpoint)
     model = model.to(device=device, dtype=dtype)
-    log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr))
+    prefix = f"longvid[rank {dist_info.rank}]" if dist_info.enabled else "longvid"
+    log = None if args.quiet else (lambda message: print(f"{prefix}: {message}", file=sys.stderr))
     if log and dist_info.is_main:
         log(f"model {type(model).__name__} ({note}) on {device}, {dtype}".replace("torch.", ""))
     settings = settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size, topk=args.topk,
@@ -189,7 +190,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     summary = run_stream(model, videos, out=args.out, settings=settings, labels=labels, batch_streams=args.batch_streams,
                          device=device, dtype=dtype, resume=args.resume, save_scores=args.save_scores,
                          progress=not args.quiet, log=log)
-    if log:
+    if log and dist_info.is_main:
         log(f"{summary.done} videos done, {summary.failed} failed, {summary.skipped} skipped (already complete), "
             f"{summary.clips} clips in {summary.seconds:.1f} s")
     return 1 if summary.failed else 0
@@ -253,6 +254,27 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 # -- parser ----------------------------------------------------------------------------
+
+
+# -- bench -------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "scaling":
+        from longvid.bench.scaling import run_scaling
+
+        run_scaling(args.preset, size=args.size, out_dir=args.out)
+        return 0
+    from longvid.bench.run import MODES, run_bench, save_demo_weights
+
+    if args.quick and args.full:
+        raise LongvidError("choose one of --quick and --full")
+    mode = "quick" if args.quick else "full" if args.full else "default"
+    results = run_bench(MODES[mode], out_dir=args.out, progress=not args.quiet)
+    if args.save_weights:
+        path = save_demo_weights(results, args.save_weights)
+        print(f"saved {path}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -352,6 +374,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--memory-blocks", default=None, help="blocks that read memory: comma-separated indices or 'all'")
     sub.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the preset's)")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub = command("bench", cmd_bench, "The long-range memory benchmark: train and compare memory vs more frames on recall "
+                  "('scaling': the cost study of a full-size preset, no training).")  # fmt: skip
+    sub.add_argument("what", nargs="?", choices=("recall", "scaling"), default="recall", help="recall (default) or scaling")
+    sub.add_argument("--quick", action="store_true", help="recall: a ~2-minute smoke run")
+    sub.add_argument("--full", action="store_true", help="recall: the thorough run (longer distances, more data)")
+    sub.add_argument("--out", default="bench-results", help="results folder (default bench-results/)")
+    sub.add_argument("--save-weights", default=None, metavar="PATH", help="recall: save the MeMViT M=4 model as PATH (.safetensors)")
+    sub.add_argument("--preset", default="memvit16_16x4", help="scaling: model preset (default memvit16_16x4)")
+    sub.add_argument("--size", type=int, default=None, help="scaling: spatial size (default: the preset's crop size)")
+    sub.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 

@@ -373,11 +373,12 @@ def run_stream(
     interrupted run leaves a valid file; ``resume`` keeps the complete videos of an
     existing ``out`` and processes only the rest. Under ``torchrun`` each rank takes a
     disjoint share of ``videos`` (every ``world``-th), writes ``out.partR``, and rank 0
-    merges the parts into ``out`` when all ranks are done.
+    merges the parts into ``out`` when all ranks are done; the summary then counts
+    every rank's videos.
     """
     import torch.distributed as dist
 
-    from longvid.train.distributed import barrier
+    from longvid.train.distributed import all_reduce, barrier
 
     joined = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if joined else (0, 1)
@@ -437,14 +438,21 @@ def run_stream(
             bar.close()
     summary.seconds = time.perf_counter() - started
     if world > 1:
-        barrier()
+        totals = all_reduce(torch.tensor([summary.videos, summary.done, summary.failed, summary.skipped, summary.clips]))
+        summary.videos, summary.done, summary.failed, summary.skipped, summary.clips = (int(x) for x in totals)
         if rank == 0:
             parts = [f"{out}.part{r}" for r in range(world)]
-            _atomic_write_lines(out, (line for part in parts for line in open(part, encoding="utf-8")))
+            _atomic_write_lines(out, _lines_of(parts))
             for part in parts:
                 os.remove(part)
         barrier()
     return summary
+
+
+def _lines_of(paths: Sequence[str]) -> Iterator[str]:
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            yield from f
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -16,8 +16,10 @@ import contextlib
 import json
 import os
 import random
+import re
 import resource
 import time
+import warnings
 from typing import Callable
 
 import torch
@@ -233,7 +235,9 @@ class Trainer:
         with self._autocast():
             _, self.state = self.net(clips, state, **kwargs)
         lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        with warnings.catch_warnings():  # stepping the schedule before any optimizer step is intended here
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+            self.scheduler.step()
         return {"loss": float("nan"), "clips": count, "lr": lr}
 
     def _end_epoch(self) -> None:

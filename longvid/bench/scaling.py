@@ -1,0 +1,200 @@
+"""``longvid bench scaling``: the paper's Figure 3 (a-e) cost study for a real preset.
+
+No training. For a full-size preset (default ``memvit16_16x4``) it compares two ways
+to see further back, by temporal support (seconds of video a prediction can use):
+
+* baseline scaling: the short-term MViT (no memory) on longer clips,
+  ``T = 16, 32, 64, 128`` frames at the preset's sampling stride;
+* MeMViT: the ``T``-frame clip plus ``M`` cached clips (memory in the preset's
+  blocks): consecutive sampler, ``M = 1..4``, with pipelined compression (the
+  preset's ``compress_stride``) and without (stride 1); and ``M = 2`` clips taken
+  every ``G``-th clip (``gapG`` sampler, ``G = 2, 4, 8``: 5x, 9x and 17x the support).
+
+Per row: parameters, GFLOPs per clip at the preset's crop size (fvcore convention,
+steady state), and at ``size`` (the spatial size the CPU measurements use): inference
+peak memory and time per clip (batch 1, memory full) and the peak memory of one
+training step (batch 1, AdamW). Temporal support is ``(reach + 1) x T x stride / fps``
+with reach ``M`` clips (consecutive) or ``M x G`` clips (``gapG``): the span the cached
+clips come from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from longvid.bench import measure
+from longvid.errors import LongvidError
+from longvid.flops import count_gflops
+from longvid.models.memvit import MeMViT, get_config
+
+FPS = 30.0  # Kinetics-style source frame rate
+STRIDE = 4  # sampling stride of the 16x4 presets (frames)
+BASELINE_FRAMES = (16, 32, 64, 128)
+MEMORY_LENGTHS = (1, 2, 3, 4)
+GAPS = (2, 4, 8)  # M = 2 clips every G-th clip: reach 2G
+
+
+@dataclass(frozen=True)
+class ScalingRow:
+    """One configuration: ``frames`` per clip, ``memory_len`` clips, ``compressed`` memory."""
+
+    family: str  # "baseline scaling" or "MeMViT" ("short-term" for the shared start)
+    frames: int
+    memory_len: int = 0
+    compressed: bool = True
+    gap: int = 1  # 1: consecutive sampler, else gapN
+
+    @property
+    def name(self) -> str:
+        if not self.memory_len:
+            return f"MViT T={self.frames}"
+        gap = f" gap{self.gap}" if self.gap > 1 else ""
+        return f"MeMViT M={self.memory_len}{gap}" + ("" if self.compressed else " (no compression)")
+
+    @property
+    def sampler(self) -> str:
+        return f"gap{self.gap}" if self.gap > 1 else "consecutive"
+
+    def support_s(self) -> float:
+        return (self.memory_len * self.gap + 1) * self.frames * STRIDE / FPS
+
+
+def scaling_rows(clip_frames: int = 16) -> list[ScalingRow]:
+    """The study's configurations, the short-term model first."""
+    rows = [ScalingRow("short-term", clip_frames)]
+    rows += [ScalingRow("baseline scaling", t) for t in BASELINE_FRAMES if t != clip_frames]
+    for compressed in (True, False):
+        rows += [ScalingRow("MeMViT", clip_frames, m, compressed) for m in MEMORY_LENGTHS]
+    rows += [ScalingRow("MeMViT", clip_frames, 2, True, gap) for gap in GAPS]
+    return rows
+
+
+def build(preset: str, row: ScalingRow, size: int, device: str = "cpu") -> MeMViT:
+    """``preset`` with the row's clip length, memory and compression, at ``size``."""
+    base = get_config(preset)
+    overrides = dict(num_frames=row.frames, crop_size=size, memory_len=row.memory_len, sampler=row.sampler, drop_path_rate=0.0)
+    if row.memory_len and base.memory_blocks is None and not base.memory_len:
+        overrides["memory_blocks"] = tuple(range(0, base.depth, 2))
+    if not row.compressed:
+        overrides["compress_stride"] = (1, 1, 1)
+    with torch.device(device):
+        return MeMViT(get_config(preset, **overrides))
+
+
+def measure_row(preset: str, row: ScalingRow, size: int) -> dict:
+    """Params, GFLOPs (full crop and ``size``), inference memory/time and training memory."""
+    full = build(preset, row, get_config(preset).crop_size, device="meta")
+    torch.manual_seed(0)
+    model = build(preset, row, size)
+    clip = torch.randn(1, 3, row.frames, size, size)
+    return {
+        "model": row.name,
+        "family": row.family,
+        "frames": row.frames,
+        "memory_len": row.memory_len,
+        "compressed": row.compressed,
+        "sampler": row.sampler if row.memory_len else None,
+        "support_s": row.support_s(),
+        "params": measure.num_params(model),
+        "gflops": count_gflops(full, row.frames, full.config.crop_size),
+        "gflops_at_size": count_gflops(model, row.frames, size),
+        "infer_mem_mb": measure.inference_peak_mb(model, clip),
+        "infer_ms": 1000.0 * measure.inference_seconds(model, clip, repeats=2),
+        "train_mem_mb": measure.train_peak_mb(model, clip, model.config.num_classes),
+    }
+
+
+def run_scaling(preset: str = "memvit16_16x4", size: int | None = None, out_dir: str = "bench-results", log: Callable[[str], None] | None = print, progress: bool = True) -> dict:
+    """Measure every :func:`scaling_rows` configuration of ``preset``; write
+    ``scaling.json``, ``scaling.md`` and ``scaling.png`` under ``out_dir``."""
+    size = size or 96
+    if size < 32 or size % 32:
+        raise LongvidError(f"--size must be a multiple of 32 (>= 32), got {size}")
+    base = get_config(preset)
+    if base.head != "linear":
+        raise LongvidError(f"scaling needs a classification preset (linear head), {preset!r} has {base.head!r}")
+    torch.set_num_threads(1)
+    os.makedirs(out_dir, exist_ok=True)
+    rows = scaling_rows(base.num_frames)
+    if progress:
+        from tqdm import tqdm
+
+        rows = tqdm(rows, desc=f"scaling {preset}", unit="config", file=sys.stderr, leave=False)
+    measured = []
+    for row in rows:
+        if progress:
+            rows.set_postfix_str(row.name)
+        measured.append(measure_row(preset, row, size))
+    results = {"preset": preset, "crop_size": base.crop_size, "size": size, "fps": FPS, "stride": STRIDE, "rows": measured}
+    write_scaling(results, out_dir)
+    if log:
+        log(format_scaling(results))
+        log(f"\nwrote {os.path.join(out_dir, 'scaling.json')}, {os.path.join(out_dir, 'scaling.md')}, {os.path.join(out_dir, 'scaling.png')}")
+    return results
+
+
+def format_scaling(results: dict) -> str:
+    rows = results["rows"]
+    short = rows[0]
+    s, c = results["size"], results["crop_size"]
+    head = ["model", "support (s)", "x support", f"GFLOPs@{c}", "x GFLOPs", "params (M)",
+            f"infer mem@{s} (MB)", f"infer ms@{s}", f"train mem@{s} (MB)"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], f"{r['support_s']:.1f}", f"{r['support_s'] / short['support_s']:.0f}x", f"{r['gflops']:.1f}",
+                 f"{r['gflops'] / short['gflops']:.3f}", f"{r['params'] / 1e6:.1f}", f"{r['infer_mem_mb']:.0f}",
+                 f"{r['infer_ms']:.0f}", f"{r['train_mem_mb']:.0f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    note = (f"\n\n{results['preset']}: GFLOPs per clip at {c}x{c} (steady state); memory and time on this CPU, batch 1, "
+            f"one thread, at {s}x{s}; support = (reach + 1) x T x {results['stride']} / {results['fps']:g} fps, reach = M (consecutive) or M x G (gapG).")  # fmt: skip
+    return "\n".join(lines) + note
+
+
+def write_scaling(results: dict, out_dir: str) -> None:
+    with open(os.path.join(out_dir, "scaling.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(out_dir, "scaling.md"), "w", encoding="utf-8") as f:
+        f.write(f"# longvid bench scaling: {results['preset']}\n\n" + format_scaling(results) + "\n\n![Figure 3](scaling.png)\n")
+    plot_scaling(results, os.path.join(out_dir, "scaling.png"))
+
+
+def plot_scaling(results: dict, path: str) -> None:
+    """GFLOPs, inference memory, inference time and training memory vs temporal support."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = results["size"]
+    panels = [
+        (f"GFLOPs per clip ({results['crop_size']}px)", "gflops"),
+        (f"inference peak memory (MB, {s}px)", "infer_mem_mb"),
+        (f"inference time per clip (ms, {s}px)", "infer_ms"),
+        (f"training peak memory (MB, {s}px)", "train_mem_mb"),
+    ]
+    series = {
+        "baseline scaling": lambda r: r["family"] in ("short-term", "baseline scaling"),
+        "MeMViT": lambda r: r["family"] == "short-term" or (r["family"] == "MeMViT" and r["compressed"] and r["sampler"] == "consecutive"),
+        "MeMViT M=2, gap sampler": lambda r: r["family"] == "short-term" or (r["sampler"] or "").startswith("gap"),
+        "MeMViT, no compression": lambda r: r["family"] == "short-term" or (r["family"] == "MeMViT" and not r["compressed"]),
+    }
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (title, key) in zip(axes, panels):
+        for (label, keep), style in zip(series.items(), ("o--", "s-", "^:", "d-.")):
+            rows = sorted((r for r in results["rows"] if keep(r)), key=lambda r: r["support_s"])
+            ax.plot([r["support_s"] for r in rows], [r[key] for r in rows], style, label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("temporal support (s)")
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{results['preset']}: cost vs temporal support", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
