@@ -6,6 +6,7 @@ held-out seeds. See :mod:`longvid.bench.malmm` for what each system sees.
 
     python benchmarks/malmm_recall.py                            # malmm vs last-frame baseline
     python benchmarks/malmm_recall.py --systems malmm,last,concat  # + all frames concatenated (slower)
+    python -m longvid bench malmm                                # the default run, from the CLI
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's longvid
@@ -37,10 +37,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=defaults.train.epochs)
     parser.add_argument("--lr", type=float, default=defaults.train.lr)
     parser.add_argument("--seed", type=int, default=defaults.train.seed)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON lines after the table")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     transformers.utils.logging.disable_progress_bar()
     spec = MALMMBenchSpec(
         num_clips=args.num_clips, clip_frames=args.clip_frames, distances=tuple(int(d) for d in args.distances.split(",")),

@@ -79,3 +79,10 @@ def test_question_can_go_to_the_qformer_too(tmp_path):
 def test_bad_specs_are_user_errors(change, message):
     with pytest.raises(LongvidError, match=message):
         run_malmm_bench(replace(SMALL, **change), log=None)
+
+
+def test_cli_bench_malmm_rejects_recall_only_options(capsys):
+    from longvid.cli import main
+
+    assert main(["bench", "malmm", "--full"]) == 1
+    assert "bench malmm takes --quick, --out and --quiet only" in capsys.readouterr().err

@@ -170,6 +170,7 @@ def run_malmm_bench(spec: MALMMBenchSpec = MALMMBenchSpec(), work_dir: str | Non
     """Train each system of ``spec.systems`` on recall seeds ``0..train_videos-1`` and test it on
     ``test_seed..``; returns one row per system (see :func:`format_table`)."""
     spec.validate()
+    torch.set_num_threads(1)  # tiny tensors: one thread is much faster than two busy ones
     torch.manual_seed(spec.train.seed)
     with tempfile.TemporaryDirectory() as scratch:
         work_dir = work_dir or scratch
