@@ -183,7 +183,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if labels is None and args.checkpoint is None and "shipped" in note:
         labels = shipped_labels(args.model or DEFAULT_STREAM_PRESET)
     model = model.to(device=device, dtype=dtype)
-    log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr))
+    prefix = f"longvid[rank {dist_info.rank}]" if dist_info.enabled else "longvid"
+    log = None if args.quiet else (lambda message: print(f"{prefix}: {message}", file=sys.stderr))
     if log and dist_info.is_main:
         log(f"model {type(model).__name__} ({note}) on {device}, {dtype}".replace("torch.", ""))
     settings = settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size, topk=args.topk,
@@ -191,7 +192,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     summary = run_stream(model, videos, out=args.out, settings=settings, labels=labels, batch_streams=args.batch_streams,
                          device=device, dtype=dtype, resume=args.resume, save_scores=args.save_scores,
                          progress=not args.quiet, log=log)
-    if log:
+    if log and dist_info.is_main:
         log(f"{summary.done} videos done, {summary.failed} failed, {summary.skipped} skipped (already complete), "
             f"{summary.clips} clips in {summary.seconds:.1f} s")
     return 1 if summary.failed else 0
@@ -266,6 +267,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         run_scaling(args.preset, size=args.size, out_dir=args.out)
         return 0
+    if args.what == "malmm":
+        return _bench_malmm(args)
     from longvid.bench.run import MODES, run_bench, save_demo_weights
 
     if args.quick and args.full:
@@ -275,6 +278,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.save_weights:
         path = save_demo_weights(results, args.save_weights)
         print(f"saved {path}")
+    return 0
+
+
+def _bench_malmm(args: argparse.Namespace) -> int:
+    from dataclasses import asdict, replace
+
+    from longvid.bench.malmm import MALMMBenchSpec, format_table, run_malmm_bench
+
+    if args.full or args.save_weights:
+        raise LongvidError("bench malmm takes --quick, --out and --quiet only")
+    spec = MALMMBenchSpec()
+    if args.quick:  # a smoke run: too little training for the memory margin
+        spec = replace(spec, train_videos=128, test_videos=64, train=replace(spec.train, epochs=3))
+    log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr))
+    rows = run_malmm_bench(spec, log=log)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "malmm_recall.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"spec": asdict(spec), "rows": rows}, f, indent=1)
+    print(format_table(rows))
+    print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -378,8 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("bench", cmd_bench, "The long-range memory benchmark: train and compare memory vs more frames on recall "
                   "('scaling': the cost study of a full-size preset, no training).")  # fmt: skip
-    sub.add_argument("what", nargs="?", choices=("recall", "scaling"), default="recall", help="recall (default) or scaling")
-    sub.add_argument("--quick", action="store_true", help="recall: a ~2-minute smoke run")
+    sub.add_argument("what", nargs="?", choices=("recall", "scaling", "malmm"), default="recall",
+                     help="recall (default), scaling, or malmm (MA-LMM vs no memory on QA recall)")
+    sub.add_argument("--quick", action="store_true", help="recall, malmm: a ~2-minute smoke run")
     sub.add_argument("--full", action="store_true", help="recall: the thorough run (longer distances, more data)")
     sub.add_argument("--out", default="bench-results", help="results folder (default bench-results/)")
     sub.add_argument("--save-weights", default=None, metavar="PATH", help="recall: save the MeMViT M=4 model as PATH (.safetensors)")

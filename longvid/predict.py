@@ -43,7 +43,7 @@ class _Slot:
     video: str
     clips: Iterator
     seen: int = 0
-    scores: list[np.ndarray] = field(default_factory=list)
+    scores: list[dict[str, np.ndarray]] = field(default_factory=list)  # per clip, per head (for --aggregate)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -112,36 +112,14 @@ def stream_predictions(
     model.eval()
     with torch.inference_mode():
         while True:
-            # Fill empty slots; a new video in a slot resets that stream's memory.
             records: list[dict] = []
             batch, batch_slots, fresh = [], [], []
             for index in range(batch_streams):
-                while True:
-                    slot = slots[index]
-                    if slot is None:
-                        video = next(pending, None)
-                        if video is None:
-                            break
-                        try:
-                            slot = _Slot(video, iter(reader(model, video, settings)))
-                        except VideoError as err:
-                            records.append({"video": video, "status": "error", "error": err.reason})
-                            continue
-                        slots[index] = slot
-                    try:
-                        clip = next(slot.clips)
-                    except StopIteration:
-                        records.extend(_finish(slot, settings, labels))
-                        slots[index] = None
-                        continue
-                    except VideoError as err:
-                        records.append({"video": slot.video, "status": "error", "error": err.reason})
-                        slots[index] = None
-                        continue
+                clip = _next_clip(slots, index, pending, model, settings, labels, reader, records)
+                if clip is not None:
                     batch.append(clip)
                     batch_slots.append(index)
-                    fresh.append(slot.seen == 0)
-                    break
+                    fresh.append(slots[index].seen == 0)  # a new video in this slot: reset its memory
             yield from records
             if not batch:
                 return
@@ -149,10 +127,12 @@ def stream_predictions(
             state = _state_for(model, state, batch_slots, fresh, batch_streams, device, dtype)
             logits, new_state = model(clips, _select(state, batch_slots))
             state = _scatter(state, new_state, batch_slots)
-            probs = _probabilities(logits)
+            heads = _probabilities(logits)  # {head: (b, K)}
+            if labels is not None and len(heads) == 1 and len(labels) != next(iter(heads.values())).shape[1]:
+                raise LongvidError(f"the labels name {len(labels)} classes but the model has {next(iter(heads.values())).shape[1]}")
             for row, (index, clip) in enumerate(zip(batch_slots, batch)):
                 slot = slots[index]
-                scores = probs[row]
+                scores = {name: probs[row] for name, probs in heads.items()}
                 slot.seen += 1
                 if settings.aggregate:
                     slot.scores.append(scores)
@@ -161,29 +141,66 @@ def stream_predictions(
                     "clip": clip.index,
                     "start": round(clip.start, 6),
                     "end": round(clip.end, 6),
-                    "top": top_labels(scores, settings.topk, labels),
+                    "top": _top(scores, settings.topk, labels),
                 }
                 if settings.keep_scores:
-                    record["scores"] = scores.tolist()  # full precision
+                    record["scores"] = _flat(scores).tolist()  # full precision
                 yield record
+
+
+def _next_clip(slots, index, pending, model, settings, labels, reader, records) -> object | None:
+    """The next clip for slot ``index``, starting the next pending video there when the
+    slot is empty or its video ended (its closing and error records go to ``records``).
+    None when no videos are left for the slot."""
+    while True:
+        slot = slots[index]
+        if slot is None:
+            video = next(pending, None)
+            if video is None:
+                return None
+            try:
+                slots[index] = slot = _Slot(video, iter(reader(model, video, settings)))
+            except VideoError as err:
+                records.append({"video": video, "status": "error", "error": err.reason})
+                continue
+        try:
+            return next(slot.clips)
+        except StopIteration:
+            records.extend(_finish(slot, settings, labels))
+        except VideoError as err:
+            records.append({"video": slot.video, "status": "error", "error": err.reason})
+        slots[index] = None
+
+
+def _top(scores: dict[str, np.ndarray], k: int, labels: Sequence[str] | None):
+    """Top-k of a single head as a list; of several heads as ``{head: list}`` (indices)."""
+    if len(scores) == 1:
+        return top_labels(next(iter(scores.values())), k, labels)
+    return {name: top_labels(probs, k, None) for name, probs in scores.items()}
+
+
+def _flat(scores: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate(list(scores.values()))
 
 
 def _finish(slot: _Slot, settings: StreamSettings, labels: Sequence[str] | None) -> list[dict]:
     records = []
     if settings.aggregate and slot.scores:
-        mean = np.mean(np.stack(slot.scores), axis=0)
-        records.append({"video": slot.video, "aggregate": "video", "clips": slot.seen, "top": top_labels(mean, settings.topk, labels)})
+        mean = {name: np.mean([s[name] for s in slot.scores], axis=0) for name in slot.scores[0]}
+        records.append({"video": slot.video, "aggregate": "video", "clips": slot.seen, "top": _top(mean, settings.topk, labels)})
     records.append({"video": slot.video, "status": "done", "clips": slot.seen, "seconds": round(time.perf_counter() - slot.started, 3)})
     return records
 
 
-def _probabilities(logits) -> np.ndarray:
-    """(b, K) softmax probabilities as float64 numpy; multi-head outputs are concatenated."""
-    if isinstance(logits, dict):
-        logits = torch.cat([v.reshape(v.shape[0], -1) for v in logits.values()], dim=1)
-    elif isinstance(logits, (tuple, list)):
-        logits = torch.cat([v.reshape(v.shape[0], -1) for v in logits], dim=1)
-    return torch.softmax(logits.float(), dim=-1).double().cpu().numpy()
+def _probabilities(logits) -> dict[str, np.ndarray]:
+    """Softmax probabilities per head, ``{head: (b, K)}`` float64 (``"logits"`` for one head).
+    Per-frame outputs of the anticipation head (3-D) are left out."""
+    outputs = logits if isinstance(logits, dict) else {"logits": logits}
+    return {
+        name: torch.softmax(value.float(), dim=-1).double().cpu().numpy()
+        for name, value in outputs.items()
+        if value.dim() == 2
+    }
 
 
 def _state_for(model, state, batch_slots, fresh, batch_streams, device, dtype):
@@ -356,11 +373,12 @@ def run_stream(
     interrupted run leaves a valid file; ``resume`` keeps the complete videos of an
     existing ``out`` and processes only the rest. Under ``torchrun`` each rank takes a
     disjoint share of ``videos`` (every ``world``-th), writes ``out.partR``, and rank 0
-    merges the parts into ``out`` when all ranks are done.
+    merges the parts into ``out`` when all ranks are done; the summary then counts
+    every rank's videos.
     """
     import torch.distributed as dist
 
-    from longvid.train.distributed import barrier
+    from longvid.train.distributed import all_reduce, barrier
 
     joined = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if joined else (0, 1)
@@ -420,14 +438,21 @@ def run_stream(
             bar.close()
     summary.seconds = time.perf_counter() - started
     if world > 1:
-        barrier()
+        totals = all_reduce(torch.tensor([summary.videos, summary.done, summary.failed, summary.skipped, summary.clips]))
+        summary.videos, summary.done, summary.failed, summary.skipped, summary.clips = (int(x) for x in totals)
         if rank == 0:
             parts = [f"{out}.part{r}" for r in range(world)]
-            _atomic_write_lines(out, (line for part in parts for line in open(part, encoding="utf-8")))
+            _atomic_write_lines(out, _lines_of(parts))
             for part in parts:
                 os.remove(part)
         barrier()
     return summary
+
+
+def _lines_of(paths: Sequence[str]) -> Iterator[str]:
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            yield from f
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -282,3 +282,15 @@ def test_roi_align_matches_detectron2_semantics():
     for n, box in enumerate(boxes):
         expected = _naive_roi_align(feat[int(box[0])], box[1:], 7, 1 / 32)
         torch.testing.assert_close(out[n], expected, rtol=1e-10, atol=1e-10)
+
+
+def test_short_clips_with_coarse_compression_have_every_temporal_distance():
+    # 4-frame clips -> 2 token frames, compressed by 4 in time: the memory's frames span
+    # more than a clip, so the released table size (3T - 1 rows) is not enough.
+    model = build_model("memvit_tiny", num_frames=4, crop_size=32).eval()
+    assert model.blocks[0].attn.rel_pos_mem_t.shape[0] == 2 + (2 * 1 - 1) * 4
+    state = model.init_state(2)
+    with torch.inference_mode():
+        for _ in range(4):
+            logits, state = model(torch.randn(2, 3, 4, 32, 32), state)
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()

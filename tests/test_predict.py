@@ -181,3 +181,40 @@ def test_sigint_leaves_a_valid_file_and_resume_finishes(tmp_path):
         assert len(done) == 1  # resume skipped the complete videos and redid the cut-off one
         clip_ids = [r["clip"] for r in records if r.get("video") == video and "clip" in r]
         assert clip_ids == list(range(done[0]["clips"]))
+
+
+def test_multi_head_models_report_each_head(clips_videos):
+    torch.manual_seed(0)
+    model = longvid.build_model("memvit_tiny", head="verb_noun", num_classes=(3, 4)).eval()
+    records = list(stream_predictions(model, clips_videos[1], SETTINGS))
+    clip = records[0]
+    assert set(clip["top"]) == {"verb", "noun"} and len(clip["top"]["verb"]) == 3
+    verb, noun = np.array(clip["scores"][:3]), np.array(clip["scores"][3:])
+    assert verb.sum() == pytest.approx(1.0) and noun.sum() == pytest.approx(1.0)  # softmax per head
+
+
+def test_labels_must_match_the_classes(model, clips_videos):
+    with pytest.raises(longvid.LongvidError, match="name 3 classes but the model has 10"):
+        list(stream_predictions(model, clips_videos[1], SETTINGS, labels=["a", "b", "c"]))
+
+
+def test_torchrun_ranks_share_the_videos_and_merge(model, clips_videos, tmp_path):
+    from longvid.checkpoints import save_checkpoint
+
+    weights = tmp_path / "tiny.safetensors"
+    save_checkpoint(model, weights)  # every process loads the same weights
+    out = tmp_path / "out.jsonl"
+    options = ["--checkpoint", str(weights), "--quiet", "--size", "64", "--tau", "2", "--threads", "1"]
+    command = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "longvid", "stream", *clips_videos, "--out", str(out), *options]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    merged = read_records(str(out))
+    assert not list(tmp_path.glob("out.jsonl.part*"))
+    single = tmp_path / "single.jsonl"
+    assert main(["stream", *clips_videos, "--out", str(single), *options]) == 0
+
+    def clip_records(records):
+        return sorted((r["video"], r["clip"], json.dumps(r["top"])) for r in records if "clip" in r)
+
+    assert clip_records(merged) == clip_records(read_records(str(single)))
+    assert sorted(r["video"] for r in merged if r.get("status") == "done") == sorted(clips_videos)

@@ -298,8 +298,13 @@ class MultiScaleAttention(nn.Module):
         if rel_pos_temporal:
             self.rel_pos_t = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
             if memory_len:
-                # 2T + (ATTN_MAX_LEN - 2) T - 1 rows with ATTN_MAX_LEN = M + 1, as released.
-                self.rel_pos_mem_t = nn.Parameter(torch.zeros((memory_len + 1) * input_size[0] - 1, head_dim))
+                # 2T + (ATTN_MAX_LEN - 2) T - 1 rows with ATTN_MAX_LEN = M + 1, as released; more
+                # when the compressed frames span more than the clip (short clips, coarse stride),
+                # so every distance i + (M T_c - 1 - j) s of temporal_rel_pos has a row.
+                kv_t = input_size[0] // stride_kv[0]
+                compressed_t = conv_out_size((kv_t,), compress_kernel[:1], compress_stride[:1], (compress_kernel[0] // 2,))[0]
+                needed = input_size[0] // stride_q[0] + (memory_len * compressed_t - 1) * compress_stride[0]
+                self.rel_pos_mem_t = nn.Parameter(torch.zeros(max((memory_len + 1) * input_size[0] - 1, needed), head_dim))
         self.rel_pos_spatial = rel_pos_spatial
         self.rel_pos_temporal = rel_pos_temporal
 

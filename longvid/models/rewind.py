@@ -49,6 +49,7 @@ class RewindConfig:
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     embed_dim: int = 256  # stage-1 contrastive embedding width
+    ground_dim: int = 256  # grounding head's pointer width
 
     def __post_init__(self):
         if self.memory.text_dim != self.llm_dim:
@@ -70,7 +71,7 @@ PRESETS: dict[str, RewindConfig] = {
         memory=RewindMemoryConfig(dim=32, vision_dim=32, text_dim=64, num_read=4, num_write=2, num_heads=4,
                                   perceiver_layers=1, mlp_ratio=2.0, max_clip_frames=16),
         llm_dim=64, clip_frames=8, top_l=8, num_select=2, dpc_k=2, frame_pool=(2, 2),
-        lora_rank=4, lora_alpha=8, lora_dropout=0.0, embed_dim=16,
+        lora_rank=4, lora_alpha=8, lora_dropout=0.0, embed_dim=16, ground_dim=32,
     ),
 }
 
@@ -123,6 +124,67 @@ def sigmoid_contrastive_loss(video: torch.Tensor, text: torch.Tensor, log_scale:
     return -F.logsigmoid(labels * logits).sum() / len(video)
 
 
+def add_lora(llm: CausalLM, config: RewindConfig) -> CausalLM:
+    """Wrap ``llm.model`` with peft LoRA (rank, alpha, dropout and targets from ``config``); returns ``llm``."""
+    from peft import LoraConfig, get_peft_model
+
+    llm.model = get_peft_model(llm.model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
+                                                     lora_dropout=config.lora_dropout,
+                                                     target_modules=list(config.lora_targets)))
+    return llm
+
+
+class GroundingHead(nn.Module):
+    """Start/end pointers over frames: two queries from a summary state, one key per frame.
+
+    ``forward(frames (B, n, E), final (B, E), valid (B, n) bool) -> logits (B, 2, n)``
+    (``-inf`` at invalid frames); row 0 points at the first frame of the moment, row 1 at its last.
+    """
+
+    def __init__(self, dim: int, head_dim: int):
+        super().__init__()
+        self.query = nn.Linear(dim, 2 * head_dim)
+        self.key = nn.Linear(dim, head_dim)
+        self.head_dim = head_dim
+
+    def forward(self, frames: torch.Tensor, final: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        queries = self.query(final).view(final.shape[0], 2, self.head_dim)  # (B, 2, d)
+        logits = queries @ self.key(frames).transpose(1, 2) / math.sqrt(self.head_dim)  # (B, 2, n)
+        return logits.masked_fill(~valid[:, None, :], float("-inf"))
+
+
+def pointer_loss(logits: torch.Tensor, target_frames: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of start/end pointer ``logits (B, 2, n)`` against frame indices ``(B, 2)``."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), target_frames.flatten().to(logits.device))
+
+
+def best_span(logits: torch.Tensor) -> tuple[int, int]:
+    """The frame span ``(start, end)``, ``start <= end``, maximizing ``log p(start) + log p(end)``
+    under pointer ``logits (2, n)``."""
+    log_p = logits.float().log_softmax(-1)
+    joint = (log_p[0][:, None] + log_p[1][None, :]).triu()  # (n, n); entries below the diagonal are 0
+    joint = joint.masked_fill(torch.ones_like(joint, dtype=torch.bool).tril(-1), float("-inf"))
+    flat = int(joint.flatten().argmax())
+    return flat // joint.shape[1], flat % joint.shape[1]
+
+
+def span_seconds(times: torch.Tensor, start: int, end: int) -> tuple[float, float]:
+    """Seconds covered by frames ``start..end`` of frames at ``times (n,)``: half the frame
+    spacing (1 s for a single frame) before the first and after the last."""
+    spacing = float(times[1] - times[0]) if len(times) > 1 else 1.0
+    return float(times[start]) - spacing / 2, float(times[end]) + spacing / 2
+
+
+def frames_in(times: torch.Tensor, interval: tuple[float, float]) -> tuple[int, int]:
+    """First and last of the frames at ``times (n,)`` inside ``[start, end)`` (the nearest
+    frame to the interval's centre when none is): pointer targets for grounding."""
+    inside = ((times >= interval[0]) & (times < interval[1])).nonzero().flatten()
+    if len(inside) == 0:
+        centre = int((times - (interval[0] + interval[1]) / 2).abs().argmin())
+        return centre, centre
+    return int(inside[0]), int(inside[-1])
+
+
 class ReWind(nn.Module):
     """The whole ReWind system on a frozen image encoder and a causal LLM.
 
@@ -140,13 +202,7 @@ class ReWind(nn.Module):
             raise LongvidError(f"the language model's width {llm.hidden_size} does not match llm_dim={config.llm_dim}")
         self.config = config
         self.vision = vision.requires_grad_(False).eval()
-        if lora:
-            from peft import LoraConfig, get_peft_model
-
-            llm.model = get_peft_model(llm.model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
-                                                             lora_dropout=config.lora_dropout,
-                                                             target_modules=list(config.lora_targets)))
-        self.llm = llm
+        self.llm = add_lora(llm, config) if lora else llm
         mem = config.memory
         self.memory = RewindMemory(mem)
         self.memory_proj = nn.Linear(mem.dim, config.llm_dim)
@@ -156,12 +212,13 @@ class ReWind(nn.Module):
         self.text_head = nn.Linear(config.llm_dim, config.embed_dim)
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # SigLIP init t' = log 10, b = -10
         self.bias = nn.Parameter(torch.tensor(-10.0))
+        self.grounding = GroundingHead(config.llm_dim, config.ground_dim)
 
     # -- training stages -------------------------------------------------------------
 
     def set_stage(self, stage: int) -> list[nn.Parameter]:
         """Freeze everything but stage ``1`` (Perceiver + contrastive heads) or ``2``
-        (memory, projections, separator, LoRA); returns the trainable parameters."""
+        (memory, projections, separator, grounding head, LoRA); returns the trainable parameters."""
         if stage not in (1, 2):
             raise LongvidError(f"ReWind has training stages 1 and 2, not {stage}")
         self.requires_grad_(False)
@@ -170,7 +227,7 @@ class ReWind(nn.Module):
             self.log_scale.requires_grad_(True)
             self.bias.requires_grad_(True)
         else:
-            trainable = [self.memory, self.memory_proj, self.frame_proj]
+            trainable = [self.memory, self.memory_proj, self.frame_proj, self.grounding]
             self.separator.requires_grad_(True)
             for name, param in self.llm.named_parameters():
                 param.requires_grad_("lora_" in name)
@@ -215,15 +272,28 @@ class ReWind(nn.Module):
         with ``instruction_mask (B, L)`` bool, ``num_valid (B,)`` real frames, ``is_first (B,)``
         streams that restart. Returns the written memory tokens ``(B, F, N_W, D)`` and the state.
         """
-        batch, _, num_clip = pixels.shape[:3]
+        return self.observe_features(self.encode_frames(pixels), timestamps, state, instruction_ids, instruction_mask,
+                                     num_valid, is_first)
+
+    def observe_features(
+        self,
+        features: torch.Tensor,
+        timestamps: torch.Tensor,
+        state: RewindStreamState,
+        instruction_ids: torch.Tensor,
+        instruction_mask: torch.Tensor | None = None,
+        num_valid: torch.Tensor | None = None,
+        is_first: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, RewindStreamState]:
+        """:meth:`observe` on frozen-encoder features ``(B, F, P, D_v)`` (e.g. cached ones)."""
+        batch, num_clip = features.shape[:2]
         if num_valid is None:
-            num_valid = torch.full((batch,), num_clip, dtype=torch.long, device=pixels.device)
+            num_valid = torch.full((batch,), num_clip, dtype=torch.long, device=features.device)
         memory = state.memory
         if is_first is not None:
             memory = memory.reset(is_first)
             for stream in is_first.nonzero().flatten().tolist():
                 state.buffer.reset(stream)
-        features = self.encode_frames(pixels)  # (B, F, P, D_v)
         state.buffer.write(memory.num_frames, features, num_valid)
         text = self.embed_text(instruction_ids)
         written, memory = self.memory(features, text, instruction_mask, timestamps, memory, num_valid=num_valid)
@@ -234,15 +304,28 @@ class ReWind(nn.Module):
               **buffer_options) -> RewindStreamState:
         """Watch whole videos ``pixels (B, 3, N, H, W)`` at ``timestamps (B, N)`` in sub-clips
         of ``clip_frames`` (the last one padded); ``buffer_options`` go to :meth:`init_state`."""
-        batch, _, total = pixels.shape[:3]
-        state = self.init_state(batch, **buffer_options) if state is None else state
+        state = self.init_state(pixels.shape[0], **buffer_options) if state is None else state
+        for frames, num_valid in self._sub_clips(pixels.shape[2], pixels.shape[0], pixels.device):
+            _, state = self.observe(pixels[:, :, frames], timestamps[:, frames], state, instruction_ids, instruction_mask, num_valid)
+        return state
+
+    def watch_features(self, features: torch.Tensor, timestamps: torch.Tensor, instruction_ids: torch.Tensor,
+                       instruction_mask: torch.Tensor | None = None, state: RewindStreamState | None = None,
+                       **buffer_options) -> RewindStreamState:
+        """:meth:`watch` on frozen-encoder features ``(B, N, P, D_v)`` of whole videos."""
+        state = self.init_state(features.shape[0], **buffer_options) if state is None else state
+        for frames, num_valid in self._sub_clips(features.shape[1], features.shape[0], features.device):
+            _, state = self.observe_features(features[:, frames], timestamps[:, frames], state, instruction_ids,
+                                             instruction_mask, num_valid)
+        return state
+
+    def _sub_clips(self, total: int, batch: int, device):
+        """``(frame indices (F,), num_valid (B,))`` of each sub-clip of a ``total``-frame video;
+        the last one is padded by repeating its last frame."""
         clip = self.config.clip_frames
         for start in range(0, total, clip):
-            valid = min(clip, total - start)
-            pad = torch.arange(start, start + clip).clamp(max=total - 1)  # repeat the last frame
-            num_valid = torch.full((batch,), valid, dtype=torch.long, device=pixels.device)
-            _, state = self.observe(pixels[:, :, pad], timestamps[:, pad], state, instruction_ids, instruction_mask, num_valid)
-        return state
+            frames = torch.arange(start, start + clip).clamp(max=total - 1)
+            yield frames, torch.full((batch,), min(clip, total - start), dtype=torch.long, device=device)
 
     # -- asking --------------------------------------------------------------------------
 
@@ -302,7 +385,7 @@ class ReWind(nn.Module):
             answer = answer_ids[stream] if answer_mask is None else answer_ids[stream][answer_mask[stream].bool()]
             sequences.append(torch.cat([prompt, self.embed_text(answer[None])[0]]))
             targets.append(torch.cat([ignore, answer]))
-        embeds, mask, labels = _pad_left(sequences, targets)
+        embeds, mask, labels = pad_left(sequences, targets)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return self.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
                               labels=labels if answer_ids is not None else None)
@@ -312,7 +395,7 @@ class ReWind(nn.Module):
                  until: float | None = None, max_new_tokens: int = 32, **kwargs) -> torch.Tensor:
         """Generated answer token ids ``(B, <= max_new_tokens)`` (greedy unless ``kwargs`` say otherwise)."""
         prompts = self.prompt_embeddings(state, instruction_ids, instruction_mask, until)
-        embeds, mask, _ = _pad_left(prompts, [torch.zeros(len(p), dtype=torch.long) for p in prompts])
+        embeds, mask, _ = pad_left(prompts, [torch.zeros(len(p), dtype=torch.long) for p in prompts])
         return self.llm.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                                        do_sample=False, pad_token_id=self.llm.pad_id,
                                        eos_token_id=self.llm.tokenizer.eos_token_id, **kwargs)
@@ -356,6 +439,48 @@ class ReWind(nn.Module):
             scores.append(answer_log_likelihood(out.logits, labels))
         return torch.stack(scores, dim=1)
 
+    # -- temporal grounding --------------------------------------------------------------
+
+    def ground_logits(self, state: RewindStreamState, instruction_ids: torch.Tensor,
+                      instruction_mask: torch.Tensor | None = None, until: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start/end pointer logits over each stream's memory frames ``(B, 2, n_max)`` and
+        their validity ``(B, n_max)`` bool, from the LLM's last hidden states: a frame is the
+        mean of its ``N_W`` memory-token states, the pointer queries come from the last position."""
+        prompts = self.prompt_embeddings(state, instruction_ids, instruction_mask, until)
+        embeds, mask, _ = pad_left(prompts, [torch.zeros(len(p), dtype=torch.long) for p in prompts])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                output_hidden_states=True).hidden_states[-1]  # (B, L, llm_dim)
+        counts = [len(state.memory.frame_tokens(b, until)[1]) for b in range(len(prompts))]
+        num_write = self.config.memory.num_write
+        frames = hidden.new_zeros(len(prompts), max(counts), hidden.shape[-1])  # (B, n_max, llm_dim)
+        valid = torch.zeros(len(prompts), max(counts), dtype=torch.bool, device=hidden.device)
+        for b, (prompt, count) in enumerate(zip(prompts, counts)):
+            first = embeds.shape[1] - len(prompt)  # after the left padding
+            frames[b, :count] = hidden[b, first : first + num_write * count].reshape(count, num_write, -1).mean(1)
+            valid[b, :count] = True
+        return self.grounding(frames, hidden[:, -1], valid), valid
+
+    def grounding_loss(self, state: RewindStreamState, questions: list[str], target_frames: torch.Tensor,
+                       until: float | None = None) -> torch.Tensor:
+        """Cross-entropy of the start and end pointers against ``target_frames (B, 2)`` frame indices."""
+        ids, mask = self.tokenize(questions)
+        logits, _ = self.ground_logits(state, ids, mask, until)
+        return pointer_loss(logits, target_frames)
+
+    @torch.no_grad()
+    def ground(self, state: RewindStreamState, questions: list[str], until: float | None = None) -> torch.Tensor:
+        """Predicted intervals ``(B, 2)`` in seconds: the most likely frame span ``start <= end``,
+        widened by half a frame spacing on each side."""
+        ids, mask = self.tokenize(questions)
+        logits, valid = self.ground_logits(state, ids, mask, until)
+        intervals = []
+        for b in range(len(questions)):
+            _, times = state.memory.frame_tokens(b, until)
+            start, end = best_span(logits[b][:, valid[b]])
+            intervals.append(span_seconds(times, start, end))
+        return torch.tensor(intervals, dtype=torch.float64)
+
     # -- stage 1 -----------------------------------------------------------------------
 
     def contrastive_loss(self, written: torch.Tensor, num_valid: torch.Tensor, caption_ids: torch.Tensor,
@@ -384,7 +509,7 @@ def _pad_right(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor
     return ids, mask
 
 
-def _pad_left(sequences: list[torch.Tensor], targets: list[torch.Tensor]):
+def pad_left(sequences: list[torch.Tensor], targets: list[torch.Tensor]):
     """Left-pad ``(L_b, E)`` sequences: ``(B, L, E)`` embeddings, ``(B, L)`` mask and labels (IGNORE on pads)."""
     length = max(len(s) for s in sequences)
     first = sequences[0]

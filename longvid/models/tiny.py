@@ -38,8 +38,16 @@ def save_tiny_tokenizer(folder: str, words: Sequence[str] = DEFAULT_WORDS) -> No
     tokenizer.save_pretrained(folder)
 
 
-def save_tiny_llm(folder: str, arch: str = "llama", hidden: int = 32, layers: int = 2, words: Sequence[str] = DEFAULT_WORDS, seed: int = 0) -> str:
-    """Write a tiny ``arch`` ("llama" or "qwen2") causal LM and its tokenizer to ``folder``; returns ``folder``."""
+def save_tiny_llm(
+    folder: str, arch: str = "llama", hidden: int = 32, layers: int = 2, words: Sequence[str] = DEFAULT_WORDS, seed: int = 0,
+    init_std: float = 0.02,
+) -> str:
+    """Write a tiny ``arch`` ("llama" or "qwen2") causal LM and its tokenizer to ``folder``; returns ``folder``.
+
+    ``init_std`` is the std of the random weights (``initializer_range``): the default 0.02
+    gives almost uniform next-token distributions whatever the input; a larger one gives a
+    frozen random LLM whose output a visual prefix can actually steer.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     os.makedirs(folder, exist_ok=True)
@@ -48,7 +56,7 @@ def save_tiny_llm(folder: str, arch: str = "llama", hidden: int = 32, layers: in
     common = dict(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False, initializer_range=init_std,
     )
     torch.manual_seed(seed)
     if arch == "llama":

@@ -264,26 +264,25 @@ class ClipReader:
         stop = threading.Event()
         done = object()
 
+        def put(item) -> bool:
+            """Queue ``item`` unless the consumer has stopped (then False)."""
+            while not stop.is_set():
+                try:
+                    items.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def produce() -> None:
             try:
                 for clip in self._decode_clips(progress):
-                    while not stop.is_set():
-                        try:
-                            items.put(clip, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if not put(clip):
                         return
-                final = done
             except BaseException as err:  # forwarded to the consumer thread
-                final = err
-            while not stop.is_set():
-                try:
-                    items.put(final, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
+                put(err)
+                return
+            put(done)
 
         worker = threading.Thread(target=produce, name=f"longvid-decode:{os.path.basename(self.path)}", daemon=True)
         worker.start()
