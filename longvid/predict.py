@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from longvid.errors import LongvidError
+from longvid.fileio import write_atomically
 from longvid.video import ClipReader, VideoError
 
 
@@ -319,13 +320,13 @@ def completed_videos(records: Iterable[dict]) -> set[str]:
 
 
 def _atomic_write_lines(path: str, lines: Iterable[str]) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+            f.flush()
+            os.fsync(f.fileno())
+
+    write_atomically(path, write)
 
 
 def _save_scores(folder: str, video: str, scores: list[list[float]], used: set[str]) -> str:
@@ -337,9 +338,8 @@ def _save_scores(folder: str, video: str, scores: list[list[float]], used: set[s
         name = f"{stem}-{n}"
     used.add(name)
     path = os.path.join(folder, f"{name}.npy")
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, np.asarray(scores, dtype=np.float32).reshape(len(scores), -1))
-    os.replace(tmp, path)
+    array = np.asarray(scores, dtype=np.float32).reshape(len(scores), -1)
+    write_atomically(path, lambda tmp: np.save(tmp, array), suffix=".npy")
     return path
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from longvid.errors import LongvidError
+from longvid.fileio import write_atomically
 from longvid.video.transforms import CLIP_MEAN, CLIP_STD, normalize, resize
 
 _VISION_TOWERS = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel", "siglip2": "Siglip2VisionModel"}
@@ -125,7 +126,5 @@ class FeatureCache:
         if os.path.exists(path):
             return load_file(path)["features"]
         features = compute()
-        tmp = path + ".tmp"
-        save_file({"features": features.contiguous().cpu()}, tmp)
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: save_file({"features": features.contiguous().cpu()}, tmp))
         return features

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from longvid.errors import LongvidError
+from longvid.fileio import write_atomically
 
 
 def flatten(obj, prefix: str, tensors: dict[str, torch.Tensor]):
@@ -73,8 +74,8 @@ def save_checkpoint(directory: str, step: int, tensors: dict, record: dict, keep
     """Write ``step_<step>.safetensors`` + ``.json`` atomically; keep the newest ``keep``."""
     os.makedirs(directory, exist_ok=True)
     base = os.path.join(directory, f"step_{step:08d}")
-    _atomic(base + ".safetensors", lambda tmp: save_file(tensors, tmp))
-    _atomic(base + ".json", lambda tmp: _write_json(tmp, record))
+    write_atomically(base + ".safetensors", lambda tmp: save_file(tensors, tmp))
+    write_atomically(base + ".json", lambda tmp: _write_json(tmp, record))
     for old in list_checkpoints(directory)[:-keep]:
         for ext in (".json", ".safetensors"):
             if os.path.exists(old + ext):
@@ -101,16 +102,6 @@ def load_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     with open(path + ".json", encoding="utf-8") as f:
         record = json.load(f)
     return load_file(path + ".safetensors"), record
-
-
-def _atomic(path: str, write) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _write_json(path: str, record: dict) -> None:

@@ -1,0 +1,21 @@
+"""Writing files so a reader never sees a half-written one."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+
+def write_atomically(path: str, write: Callable[[str], None], suffix: str = "") -> None:
+    """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it to ``path``.
+
+    ``suffix`` ends the temporary name (e.g. ``".npy"`` for writers that add one).
+    The temporary file is removed if ``write`` fails.
+    """
+    tmp = f"{path}.tmp{os.getpid()}{suffix}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
