@@ -269,6 +269,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     if args.what == "malmm":
         return _bench_malmm(args)
+    if args.what == "rewind":
+        return _bench_rewind(args)
     from longvid.bench.run import MODES, run_bench, save_demo_weights
 
     if args.quick and args.full:
@@ -299,6 +301,26 @@ def _bench_malmm(args: argparse.Namespace) -> int:
         json.dump({"spec": asdict(spec), "rows": rows}, f, indent=1)
     print(format_table(rows))
     print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _bench_rewind(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from longvid.bench.rewind import RewindBenchSpec, format_table, run_rewind_bench
+
+    if args.full or args.save_weights:
+        raise LongvidError("bench rewind takes --quick, --out and --quiet only")
+    spec = RewindBenchSpec()
+    if args.quick:  # a smoke run: too little training for the margins
+        spec = replace(spec, train_videos=32, qa_train_videos=32, test_videos=16,
+                       stage1=replace(spec.stage1, steps=10), stage2=replace(spec.stage2, steps=20),
+                       qa_stage2=replace(spec.qa_stage2, steps=20))
+    log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr))
+    tables = run_rewind_bench(spec, out_dir=args.out, log=log)
+    for name, rows in tables.items():
+        print(f"ReWind {name}\n{format_table(rows)}\n")
+    print(f"wrote {os.path.join(args.out, 'rewind.json')}, {os.path.join(args.out, 'rewind.md')}", file=sys.stderr)
     return 0
 
 
@@ -402,9 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("bench", cmd_bench, "The long-range memory benchmark: train and compare memory vs more frames on recall "
                   "('scaling': the cost study of a full-size preset, no training).")  # fmt: skip
-    sub.add_argument("what", nargs="?", choices=("recall", "scaling", "malmm"), default="recall",
-                     help="recall (default), scaling, or malmm (MA-LMM vs no memory on QA recall)")
-    sub.add_argument("--quick", action="store_true", help="recall, malmm: a ~2-minute smoke run")
+    sub.add_argument("what", nargs="?", choices=("recall", "scaling", "malmm", "rewind"), default="recall",
+                     help="recall (default), scaling, malmm (MA-LMM vs no memory on QA recall), or rewind "
+                          "(ReWind: grounding vs uniform frames, QA with vs without frame selection)")
+    sub.add_argument("--quick", action="store_true", help="recall, malmm, rewind: a ~2-minute smoke run")
     sub.add_argument("--full", action="store_true", help="recall: the thorough run (longer distances, more data)")
     sub.add_argument("--out", default="bench-results", help="results folder (default bench-results/)")
     sub.add_argument("--save-weights", default=None, metavar="PATH", help="recall: save the MeMViT M=4 model as PATH (.safetensors)")

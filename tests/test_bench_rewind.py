@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from longvid.bench.rewind import (
-    RewindBenchSpec, UniformFrames, _data, benchmark_words, format_table, grounding_loss, grounding_table, qa_loss,
+    RewindBenchSpec, UniformFrames, _data, benchmark_words, cue_frame_share, format_table, grounding_loss, grounding_table, qa_loss,
     qa_table, stage1_loss, tiny_rewind, uniform_loss,
 )
 from longvid.errors import LongvidError
@@ -16,8 +16,9 @@ from longvid.train.rewind import StageConfig, train_stage
 pytest.importorskip("transformers")
 torch.set_num_threads(1)
 
-SMALL = RewindBenchSpec(num_clips=4, train_videos=8, test_videos=4, batch_size=4,
-                        stage1=StageConfig(steps=2, warmup_steps=1), stage2=StageConfig(steps=2, warmup_steps=1))
+SMALL = RewindBenchSpec(num_clips=4, train_videos=8, qa_train_videos=8, test_videos=4, batch_size=4,
+                        stage1=StageConfig(steps=2, warmup_steps=1), stage2=StageConfig(steps=2, warmup_steps=1),
+                        qa_stage2=StageConfig(steps=2, warmup_steps=1))
 
 
 @pytest.fixture(scope="module")
@@ -94,5 +95,29 @@ def test_small_tables_have_the_right_structure():
     qa = qa_table(SMALL, log=None)
     assert [row["model"] for row in qa] == ["rewind with DFS", "rewind without DFS"]
     assert qa[0]["llm_tokens"] - qa[1]["llm_tokens"] == 2 * 4  # DFS adds K_c = 2 selected frames of 2x2 tokens
-    assert all(0 <= row["accuracy"] <= 100 for row in qa)
+    assert all(0 <= row["accuracy"] <= 100 and 0 <= row["acc recall"] <= 100 for row in qa)
+    assert 0 <= qa[0]["cue_frames"] <= 100 and 0 < qa[0]["cue_frames_random"] < 100 and qa[1]["cue_frames"] == ""
     assert "| model |" in format_table(qa)
+
+
+def test_cue_frame_share_counts_frames_showing_a_cue(grounding_data):
+    _, _, train, _ = grounding_data
+    item = train[0]
+    shown = sum(bool(item.cues_on(item.times[f : f + 1])) for f in range(len(item.times)))
+    assert cue_frame_share([item]) == round(100.0 * shown / len(item.times), 1)
+    assert 0 < shown < len(item.times)  # every grounding video has a cue, and frames without one
+
+
+def test_bench_rewind_writes_both_tables(tmp_path, monkeypatch):
+    import json
+
+    from longvid import cli
+
+    monkeypatch.setattr("longvid.bench.rewind.RewindBenchSpec", lambda: SMALL)
+    assert cli.main(["bench", "rewind", "--out", str(tmp_path), "--quiet"]) == 0
+    record = json.loads((tmp_path / "rewind.json").read_text())
+    assert [row["model"] for row in record["qa"]] == ["rewind with DFS", "rewind without DFS"]
+    assert record["grounding"][0]["model"] == "rewind (memory + DFS)"
+    assert "## ReWind: grounding" in (tmp_path / "rewind.md").read_text()
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    assert cli.main(["bench", "rewind", "--full"]) == 1

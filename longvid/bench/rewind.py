@@ -50,18 +50,20 @@ class RewindBenchSpec:
 
     synth: SynthSpec = field(default_factory=lambda: SynthSpec(clip_frames=4, sample_fps=1.0, size=32))
     num_clips: int = 6  # videos of num_clips * 4 frames (24 s at 1 fps)
-    train_videos: int = 96
+    train_videos: int = 96  # grounding
+    qa_train_videos: int = 256
     test_videos: int = 48
     test_seed: int = 1_000_000  # held-out seeds start here
     batch_size: int = 8
     uniform_frames: int = 8  # K frames the uniform baseline reads
     stage1: StageConfig = StageConfig(steps=30, lr=2e-3, warmup_steps=5)
     stage2: StageConfig = StageConfig(steps=150, lr=3e-3, warmup_steps=10)
+    qa_stage2: StageConfig = StageConfig(steps=300, lr=3e-3, warmup_steps=10)
     vision_width: int = 32
     llm_hidden: int = 64
     llm_layers: int = 2
     llm_init_std: float = 0.02  # grounding: the pointer head reads hidden states, small random weights keep them smooth
-    qa_llm_init_std: float = 0.2  # QA scores answer text: a frozen random LM needs large weights for confident logits
+    qa_llm_init_std: float = 0.5  # QA scores answer text: a frozen random LM needs large weights for confident logits
     seed: int = 0
 
 
@@ -191,12 +193,14 @@ def grounding_loss(model: ReWind, items: Sequence[Item]) -> torch.Tensor:
     return model.grounding_loss(state, questions, targets)
 
 
-def train_rewind(model: ReWind, items: Sequence[Item], task_loss, spec: RewindBenchSpec) -> dict[str, list[float]]:
-    """Stage 1 then stage 2 (``task_loss``) on ``items``; returns each stage's losses."""
+def train_rewind(model: ReWind, items: Sequence[Item], task_loss, spec: RewindBenchSpec,
+                 stage2: StageConfig | None = None) -> dict[str, list[float]]:
+    """Stage 1 then stage 2 (``task_loss``, ``stage2`` or ``spec.stage2`` steps) on ``items``;
+    returns each stage's losses."""
     model.set_stage(1)
     first = train_stage(model, stage1_loss, batch_at(items, spec.batch_size, spec.seed), spec.stage1)
     model.set_stage(2)
-    second = train_stage(model, task_loss, batch_at(items, spec.batch_size, spec.seed + 1), spec.stage2)
+    second = train_stage(model, task_loss, batch_at(items, spec.batch_size, spec.seed + 1), stage2 or spec.stage2)
     return {"stage1": first, "stage2": second}
 
 
@@ -296,21 +300,36 @@ def candidates_for(sample: Sample, num_classes: int) -> list[str]:
 
 
 @torch.no_grad()
-def qa_accuracy(model: ReWind, items: Sequence[Item], spec: RewindBenchSpec) -> tuple[float, dict]:
-    """Accuracy (%) by closed-set scoring, and per-video costs."""
-    correct, cost = 0, {}
+def qa_accuracy(model: ReWind, items: Sequence[Item], spec: RewindBenchSpec) -> tuple[dict[str, float], dict]:
+    """Accuracy (%) by closed-set scoring, overall (``"all"``) and per question type, and
+    per-video costs plus ``cue_frames``: the share (%) of DFS-selected frames that show a cue."""
+    correct = {task: [] for task in ("all", *QA_CANDIDATES)}
+    cost, shown, picked = {}, 0, 0
     for first in range(0, len(items), spec.batch_size):
         batch = items[first : first + spec.batch_size]
         state, questions = watch(model, batch)
         cost = rewind_cost(model, state, questions[0])
+        ids, mask = model.tokenize(questions)
+        for item, frames in zip(batch, model.select(state, ids, mask)):
+            shown += sum(bool(item.cues_on(item.times[f : f + 1])) for f in frames.tolist())
+            picked += len(frames)
         for task in QA_CANDIDATES:
             rows = [b for b, item in enumerate(batch) if item.sample.task == task]
             if not rows:
                 continue
             options = candidates_for(batch[rows[0]].sample, spec.synth.num_classes)
             scores = model.score(state, questions, options)[rows]  # (rows, K)
-            correct += sum(options[int(s.argmax())] == batch[b].sample.answer for s, b in zip(scores, rows))
-    return 100.0 * correct / len(items), cost
+            hits = [options[int(s.argmax())] == batch[b].sample.answer for s, b in zip(scores, rows)]
+            correct[task] += hits
+            correct["all"] += hits
+    accuracy = {task: round(100.0 * sum(hits) / max(1, len(hits)), 1) for task, hits in correct.items()}
+    return accuracy, {**cost, "cue_frames": round(100.0 * shown / picked, 1) if picked else None}
+
+
+def cue_frame_share(items: Sequence[Item]) -> float:
+    """The share (%) of all frames that show a cue: what random frame selection would hit."""
+    shown = sum(sum(bool(i.cues_on(i.times[f : f + 1])) for f in range(len(i.times))) for i in items)
+    return round(100.0 * shown / sum(len(i.times) for i in items), 1)
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -318,7 +337,8 @@ def qa_accuracy(model: ReWind, items: Sequence[Item], spec: RewindBenchSpec) -> 
 
 def _data(task: str, spec: RewindBenchSpec, folder: str):
     encoder, llm_path = build_backbones(spec, folder, spec.qa_llm_init_std if task == "qa" else spec.llm_init_std)
-    train = encode_items(task, range(spec.seed, spec.seed + spec.train_videos), spec, encoder)
+    count = spec.qa_train_videos if task == "qa" else spec.train_videos
+    train = encode_items(task, range(spec.seed, spec.seed + count), spec, encoder)
     test = encode_items(task, range(spec.test_seed, spec.test_seed + spec.test_videos), spec, encoder)
     return encoder, llm_path, train, test
 
@@ -357,20 +377,48 @@ def grounding_table(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> lis
 
 
 def qa_table(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> list[dict]:
-    """Rows of the QA table (held-out seeds): ReWind with and without dynamic frame selection."""
+    """Rows of the QA table (held-out seeds): ReWind with and without dynamic frame selection,
+    accuracy overall and per question type, and how often DFS picked a frame showing a cue
+    (``cue_frames``, %) against the share of all frames that show one (``cue_frames_random``)."""
     torch.set_num_threads(1)
     rows = []
     with tempfile.TemporaryDirectory(prefix="longvid-rewind-bench-") as folder:
         encoder, llm_path, train, test = _data("qa", spec, folder)
         for use_dfs in (True, False):
             model = tiny_rewind(spec, encoder, llm_path, use_dfs=use_dfs)
-            losses = train_rewind(model, train, qa_loss, spec)
+            losses = train_rewind(model, train, qa_loss, spec, spec.qa_stage2)
             accuracy, cost = qa_accuracy(model, test, spec)
             if log:
                 log(f"use_dfs={use_dfs}: stage-2 loss {losses['stage2'][0]:.3f} -> {losses['stage2'][-1]:.3f}")
-            rows.append({"model": "rewind with DFS" if use_dfs else "rewind without DFS", "accuracy": round(accuracy, 1),
-                         **cost, "final_loss": round(losses["stage2"][-1], 3)})
+            rows.append({"model": "rewind with DFS" if use_dfs else "rewind without DFS", "accuracy": accuracy.pop("all"),
+                         **{f"acc {task}": value for task, value in accuracy.items()},
+                         "llm_tokens": cost["llm_tokens"], "memory_bytes": cost["memory_bytes"],
+                         "cue_frames": cost["cue_frames"] if use_dfs else "",
+                         "cue_frames_random": cue_frame_share(test) if use_dfs else "",
+                         "final_loss": round(losses["stage2"][-1], 3)})
     return rows
+
+
+def run_rewind_bench(spec: RewindBenchSpec = RewindBenchSpec(), out_dir: str = "bench-results", log=print) -> dict:
+    """Both tables; writes ``rewind.json`` and ``rewind.md`` under ``out_dir`` (each atomically)."""
+    import json
+
+    from longvid.fileio import write_atomically
+
+    os.makedirs(out_dir, exist_ok=True)
+    tables = {"grounding": grounding_table(spec, log=log), "qa": qa_table(spec, log=log)}
+    markdown = "".join(f"## ReWind: {name}\n\n{format_table(rows)}\n\n" for name, rows in tables.items())
+
+    def dump(text: str):
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+        return write
+
+    write_atomically(os.path.join(out_dir, "rewind.json"),
+                     dump(json.dumps({"spec": dataclasses.asdict(spec), **tables}, indent=1, default=str)))
+    write_atomically(os.path.join(out_dir, "rewind.md"), dump(markdown))
+    return tables
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -386,5 +434,5 @@ if __name__ == "__main__":
 
     tables = {"grounding": grounding_table, "qa": qa_table}
     if len(sys.argv) != 2 or sys.argv[1] not in tables:
-        raise SystemExit("usage: python -m longvid.bench.rewind grounding|qa")
+        raise SystemExit("usage: python -m longvid.bench.rewind grounding|qa  (both, written to files: longvid bench rewind)")
     print(format_table(tables[sys.argv[1]]()))
