@@ -19,3 +19,13 @@ def write_atomically(path: str, write: Callable[[str], None], suffix: str = "") 
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`write_atomically`, synced to disk."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    write_atomically(path, write)

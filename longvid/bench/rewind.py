@@ -77,6 +77,10 @@ class Item:
     sample: Sample
     cues: list[tuple[int, float, float]]
 
+    def cue_shown(self) -> torch.Tensor:
+        """``(N,)`` bool: the frames on which some cue is visible."""
+        return torch.tensor([bool(self.cues_on(self.times[f : f + 1])) for f in range(len(self.times))])
+
     def cues_on(self, times: torch.Tensor) -> list[int]:
         """Classes of the cues visible at any of ``times``."""
         return [cls for cls, start, end in self.cues if bool(((times >= start) & (times < end)).any())]
@@ -311,7 +315,7 @@ def qa_accuracy(model: ReWind, items: Sequence[Item], spec: RewindBenchSpec) -> 
         cost = rewind_cost(model, state, questions[0])
         ids, mask = model.tokenize(questions)
         for item, frames in zip(batch, model.select(state, ids, mask)):
-            shown += sum(bool(item.cues_on(item.times[f : f + 1])) for f in frames.tolist())
+            shown += int(item.cue_shown()[frames].sum())
             picked += len(frames)
         for task in QA_CANDIDATES:
             rows = [b for b, item in enumerate(batch) if item.sample.task == task]
@@ -328,7 +332,7 @@ def qa_accuracy(model: ReWind, items: Sequence[Item], spec: RewindBenchSpec) -> 
 
 def cue_frame_share(items: Sequence[Item]) -> float:
     """The share (%) of all frames that show a cue: what random frame selection would hit."""
-    shown = sum(sum(bool(i.cues_on(i.times[f : f + 1])) for f in range(len(i.times))) for i in items)
+    shown = sum(int(i.cue_shown().sum()) for i in items)
     return round(100.0 * shown / sum(len(i.times) for i in items), 1)
 
 
@@ -403,21 +407,14 @@ def run_rewind_bench(spec: RewindBenchSpec = RewindBenchSpec(), out_dir: str = "
     """Both tables; writes ``rewind.json`` and ``rewind.md`` under ``out_dir`` (each atomically)."""
     import json
 
-    from longvid.fileio import write_atomically
+    from longvid.fileio import write_text_atomically
 
     os.makedirs(out_dir, exist_ok=True)
     tables = {"grounding": grounding_table(spec, log=log), "qa": qa_table(spec, log=log)}
     markdown = "".join(f"## ReWind: {name}\n\n{format_table(rows)}\n\n" for name, rows in tables.items())
-
-    def dump(text: str):
-        def write(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-        return write
-
-    write_atomically(os.path.join(out_dir, "rewind.json"),
-                     dump(json.dumps({"spec": dataclasses.asdict(spec), **tables}, indent=1, default=str)))
-    write_atomically(os.path.join(out_dir, "rewind.md"), dump(markdown))
+    write_text_atomically(os.path.join(out_dir, "rewind.json"),
+                          json.dumps({"spec": dataclasses.asdict(spec), **tables}, indent=1, default=str))
+    write_text_atomically(os.path.join(out_dir, "rewind.md"), markdown)
     return tables
 
 

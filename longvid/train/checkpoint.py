@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from longvid.errors import LongvidError
-from longvid.fileio import write_atomically
+from longvid.fileio import write_atomically, write_text_atomically
 
 
 def flatten(obj, prefix: str, tensors: dict[str, torch.Tensor]):
@@ -75,7 +75,7 @@ def save_checkpoint(directory: str, step: int, tensors: dict, record: dict, keep
     os.makedirs(directory, exist_ok=True)
     base = os.path.join(directory, f"step_{step:08d}")
     write_atomically(base + ".safetensors", lambda tmp: save_file(tensors, tmp))
-    write_atomically(base + ".json", lambda tmp: _write_json(tmp, record))
+    write_text_atomically(base + ".json", json.dumps(record))
     for old in list_checkpoints(directory)[:-keep]:
         for ext in (".json", ".safetensors"):
             if os.path.exists(old + ext):
@@ -104,8 +104,3 @@ def load_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     return load_file(path + ".safetensors"), record
 
 
-def _write_json(path: str, record: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(record, f)
-        f.flush()
-        os.fsync(f.fileno())
