@@ -262,6 +262,8 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.seeds is not None and args.what != "rewind":
+        raise LongvidError("--seeds is an option of bench rewind only")
     if args.what == "scaling":
         from longvid.bench.scaling import run_scaling
 
@@ -310,10 +312,12 @@ def _bench_rewind(args: argparse.Namespace) -> int:
     from longvid.bench.rewind import RewindBenchSpec, format_table, run_rewind_bench
 
     if args.full or args.save_weights:
-        raise LongvidError("bench rewind takes --quick, --out and --quiet only")
+        raise LongvidError("bench rewind takes --quick, --seeds, --out and --quiet only")
     spec = RewindBenchSpec()
+    if args.seeds is not None:
+        spec = replace(spec, qa_seeds=_seed_list(args.seeds))
     if args.quick:  # a smoke run: too little training for the margins
-        spec = replace(spec, train_videos=32, qa_train_videos=32, test_videos=16,
+        spec = replace(spec, train_videos=32, qa_train_videos=32, test_videos=16, qa_test_videos=16,
                        stage1=replace(spec.stage1, steps=10), stage2=replace(spec.stage2, steps=20),
                        qa_stage2=replace(spec.qa_stage2, steps=20))
     log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr))
@@ -322,6 +326,17 @@ def _bench_rewind(args: argparse.Namespace) -> int:
         print(f"ReWind {name}\n{format_table(rows)}\n")
     print(f"wrote {os.path.join(args.out, 'rewind.json')}, {os.path.join(args.out, 'rewind.md')}", file=sys.stderr)
     return 0
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)``; a clear error for anything else."""
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise LongvidError(f"--seeds takes comma-separated integers, e.g. 0,1,2, not {text!r}") from None
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise LongvidError(f"--seeds must be distinct integers >= 0, got {text!r}")
+    return seeds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -433,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--save-weights", default=None, metavar="PATH", help="recall: save the MeMViT M=4 model as PATH (.safetensors)")
     sub.add_argument("--preset", default="memvit16_16x4", help="scaling: model preset (default memvit16_16x4)")
     sub.add_argument("--size", type=int, default=None, help="scaling: spatial size (default: the preset's crop size)")
+    sub.add_argument("--seeds", default=None, metavar="LIST",
+                     help="rewind: QA table averaged over these runs, e.g. 0,1,2 (default 0)")
     sub.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 

@@ -1,11 +1,12 @@
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from longvid.bench.rewind import (
-    RewindBenchSpec, UniformFrames, _data, benchmark_words, cue_frame_share, format_table, grounding_loss, grounding_table, qa_loss,
-    qa_table, stage1_loss, tiny_rewind, uniform_loss,
+    RewindBenchSpec, UniformFrames, _data, benchmark_words, format_table, grounding_loss, grounding_table, qa_loss,
+    qa_table, stage1_loss, tiny_rewind, uniform_loss, watch,
 )
 from longvid.errors import LongvidError
 from longvid.models.llm import CausalLM
@@ -14,9 +15,10 @@ from longvid.train.checkpoint import load_checkpoint
 from longvid.train.rewind import StageConfig, train_stage
 
 pytest.importorskip("transformers")
+QA_NAMES = ["rewind with DFS", "rewind, random frames", "rewind, cue frames (oracle)", "rewind without DFS"]
 torch.set_num_threads(1)
 
-SMALL = RewindBenchSpec(num_clips=4, train_videos=8, qa_train_videos=8, test_videos=4, batch_size=4,
+SMALL = RewindBenchSpec(num_clips=4, train_videos=8, qa_train_videos=8, test_videos=4, qa_test_videos=4, batch_size=4,
                         stage1=StageConfig(steps=2, warmup_steps=1), stage2=StageConfig(steps=2, warmup_steps=1),
                         qa_stage2=StageConfig(steps=2, warmup_steps=1))
 
@@ -93,19 +95,42 @@ def test_small_tables_have_the_right_structure():
     assert grounding[0]["llm_tokens"] > 2 * frames + 1  # memory tokens, separator, selected frames, question
     assert grounding[3]["mIoU"] > 0  # the whole video always overlaps the target
     qa = qa_table(SMALL, log=None)
-    assert [row["model"] for row in qa] == ["rewind with DFS", "rewind without DFS"]
-    assert qa[0]["llm_tokens"] - qa[1]["llm_tokens"] == 2 * 4  # DFS adds K_c = 2 selected frames of 2x2 tokens
+    assert [row["model"] for row in qa] == QA_NAMES
+    assert qa[0]["llm_tokens"] - qa[3]["llm_tokens"] == 2 * 4  # DFS adds K_c = 2 selected frames of 2x2 tokens
+    assert qa[0]["llm_tokens"] == qa[1]["llm_tokens"] == qa[2]["llm_tokens"]  # the references read as many frames
     assert all(0 <= row["accuracy"] <= 100 and 0 <= row["acc recall"] <= 100 for row in qa)
-    assert 0 <= qa[0]["cue_frames"] <= 100 and 0 < qa[0]["cue_frames_random"] < 100 and qa[1]["cue_frames"] == ""
+    assert qa[2]["cue_frames"] > qa[1]["cue_frames"] and qa[3]["cue_frames"] == ""
     assert "| model |" in format_table(qa)
 
 
-def test_cue_frame_share_counts_frames_showing_a_cue(grounding_data):
-    _, _, train, _ = grounding_data
-    item = train[0]
-    shown = sum(bool(item.cues_on(item.times[f : f + 1])) for f in range(len(item.times)))
-    assert cue_frame_share([item]) == round(100.0 * shown / len(item.times), 1)
-    assert 0 < shown < len(item.times)  # every grounding video has a cue, and frames without one
+def test_qa_table_averages_seeds(monkeypatch):
+    runs = {0: 30.0, 1: 50.0}
+    monkeypatch.setattr("longvid.bench.rewind.qa_rows", lambda spec, log: [
+        {"model": "a", "accuracy": runs[spec.seed], "cue_frames": ""}, {"model": "b", "accuracy": 1.0, "cue_frames": 4}])
+    table = qa_table(dataclasses.replace(SMALL, qa_seeds=(0, 1)), log=None)
+    assert table == [{"model": "a", "accuracy": 40.0, "cue_frames": "", "accuracy by seed": "30.0 / 50.0"},
+                     {"model": "b", "accuracy": 1.0, "cue_frames": 4.0, "accuracy by seed": "1.0 / 1.0"}]
+
+
+def test_reference_selection_reads_cue_or_random_frames(grounding_data):
+    encoder, llm_path, train, _ = grounding_data
+    cue = tiny_rewind(SMALL, encoder, llm_path, reference="cue")
+    cue.choose(train[:4])
+    for item, frames in zip(train[:4], cue.frames):
+        shown = item.cue_shown()
+        assert len(frames) == cue.config.num_select and torch.equal(frames, frames.sort().values)
+        assert int(shown[frames].sum()) == min(int(shown.sum()), len(frames))  # cue frames first
+    state, questions = watch(cue, train[:2])
+    ids, mask = cue.tokenize(questions)
+    assert [f.tolist() for f in cue.select(state, ids, mask)] == [f.tolist() for f in cue.frames]
+    with pytest.raises(LongvidError, match="breakpoint"):
+        cue.select(state, ids, mask, until=3.0)
+    first, second = (tiny_rewind(SMALL, encoder, llm_path, reference="random") for _ in range(2))
+    first.choose(train[:4])
+    second.choose(train[:4])
+    assert [f.tolist() for f in first.frames] == [f.tolist() for f in second.frames]  # seeded
+    with pytest.raises(LongvidError, match="unknown reference"):
+        tiny_rewind(SMALL, encoder, llm_path, reference="best")
 
 
 def test_bench_rewind_writes_both_tables(tmp_path, monkeypatch):
@@ -116,8 +141,10 @@ def test_bench_rewind_writes_both_tables(tmp_path, monkeypatch):
     monkeypatch.setattr("longvid.bench.rewind.RewindBenchSpec", lambda: SMALL)
     assert cli.main(["bench", "rewind", "--out", str(tmp_path), "--quiet"]) == 0
     record = json.loads((tmp_path / "rewind.json").read_text())
-    assert [row["model"] for row in record["qa"]] == ["rewind with DFS", "rewind without DFS"]
+    assert [row["model"] for row in record["qa"]] == QA_NAMES
     assert record["grounding"][0]["model"] == "rewind (memory + DFS)"
     assert "## ReWind: grounding" in (tmp_path / "rewind.md").read_text()
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
     assert cli.main(["bench", "rewind", "--full"]) == 1
+    assert cli.main(["bench", "rewind", "--seeds", "0,x"]) == 1
+    assert cli.main(["bench", "malmm", "--seeds", "0"]) == 1

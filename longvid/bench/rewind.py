@@ -11,7 +11,10 @@ features are computed once per video and cached, and a tiny LLaMA
   video; a centred interval of the mean training length); R@0.3/0.5/0.7 and mIoU on
   held-out seeds.
 * :func:`qa_table`: ReWind with and without dynamic frame selection (``use_dfs``) on the
-  ``qa`` task (recall / count / order), accuracy by closed-set scoring.
+  ``qa`` task (recall / count / order), accuracy by closed-set scoring, with two reference
+  rows that bound what selection is worth: the same system reading ``K_c`` random frames,
+  and reading frames that show a cue (:class:`ReferenceSelection`); optionally averaged
+  over several seeds (``qa_seeds``).
 
 Rows also report the LLM input length (tokens) and the memory bytes per video.
 ReWind is trained with :func:`longvid.train.rewind.train_stage`: stage 1 (SigLIP loss,
@@ -52,7 +55,8 @@ class RewindBenchSpec:
     num_clips: int = 6  # videos of num_clips * 4 frames (24 s at 1 fps)
     train_videos: int = 96  # grounding
     qa_train_videos: int = 256
-    test_videos: int = 48
+    test_videos: int = 48  # grounding
+    qa_test_videos: int = 192  # QA accuracy moves in steps of 0.5 point, not 2
     test_seed: int = 1_000_000  # held-out seeds start here
     batch_size: int = 8
     uniform_frames: int = 8  # K frames the uniform baseline reads
@@ -65,6 +69,7 @@ class RewindBenchSpec:
     llm_init_std: float = 0.02  # grounding: the pointer head reads hidden states, small random weights keep them smooth
     qa_llm_init_std: float = 0.5  # QA scores answer text: a frozen random LM needs large weights for confident logits
     seed: int = 0
+    qa_seeds: tuple[int, ...] = (0,)  # QA: whole runs (backbones, data, training) averaged over these seeds
 
 
 @dataclass
@@ -114,13 +119,54 @@ def build_backbones(spec: RewindBenchSpec, folder: str, init_std: float):
     return FrozenImageEncoder.from_pretrained(vision), llm
 
 
-def tiny_rewind(spec: RewindBenchSpec, encoder, llm_path: str, **overrides) -> ReWind:
-    """``rewind_tiny`` on the benchmark's backbones (``overrides``: config fields, e.g. ``use_dfs``)."""
+def tiny_rewind(spec: RewindBenchSpec, encoder, llm_path: str, reference: str | None = None, **overrides) -> ReWind:
+    """``rewind_tiny`` on the benchmark's backbones (``overrides``: config fields, e.g. ``use_dfs``);
+    with ``reference`` (``"random"`` or ``"cue"``) a :class:`ReferenceSelection` instead."""
     torch.manual_seed(spec.seed)
     base = get_config("rewind_tiny")
     memory = RewindMemoryConfig(**{**base.memory.__dict__, "vision_dim": encoder.width, "text_dim": spec.llm_hidden})
     config = get_config("rewind_tiny", memory=memory, llm_dim=spec.llm_hidden, **overrides)
-    return ReWind(config, encoder, CausalLM.from_pretrained(llm_path))
+    llm = CausalLM.from_pretrained(llm_path)
+    if reference is None:
+        return ReWind(config, encoder, llm)
+    return ReferenceSelection(config, encoder, llm, reference, seed=spec.seed)
+
+
+class ReferenceSelection(ReWind):
+    """ReWind whose LLM reads reference frames instead of the ones dynamic frame selection
+    picks: the QA table's bounds on what selection is worth.
+
+    ``rule="random"``: ``K_c`` frames drawn uniformly (what selection must beat);
+    ``rule="cue"``: frames that show a cue (the benchmark's annotation; the best a selector
+    could do), topped up with random frames when fewer than ``K_c`` show one.
+    :func:`watch` hands it each batch's items (:meth:`choose`) before the LLM reads.
+    """
+
+    RULES = ("random", "cue")
+
+    def __init__(self, config, vision, llm, rule: str, seed: int = 0):
+        if rule not in self.RULES:
+            raise LongvidError(f"unknown reference selection {rule!r}; choose from {', '.join(self.RULES)}")
+        super().__init__(config, vision, llm)
+        self.rule = rule
+        self.generator = torch.Generator().manual_seed(seed)
+        self.frames: list[torch.Tensor] = []
+
+    def choose(self, items: Sequence[Item]) -> None:
+        """Draw the frames the LLM reads for each of ``items`` (ascending indices, ``K_c`` each)."""
+        count = self.config.num_select
+        self.frames = []
+        for item in items:
+            order = torch.randperm(len(item.times), generator=self.generator)  # (N,) random priority
+            if self.rule == "cue":
+                order = order[torch.argsort(~item.cue_shown()[order], stable=True)]  # frames showing a cue first
+            self.frames.append(torch.sort(order[:count]).values)
+
+    def select(self, state, instruction_ids, instruction_mask=None, until=None) -> list[torch.Tensor]:
+        """The frames drawn by :meth:`choose` for the first ``B`` streams (``until`` is not supported)."""
+        if until is not None:
+            raise LongvidError("reference selections are drawn for whole videos, not at a breakpoint")
+        return self.frames[: len(instruction_ids)]
 
 
 @torch.no_grad()
@@ -158,6 +204,8 @@ def batch_at(items: Sequence[Item], batch_size: int, seed: int):
 
 def watch(model: ReWind, items: Sequence[Item]):
     """The batch's streams watched with their questions as instructions: ``(state, questions)``."""
+    if isinstance(model, ReferenceSelection):
+        model.choose(items)
     features, times, questions = stack(items)
     ids, mask = model.tokenize(questions)
     return model.watch_features(features, times, ids, mask), questions
@@ -330,20 +378,14 @@ def qa_accuracy(model: ReWind, items: Sequence[Item], spec: RewindBenchSpec) -> 
     return accuracy, {**cost, "cue_frames": round(100.0 * shown / picked, 1) if picked else None}
 
 
-def cue_frame_share(items: Sequence[Item]) -> float:
-    """The share (%) of all frames that show a cue: what random frame selection would hit."""
-    shown = sum(int(i.cue_shown().sum()) for i in items)
-    return round(100.0 * shown / sum(len(i.times) for i in items), 1)
-
-
 # -- tables ------------------------------------------------------------------------------------
 
 
 def _data(task: str, spec: RewindBenchSpec, folder: str):
     encoder, llm_path = build_backbones(spec, folder, spec.qa_llm_init_std if task == "qa" else spec.llm_init_std)
-    count = spec.qa_train_videos if task == "qa" else spec.train_videos
+    count, tests = (spec.qa_train_videos, spec.qa_test_videos) if task == "qa" else (spec.train_videos, spec.test_videos)
     train = encode_items(task, range(spec.seed, spec.seed + count), spec, encoder)
-    test = encode_items(task, range(spec.test_seed, spec.test_seed + spec.test_videos), spec, encoder)
+    test = encode_items(task, range(spec.test_seed, spec.test_seed + tests), spec, encoder)
     return encoder, llm_path, train, test
 
 
@@ -380,27 +422,56 @@ def grounding_table(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> lis
     return rows
 
 
-def qa_table(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> list[dict]:
-    """Rows of the QA table (held-out seeds): ReWind with and without dynamic frame selection,
-    accuracy overall and per question type, and how often DFS picked a frame showing a cue
-    (``cue_frames``, %) against the share of all frames that show one (``cue_frames_random``)."""
-    torch.set_num_threads(1)
+QA_ROWS = (  # (name, reference selection, use_dfs)
+    ("rewind with DFS", None, True),
+    ("rewind, random frames", "random", True),
+    ("rewind, cue frames (oracle)", "cue", True),
+    ("rewind without DFS", None, False),
+)
+
+
+def qa_rows(spec: RewindBenchSpec, log=print) -> list[dict]:
+    """The QA rows of one run (``spec.seed``): ReWind with dynamic frame selection, the same
+    system reading ``K_c`` random frames or frames that show a cue instead, and ReWind without
+    selected frames; accuracy overall and per question type, and ``cue_frames``: the share (%)
+    of the frames the LLM read that show a cue."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="longvid-rewind-bench-") as folder:
         encoder, llm_path, train, test = _data("qa", spec, folder)
-        for use_dfs in (True, False):
-            model = tiny_rewind(spec, encoder, llm_path, use_dfs=use_dfs)
+        for name, reference, use_dfs in QA_ROWS:
+            model = tiny_rewind(spec, encoder, llm_path, reference=reference, use_dfs=use_dfs)
             losses = train_rewind(model, train, qa_loss, spec, spec.qa_stage2)
             accuracy, cost = qa_accuracy(model, test, spec)
             if log:
-                log(f"use_dfs={use_dfs}: stage-2 loss {losses['stage2'][0]:.3f} -> {losses['stage2'][-1]:.3f}")
-            rows.append({"model": "rewind with DFS" if use_dfs else "rewind without DFS", "accuracy": accuracy.pop("all"),
+                log(f"seed {spec.seed}, {name}: stage-2 loss {losses['stage2'][0]:.3f} -> {losses['stage2'][-1]:.3f}")
+            rows.append({"model": name, "accuracy": accuracy.pop("all"),
                          **{f"acc {task}": value for task, value in accuracy.items()},
                          "llm_tokens": cost["llm_tokens"], "memory_bytes": cost["memory_bytes"],
                          "cue_frames": cost["cue_frames"] if use_dfs else "",
-                         "cue_frames_random": cue_frame_share(test) if use_dfs else "",
                          "final_loss": round(losses["stage2"][-1], 3)})
     return rows
+
+
+def qa_table(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> list[dict]:
+    """Rows of the QA table (held-out seeds, see :func:`qa_rows`), averaged over the runs of
+    ``spec.qa_seeds``; with several seeds ``accuracy by seed`` lists each run's accuracy."""
+    torch.set_num_threads(1)
+    runs = [qa_rows(dataclasses.replace(spec, seed=seed), log=log) for seed in spec.qa_seeds]
+    if len(runs) == 1:
+        return runs[0]
+    table = []
+    for rows in zip(*runs):
+        row = {key: _mean([r[key] for r in rows]) for key in rows[0]}
+        row["accuracy by seed"] = " / ".join(str(r["accuracy"]) for r in rows)
+        table.append(row)
+    return table
+
+
+def _mean(values: list):
+    """The mean of numbers (1 decimal), else the first value (names, blanks)."""
+    if all(isinstance(v, (int, float)) for v in values):
+        return round(sum(values) / len(values), 1)
+    return values[0]
 
 
 def run_rewind_bench(spec: RewindBenchSpec = RewindBenchSpec(), out_dir: str = "bench-results", log=print) -> dict:
