@@ -15,7 +15,8 @@ from longvid.train.checkpoint import load_checkpoint
 from longvid.train.rewind import StageConfig, train_stage
 
 pytest.importorskip("transformers")
-QA_NAMES = ["rewind with DFS", "rewind, random frames", "rewind, cue frames (oracle)", "rewind without DFS"]
+QA_NAMES = ["rewind with DFS", "rewind with DFS, top-2 relevance (no DPC-KNN)", "rewind, random frames",
+            "rewind, cue frames (oracle)", "rewind without DFS"]
 torch.set_num_threads(1)
 
 SMALL = RewindBenchSpec(num_clips=4, train_videos=8, qa_train_videos=8, test_videos=4, qa_test_videos=4, batch_size=4,
@@ -96,20 +97,23 @@ def test_small_tables_have_the_right_structure():
     assert grounding[3]["mIoU"] > 0  # the whole video always overlaps the target
     qa = qa_table(SMALL, log=None)
     assert [row["model"] for row in qa] == QA_NAMES
-    assert qa[0]["llm_tokens"] - qa[3]["llm_tokens"] == 2 * 4  # DFS adds K_c = 2 selected frames of 2x2 tokens
-    assert qa[0]["llm_tokens"] == qa[1]["llm_tokens"] == qa[2]["llm_tokens"]  # the references read as many frames
+    assert qa[0]["llm_tokens"] - qa[4]["llm_tokens"] == 2 * 4  # DFS adds K_c = 2 selected frames of 2x2 tokens
+    assert len({row["llm_tokens"] for row in qa[:4]}) == 1  # the ablation and references read as many frames
     assert all(0 <= row["accuracy"] <= 100 and 0 <= row["acc recall"] <= 100 for row in qa)
-    assert qa[2]["cue_frames"] > qa[1]["cue_frames"] and qa[3]["cue_frames"] == ""
+    assert qa[3]["cue_frames"] > qa[2]["cue_frames"] and qa[4]["cue_frames"] == ""
     assert "| model |" in format_table(qa)
 
 
 def test_qa_table_averages_seeds(monkeypatch):
     runs = {0: 30.0, 1: 50.0}
     monkeypatch.setattr("longvid.bench.rewind.qa_rows", lambda spec, log: [
-        {"model": "a", "accuracy": runs[spec.seed], "cue_frames": ""}, {"model": "b", "accuracy": 1.0, "cue_frames": 4}])
+        {"model": "a", "accuracy": runs[spec.seed], "cue_frames": "", "llm_tokens": 65, "final_loss": 0.1234 + spec.seed},
+        {"model": "b", "accuracy": 1.0, "cue_frames": 4 + spec.seed, "llm_tokens": 57, "final_loss": 0.5}])
     table = qa_table(dataclasses.replace(SMALL, qa_seeds=(0, 1)), log=None)
-    assert table == [{"model": "a", "accuracy": 40.0, "cue_frames": "", "accuracy by seed": "30.0 / 50.0"},
-                     {"model": "b", "accuracy": 1.0, "cue_frames": 4.0, "accuracy by seed": "1.0 / 1.0"}]
+    assert table == [
+        {"model": "a", "accuracy": 40.0, "cue_frames": "", "llm_tokens": 65, "final_loss": 0.623, "accuracy by seed": "30.0 / 50.0"},
+        {"model": "b", "accuracy": 1.0, "cue_frames": 4.5, "llm_tokens": 57, "final_loss": 0.5, "accuracy by seed": "1.0 / 1.0"},
+    ]
 
 
 def test_reference_selection_reads_cue_or_random_frames(grounding_data):

@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from longvid.errors import LongvidError
 from longvid.memory.rewind import RewindMemoryConfig
+from longvid.memory.selection import relevance_scores
 from longvid.models.encoders import FrozenImageEncoder
 from longvid.models.llm import CausalLM
 from longvid.models.rewind import ReWind, get_config, pool_frame_features, sigmoid_contrastive_loss
@@ -185,3 +186,50 @@ def test_watch_and_evaluation(llm_folder):
     assert evaluate_qa(model, items, ["red", "blue"])["accuracy"] == 50.0 and choice in (0, 1)
     grounding = evaluate_grounding(model, [VideoQuestion(video[0], times[0], "when does the red flash", (2.0, 4.0))], 3)
     assert set(grounding) == {"R@0.3", "R@0.5", "R@0.7", "mIoU", "readable"} and 0 <= grounding["mIoU"] <= 100
+
+
+def test_untrained_dfs_query_scores_every_frame_alike(llm_folder):
+    model = build(get_config("rewind_tiny"), llm_folder, seed=6)
+    ids = torch.randint(0, 50, (1, 5))
+    with torch.no_grad():
+        state = watch(model, torch.rand(1, 3, 12, 32, 32), ids)
+        tokens, _ = state.memory.frame_tokens(0)
+        query = model.instruction_query(ids, None)[0]
+        scores = relevance_scores(model.frame_keys(tokens), query)
+    assert torch.count_nonzero(query) == 0  # select_query starts at zero: uniform draws, ties in top-L
+    assert len(scores) == 12 and torch.all(scores == scores[0])
+
+
+def test_policy_weight_trains_the_dfs_projections(llm_folder):
+    model = build(get_config("rewind_tiny"), llm_folder, seed=7)
+    model.set_stage(2)
+    nn.init.normal_(model.select_query.weight, std=0.5)  # a trained query: draws are no longer uniform
+    questions, answers = ["what color is the square", "where is the circle"], ["red", "blue green"]
+    ids, mask = model.tokenize(questions)
+    state = watch(model, torch.rand(2, 3, 12, 32, 32), ids, mask=mask)
+
+    def query_grad(weight, seed=0):
+        model.zero_grad()
+        torch.manual_seed(seed)
+        loss = model.answer_loss(state, questions, answers, policy_weight=weight)
+        loss.backward(retain_graph=True)
+        grad = model.select_query.weight.grad
+        return loss, 0.0 if grad is None else float(grad.abs().sum())
+
+    assert query_grad(None)[1] == 0.0 and query_grad(0.0)[1] == 0.0  # cross-entropy alone cannot reach selection
+    loss, grad = query_grad(2.0)
+    assert grad > 0
+    # The loss is the drawn frames' cross-entropy plus the REINFORCE term against DFS's frames.
+    torch.manual_seed(0)
+    frames, log_probs = model.sample_selection(state, ids, mask)
+    assert all(len(f) == model.config.num_select for f in frames)
+    answer_ids = torch.stack([torch.tensor(model.llm.tokenize_answers([a])[0] + [model.llm.pad_id] * 3)[:3] for a in answers])
+    answer_mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    assert [len(model.llm.tokenize_answers([a])[0]) for a in answers] == [2, 3]
+    drawn = model.answer_nll(state, ids, mask, answer_ids, answer_mask, frames=frames)
+    chosen = model.answer_nll(state, ids, mask, answer_ids, answer_mask)
+    expected = drawn.mean() + 2.0 * ((drawn - chosen).detach() * log_probs).mean()
+    assert torch.allclose(loss, expected, atol=1e-5)
+    # answer_nll is each stream's mean token cross-entropy: its token-weighted mean is the usual loss.
+    out = model(state, ids, mask, answer_ids, answer_mask)
+    assert torch.allclose((chosen * answer_mask.sum(1)).sum() / answer_mask.sum(), out.loss, atol=1e-5)

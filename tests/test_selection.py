@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from longvid.errors import LongvidError
-from longvid.memory.selection import dpc_knn, relevance_scores, select_frames, top_indices
+import itertools
+
+from longvid.memory.selection import dpc_knn, relevance_scores, sample_top_indices, select_frames, top_indices
 
 
 def naive_dpc_knn(features, num_select, k):
@@ -95,3 +97,60 @@ def test_top_l_picks_frames_matching_planted_instruction():
     chosen = select_frames(tokens, instruction, top_l=8, num_select=3, k=2)
     assert len(chosen) == 3 and set(chosen.tolist()) <= set(planted)
     assert chosen.tolist() == sorted(chosen.tolist())
+
+
+def plackett_luce_log_prob(scores, order):
+    """log P(draw sequence ``order``) with explicit probabilities, one draw at a time."""
+    left, total = list(range(len(scores))), 0.0
+    for index in order:
+        weights = [math.exp(float(scores[j].detach())) for j in left]
+        total += math.log(math.exp(float(scores[index].detach())) / sum(weights))
+        left.remove(index)
+    return total
+
+
+def test_sample_top_indices_log_prob_matches_explicit_draws():
+    scores = torch.tensor([0.3, -1.2, 2.0, 0.0, 0.7], requires_grad=True)
+    for seed in range(5):
+        generator = torch.Generator().manual_seed(seed)
+        drawn, log_prob = sample_top_indices(scores, 3, generator)
+        assert len(drawn) == 3 and torch.equal(drawn, drawn.sort().values)
+        # The Gumbel draw order is the order of score + noise; recover it with the same generator.
+        noise = torch.rand(5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+        order = torch.argsort(scores.detach() + (-torch.log(-torch.log(noise))).float(), descending=True)[:3].tolist()
+        assert sorted(order) == drawn.tolist()
+        assert math.isclose(float(log_prob.detach()), plackett_luce_log_prob(scores, order), rel_tol=1e-5)
+
+
+def test_sample_top_indices_frequencies_and_gradient_are_right():
+    """Draw frequencies match the Plackett-Luce probabilities, and the score-function estimate
+    mean(f * grad log p) matches the exact gradient of E[f] (f: frame 0 is among the draws)."""
+    scores = torch.tensor([0.5, -0.5, 1.0, 0.0], requires_grad=True)
+    exact = sum(torch.exp(sum(s - torch.logsumexp(scores[[j for j in range(4) if j not in order[:i]]], 0)
+                              for i, s in enumerate(scores[list(order)])))
+                for order in itertools.permutations(range(4), 2) if 0 in order)  # P(frame 0 drawn)
+    (exact_grad,) = torch.autograd.grad(exact, scores)
+    generator = torch.Generator().manual_seed(0)
+    hits, estimate, draws = 0, torch.zeros(4), 4000
+    for _ in range(draws):
+        drawn, log_prob = sample_top_indices(scores, 2, generator)
+        hit = float(0 in drawn.tolist())
+        hits += hit
+        if hit:
+            estimate += torch.autograd.grad(log_prob, scores)[0]
+    assert abs(hits / draws - float(exact.detach())) < 0.025
+    assert torch.allclose(estimate / draws, exact_grad, atol=0.03)
+
+
+def test_sample_top_indices_small_inputs():
+    drawn, log_prob = sample_top_indices(torch.zeros(3), 5)
+    assert drawn.tolist() == [0, 1, 2] and math.isclose(float(log_prob), -math.log(6), rel_tol=1e-6)  # 1/3! orders
+    with pytest.raises(LongvidError, match="count"):
+        sample_top_indices(torch.zeros(3), -1)
+
+
+def test_select_frames_without_dpc_keeps_the_most_relevant():
+    tokens = torch.randn(10, 2, 4)
+    query = torch.randn(4)
+    expected = top_indices(relevance_scores(tokens, query), 3)
+    assert torch.equal(select_frames(tokens, query, top_l=6, num_select=3, k=2, dpc=False), expected)

@@ -24,6 +24,7 @@ Perceiver) then stage 2 (answer cross-entropy for QA, pointer cross-entropy for 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 import tempfile
@@ -62,7 +63,9 @@ class RewindBenchSpec:
     uniform_frames: int = 8  # K frames the uniform baseline reads
     stage1: StageConfig = StageConfig(steps=30, lr=2e-3, warmup_steps=5)
     stage2: StageConfig = StageConfig(steps=150, lr=3e-3, warmup_steps=10)
-    qa_stage2: StageConfig = StageConfig(steps=300, lr=3e-3, warmup_steps=10)
+    qa_stage2: StageConfig = StageConfig(steps=600, lr=3e-3, warmup_steps=10)
+    qa_explore_steps: int = 200  # QA stage 2 with DFS: first steps read frames drawn at random, DFS projections still
+    qa_policy_weight: float = 3.0  # then the REINFORCE term trains the DFS projections (ReWind.answer_loss)
     vision_width: int = 32
     llm_hidden: int = 64
     llm_layers: int = 2
@@ -232,10 +235,27 @@ def stage1_loss(model: ReWind, items: Sequence[Item]) -> torch.Tensor:
     return model.contrastive_loss(torch.stack(written), torch.stack(valid), caption_ids, caption_mask)
 
 
-def qa_loss(model: ReWind, items: Sequence[Item]) -> torch.Tensor:
-    """Stage 2 on QA: next-token cross-entropy of the answers."""
+def qa_loss(model: ReWind, items: Sequence[Item], policy_weight: float | None = None) -> torch.Tensor:
+    """Stage 2 on QA: next-token cross-entropy of the answers (``policy_weight``: see
+    :meth:`ReWind.answer_loss`; reference selections always read their own frames)."""
     state, questions = watch(model, items)
-    return model.answer_loss(state, questions, [i.sample.answer for i in items])
+    if isinstance(model, ReferenceSelection):
+        policy_weight = None
+    return model.answer_loss(state, questions, [i.sample.answer for i in items], policy_weight=policy_weight)
+
+
+def qa_schedule(spec: RewindBenchSpec):
+    """The QA stage-2 loss for :func:`train_stage` (called once per step): the first
+    ``spec.qa_explore_steps`` steps read frames drawn from the (still uniform) relevance softmax,
+    so the LLM learns to read frames of every kind; later steps add the REINFORCE term
+    (``spec.qa_policy_weight``) that trains the DFS projections."""
+    steps = itertools.count()
+
+    def loss(model: ReWind, items: Sequence[Item]) -> torch.Tensor:
+        weight = 0.0 if next(steps) < spec.qa_explore_steps else spec.qa_policy_weight
+        return qa_loss(model, items, weight)
+
+    return loss
 
 
 def grounding_loss(model: ReWind, items: Sequence[Item]) -> torch.Tensor:
@@ -431,25 +451,31 @@ QA_ROWS = (  # (name, reference selection, use_dfs)
 
 
 def qa_rows(spec: RewindBenchSpec, log=print) -> list[dict]:
-    """The QA rows of one run (``spec.seed``): ReWind with dynamic frame selection, the same
-    system reading ``K_c`` random frames or frames that show a cue instead, and ReWind without
-    selected frames; accuracy overall and per question type, and ``cue_frames``: the share (%)
-    of the frames the LLM read that show a cue."""
+    """The QA rows of one run (``spec.seed``): ReWind with dynamic frame selection (and the same
+    trained model keeping its ``K_c`` most relevant frames without DPC-KNN), the same system
+    reading ``K_c`` random frames or frames that show a cue instead, and ReWind without selected
+    frames; accuracy overall and per question type, and ``cue_frames``: the share (%) of the
+    frames the LLM read that show a cue."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="longvid-rewind-bench-") as folder:
         encoder, llm_path, train, test = _data("qa", spec, folder)
         for name, reference, use_dfs in QA_ROWS:
             model = tiny_rewind(spec, encoder, llm_path, reference=reference, use_dfs=use_dfs)
-            losses = train_rewind(model, train, qa_loss, spec, spec.qa_stage2)
-            accuracy, cost = qa_accuracy(model, test, spec)
+            losses = train_rewind(model, train, qa_schedule(spec), spec, spec.qa_stage2)
             if log:
                 log(f"seed {spec.seed}, {name}: stage-2 loss {losses['stage2'][0]:.3f} -> {losses['stage2'][-1]:.3f}")
-            rows.append({"model": name, "accuracy": accuracy.pop("all"),
-                         **{f"acc {task}": value for task, value in accuracy.items()},
-                         "llm_tokens": cost["llm_tokens"], "memory_bytes": cost["memory_bytes"],
-                         "cue_frames": cost["cue_frames"] if use_dfs else "",
-                         "final_loss": round(losses["stage2"][-1], 3)})
+            rows.append(_qa_row(name, model, test, spec, losses))
+            if use_dfs and reference is None:  # the ablation needs no training of its own
+                model.config = dataclasses.replace(model.config, dpc=False)
+                rows.append(_qa_row(f"{name}, top-{model.config.num_select} relevance (no DPC-KNN)", model, test, spec, losses))
     return rows
+
+
+def _qa_row(name: str, model: ReWind, test: Sequence[Item], spec: RewindBenchSpec, losses: dict) -> dict:
+    accuracy, cost = qa_accuracy(model, test, spec)
+    return {"model": name, "accuracy": accuracy.pop("all"), **{f"acc {task}": value for task, value in accuracy.items()},
+            "llm_tokens": cost["llm_tokens"], "memory_bytes": cost["memory_bytes"],
+            "cue_frames": cost["cue_frames"] if model.config.use_dfs else "", "final_loss": round(losses["stage2"][-1], 3)}
 
 
 def qa_table(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> list[dict]:
@@ -461,17 +487,17 @@ def qa_table(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> list[dict]
         return runs[0]
     table = []
     for rows in zip(*runs):
-        row = {key: _mean([r[key] for r in rows]) for key in rows[0]}
+        row = {key: _mean([r[key] for r in rows], digits=3 if key == "final_loss" else 1) for key in rows[0]}
         row["accuracy by seed"] = " / ".join(str(r["accuracy"]) for r in rows)
         table.append(row)
     return table
 
 
-def _mean(values: list):
-    """The mean of numbers (1 decimal), else the first value (names, blanks)."""
-    if all(isinstance(v, (int, float)) for v in values):
-        return round(sum(values) / len(values), 1)
-    return values[0]
+def _mean(values: list, digits: int = 1):
+    """The value all runs share (names, blanks, sizes), else the mean rounded to ``digits``."""
+    if all(v == values[0] for v in values):
+        return values[0]
+    return round(sum(values) / len(values), digits)
 
 
 def run_rewind_bench(spec: RewindBenchSpec = RewindBenchSpec(), out_dir: str = "bench-results", log=print) -> dict:

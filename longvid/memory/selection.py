@@ -8,6 +8,8 @@ from any denser frame, i.e. one representative per distinct moment.
 
 Every function returns frame indices in temporal (ascending) order, and breaks
 score ties towards the lower (earlier) index, so results are deterministic.
+:func:`sample_top_indices` is the training-time counterpart of the top-``L`` choice: a
+draw from the relevance softmax whose log-probability carries the gradient.
 """
 
 from __future__ import annotations
@@ -28,6 +30,30 @@ def top_indices(scores: torch.Tensor, count: int) -> torch.Tensor:
         raise LongvidError(f"cannot select {count} frames: the count must be >= 0")
     order = torch.sort(scores, descending=True, stable=True).indices  # stable: ties keep index order
     return torch.sort(order[:count]).values
+
+
+def sample_top_indices(scores: torch.Tensor, count: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``count`` of ``scores (N,)`` without replacement: each draw picks frame ``i`` with
+    probability ``softmax(scores)_i`` over the frames not drawn yet (Plackett-Luce), sampled
+    with the Gumbel-top-k trick.
+
+    Returns the drawn indices ``(min(count, N),)`` ascending and the log-probability of the
+    draw sequence, a differentiable function of ``scores`` (for score-function gradients).
+    """
+    if count < 0:
+        raise LongvidError(f"cannot draw {count} frames: the count must be >= 0")
+    count = min(count, scores.shape[0])
+    uniform = torch.rand(scores.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    gumbel = (-torch.log(-torch.log(uniform))).to(scores.device, scores.dtype)
+    order = torch.topk(scores.detach() + gumbel, count).indices  # (count,) in draw order
+    # Draw j has log-probability s_j - logsumexp over the frames not drawn before it.
+    drawn = scores[order]  # (count,)
+    log_prob = scores.new_zeros(())
+    available = torch.ones_like(scores, dtype=torch.bool)
+    for index, score in zip(order.tolist(), drawn):  # count <= L draws, each normalised over what is left
+        log_prob = log_prob + score - torch.logsumexp(scores.masked_fill(~available, -math.inf), dim=0)
+        available[index] = False
+    return torch.sort(order).values, log_prob
 
 
 def dpc_knn(features: torch.Tensor, num_select: int, k: int) -> torch.Tensor:
@@ -92,6 +118,7 @@ def select_frames(
     num_select: int,
     k: int,
     cluster_tokens: torch.Tensor | None = None,
+    dpc: bool = True,
 ) -> torch.Tensor:
     """Dynamic frame selection: the ``top_l`` frames most relevant to ``query``, then DPC-KNN.
 
@@ -101,10 +128,14 @@ def select_frames(
         top_l, num_select, k: ``L``, ``K_c`` and the DPC-KNN neighbours.
         cluster_tokens: ``(N, n_w, D')`` the memory tokens whose per-frame mean is the
             frame vector for DPC-KNN (default: ``frame_tokens``).
+        dpc: False keeps the ``num_select`` most relevant frames instead (an ablation).
 
     Returns a LongTensor ``(min(num_select, top_l, N),)`` of frame indices, ascending.
     """
-    candidates = top_indices(relevance_scores(frame_tokens, query), top_l)  # (L,)
+    scores = relevance_scores(frame_tokens, query)  # (N,)
+    if not dpc:
+        return top_indices(scores, min(num_select, top_l))
+    candidates = top_indices(scores, top_l)  # (L,)
     tokens = frame_tokens if cluster_tokens is None else cluster_tokens
     vectors = tokens[candidates].mean(dim=1)  # (L, D')
     return candidates[dpc_knn(vectors, num_select, k)]

@@ -9,10 +9,19 @@ pooled to 32 tokens each; the LLM reads::
 
     [memory tokens (N_W * frames)] [separator (1)] [frames (K_c * 32)] [instruction]
 
+Frame relevance is the attention score between the pooled instruction and each frame's
+memory tokens through the DFS projections (``select_query``, ``select_key``).
+
 Training: stage 1 aligns the memory's Perceiver with captions through a SigLIP
 sigmoid contrastive loss (:meth:`ReWind.contrastive_loss`); stage 2 tunes memory,
-projections, separator and LoRA with next-token cross-entropy on answers
-(:meth:`ReWind.forward` with ``answer_ids``). :meth:`ReWind.set_stage` freezes the rest.
+projections (DFS ones included), separator and LoRA with next-token cross-entropy on
+answers (:meth:`ReWind.answer_loss`). :meth:`ReWind.set_stage` freezes the rest.
+
+The hard top-``L`` choice passes no gradient to the DFS projections, and the paper does
+not say how its stage 2 trains them; here the cross-entropy reaches them through a
+score-function (REINFORCE) estimator: with ``policy_weight``, training reads ``K_c``
+frames drawn from the relevance softmax and weighs the draw's log-probability by how
+much worse its answer cross-entropy is than with the frames DFS would pick.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import torch.nn.functional as F
 
 from longvid.errors import LongvidError
 from longvid.memory.rewind import FeatureBuffer, RewindMemory, RewindMemoryConfig, RewindState
-from longvid.memory.selection import select_frames
+from longvid.memory.selection import relevance_scores, sample_top_indices, select_frames
 from longvid.models.llm import IGNORE, CausalLM, answer_log_likelihood
 
 
@@ -42,6 +51,7 @@ class RewindConfig:
     top_l: int = 64  # L frames kept by instruction relevance
     num_select: int = 8  # K_c frames kept by DPC-KNN
     dpc_k: int = 5  # DPC-KNN neighbours
+    dpc: bool = True  # False: keep the K_c most relevant frames, no DPC-KNN (an ablation)
     frame_pool: tuple[int, int] = (4, 8)  # patch grid of a selected frame pooled to 4 x 8 = 32 tokens
     use_dfs: bool = True  # False: the LLM reads memory tokens and the separator only
     lora_rank: int = 64
@@ -213,12 +223,19 @@ class ReWind(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # SigLIP init t' = log 10, b = -10
         self.bias = nn.Parameter(torch.tensor(-10.0))
         self.grounding = GroundingHead(config.llm_dim, config.ground_dim)
+        # DFS projections: relevance = <select_query(pooled instruction), select_key(memory token)>.
+        # The query starts at zero, so an untrained selection draws frames uniformly.
+        self.select_query = nn.Linear(config.llm_dim, mem.dim)
+        self.select_key = nn.Linear(mem.dim, mem.dim)
+        nn.init.zeros_(self.select_query.weight)
+        nn.init.zeros_(self.select_query.bias)
 
     # -- training stages -------------------------------------------------------------
 
     def set_stage(self, stage: int) -> list[nn.Parameter]:
         """Freeze everything but stage ``1`` (Perceiver + contrastive heads) or ``2``
-        (memory, projections, separator, grounding head, LoRA); returns the trainable parameters."""
+        (memory, projections, DFS projections, separator, grounding head, LoRA); returns the
+        trainable parameters."""
         if stage not in (1, 2):
             raise LongvidError(f"ReWind has training stages 1 and 2, not {stage}")
         self.requires_grad_(False)
@@ -227,7 +244,7 @@ class ReWind(nn.Module):
             self.log_scale.requires_grad_(True)
             self.bias.requires_grad_(True)
         else:
-            trainable = [self.memory, self.memory_proj, self.frame_proj, self.grounding]
+            trainable = [self.memory, self.memory_proj, self.frame_proj, self.grounding, self.select_query, self.select_key]
             self.separator.requires_grad_(True)
             for name, param in self.llm.named_parameters():
                 param.requires_grad_("lora_" in name)
@@ -330,34 +347,67 @@ class ReWind(nn.Module):
     # -- asking --------------------------------------------------------------------------
 
     def instruction_query(self, instruction_ids: torch.Tensor, instruction_mask: torch.Tensor | None) -> torch.Tensor:
-        """Pooled instruction encoding in the memory's space: ``(B, L) -> (B, D)``."""
-        text = self.memory.text_proj(self.embed_text(instruction_ids))  # (B, L, D)
+        """The DFS query: the pooled instruction embedding through ``select_query``, ``(B, L) -> (B, D)``."""
+        words = self.embed_text(instruction_ids)  # (B, L, llm_dim)
         if instruction_mask is None:
-            return text.mean(dim=1)
-        weights = instruction_mask.to(text.dtype)[..., None]
-        return (text * weights).sum(1) / weights.sum(1).clamp(min=1)
+            pooled = words.mean(dim=1)
+        else:
+            weights = instruction_mask.to(words.dtype)[..., None]
+            pooled = (words * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return self.select_query(pooled)
+
+    def frame_keys(self, frame_tokens: torch.Tensor) -> torch.Tensor:
+        """The DFS keys of memory tokens ``(n, N_W, D) -> (n, N_W, D)`` (``select_key``; the
+        memory itself gets no gradient from selection)."""
+        return self.select_key(frame_tokens.detach())
 
     def select(self, state: RewindStreamState, instruction_ids: torch.Tensor, instruction_mask: torch.Tensor | None = None,
                until: float | None = None) -> list[torch.Tensor]:
         """Dynamic frame selection per stream: frame indices ``(<= K_c,)`` in temporal order."""
-        query = self.instruction_query(instruction_ids, instruction_mask)  # (B, D)
+        query = self.instruction_query(instruction_ids, instruction_mask).detach()  # (B, D)
         chosen = []
         for stream in range(query.shape[0]):
             tokens, _ = state.memory.frame_tokens(stream, until)  # (n, N_W, D)
             if not self.config.use_dfs or len(tokens) == 0:
                 chosen.append(torch.zeros(0, dtype=torch.long, device=tokens.device))
                 continue
-            chosen.append(select_frames(tokens.detach(), query[stream].detach(), self.config.top_l,
-                                        self.config.num_select, self.config.dpc_k))
+            chosen.append(select_frames(self.frame_keys(tokens).detach(), query[stream], self.config.top_l,
+                                        self.config.num_select, self.config.dpc_k, cluster_tokens=tokens.detach(),
+                                        dpc=self.config.dpc))
         return chosen
 
+    def sample_selection(self, state: RewindStreamState, instruction_ids: torch.Tensor,
+                         instruction_mask: torch.Tensor | None = None, until: float | None = None,
+                         generator: torch.Generator | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Training-time selection: per stream ``K_c`` frames drawn from the softmax of the relevance
+        scores (:func:`longvid.memory.selection.sample_top_indices`; drawing straight from the
+        relevance lets training try every frame, where DPC-KNN would keep only density peaks).
+
+        Returns the frames per stream (ascending) and the draws' log-probabilities ``(B,)``,
+        differentiable in the DFS projections. ``generator`` defaults to one seeded from the
+        global RNG.
+        """
+        if generator is None:
+            generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+        query = self.instruction_query(instruction_ids, instruction_mask)  # (B, D)
+        chosen, log_probs = [], []
+        for stream in range(query.shape[0]):
+            tokens, _ = state.memory.frame_tokens(stream, until)  # (n, N_W, D)
+            scores = relevance_scores(self.frame_keys(tokens), query[stream])  # (n,)
+            frames, log_prob = sample_top_indices(scores, self.config.num_select, generator)
+            chosen.append(frames)
+            log_probs.append(log_prob)
+        return chosen, torch.stack(log_probs)
+
     def prompt_embeddings(self, state: RewindStreamState, instruction_ids: torch.Tensor,
-                          instruction_mask: torch.Tensor | None = None, until: float | None = None) -> list[torch.Tensor]:
+                          instruction_mask: torch.Tensor | None = None, until: float | None = None,
+                          frames: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Each stream's LLM input before the answer: ``(N_W * n + 1 + K_c * 32 + L_b, llm_dim)``.
 
         ``until``: breakpoint mode, only frames with timestamp ``<= until`` are used.
+        ``frames``: the frames each stream's LLM reads (default: :meth:`select`'s).
         """
-        chosen = self.select(state, instruction_ids, instruction_mask, until)
+        chosen = self.select(state, instruction_ids, instruction_mask, until) if frames is None else frames
         instruction = self.embed_text(instruction_ids)  # (B, L, llm_dim)
         prompts = []
         for stream, frames in enumerate(chosen):
@@ -371,10 +421,12 @@ class ReWind(nn.Module):
         return prompts
 
     def forward(self, state: RewindStreamState, instruction_ids: torch.Tensor, instruction_mask: torch.Tensor | None = None,
-                answer_ids: torch.Tensor | None = None, answer_mask: torch.Tensor | None = None, until: float | None = None):
+                answer_ids: torch.Tensor | None = None, answer_mask: torch.Tensor | None = None, until: float | None = None,
+                frames: list[torch.Tensor] | None = None):
         """LLM output on ``[prompt][answer]``; with ``answer_ids (B, A)`` its ``loss`` is the
-        next-token cross-entropy over the answer tokens only (stage 2)."""
-        prompts = self.prompt_embeddings(state, instruction_ids, instruction_mask, until)
+        next-token cross-entropy over the answer tokens only (stage 2). ``frames``: the frames
+        each stream's LLM reads (default: dynamic frame selection's)."""
+        prompts = self.prompt_embeddings(state, instruction_ids, instruction_mask, until, frames)
         sequences, targets = [], []
         for stream, prompt in enumerate(prompts):
             ignore = torch.full((len(prompt),), IGNORE, dtype=torch.long, device=prompt.device)
@@ -419,11 +471,37 @@ class ReWind(nn.Module):
         return [t.strip() for t in self.llm.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     def answer_loss(self, state: RewindStreamState, questions: list[str], answers: list[str],
-                    until: float | None = None) -> torch.Tensor:
-        """Stage-2 next-token cross-entropy of ``answers`` (+ EOS) given the streams and questions."""
+                    until: float | None = None, policy_weight: float | None = None) -> torch.Tensor:
+        """Stage-2 next-token cross-entropy of ``answers`` (+ EOS) given the streams and questions.
+
+        ``policy_weight=None``: the LLM reads the frames dynamic frame selection picks. A number
+        (with DFS): it reads ``K_c`` frames drawn from the relevance softmax
+        (:meth:`sample_selection`), and the loss adds ``policy_weight`` times the REINFORCE term
+        ``mean_b (ce_b(drawn) - ce_b(selected)) * log p_b(drawn)`` (the selected frames' cross-entropy
+        is the baseline) that trains the DFS projections; ``0`` draws frames without training them.
+        """
         ids, mask = self.tokenize(questions)
         answer_ids, answer_mask = _pad_right(self.llm.tokenize_answers(answers), self.llm.pad_id, ids.device)
-        return self(state, ids, mask, answer_ids, answer_mask, until).loss
+        if policy_weight is None or not self.config.use_dfs:
+            return self(state, ids, mask, answer_ids, answer_mask, until).loss
+        frames, log_probs = self.sample_selection(state, ids, mask, until)
+        drawn = self.answer_nll(state, ids, mask, answer_ids, answer_mask, until, frames)  # (B,)
+        if policy_weight == 0:
+            return drawn.mean()
+        with torch.no_grad():
+            baseline = self.answer_nll(state, ids, mask, answer_ids, answer_mask, until)  # (B,)
+        return drawn.mean() + policy_weight * ((drawn.detach() - baseline) * log_probs).mean()
+
+    def answer_nll(self, state: RewindStreamState, ids: torch.Tensor, mask: torch.Tensor, answer_ids: torch.Tensor,
+                   answer_mask: torch.Tensor, until: float | None = None,
+                   frames: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Each stream's mean next-token cross-entropy over its answer tokens ``(B,)``."""
+        out = self(state, ids, mask, answer_ids, answer_mask, until, frames)
+        lengths = answer_mask.sum(1)  # (B,)
+        labels = torch.full(out.logits.shape[:2], IGNORE, dtype=torch.long, device=ids.device)
+        for b in range(len(answer_ids)):  # left padding: every sequence ends with its answer
+            labels[b, labels.shape[1] - int(lengths[b]):] = answer_ids[b][answer_mask[b]]
+        return -answer_log_likelihood(out.logits, labels) / lengths.clamp(min=1)
 
     @torch.no_grad()
     def score(self, state: RewindStreamState, questions: list[str], candidates: list[str],
