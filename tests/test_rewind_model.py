@@ -228,8 +228,10 @@ def test_policy_weight_trains_the_dfs_projections(llm_folder):
     assert [len(model.llm.tokenize_answers([a])[0]) for a in answers] == [2, 3]
     drawn = model.answer_nll(state, ids, mask, answer_ids, answer_mask, frames=frames)
     chosen = model.answer_nll(state, ids, mask, answer_ids, answer_mask)
-    expected = drawn.mean() + 2.0 * ((drawn - chosen).detach() * log_probs).mean()
-    assert torch.allclose(loss, expected, atol=1e-5)
+    assert torch.allclose(loss, drawn.mean(), atol=1e-5)  # the REINFORCE term adds gradient, not value
+    model.zero_grad()
+    (2.0 * ((drawn - chosen).detach() * log_probs).mean()).backward()
+    assert torch.allclose(model.select_query.weight.grad.abs().sum(), torch.tensor(grad), rtol=1e-4)
     # answer_nll is each stream's mean token cross-entropy: its token-weighted mean is the usual loss.
     out = model(state, ids, mask, answer_ids, answer_mask)
     assert torch.allclose((chosen * answer_mask.sum(1)).sum() / answer_mask.sum(), out.loss, atol=1e-5)

@@ -476,9 +476,10 @@ class ReWind(nn.Module):
 
         ``policy_weight=None``: the LLM reads the frames dynamic frame selection picks. A number
         (with DFS): it reads ``K_c`` frames drawn from the relevance softmax
-        (:meth:`sample_selection`), and the loss adds ``policy_weight`` times the REINFORCE term
-        ``mean_b (ce_b(drawn) - ce_b(selected)) * log p_b(drawn)`` (the selected frames' cross-entropy
-        is the baseline) that trains the DFS projections; ``0`` draws frames without training them.
+        (:meth:`sample_selection`), and the gradient adds ``policy_weight`` times the REINFORCE term
+        ``mean_b (ce_b(drawn) - ce_b(selected)) * grad log p_b(drawn)`` (the selected frames'
+        cross-entropy is the baseline) that trains the DFS projections; ``0`` draws frames without
+        training them. The value returned is the drawn frames' cross-entropy either way.
         """
         ids, mask = self.tokenize(questions)
         answer_ids, answer_mask = _pad_right(self.llm.tokenize_answers(answers), self.llm.pad_id, ids.device)
@@ -490,7 +491,9 @@ class ReWind(nn.Module):
             return drawn.mean()
         with torch.no_grad():
             baseline = self.answer_nll(state, ids, mask, answer_ids, answer_mask, until)  # (B,)
-        return drawn.mean() + policy_weight * ((drawn.detach() - baseline) * log_probs).mean()
+        # log p - sg(log p) is 0 with the gradient of log p: the loss still reads as a cross-entropy.
+        surrogate = (drawn.detach() - baseline) * (log_probs - log_probs.detach())
+        return drawn.mean() + policy_weight * surrogate.mean()
 
     def answer_nll(self, state: RewindStreamState, ids: torch.Tensor, mask: torch.Tensor, answer_ids: torch.Tensor,
                    answer_mask: torch.Tensor, until: float | None = None,
