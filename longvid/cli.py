@@ -319,7 +319,7 @@ def _bench_rewind(args: argparse.Namespace) -> int:
     if args.quick:  # a smoke run: too little training for the margins
         spec = replace(spec, train_videos=32, qa_train_videos=32, test_videos=16, qa_test_videos=16,
                        stage1=replace(spec.stage1, steps=10), stage2=replace(spec.stage2, steps=20),
-                       qa_stage2=replace(spec.qa_stage2, steps=20))
+                       qa_stage2=replace(spec.qa_stage2, steps=20), qa_explore_steps=10)
     log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr))
     tables = run_rewind_bench(spec, out_dir=args.out, log=log)
     for name, rows in tables.items():

@@ -6,7 +6,7 @@ import torch
 
 from longvid.bench.rewind import (
     RewindBenchSpec, UniformFrames, _data, benchmark_words, format_table, grounding_loss, grounding_table, qa_loss,
-    qa_table, stage1_loss, tiny_rewind, uniform_loss, watch,
+    qa_schedule, qa_table, stage1_loss, tiny_rewind, uniform_loss, watch,
 )
 from longvid.errors import LongvidError
 from longvid.models.llm import CausalLM
@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 
 SMALL = RewindBenchSpec(num_clips=4, train_videos=8, qa_train_videos=8, test_videos=4, qa_test_videos=4, batch_size=4,
                         stage1=StageConfig(steps=2, warmup_steps=1), stage2=StageConfig(steps=2, warmup_steps=1),
-                        qa_stage2=StageConfig(steps=2, warmup_steps=1))
+                        qa_stage2=StageConfig(steps=2, warmup_steps=1), qa_explore_steps=1)  # both QA phases
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,15 @@ def test_small_tables_have_the_right_structure():
     assert all(0 <= row["accuracy"] <= 100 and 0 <= row["acc recall"] <= 100 for row in qa)
     assert qa[3]["cue_frames"] > qa[2]["cue_frames"] and qa[4]["cue_frames"] == ""
     assert "| model |" in format_table(qa)
+
+
+def test_qa_schedule_explores_then_trains_selection(monkeypatch):
+    weights = []
+    monkeypatch.setattr("longvid.bench.rewind.qa_loss", lambda model, items, weight: weights.append(weight) or torch.zeros(()))
+    loss = qa_schedule(dataclasses.replace(SMALL, qa_explore_steps=2, qa_policy_weight=3.0))
+    for _ in range(4):
+        loss(None, [])
+    assert weights == [0.0, 0.0, 3.0, 3.0]
 
 
 def test_qa_table_averages_seeds(monkeypatch):
