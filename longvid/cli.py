@@ -467,12 +467,25 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"longvid: warning: {message}", file=sys.stderr)
 
 
+def _hide_library_progress_bars() -> None:
+    """``--quiet`` also hides the bars transformers and huggingface_hub draw when saving and loading models."""
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as transformers_logging
+    except ImportError:  # the optional LLM dependencies are not installed: nothing draws them
+        return
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
+    if getattr(args, "quiet", False):
+        _hide_library_progress_bars()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

@@ -146,13 +146,14 @@ def test_reference_selection_reads_cue_or_random_frames(grounding_data):
         tiny_rewind(SMALL, encoder, llm_path, reference="best")
 
 
-def test_bench_rewind_writes_both_tables(tmp_path, monkeypatch):
+def test_bench_rewind_writes_both_tables(tmp_path, monkeypatch, capsys):
     import json
 
     from longvid import cli
 
     monkeypatch.setattr("longvid.bench.rewind.RewindBenchSpec", lambda: SMALL)
     assert cli.main(["bench", "rewind", "--out", str(tmp_path), "--quiet"]) == 0
+    assert "it/s" not in capsys.readouterr().err  # --quiet: no progress bars, the libraries' included
     record = json.loads((tmp_path / "rewind.json").read_text())
     assert [row["model"] for row in record["qa"]] == QA_NAMES
     assert record["grounding"][0]["model"] == "rewind (memory + DFS)"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -138,9 +139,11 @@ def add_lora(llm: CausalLM, config: RewindConfig) -> CausalLM:
     """Wrap ``llm.model`` with peft LoRA (rank, alpha, dropout and targets from ``config``); returns ``llm``."""
     from peft import LoraConfig, get_peft_model
 
-    llm.model = get_peft_model(llm.model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
-                                                     lora_dropout=config.lora_dropout,
-                                                     target_modules=list(config.lora_targets)))
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.lora_targets))
+    with warnings.catch_warnings():  # peft calls a transformers 5 API it deprecated; nothing for a user to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        llm.model = get_peft_model(llm.model, lora)
     return llm
 
 
