@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Iterable
 
 
 def write_atomically(path: str, write: Callable[[str], None], suffix: str = "") -> None:
@@ -21,11 +21,17 @@ def write_atomically(path: str, write: Callable[[str], None], suffix: str = "") 
             os.remove(tmp)
 
 
-def write_text_atomically(path: str, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through :func:`write_atomically`, synced to disk."""
+def write_lines_atomically(path: str, lines: Iterable[str]) -> None:
+    """Write ``lines`` (UTF-8, consumed as they come) to ``path`` through :func:`write_atomically`,
+    synced to disk."""
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+            f.writelines(lines)
             f.flush()
             os.fsync(f.fileno())
     write_atomically(path, write)
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, synced to disk."""
+    write_lines_atomically(path, [text])

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from longvid.errors import LongvidError
-from longvid.fileio import write_atomically
+from longvid.fileio import write_atomically, write_lines_atomically
 from longvid.video import ClipReader, VideoError
 
 
@@ -319,16 +319,6 @@ def completed_videos(records: Iterable[dict]) -> set[str]:
     return {r["video"] for r in records if r.get("status") == "done"}
 
 
-def _atomic_write_lines(path: str, lines: Iterable[str]) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-
-    write_atomically(path, write)
-
-
 def _save_scores(folder: str, video: str, scores: list[list[float]], used: set[str]) -> str:
     """Write one video's (clips, K) probabilities as .npy, atomically; returns the path."""
     stem = os.path.splitext(os.path.basename(video))[0]
@@ -396,11 +386,11 @@ def run_stream(
         if resume and os.path.exists(target):
             kept = read_records(target)
             done = completed_videos(kept)
-            _atomic_write_lines(target, (json.dumps(r) + "\n" for r in kept if r["video"] in done))
+            write_lines_atomically(target, (json.dumps(r) + "\n" for r in kept if r["video"] in done))
             summary.skipped = sum(1 for v in share if v in done)
             share = [v for v in share if v not in done]
         elif not resume:
-            _atomic_write_lines(target, [])
+            write_lines_atomically(target, [])
         sink = open(target, "a", encoding="utf-8")
     else:
         sink = None
@@ -442,7 +432,7 @@ def run_stream(
         summary.videos, summary.done, summary.failed, summary.skipped, summary.clips = (int(x) for x in totals)
         if rank == 0:
             parts = [f"{out}.part{r}" for r in range(world)]
-            _atomic_write_lines(out, _lines_of(parts))
+            write_lines_atomically(out, _lines_of(parts))
             for part in parts:
                 os.remove(part)
         barrier()
