@@ -351,13 +351,15 @@ class ReWind(nn.Module):
 
     def instruction_query(self, instruction_ids: torch.Tensor, instruction_mask: torch.Tensor | None) -> torch.Tensor:
         """The DFS query: the pooled instruction embedding through ``select_query``, ``(B, L) -> (B, D)``."""
-        words = self.embed_text(instruction_ids)  # (B, L, llm_dim)
-        if instruction_mask is None:
-            pooled = words.mean(dim=1)
-        else:
-            weights = instruction_mask.to(words.dtype)[..., None]
-            pooled = (words * weights).sum(1) / weights.sum(1).clamp(min=1)
-        return self.select_query(pooled)
+        return self.select_query(self.pooled_text(instruction_ids, instruction_mask))
+
+    def pooled_text(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Mean LLM input embedding of each text's real tokens: ``(B, L) -> (B, llm_dim)``."""
+        words = self.embed_text(ids)  # (B, L, llm_dim)
+        if mask is None:
+            return words.mean(dim=1)
+        weights = mask.to(words.dtype)[..., None]
+        return (words * weights).sum(1) / weights.sum(1).clamp(min=1)
 
     def frame_keys(self, frame_tokens: torch.Tensor) -> torch.Tensor:
         """The DFS keys of memory tokens ``(n, N_W, D) -> (n, N_W, D)`` (``select_key``; the
@@ -576,9 +578,7 @@ class ReWind(nn.Module):
         """
         real = (torch.arange(written.shape[1], device=written.device)[None] < num_valid[:, None]).to(written.dtype)
         video = (written.mean(2) * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1)  # (B, D)
-        words = self.embed_text(caption_ids)
-        weights = caption_mask.to(words.dtype)[..., None]
-        text = (words * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, llm_dim)
+        text = self.pooled_text(caption_ids, caption_mask)  # (B, llm_dim)
         return sigmoid_contrastive_loss(self.video_head(video), self.text_head(text), self.log_scale, self.bias)
 
 
