@@ -171,6 +171,11 @@ class ReferenceSelection(ReWind):
             raise LongvidError("reference selections are drawn for whole videos, not at a breakpoint")
         return self.frames[: len(instruction_ids)]
 
+    def answer_loss(self, state, questions, answers, until=None, policy_weight=None) -> torch.Tensor:
+        """The plain cross-entropy on the drawn frames: there is no selection to train
+        (``policy_weight`` is ignored)."""
+        return super().answer_loss(state, questions, answers, until)
+
 
 @torch.no_grad()
 def encode_items(task: str, seeds: Sequence[int], spec: RewindBenchSpec, encoder) -> list[Item]:
@@ -237,10 +242,8 @@ def stage1_loss(model: ReWind, items: Sequence[Item]) -> torch.Tensor:
 
 def qa_loss(model: ReWind, items: Sequence[Item], policy_weight: float | None = None) -> torch.Tensor:
     """Stage 2 on QA: next-token cross-entropy of the answers (``policy_weight``: see
-    :meth:`ReWind.answer_loss`; reference selections always read their own frames)."""
+    :meth:`ReWind.answer_loss`)."""
     state, questions = watch(model, items)
-    if isinstance(model, ReferenceSelection):
-        policy_weight = None
     return model.answer_loss(state, questions, [i.sample.answer for i in items], policy_weight=policy_weight)
 
 
