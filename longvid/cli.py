@@ -478,9 +478,25 @@ def _hide_library_progress_bars() -> None:
     transformers_logging.disable_progress_bar()
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` overrides of ``train``/``eval`` may come before or after
+    their options (argparse alone takes them only in one run)."""
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *(item for item in extra if _is_override(item))]
+        extra = [item for item in extra if not _is_override(item)]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _is_override(item: str) -> bool:
+    return "=" in item and not item.startswith("-")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2

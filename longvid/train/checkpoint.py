@@ -15,11 +15,12 @@ import glob
 import importlib
 import json
 import os
+import warnings
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from longvid.errors import LongvidError
+from longvid.checkpoints import CheckpointError
 from longvid.fileio import write_atomically, write_text_atomically
 
 
@@ -71,11 +72,23 @@ def unflatten(layout, tensors: dict[str, torch.Tensor], device=None):
 
 
 def save_checkpoint(directory: str, step: int, tensors: dict, record: dict, keep: int = 2) -> str:
-    """Write ``step_<step>.safetensors`` + ``.json`` atomically; keep the newest ``keep``."""
-    os.makedirs(directory, exist_ok=True)
+    """Write ``step_<step>.safetensors`` + ``.json`` atomically; keep the newest ``keep``.
+
+    A failed write (disk full, no permission) removes what it wrote and raises
+    :class:`CheckpointError`; the earlier checkpoints stay as they were.
+    """
     base = os.path.join(directory, f"step_{step:08d}")
-    write_atomically(base + ".safetensors", lambda tmp: save_file(tensors, tmp))
-    write_text_atomically(base + ".json", json.dumps(record))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        write_atomically(base + ".safetensors", lambda tmp: save_file(tensors, tmp))
+        write_text_atomically(base + ".json", json.dumps(record))
+    except OSError as err:
+        for ext in (".json", ".safetensors"):
+            if os.path.exists(base + ext):
+                os.remove(base + ext)
+        earlier = list_checkpoints(directory)
+        kept = f"; the last complete checkpoint is {earlier[-1]}" if earlier else ""
+        raise CheckpointError(f"cannot write checkpoint {base}: {err.strerror or err}{kept}") from None
     for old in list_checkpoints(directory)[:-keep]:
         for ext in (".json", ".safetensors"):
             if os.path.exists(old + ext):
@@ -90,17 +103,62 @@ def list_checkpoints(directory: str) -> list[str]:
 
 
 def load_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """``(tensors, record)`` of a checkpoint base path (without extension) or folder (latest)."""
-    if os.path.isdir(path):
-        found = list_checkpoints(path)
-        if not found:
-            raise LongvidError(f"{path}: no checkpoint to resume from")
-        path = found[-1]
-    path = path.removesuffix(".json").removesuffix(".safetensors")
-    if not (os.path.exists(path + ".json") and os.path.exists(path + ".safetensors")):
-        raise LongvidError(f"{path}: checkpoint not found (need .json and .safetensors)")
-    with open(path + ".json", encoding="utf-8") as f:
-        record = json.load(f)
-    return load_file(path + ".safetensors"), record
+    """``(tensors, record)`` of a checkpoint base path (without extension) or folder (latest
+    readable one; see :func:`load_latest`)."""
+    tensors, record, _ = load_latest(path)
+    return tensors, record
 
 
+def load_latest(path: str) -> tuple[dict[str, torch.Tensor], dict, str]:
+    """``(tensors, record, base path)`` of a checkpoint base path, or of the newest readable
+    checkpoint in a folder: a damaged newest one is named in a warning and the previous
+    complete one is used. Raises :class:`CheckpointError` when none can be read."""
+    if not os.path.isdir(path):
+        base = path.removesuffix(".json").removesuffix(".safetensors")
+        if not (os.path.exists(base + ".json") and os.path.exists(base + ".safetensors")):
+            raise CheckpointError(f"{base}: checkpoint not found (need .json and .safetensors)")
+        return (*_read(base), base)
+    found = list_checkpoints(path)
+    if not found:
+        raise CheckpointError(f"{path}: no checkpoint found")
+    damaged = []
+    for base in reversed(found):
+        try:
+            tensors, record = _read(base)
+        except CheckpointError as err:
+            damaged.append(str(err))
+            continue
+        for message in damaged:
+            warnings.warn(f"{message}; using {base} instead", stacklevel=2)
+        return tensors, record, base
+    raise CheckpointError(f"{path}: every checkpoint is damaged ({damaged[0]})")
+
+
+def _read(base: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read one checkpoint; a damaged file raises :class:`CheckpointError` naming it."""
+    try:
+        with open(base + ".json", encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{base}.json is damaged ({err})") from None
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{base}.json is damaged (not a JSON object)")
+    try:
+        tensors = load_file(base + ".safetensors")
+    except Exception as err:  # safetensors raises its own error type for truncated or garbage files
+        raise CheckpointError(f"{base}.safetensors is damaged ({str(err).splitlines()[0]})") from None
+    return tensors, record
+
+
+def load_model_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str) -> None:
+    """Load a training checkpoint's ``model.*`` tensors into ``model``; a checkpoint of
+    another model raises :class:`CheckpointError` naming what does not fit."""
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    wanted = model.state_dict()
+    missing = [k for k in wanted if k not in weights]
+    unexpected = [k for k in weights if k not in wanted]
+    mismatched = [f"{k} {tuple(v.shape)} -> {tuple(wanted[k].shape)}" for k, v in weights.items() if k in wanted and v.shape != wanted[k].shape]
+    for title, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+        if names:
+            raise CheckpointError(f"{path} does not fit the config's model: {len(names)} {title} (e.g. {names[0]})")
+    model.load_state_dict(weights)

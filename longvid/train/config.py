@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ class TrainConfig:
     num_classes: int = 10
     data: str = "synthetic"
     val_data: str | None = None
+    classes: str | None = None  # class list file (names, index order) for files that name classes
     clip_frames: int = 8
     stride: int = 4
     size: int = 64  # short side and square center crop of file clips
@@ -44,7 +46,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.05
     warmup_steps: int = 0
-    clip_grad: float | None = 1.0
+    clip_grad: float | None = 1.0  # max gradient norm; 0 or None: no clipping
     loss: str = "ce"  # "ce" (label smoothing), "bce" (multi-hot), "eql" (softmax equalization loss)
     loss_clips: str = "all"  # "all": every clip carries its video's loss; "last": only each video's last clip
     label_smoothing: float = 0.0
@@ -54,6 +56,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs; 0: never
     log_every: int = 10  # steps
     checkpoint_every: int = 100  # steps; a checkpoint is also written at the end of every epoch
+    on_nan: str = "stop"  # a non-finite loss: "stop" the run (the last checkpoint stays good) or "skip" the step
     max_steps: int | None = None  # stop after this many steps (None: run all epochs)
     out_dir: str = "runs/longvid"
     find_unused_parameters: bool = True  # DDP: memory modules get no gradient while memory is empty
@@ -65,22 +68,46 @@ class TrainConfig:
         return self.progressive[min(epoch // self.stage_epochs, len(self.progressive) - 1)]
 
     def validate(self) -> "TrainConfig":
-        """Raise :class:`LongvidError` for inconsistent values; returns self."""
-        checks = [
+        """Raise :class:`LongvidError` naming the first bad field; returns self."""
+        for ok, message in self._checks():
+            if not ok:
+                raise LongvidError(f"config: {message}")
+        return self
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        finite = math.isfinite
+        return [
+            (self.num_classes >= 1, f"num_classes must be >= 1, got {self.num_classes}"),
+            (self.clip_frames >= 1, f"clip_frames must be >= 1, got {self.clip_frames}"),
+            (self.stride >= 1, f"stride must be >= 1, got {self.stride}"),
+            (self.size >= 1, f"size must be >= 1, got {self.size}"),
+            (self.synthetic_videos >= 1, f"synthetic_videos must be >= 1, got {self.synthetic_videos}"),
+            (self.synthetic_clips >= 1, f"synthetic_clips must be >= 1, got {self.synthetic_clips}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.stage_epochs >= 1, f"stage_epochs must be >= 1, got {self.stage_epochs}"),
             (all(k >= 1 for k in self.progressive), f"progressive clip counts must be >= 1, got {self.progressive}"),
             (self.optimizer in ("adamw", "sgd"), f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}"),
+            (finite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}"),
+            (finite(self.min_lr) and 0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}"),
+            (finite(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+            (finite(self.weight_decay) and self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.clip_grad is None or (finite(self.clip_grad) and self.clip_grad >= 0),
+             f"clip_grad must be >= 0 (0 or null: no clipping), got {self.clip_grad}"),
             (self.loss in ("ce", "bce", "eql"), f"loss must be 'ce', 'bce' or 'eql', got {self.loss!r}"),
             (self.loss_clips in ("all", "last"), f"loss_clips must be 'all' or 'last', got {self.loss_clips!r}"),
+            (finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+             f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (finite(self.eql_lambda) and self.eql_lambda >= 0, f"eql_lambda must be >= 0, got {self.eql_lambda}"),
             (self.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto, bf16, fp16 or off, got {self.amp!r}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise LongvidError(message)
-        return self
+            (self.eval_every >= 0, f"eval_every must be >= 0 (0: never), got {self.eval_every}"),
+            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
+            (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
+            (self.max_steps is None or self.max_steps >= 0, f"max_steps must be >= 0 (or null for all epochs), got {self.max_steps}"),
+            (self.on_nan in ("stop", "skip"), f"on_nan must be 'stop' or 'skip', got {self.on_nan!r}"),
+            (bool(self.out_dir), "out_dir must not be empty"),
+        ]  # fmt: skip
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
+from longvid.errors import LongvidError
+from longvid.fileio import write_text_atomically
 from longvid.train.config import TrainConfig
-from longvid.video.datasets import FileVideos, TensorVideos, load_annotations, load_kinetics_folder
+from longvid.video.datasets import ClipSource, FileVideos, TensorVideos, load_annotations, load_kinetics_folder
 
 
 def synthetic_source(config: TrainConfig, seed: int) -> TensorVideos:
@@ -24,20 +29,71 @@ def synthetic_source(config: TrainConfig, seed: int) -> TensorVideos:
     return TensorVideos(videos, targets)
 
 
-def file_source(path: str, config: TrainConfig) -> FileVideos:
-    """Clips of an annotation file or a ``root/<class>/<video>`` folder."""
-    annotations = load_kinetics_folder(path) if os.path.isdir(path) else load_annotations(path)
-    return FileVideos(
+CLASSES_FILE = "classes.json"  # the class list a run saved in its out_dir (names -> indices)
+
+
+@dataclass
+class Sources:
+    """A run's data: training and validation clips and, for files that name their
+    classes, the class list that maps names to indices (index order)."""
+
+    train: ClipSource
+    val: ClipSource | None
+    classes: list[str] | None = None
+
+
+def file_source(path: str, config: TrainConfig, classes: list[str] | None = None) -> tuple[FileVideos, list[str] | None]:
+    """Clips of an annotation file or a ``root/<class>/<video>`` folder, every label
+    checked against ``config.num_classes``; and the class list used (None: integer labels)."""
+    if os.path.isdir(path):
+        annotations = load_kinetics_folder(path, classes=classes)
+    else:
+        annotations = load_annotations(path, classes=classes, num_classes=config.num_classes, require_labels=True)
+    names = annotations.classes.get("label") or None
+    if names is not None and len(names) > config.num_classes:
+        raise LongvidError(f"{path}: {len(names)} classes but num_classes={config.num_classes}")
+    videos = FileVideos(
         annotations.samples, clip_frames=config.clip_frames, stride=config.stride, short_side=config.size, crop=config.size
     )
+    return videos, names
 
 
-def build_sources(config: TrainConfig):
-    """(train source, validation source or None) for ``config.data`` / ``config.val_data``."""
+def build_sources(config: TrainConfig, saved_in: Sequence[str] = ()) -> Sources:
+    """Training and validation data for ``config.data`` / ``config.val_data``.
+
+    Class names map to indices through one list, used for both files: ``config.classes``
+    (a file) if given, else the first ``classes.json`` found in the ``saved_in`` folders
+    (what an earlier run saved), else the sorted names of the training file.
+    """
     if config.data == "synthetic":
-        return synthetic_source(config, config.seed), synthetic_source(config, config.seed + 1)
-    val = file_source(config.val_data, config) if config.val_data else None
-    return file_source(config.data, config), val
+        return Sources(synthetic_source(config, config.seed), synthetic_source(config, config.seed + 1))
+    classes = read_class_list(config.classes) if config.classes else _saved_classes(saved_in)
+    train, classes = file_source(config.data, config, classes)
+    val = file_source(config.val_data, config, classes)[0] if config.val_data else None
+    return Sources(train, val, classes)
+
+
+def read_class_list(path: str) -> list[str]:
+    """Class names, index order: a .txt (one a line), .csv or .json file."""
+    from longvid.predict import load_labels
+
+    return load_labels(path)
+
+
+def save_class_list(directory: str, classes: list[str]) -> str:
+    """Write ``directory/classes.json`` (atomically); returns its path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, CLASSES_FILE)
+    write_text_atomically(path, json.dumps(classes, indent=0) + "\n")
+    return path
+
+
+def _saved_classes(folders: Sequence[str]) -> list[str] | None:
+    for folder in folders:
+        path = os.path.join(folder, CLASSES_FILE)
+        if os.path.isfile(path):
+            return read_class_list(path)
+    return None
 
 
 def class_frequencies(source, num_classes: int) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from torch import nn
 
 from longvid.errors import LongvidError
 from longvid.eval.metrics import epic_accuracy, topk_accuracy
+from longvid.fileio import write_lines_atomically
 from longvid.train import checkpoint as ckpt
 from longvid.train.config import TrainConfig
 from longvid.train.distributed import DistInfo, all_gather_objects, all_reduce
@@ -206,9 +207,13 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        if self.config.clip_grad:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad or float("inf"))
         lr = self.optimizer.param_groups[0]["lr"]
+        # fp16: the scaler skips steps with inf gradients itself; otherwise a non-finite loss
+        # or gradient would poison the weights
+        finite = bool(torch.isfinite(loss.detach())) and (self.scaler is not None or bool(torch.isfinite(grad_norm)))
+        if int(all_reduce(torch.tensor([float(finite)], device=self.device), "min")) == 0:
+            return self._non_finite_step(loss, state)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -219,6 +224,26 @@ class Trainer:
         count = valid.sum().float()
         totals = all_reduce(torch.stack([loss.detach().float() * count, count, batch.valid.sum().float().to(self.device)]))
         return {"loss": (totals[0] / totals[1]).item(), "clips": int(totals[2]), "lr": lr}
+
+    def _non_finite_step(self, loss: torch.Tensor, state) -> dict:
+        """A step whose loss or gradient is NaN/inf on some rank: ``on_nan="stop"`` raises
+        (nothing is saved, so the last checkpoint stays the last good one); ``"skip"`` drops
+        the update, keeps the memory from before the step and advances the schedule."""
+        what = f"loss {loss.item():g}" if not torch.isfinite(loss) else "gradient"
+        if self.config.on_nan == "stop":
+            found = ckpt.list_checkpoints(self.config.out_dir)
+            kept = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was written yet"
+            raise LongvidError(
+                f"non-finite {what} at step {self.step + 1} (epoch {self.epoch}): stopped; {kept} "
+                "(lower lr, or set on_nan=skip to skip such steps)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.update()
+        self.scheduler.step()
+        self.state = state.detach()
+        self._print(f"step {self.step + 1}: non-finite {what}, update skipped (on_nan=skip)")
+        return {"loss": float("nan"), "clips": 0, "lr": self.optimizer.param_groups[0]["lr"], "skipped": True}
 
     def _loss_mask(self, batch) -> torch.Tensor:
         """Bool ``(B,)``: slots whose clip carries a loss (``loss_clips="last"``: only the
@@ -262,6 +287,8 @@ class Trainer:
             "peak_mem_mb": peak_memory_mb(self.device),
             "clips_per_video": self.sampler.clips_per_video,
         }
+        if result.get("skipped"):
+            record["skipped"] = True
         self.history.append(record)
         self._write(record)
         if self.on_step is not None:
@@ -277,6 +304,16 @@ class Trainer:
             os.makedirs(self.config.out_dir, exist_ok=True)
             with open(self._jsonl, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self) -> None:
+        """Drop the log records written after the checkpoint being resumed (their steps run again)."""
+        if not (self.dist.is_main and os.path.exists(self._jsonl)):
+            return
+        with open(self._jsonl, encoding="utf-8") as f:
+            lines = f.readlines()
+        kept = [line for line in lines if line.endswith("\n") and _step_of(line) <= self.step]
+        if len(kept) != len(lines):
+            write_lines_atomically(self._jsonl, kept)
 
     def _print(self, text: str) -> None:
         if self.log is not None:
@@ -333,7 +370,7 @@ class Trainer:
 
     def load(self, path: str) -> None:
         """Restore everything from a checkpoint file base or the latest one in a folder."""
-        tensors, record = ckpt.load_checkpoint(path)
+        tensors, record, base = ckpt.load_latest(path)
         if record["world_size"] != self.dist.world_size:
             raise LongvidError(
                 f"{path}: saved with {record['world_size']} processes, resuming with {self.dist.world_size}: "
@@ -345,6 +382,8 @@ class Trainer:
         if self.scaler is not None and record["scaler"]:
             self.scaler.load_state_dict(record["scaler"])
         self.step, self.epoch = record["step"], record["epoch"]
+        self._truncate_log()
+        self._print(f"resumed from {base} (step {self.step}, epoch {self.epoch})")
         prefix = f"rank{self.dist.rank}."
         mine = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         layout = record["ranks"][self.dist.rank]
@@ -357,6 +396,14 @@ class Trainer:
             torch.cuda.set_rng_state(mine["rng.cuda"], self.device)
 
 
+def _step_of(line: str) -> float:
+    """The step of a log.jsonl line (inf for a line that is not a record: dropped on resume)."""
+    try:
+        return json.loads(line).get("step", float("inf"))
+    except (json.JSONDecodeError, AttributeError):
+        return float("inf")
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -365,9 +412,11 @@ def evaluate(
     device: torch.device | str = "cpu",
     pooling: str = "mean",
     dist: DistInfo | None = None,
-    progress: Callable | None = None,
+    progress=None,
 ) -> dict[str, float]:
-    """Evaluate a memory model on whole videos streamed in order (see :meth:`Trainer.evaluate`)."""
+    """Evaluate a memory model on whole videos streamed in order (see :meth:`Trainer.evaluate`).
+
+    ``progress``: a :func:`longvid.progress.progress` reporter, advanced once per batch."""
     dist = dist or DistInfo()
     model.eval()
     sampler = StreamSampler(source, batch_size, None, shuffle=False, rank=dist.rank, world_size=dist.world_size)
@@ -375,8 +424,11 @@ def evaluate(
     counts: dict[int, int] = {}
     targets: dict[int, dict[str, torch.Tensor]] = {}
     state = model.init_state(batch_size, device=device)
-    batches = progress(sampler, total=len(sampler)) if progress else sampler
-    for batch in batches:
+    if progress is not None:
+        progress.total = len(sampler)
+    for batch in sampler:
+        if progress is not None:
+            progress.update(1)
         state = state.reset(batch.is_first.to(device))
         out, state = model(batch.clips.to(device), state)
         out = out if isinstance(out, dict) else {next(iter(batch.targets)): out}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 from torch import nn
 
+from longvid.progress import progress as progress_bar
 from longvid.train import checkpoint as ckpt
 from longvid.train.config import TrainConfig
-from longvid.train.data import build_sources, class_frequencies
+from longvid.train.data import build_sources, class_frequencies, save_class_list
 from longvid.train.distributed import cleanup, setup
 from longvid.train.loop import Trainer, evaluate, seed_everything
 from longvid.train.toy import ToyMemoryModel
@@ -25,20 +28,24 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> l
     """Train ``config`` (single process, or one rank under ``torchrun``); returns step records."""
     dist = setup()
     try:
+        data = build_sources(config, saved_in=[config.out_dir] if resume else [])
+        if data.classes is not None and dist.is_main:
+            save_class_list(config.out_dir, data.classes)
         seed_everything(config.seed)
         model = build_model(config)
-        train_source, val_source = build_sources(config)
+        train_source, val_source = data.train, data.val
         freq = class_frequencies(train_source, config.num_classes) if config.loss == "eql" else None
-        bar = _bar(config, dist.is_main and progress)
-        on_step = (lambda r: (bar.update(1), bar.set_postfix(loss=f"{r['loss']:.4f}", lr=f"{r['lr']:.2e}"))) if bar else None
-        log = bar.write if bar else print
+        bar = progress_bar(desc="train", unit="step", enabled=dist.is_main and progress)
+        on_step = None if bar is None else (lambda r: (bar.set_postfix(loss=f"{r['loss']:.4f}", lr=f"{r['lr']:.2e}"), bar.update(1)))
+        log = print if bar is None else bar.write
         trainer = Trainer(model, config, train_source, val_source, freq, dist, on_step=on_step, log=log)
         if bar is not None:
-            bar.total = config.max_steps or trainer.total_steps
-        history = trainer.fit(resume=resume)
-        if bar is not None:
-            bar.close()
-        return history
+            bar.total = min(config.max_steps, trainer.total_steps) if config.max_steps is not None else trainer.total_steps
+        try:
+            return trainer.fit(resume=resume)
+        finally:
+            if bar is not None:
+                bar.close()
     finally:
         cleanup()
 
@@ -48,22 +55,16 @@ def evaluate_checkpoint(config: TrainConfig, checkpoint: str, pooling: str = "me
     (or ``data`` when there is none; generated data uses its held-out videos)."""
     dist = setup()
     try:
+        folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
+        data = build_sources(config, saved_in=[config.out_dir, folder])
         model = build_model(config).to(dist.device)
-        tensors, _ = ckpt.load_checkpoint(checkpoint)
-        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-        train_source, val_source = build_sources(config)
-        use_bar = dist.is_main and progress
-        bar = (lambda it, total: _tqdm()(it, total=total, desc="eval", unit="step")) if use_bar else None
-        return evaluate(model, val_source or train_source, config.batch_size, dist.device, pooling, dist, bar)
+        tensors, _, path = ckpt.load_latest(checkpoint)
+        ckpt.load_model_weights(model, tensors, path)
+        bar = progress_bar(desc="eval", unit="step", enabled=dist.is_main and progress)
+        try:
+            return evaluate(model, data.val or data.train, config.batch_size, dist.device, pooling, dist, bar)
+        finally:
+            if bar is not None:
+                bar.close()
     finally:
         cleanup()
-
-
-def _tqdm():
-    from tqdm import tqdm
-
-    return tqdm
-
-
-def _bar(config: TrainConfig, enabled: bool):
-    return _tqdm()(desc="train", unit="step", dynamic_ncols=True) if enabled else None

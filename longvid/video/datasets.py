@@ -88,16 +88,25 @@ _FLOAT_FIELDS = ("start", "end", "target_start", "target_end")
 
 
 def load_annotations(
-    path: str | os.PathLike, classes: Sequence[str] | None = None, check_files: bool = True
+    path: str | os.PathLike,
+    classes: Sequence[str] | None = None,
+    check_files: bool = True,
+    num_classes: int | None = None,
+    require_labels: bool = False,
 ) -> Annotations:
     """Read the generic annotation format (``.csv``, ``.json`` list or ``.jsonl``).
 
-    Labels that are all integers are class indices; otherwise they are class
-    names, indexed by ``classes`` when given or by their sorted set.
-    ``check_files`` reports rows whose video does not exist.
+    Labels that are all integers are class indices, kept as they are (never renumbered).
+    Otherwise they are class names, indexed by ``classes`` when given or by their
+    sorted set (save ``result.classes`` so other files map the same way).
+    ``check_files`` reports rows whose video does not exist; ``num_classes`` rejects
+    labels outside ``[0, num_classes)``; ``require_labels`` rejects unlabelled rows.
+    Every error names ``file:line``; a file without rows is an error.
     """
     path = os.fspath(path)
     rows = list(_read_rows(path))
+    if not rows:
+        raise AnnotationError(f"{path}: no samples (the file has no rows besides its header)")
     folder = os.path.dirname(os.path.abspath(path))
     tokens = [(line, _label_tokens(path, line, row.get("label"))) for line, row in rows]
     class_list, lookup = _class_lookup(path, tokens, classes)
@@ -118,6 +127,11 @@ def load_annotations(
         if start is not None and end is not None and end <= start:
             raise AnnotationError(f"{path}:{line}: end {end:g} must be after start {start:g}")
         label = tuple(lookup(line, t) for t in labels)
+        if require_labels and not label:
+            raise AnnotationError(f"{path}:{line}: no label")
+        for index in label:
+            if num_classes is not None and not 0 <= index < num_classes:
+                raise AnnotationError(f"{path}:{line}: label {index} is outside [0, {num_classes}) (num_classes={num_classes})")
         samples.append(Sample(video, {"label": label} if label else {}, start, end, meta, line))
     return Annotations(samples, {"label": class_list} if class_list else {})
 
@@ -128,13 +142,14 @@ def _read_rows(path: str) -> Iterator[tuple[int, dict]]:
     ext = os.path.splitext(path)[1].lower()
     if ext == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
+            reader = csv.DictReader(f, strict=True)
+            rows = _csv_rows(path, reader)
             if reader.fieldnames is None or "video" not in reader.fieldnames:
                 raise AnnotationError(f"{path}:1: the header must name a 'video' column, got {reader.fieldnames}")
-            for row in reader:
+            for line, row in rows:
                 if None in row:
-                    raise AnnotationError(f"{path}:{reader.line_num}: more fields than the header has")
-                yield reader.line_num, row
+                    raise AnnotationError(f"{path}:{line}: more fields than the header has")
+                yield line, row
     elif ext == ".jsonl":
         with open(path, encoding="utf-8") as f:
             for line_num, text in enumerate(f, 1):
@@ -154,6 +169,27 @@ def _read_rows(path: str) -> Iterator[tuple[int, dict]]:
             yield item_num, item
     else:
         raise AnnotationError(f"{path}: unknown annotation format {ext!r} (use .csv, .json or .jsonl)")
+
+
+def _csv_rows(path: str, reader: csv.DictReader) -> Iterator[tuple[int, dict]]:
+    """``(line, row)`` of a strict CSV reader; a malformed row (an unterminated quote, ...)
+    raises :class:`AnnotationError` naming the line it starts on. Reads the header first."""
+    def rows():
+        while True:
+            first = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                raise AnnotationError(f"{path}:{first}: malformed CSV ({err})") from None
+            yield reader.line_num, row
+
+    try:
+        reader.fieldnames  # reads the header
+    except csv.Error as err:
+        raise AnnotationError(f"{path}:1: malformed CSV header ({err})") from None
+    return rows()
 
 
 def _json_object(path: str, line: int, text: str) -> dict:
@@ -179,8 +215,16 @@ def _label_tokens(path: str, line: int, value) -> list[str]:
 def _class_lookup(path, tokens, classes):
     """(class names or None, function (line, token) -> index)."""
     all_tokens = [t for _, ts in tokens for t in ts]
-    if classes is None and all(re.fullmatch(r"\d+", t) for t in all_tokens):
+    if classes is None and all(re.fullmatch(r"-?\d+", t) for t in all_tokens):
         return None, lambda line, t: int(t)
+    if classes is None:
+        for line, ts in tokens:
+            numbers = [t for t in ts if re.fullmatch(r"-?\d+", t)]
+            if numbers:
+                raise AnnotationError(
+                    f"{path}:{line}: label {numbers[0]!r} is a class index but other rows name classes; "
+                    "use one kind, or give the class list"
+                )
     names = list(classes) if classes is not None else sorted(set(all_tokens))
     index = {name: i for i, name in enumerate(names)}
 
@@ -363,15 +407,22 @@ def ava_boxes(keyframes: Sequence[AvaKeyframe]) -> list:
 # -- Kinetics-style folders and LVU -----------------------------------------------------------
 
 
-def load_kinetics_folder(root: str | os.PathLike) -> Annotations:
-    """``root/<class name>/<video>.<ext>``: class indices follow sorted folder names."""
+def load_kinetics_folder(root: str | os.PathLike, classes: Sequence[str] | None = None) -> Annotations:
+    """``root/<class name>/<video>.<ext>``: class indices follow ``classes`` (default: the
+    sorted folder names); a folder not in ``classes`` is an error."""
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise AnnotationError(f"{root}: no such folder")
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    classes = list(classes) if classes is not None else folders
+    unknown = sorted(set(folders) - set(classes))
+    if unknown:
+        raise AnnotationError(f"{root}: class folder(s) {', '.join(unknown[:5])} are not in the class list")
     samples = []
     for index, name in enumerate(classes):
         folder = os.path.join(root, name)
+        if not os.path.isdir(folder):
+            continue
         for file in sorted(os.listdir(folder)):
             if file.lower().endswith(VIDEO_EXTENSIONS):
                 samples.append(Sample(os.path.join(folder, file), {"label": (index,)}, meta={"class": name}))
