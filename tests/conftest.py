@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from fractions import Fraction
 
 import av
@@ -84,3 +86,25 @@ def videos(tmp_path_factory) -> dict[str, str]:
     paths["folder"] = str(folder)
     assert not os.path.exists(paths["missing"])
     return paths
+
+
+def longvid_script() -> str:
+    """The installed ``longvid`` script of this interpreter's environment (works from a venv
+    that is not activated)."""
+    return os.path.join(os.path.dirname(sys.executable), "longvid")
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run the installed ``longvid`` script exactly as a user types it: a real process,
+    stdout and stderr piped to a file (not a terminal), no ``--quiet`` unless given.
+    Returns ``(exit code, everything it printed)``."""
+
+    def run(*args, cwd=None, timeout=300):
+        log = tmp_path / "cli-output.txt"
+        with open(log, "w") as f:
+            code = subprocess.run([longvid_script(), *map(str, args)], stdout=f, stderr=subprocess.STDOUT,
+                                  cwd=cwd or tmp_path, timeout=timeout).returncode
+        return code, log.read_text()
+
+    return run

@@ -1,12 +1,17 @@
 """The training engine on a toy memory model: each paper feature has a test that
 fails when the feature is removed; resume equals an uninterrupted run."""
 
+import errno
+import json
 import math
+import os
 
 import pytest
 import torch
 
+from longvid.checkpoints import CheckpointError
 from longvid.errors import LongvidError
+from longvid.train import checkpoint as ckpt
 from longvid.train import ToyMemoryModel, Trainer, TrainConfig, load_config, memory_drop_mask, seed_everything
 from longvid.train.data import class_frequencies, synthetic_source
 from longvid.train.losses import equalization_loss
@@ -214,3 +219,83 @@ def test_loss_on_last_clips_only(tmp_path):
     assert not all(torch.equal(w, p) for w, p in zip(weights, trainer.model.parameters()))
     with pytest.raises(LongvidError, match="loss_clips"):
         config(tmp_path, loss_clips="first").validate()
+
+
+class NaNAt(ToyMemoryModel):
+    """Returns NaN logits on its ``bad``-th training call (1-based)."""
+
+    def __init__(self, bad: int, **kw):
+        super().__init__(**kw)
+        self.bad, self.calls = bad, 0
+
+    def forward(self, clip, state, memory_keep=None):
+        out, state = super().forward(clip, state, memory_keep)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.bad:
+                out = out * float("nan")
+        return out, state
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = config(tmp_path, checkpoint_every=2, epochs=4)
+    model = NaNAt(5, dim=8, num_classes=4, memory_len=3)
+    trainer = make_trainer(cfg, model)
+    with pytest.raises(LongvidError, match=r"non-finite loss nan at step 5 .*step_00000004"):
+        trainer.fit()
+    assert [os.path.basename(p) for p in ckpt.list_checkpoints(cfg.out_dir)] == ["step_00000002", "step_00000004"]
+    tensors, _ = ckpt.load_checkpoint(cfg.out_dir)
+    assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model."))
+
+
+def test_nan_loss_skip_drops_the_update_only(tmp_path):
+    cfg = config(tmp_path, on_nan="skip", epochs=1)
+    model = NaNAt(3, dim=8, num_classes=4, memory_len=3)
+    trainer = make_trainer(cfg, model)
+    seen = []
+    trainer.on_step = lambda record: seen.append((record, _weights(model)))
+    history = trainer.fit()
+    assert [r.get("skipped", False) for r in history][:4] == [False, False, True, False]
+    assert all(torch.equal(seen[1][1][k], seen[2][1][k]) for k in seen[1][1])  # the skipped step changed nothing
+    assert not all(torch.equal(seen[2][1][k], seen[3][1][k]) for k in seen[2][1])  # the next one trains
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_resume_skips_a_damaged_latest_checkpoint_and_log_has_no_repeats(tmp_path):
+    cfg = config(tmp_path, checkpoint_every=4, epochs=3, synthetic_videos=5)
+
+    def kill(record):
+        if record["step"] == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(cfg, on_step=kill).fit()
+    previous, latest = ckpt.list_checkpoints(cfg.out_dir)
+    data = open(latest + ".safetensors", "rb").read()
+    with open(latest + ".safetensors", "wb") as f:
+        f.write(data[: len(data) // 2])  # truncated, as by a crash of the disk
+    with pytest.warns(UserWarning, match=rf"{os.path.basename(latest)}.safetensors is damaged .* using .*{os.path.basename(previous)}"):
+        resumed = make_trainer(cfg).fit(resume=True)
+    assert resumed[0]["step"] == int(previous[-8:]) + 1
+    steps = [json.loads(line)["step"] for line in open(os.path.join(cfg.out_dir, "log.jsonl"))]
+    assert steps == list(range(1, len(steps) + 1))
+
+
+def test_failed_checkpoint_write_leaves_no_orphan(tmp_path, monkeypatch):
+    cfg = config(tmp_path, checkpoint_every=2, epochs=1)
+    trainer = make_trainer(cfg)
+    real_save = ckpt.save_file
+
+    def disk_full(tensors, path, **kw):
+        real_save(tensors, path, **kw)  # the bytes were written...
+        if trainer.step == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")  # ...but did not all reach the disk
+
+    monkeypatch.setattr(ckpt, "save_file", disk_full)
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*step_00000004: No space left on device; the last complete checkpoint is .*step_00000002"):
+        trainer.fit()
+    assert sorted(os.listdir(cfg.out_dir)) == ["log.jsonl", "step_00000002.json", "step_00000002.safetensors"]
