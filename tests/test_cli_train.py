@@ -1,8 +1,19 @@
-"""``longvid train`` / ``longvid eval`` end to end on generated clips with the toy model."""
+"""``longvid train`` / ``longvid eval`` end to end on generated clips, also as a user types
+them (the installed script, no --quiet, output piped to a file); bad input fails in one
+line before any work."""
 
+import contextlib
+import io
 import json
+import os
 
+import pytest
+
+from conftest import gray_frames
 from longvid.cli import main
+from longvid.train import load_config
+from longvid.train.data import build_sources
+from longvid.video import write_video
 
 FIELDS = ["model=toy", "synthetic_videos=4", "synthetic_clips=2", "clip_frames=2", "size=4", "batch_size=2", "log_every=100"]
 
@@ -21,3 +32,91 @@ def test_train_resume_and_eval(tmp_path, capsys):
 def test_bad_config_is_one_line_error(capsys):
     assert main(["train", "memvit_tiny_synthetic", "epochs=zero"]) == 1
     assert capsys.readouterr().err.strip() == "longvid: error: config field epochs expects int, got 'zero'"
+
+
+def test_train_without_quiet_piped_writes_a_checkpoint_then_eval(run_cli, tmp_path):
+    out = tmp_path / "run"
+    code, text = run_cli("train", "memvit_tiny_synthetic", f"out_dir={out}", "max_steps=2")
+    assert code == 0, text
+    assert "Traceback" not in text and "\r" not in text
+    assert "trained 2 steps" in text and "train: 2/2 step" in text
+    assert os.path.exists(out / "step_00000002.safetensors")
+    code, text = run_cli("eval", "memvit_tiny_synthetic", f"out_dir={out}")
+    assert code == 0, text
+    assert "top1" in text and "eval: " in text and "\r" not in text
+
+
+def test_overrides_before_and_after_options(run_cli, tmp_path):
+    out = tmp_path / "run"
+    code, text = run_cli("train", "memvit_tiny_synthetic", f"out_dir={out}", "--quiet", "max_steps=1")
+    assert code == 0, text
+    code, text = run_cli("train", "memvit_tiny_synthetic", "--resume", f"out_dir={out}", "max_steps=2", "--quiet")
+    assert code == 0, text
+    steps = [json.loads(line)["step"] for line in open(out / "log.jsonl")]
+    assert steps == [1, 2]
+    code, text = run_cli("train", "memvit_tiny_synthetic", f"out_dir={out}", "--bogus")
+    assert code == 2 and "unrecognized arguments: --bogus" in text
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("clip_grad=-1", "clip_grad"), ("lr=nan", "lr"), ("lr=0", "lr"), ("lr=-0.1", "lr"), ("min_lr=1", "min_lr"),
+        ("weight_decay=-1", "weight_decay"), ("max_steps=-1", "max_steps"), ("checkpoint_every=0", "checkpoint_every"),
+        ("log_every=0", "log_every"), ("clip_frames=0", "clip_frames"), ("size=0", "size"),
+        ("label_smoothing=1", "label_smoothing"), ("label_smoothing=-0.1", "label_smoothing"), ("on_nan=maybe", "on_nan"),
+        ("stride=0", "stride"), ("num_classes=-1", "num_classes"), ("no_such_field=1", "no_such_field"),
+        ("batch_size=two", "batch_size"),
+    ],
+)  # fmt: skip
+def test_bad_config_value_is_one_line_naming_the_field(override, field, tmp_path):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["train", "memvit_tiny_synthetic", f"out_dir={tmp_path / 'run'}", override])
+    assert code == 1
+    assert err.getvalue().count("\n") == 1 and err.getvalue().startswith("longvid: error: ")
+    assert field in err.getvalue()
+    assert not os.path.exists(tmp_path / "run")  # nothing was started
+
+
+def _videos_and_annotations(tmp_path, rows: str):
+    write_video(tmp_path / "a.mp4", gray_frames(16, 32, 32), fps=8)
+    ann = tmp_path / "ann.csv"
+    ann.write_text("video,label\n" + rows)
+    return ann
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ("a.mp4,0\na.mp4,1\na.mp4,7\n", "ann.csv:4: label 7 is outside [0, 4)"),
+        ("a.mp4,0\na.mp4,-1\n", "ann.csv:3: label -1 is outside [0, 4)"),
+        ("a.mp4,0\na.mp4,\n", "ann.csv:3: no label"),
+        ('a.mp4,0\n"a.mp4,1\na.mp4,2\n', "ann.csv:3: malformed CSV"),
+        ("", "ann.csv: no samples"),
+    ],
+)
+def test_bad_annotation_fails_before_step_one(run_cli, tmp_path, rows, message):
+    ann = _videos_and_annotations(tmp_path, rows)
+    out = tmp_path / "run"
+    code, text = run_cli("train", "memvit_tiny_synthetic", f"data={ann}", f"out_dir={out}", "clip_frames=2", "size=16")
+    assert code == 1, text
+    assert text.count("\n") == 1 and text.startswith("longvid: error: ") and message in text
+    assert not os.path.exists(out / "log.jsonl")
+
+
+def test_named_classes_are_saved_and_used_by_eval(run_cli, tmp_path):
+    write_video(tmp_path / "a.mp4", gray_frames(16, 32, 32), fps=8)
+    (tmp_path / "train.csv").write_text("video,label\na.mp4,stir\na.mp4,cut\na.mp4,wash\n")
+    (tmp_path / "val.csv").write_text("video,label\na.mp4,wash\n")  # a subset: must not be renumbered
+    out = tmp_path / "run"
+    common = [f"data={tmp_path / 'train.csv'}", f"out_dir={out}", "clip_frames=2", "size=16", "batch_size=1", "epochs=1"]
+    code, text = run_cli("train", "memvit_tiny_synthetic", *common, "--quiet")
+    assert code == 0, text
+    assert json.loads((out / "classes.json").read_text()) == ["cut", "stir", "wash"]
+    config = load_config("memvit_tiny_synthetic", [*common, f"val_data={tmp_path / 'val.csv'}"])
+    sources = build_sources(config, saved_in=[str(out)])
+    assert sources.val.targets(0)["label"].item() == 2
+    code, text = run_cli("eval", "memvit_tiny_synthetic", *common, f"val_data={tmp_path / 'val.csv'}", "--json")
+    assert code == 0, text
+    assert "top1" in json.loads(text.strip().splitlines()[-1])

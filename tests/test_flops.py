@@ -49,3 +49,11 @@ def test_cli_flops_json(capsys):
     assert main(["flops", "memvit_tiny", "--memory-blocks", "all"]) == 0
     assert "4 blocks" in capsys.readouterr().out
     assert main(["flops", "memvit_tiny", "--memory-blocks", "x"]) == 1
+
+
+def test_flops_as_a_user_types_it(run_cli):
+    code, printed = run_cli("flops", "memvit_tiny")
+    assert code == 0, printed
+    assert "params  104,858" in printed and "GFLOPs  0.05" in printed
+    code, printed = run_cli("flops", "no_such_preset")
+    assert code == 1 and printed.count("\n") == 1 and printed.startswith("longvid: error: ")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -33,6 +32,7 @@ import longvid
 from longvid.bench import measure
 from longvid.bench.synth import SynthSpec, normalize_frames, recall_sample, scene_clips
 from longvid.errors import LongvidError
+from longvid.progress import progress as progress_bar
 from longvid.train import Trainer, TrainConfig, seed_everything
 from longvid.train.loop import evaluate
 from longvid.video.datasets import TensorVideos
@@ -226,9 +226,10 @@ def run_bench(cfg: BenchConfig, out_dir: str = "bench-results", log: Callable[[s
     evals = {d: eval_data(cfg, d) for d in cfg.distances}
     rows, models = [], {}
     for variant in cfg.variants:
-        bar = _progress_bar(variant.name, cfg, train[0].shape[0], variant) if progress else None
-        row, models[variant.name] = run_variant(cfg, variant, train, evals, out_dir, bar.update_step if bar else None)
-        if bar:
+        bar = progress_bar(_train_steps(cfg, train[0].shape[0], variant), desc=f"train {variant.name}", unit="step",
+                           enabled=progress, leave=False)
+        row, models[variant.name] = run_variant(cfg, variant, train, evals, out_dir, None if bar is None else lambda record: bar.update(1))
+        if bar is not None:
             bar.close()
         rows.append(row)
     results = {"config": _config_json(cfg), "chance": 100.0 / cfg.spec.num_classes, "rows": rows}
@@ -238,24 +239,10 @@ def run_bench(cfg: BenchConfig, out_dir: str = "bench-results", log: Callable[[s
     return {**results, "models": models}
 
 
-class _Bar:
-    """A tqdm bar over a variant's training steps."""
-
-    def __init__(self, total: int, desc: str):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
-
-    def update_step(self, record: dict) -> None:
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _progress_bar(name: str, cfg: BenchConfig, videos: int, variant: Variant) -> _Bar:
+def _train_steps(cfg: BenchConfig, videos: int, variant: Variant) -> int:
+    """Training steps of one variant (its progress total)."""
     clips = videos * (min(cfg.num_clips, variant.reach + 1) if variant.memory_len else 1)
-    return _Bar(cfg.epochs * -(-clips // cfg.batch_size), f"train {name}")
+    return cfg.epochs * -(-clips // cfg.batch_size)
 
 
 def _config_json(cfg: BenchConfig) -> dict:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,6 +29,7 @@ import torch
 
 from longvid.bench import measure
 from longvid.errors import LongvidError
+from longvid.progress import progress as progress_bar
 from longvid.flops import count_gflops
 from longvid.models.memvit import MeMViT, get_config
 
@@ -122,15 +122,16 @@ def run_scaling(preset: str = "memvit16_16x4", size: int | None = None, out_dir:
     torch.set_num_threads(1)
     os.makedirs(out_dir, exist_ok=True)
     rows = scaling_rows(base.num_frames)
-    if progress:
-        from tqdm import tqdm
-
-        rows = tqdm(rows, desc=f"scaling {preset}", unit="config", file=sys.stderr, leave=False)
+    bar = progress_bar(len(rows), desc=f"scaling {preset}", unit="config", enabled=progress, leave=False)
     measured = []
     for row in rows:
-        if progress:
-            rows.set_postfix_str(row.name)
+        if bar is not None:
+            bar.set_postfix_str(row.name)
         measured.append(measure_row(preset, row, size))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     results = {"preset": preset, "crop_size": base.crop_size, "size": size, "fps": FPS, "stride": STRIDE, "rows": measured}
     write_scaling(results, out_dir)
     if log:

@@ -514,6 +514,15 @@ def write_demo_video(
     spec: SynthSpec = SynthSpec(),
 ) -> int:
     """Write the :func:`demo_sample` video; returns the number of frames written."""
+    checks = [
+        (math.isfinite(seconds) and seconds > 0, f"--seconds must be > 0, got {seconds:g}"),
+        (math.isfinite(fps) and fps > 0, f"--fps must be > 0, got {fps:g}"),
+        (min(width, height) >= 16, f"--width and --height must be >= 16 pixels, got {width}x{height}"),
+        (os.path.isdir(os.path.dirname(os.path.abspath(path))), f"{path}: its folder does not exist"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise LongvidError(message)
     sample = demo_sample(seconds, seed, distance, spec)
     return write_video(path, scene_frames(sample.scene, spec, fps, width, height), fps=fps)
 

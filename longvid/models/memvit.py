@@ -80,6 +80,10 @@ class MeMViTConfig:
     spatial_scale: float = 1 / 32
 
     def __post_init__(self) -> None:
+        self._check_input_size()
+        classes = (self.num_classes,) if isinstance(self.num_classes, int) else tuple(self.num_classes)
+        if not classes or min(classes) < 1:
+            raise LongvidError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.head not in HEADS:
             raise LongvidError(f"unknown head {self.head!r}: choose from {', '.join(HEADS)}")
         if self.memory_len < 0:
@@ -93,6 +97,16 @@ class MeMViTConfig:
             raise LongvidError(f"head 'verb_noun' needs num_classes=(verbs, nouns), got {self.num_classes}")
         if self.head in ("linear", "ava") and not isinstance(self.num_classes, int):
             raise LongvidError(f"head {self.head!r} needs an integer num_classes, got {self.num_classes}")
+
+    def _check_input_size(self) -> None:
+        """Clips the patch embedding and the query pooling stages can divide."""
+        (pt, ph, pw), (qt, qh, qw) = self.patch_stride, (1, 1, 1)
+        for _, t, h, w in self.pool_q_stride:
+            qt, qh, qw = qt * t, qh * h, qw * w
+        if self.num_frames < 1 or self.num_frames % pt or self.num_frames // pt < qt:
+            raise LongvidError(f"num_frames (clip frames) must be a multiple of {pt} and >= {pt * qt}, got {self.num_frames}")
+        if self.crop_size < 1 or self.crop_size % ph or self.crop_size % pw or self.crop_size // max(ph, pw) < max(qh, qw):
+            raise LongvidError(f"crop_size must be a multiple of {max(ph, pw)} and >= {max(ph, pw) * max(qh, qw)}, got {self.crop_size}")
 
     @property
     def reading_blocks(self) -> tuple[int, ...]:
