@@ -86,20 +86,25 @@ def test_uniform_baseline_points_at_sampled_frames(grounding_data):
     assert torch.isfinite(uniform_loss(uniform, train[:2]))
 
 
-def test_small_tables_have_the_right_structure():
+def test_small_tables_have_the_right_structure(grounding_data):
     grounding = grounding_table(SMALL, log=None)
     assert [row["model"] for row in grounding] == ["rewind (memory + DFS)", "uniform 8 frames", "middle interval", "whole video"]
     for row in grounding:
         assert {"R@0.3", "R@0.5", "R@0.7", "mIoU", "llm_tokens", "memory_bytes"} <= set(row)
-        assert 0 <= row["mIoU"] <= 100 and row["R@0.7"] <= row["R@0.5"] <= row["R@0.3"]
+        assert row["R@0.7"] <= row["R@0.5"] <= row["R@0.3"]
+        assert all((row[k] * SMALL.test_videos / 100).is_integer() for k in ("R@0.3", "R@0.5", "R@0.7"))  # counts of videos
     frames = SMALL.num_clips * SMALL.synth.clip_frames
     assert grounding[0]["llm_tokens"] > 2 * frames + 1  # memory tokens, separator, selected frames, question
-    assert grounding[3]["mIoU"] > 0  # the whole video always overlaps the target
+    # the whole video contains every target: its IoU is the target's share of the video (naive reference)
+    duration = SMALL.num_clips * SMALL.synth.clip_seconds
+    shares = [(i.sample.target[1] - i.sample.target[0]) / duration for i in grounding_data[3]]
+    assert grounding[3]["mIoU"] == pytest.approx(100 * sum(shares) / len(shares), abs=0.05)
+    assert grounding[3]["R@0.3"] == 100 * sum(s >= 0.3 for s in shares) / len(shares)
     qa = qa_table(SMALL, log=None)
     assert [row["model"] for row in qa] == QA_NAMES
     assert qa[0]["llm_tokens"] - qa[4]["llm_tokens"] == 2 * 4  # DFS adds K_c = 2 selected frames of 2x2 tokens
     assert len({row["llm_tokens"] for row in qa[:4]}) == 1  # the ablation and references read as many frames
-    assert all(0 <= row["accuracy"] <= 100 and 0 <= row["acc recall"] <= 100 for row in qa)
+    assert all((row["accuracy"] * SMALL.qa_test_videos / 100).is_integer() for row in qa)  # counts of right answers
     assert qa[3]["cue_frames"] > qa[2]["cue_frames"] and qa[4]["cue_frames"] == ""
     assert "| model |" in format_table(qa)
 

@@ -181,11 +181,21 @@ def test_watch_and_evaluation(llm_folder):
         reference = watch(model, video, ids, mask=mask)
         state = model.watch(video, times, ids, mask)
     assert torch.allclose(state.memory.tokens, reference.memory.tokens, atol=1e-5)
-    items = [VideoQuestion(video[0], times[0], "what color is the square", answer) for answer in ("red", "blue")]
-    choice = int(model.score(state, ["what color is the square"], ["red", "blue"])[0].argmax())
-    assert evaluate_qa(model, items, ["red", "blue"])["accuracy"] == 50.0 and choice in (0, 1)
-    grounding = evaluate_grounding(model, [VideoQuestion(video[0], times[0], "when does the red flash", (2.0, 4.0))], 3)
-    assert set(grounding) == {"R@0.3", "R@0.5", "R@0.7", "mIoU", "readable"} and 0 <= grounding["mIoU"] <= 100
+    candidates = ["red", "blue"]
+    choice = int(model.score(state, ["what color is the square"], candidates)[0].argmax())
+    right, wrong = candidates[choice], candidates[1 - choice]
+    items = [VideoQuestion(video[0], times[0], "what color is the square", answer) for answer in (right, right, wrong)]
+    assert evaluate_qa(model, items, candidates) == {"accuracy": pytest.approx(200 / 3), "samples": 3.0}
+    question = "when does the red flash"
+    grounding = evaluate_grounding(model, [VideoQuestion(video[0], times[0], question, (2.0, 4.0))], 3)
+    assert set(grounding) == {"R@0.3", "R@0.5", "R@0.7", "mIoU", "readable"}
+    ids, mask = model.tokenize([question])  # the same answer, scored by hand
+    with torch.no_grad():
+        interval = parse_interval(model.answer(model.watch(video, times, ids, mask), [question], max_new_tokens=3)[0])
+    start, end = interval or (0.0, 0.0)
+    overlap = max(0.0, min(end, 4.0) - max(start, 2.0))
+    iou = overlap / ((end - start) + (4.0 - 2.0) - overlap)
+    assert grounding["mIoU"] == pytest.approx(100 * iou) and grounding["readable"] == (100.0 if interval else 0.0)
 
 
 def test_untrained_dfs_query_scores_every_frame_alike(llm_folder):
