@@ -3,13 +3,18 @@ them (the installed script, no --quiet, output piped to a file); bad input fails
 line before any work."""
 
 import contextlib
+import fcntl
 import io
 import json
 import os
+import pty
+import struct
+import subprocess
+import termios
 
 import pytest
 
-from conftest import gray_frames
+from conftest import gray_frames, longvid_script
 from longvid.cli import main
 from longvid.train import load_config
 from longvid.train.data import build_sources
@@ -120,3 +125,24 @@ def test_named_classes_are_saved_and_used_by_eval(run_cli, tmp_path):
     code, text = run_cli("eval", "memvit_tiny_synthetic", *common, f"val_data={tmp_path / 'val.csv'}", "--json")
     assert code == 0, text
     assert "top1" in json.loads(text.strip().splitlines()[-1])
+
+
+def test_train_in_a_terminal_draws_a_bar(tmp_path):
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    command = [longvid_script(), "train", "memvit_tiny_synthetic", f"out_dir={tmp_path / 'run'}", "max_steps=2"]
+    process = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, cwd=tmp_path)
+    os.close(slave)
+    printed = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the terminal's other side closed
+            break
+        if not chunk:
+            break
+        printed += chunk
+    os.close(master)
+    assert process.wait(timeout=120) == 0, printed
+    text = printed.decode()
+    assert "trained 2 steps" in text and "2/2" in text and "\r" in text  # a tqdm bar, redrawn in place
