@@ -53,9 +53,9 @@ def test_train_without_quiet_piped_writes_a_checkpoint_then_eval(run_cli, tmp_pa
 
 def test_overrides_before_and_after_options(run_cli, tmp_path):
     out = tmp_path / "run"
-    code, text = run_cli("train", "memvit_tiny_synthetic", f"out_dir={out}", "--quiet", "max_steps=1")
+    code, text = run_cli("train", "memvit_tiny_synthetic", *FIELDS, f"out_dir={out}", "--quiet", "max_steps=1")
     assert code == 0, text
-    code, text = run_cli("train", "memvit_tiny_synthetic", "--resume", f"out_dir={out}", "max_steps=2", "--quiet")
+    code, text = run_cli("train", "memvit_tiny_synthetic", "--resume", *FIELDS, f"out_dir={out}", "max_steps=2", "--quiet")
     assert code == 0, text
     steps = [json.loads(line)["step"] for line in open(out / "log.jsonl")]
     assert steps == [1, 2]
@@ -115,7 +115,7 @@ def test_named_classes_are_saved_and_used_by_eval(run_cli, tmp_path):
     (tmp_path / "train.csv").write_text("video,label\na.mp4,stir\na.mp4,cut\na.mp4,wash\n")
     (tmp_path / "val.csv").write_text("video,label\na.mp4,wash\n")  # a subset: must not be renumbered
     out = tmp_path / "run"
-    common = [f"data={tmp_path / 'train.csv'}", f"out_dir={out}", "clip_frames=2", "size=16", "batch_size=1", "epochs=1"]
+    common = [f"data={tmp_path / 'train.csv'}", f"out_dir={out}", "model=toy", "clip_frames=2", "size=16", "batch_size=1", "epochs=1"]
     code, text = run_cli("train", "memvit_tiny_synthetic", *common, "--quiet")
     assert code == 0, text
     assert json.loads((out / "classes.json").read_text()) == ["cut", "stir", "wash"]
