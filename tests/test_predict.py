@@ -205,7 +205,7 @@ def test_torchrun_ranks_share_the_videos_and_merge(model, clips_videos, tmp_path
     save_checkpoint(model, weights)  # every process loads the same weights
     out = tmp_path / "out.jsonl"
     options = ["--checkpoint", str(weights), "--quiet", "--size", "64", "--tau", "2", "--threads", "1"]
-    command = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "longvid", "stream", *clips_videos, "--out", str(out), *options]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "longvid", "stream", *clips_videos, "--out", str(out), *options]
     result = subprocess.run(command, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     merged = read_records(str(out))
