@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import warnings
+from contextlib import contextmanager
 from typing import Callable, Sequence
 
 from longvid.errors import LongvidError
@@ -502,23 +505,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if getattr(args, "quiet", False):
         _hide_library_progress_bars()
+    with _stop_on_signals() as received:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("default")
+                warnings.showwarning = _show_warning
+                return args.handler(args)
+        except LongvidError as err:
+            print(f"longvid: error: {err}", file=sys.stderr)
+            return 1
+        except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
+            print(f"longvid: error: {err}", file=sys.stderr)
+            return 1
+        except (KeyboardInterrupt, InterruptedError):  # InterruptedError: a library swallowed the handler's exception
+            signum = received[-1] if received else signal.SIGINT
+            print("longvid: interrupted" if signum == signal.SIGINT else f"longvid: stopped by {signal.Signals(signum).name}",
+                  file=sys.stderr)
+            return 128 + signum
+        except BrokenPipeError:
+            sys.stderr.close()
+            return 0
+
+
+@contextmanager
+def _stop_on_signals():
+    """Ctrl-C (SIGINT) and SIGTERM stop the command by raising KeyboardInterrupt where it runs
+    (finished work is flushed on the way out); yields the list of signals received, so
+    :func:`main` exits 128 + the signal (130, 143). Ignored signals stay ignored (``cmd &``
+    in a script, ``nohup``); the previous handlers come back on exit."""
+    received: list[int] = []
+
+    def stop(signum, frame) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, stop)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("default")
-            warnings.showwarning = _show_warning
-            return args.handler(args)
-    except LongvidError as err:
-        print(f"longvid: error: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as err:
-        print(f"longvid: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("longvid: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        sys.stderr.close()
-        return 0
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

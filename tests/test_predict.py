@@ -11,6 +11,7 @@ import torch
 
 import longvid
 from longvid.bench.synth import write_demo_video
+from conftest import longvid_script
 from longvid.cli import main
 from longvid.predict import StreamSettings, expand_videos, load_labels, read_records, run_stream, stream_predictions
 from longvid.video import ClipReader
@@ -150,27 +151,41 @@ def test_cli_stream_labels_and_exit_codes(clips_videos, tmp_path, capsys):
     assert "float16 needs --device cuda" in capsys.readouterr().err
 
 
-def test_sigint_leaves_a_valid_file_and_resume_finishes(tmp_path):
+def strict_records(path) -> list[dict]:
+    """Every line of ``path``: whole, and valid JSON (no bare NaN / Infinity)."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not valid JSON")
+
+    with open(path) as f:
+        lines = f.readlines()
+    assert all(line.endswith("\n") for line in lines)  # every line whole
+    return [json.loads(line, parse_constant=refuse) for line in lines]
+
+
+@pytest.mark.parametrize("signum, code, message", [(signal.SIGINT, 130, "longvid: interrupted"),
+                                                   (signal.SIGTERM, 143, "longvid: stopped by SIGTERM")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_run_with_a_valid_file_and_resume_finishes(tmp_path, signum, code, message):
     videos = []
     for i in range(6):
         videos.append(str(tmp_path / f"v{i}.mp4"))
         write_demo_video(videos[-1], seconds=3.0, width=64, height=48, seed=i)
     listing = tmp_path / "videos.txt"
     listing.write_text("\n".join(videos) + "\n")
-    out = tmp_path / "out.jsonl"
-    command = [sys.executable, "-m", "longvid", "stream", str(listing), "--out", str(out), "--quiet", "--size", "64", "--tau", "2", "--threads", "1"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # wait until the first video is complete, then interrupt
-        if out.exists() and '"status": "done"' in out.read_text():
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
-    partial = read_records(str(out))
-    with open(out) as f:
-        assert all(line.endswith("\n") for line in f)  # every line whole
+    out, log = tmp_path / "out.jsonl", tmp_path / "log.txt"
+    command = [longvid_script(), "stream", str(listing), "--out", str(out), "--size", "64", "--tau", "2", "--threads", "1"]
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait until the first video is complete, then stop the run
+            if out.exists() and '"status": "done"' in out.read_text():
+                break
+            time.sleep(0.05)
+        process.send_signal(signum)
+        process.wait(timeout=60)
+    assert process.returncode == code, log.read_text()
+    assert log.read_text().splitlines()[-1] == message
+    partial = strict_records(out)
     finished_before = [r["video"] for r in partial if r.get("status") == "done"]
     assert 1 <= len(finished_before) < len(videos)
     assert main(["stream", str(listing), "--out", str(out), "--quiet", "--size", "64", "--tau", "2", "--resume"]) == 0
@@ -181,6 +196,32 @@ def test_sigint_leaves_a_valid_file_and_resume_finishes(tmp_path):
         assert len(done) == 1  # resume skipped the complete videos and redid the cut-off one
         clip_ids = [r["clip"] for r in records if r.get("video") == video and "clip" in r]
         assert clip_ids == list(range(done[0]["clips"]))
+
+
+def _wait_until_blocked_opening_a_fifo(pid: int, timeout: float = 60.0) -> None:
+    """Until the process sleeps in the kernel's FIFO open (waiting for a writer)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with open(f"/proc/{pid}/wchan") as f:
+            if f.read() == "wait_for_partner":
+                return
+        time.sleep(0.05)
+    raise AssertionError("the run never blocked opening the FIFO")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/wchan"), reason="needs Linux /proc")
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_opening_a_fifo_stops_the_run(tmp_path, clips_videos, signum, code):
+    fifo, out, log = tmp_path / "live.mp4", tmp_path / "out.jsonl", tmp_path / "log.txt"
+    os.mkfifo(fifo)
+    command = [longvid_script(), "stream", str(fifo), clips_videos[1], "--model", "memvit_tiny", "--out", str(out), "--size", "32"]
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        _wait_until_blocked_opening_a_fifo(process.pid)
+        process.send_signal(signum)
+        process.wait(timeout=60)
+    assert process.returncode == code, log.read_text()  # was: an error record for the FIFO, and the run went on
+    assert strict_records(out) == []
 
 
 def test_multi_head_models_report_each_head(clips_videos):

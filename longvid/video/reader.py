@@ -103,6 +103,8 @@ def _open(path: str | os.PathLike) -> av.container.InputContainer:
         raise VideoError(path, "is a directory, not a video file")
     try:
         container = av.open(path, mode="r")
+    except InterruptedError:  # a signal (Ctrl-C) came while opening, e.g. a FIFO no one writes yet: stop, not a bad file
+        raise
     except av.FFmpegError as err:
         raise VideoError(path, f"not a readable video file ({_reason(err)})") from None
     if not container.streams.video:
