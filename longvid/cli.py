@@ -163,9 +163,10 @@ def _ask_malmm(args: argparse.Namespace) -> int:
 def cmd_stream(args: argparse.Namespace) -> int:
     import torch
 
-    from longvid.predict import DEFAULT_STREAM_PRESET, expand_videos, load_labels, load_stream_model, run_stream, settings_for, shipped_labels
+    from longvid.predict import DEFAULT_STREAM_PRESET, expand_videos, load_labels, load_stream_model, locked_output, run_stream, settings_for, shipped_labels
     from longvid.train.distributed import setup
 
+    _check_stream_args(args)
     videos = expand_videos(args.videos)
     if not videos:
         raise LongvidError("no videos given")
@@ -177,28 +178,43 @@ def cmd_stream(args: argparse.Namespace) -> int:
         raise LongvidError("--device cuda: no CUDA device is available")
     if dtype == torch.float16 and not device.startswith("cuda"):
         raise LongvidError("--dtype float16 needs --device cuda (use bfloat16 on CPU)")
+    labels = load_labels(args.labels) if args.labels else None
     if args.threads:
         torch.set_num_threads(args.threads)
     dist_info = setup(device)
     device = dist_info.device if device.startswith("cuda") else torch.device(device)
-    labels = load_labels(args.labels) if args.labels else None
-    model, note = load_stream_model(args.model, args.checkpoint)
-    if labels is None and args.checkpoint is None and "shipped" in note:
-        labels = shipped_labels(args.model or DEFAULT_STREAM_PRESET)
-    model = model.to(device=device, dtype=dtype)
-    prefix = f"longvid[rank {dist_info.rank}]" if dist_info.enabled else "longvid"
-    log = None if args.quiet else (lambda message: print(f"{prefix}: {message}", file=sys.stderr))
-    if log and dist_info.is_main:
-        log(f"model {type(model).__name__} ({note}) on {device}, {dtype}".replace("torch.", ""))
-    settings = settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size, topk=args.topk,
-                            aggregate=args.aggregate == "video", background=True)
-    summary = run_stream(model, videos, out=args.out, settings=settings, labels=labels, batch_streams=args.batch_streams,
-                         device=device, dtype=dtype, resume=args.resume, save_scores=args.save_scores,
-                         progress=not args.quiet, log=log)
+    with locked_output(args.out, dist_info.rank, dist_info.world_size):  # before the model loads: a busy --out fails at once
+        model, note = load_stream_model(args.model, args.checkpoint)
+        if labels is None and args.checkpoint is None and "shipped" in note:
+            labels = shipped_labels(args.model or DEFAULT_STREAM_PRESET)
+        model = model.to(device=device, dtype=dtype)
+        prefix = f"longvid[rank {dist_info.rank}]" if dist_info.enabled else "longvid"
+        log = None if args.quiet else (lambda message: print(f"{prefix}: {message}", file=sys.stderr))
+        if log and dist_info.is_main:
+            log(f"model {type(model).__name__} ({note}) on {device}, {dtype}".replace("torch.", ""))
+        settings = settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size, topk=args.topk,
+                                aggregate=args.aggregate == "video", background=True)
+        summary = run_stream(model, videos, out=args.out, settings=settings, labels=labels, batch_streams=args.batch_streams,
+                             device=device, dtype=dtype, resume=args.resume, save_scores=args.save_scores,
+                             progress=not args.quiet, log=log)
     if log and dist_info.is_main:
         log(f"{summary.done} videos done, {summary.failed} failed, {summary.skipped} skipped (already complete), "
             f"{summary.clips} clips in {summary.seconds:.1f} s")
     return 1 if summary.failed else 0
+
+
+def _check_stream_args(args: argparse.Namespace) -> None:
+    """Every ``stream`` option checked before a model loads or a video opens."""
+    for flag, value in (("-T/--clip-frames", args.clip_frames), ("--tau", args.tau), ("--size", args.size),
+                        ("--topk", args.topk), ("--batch-streams", args.batch_streams), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise LongvidError(f"{flag} must be >= 1, got {value}")
+    if args.out is not None and os.path.isdir(args.out):
+        raise LongvidError(f"--out {args.out}: is a folder; give the JSON lines file to write")
+    if args.resume and args.out is None:
+        raise LongvidError("--resume needs --out FILE (the output whose complete videos it skips)")
+    if args.save_scores is not None and os.path.exists(args.save_scores) and not os.path.isdir(args.save_scores):
+        raise LongvidError(f"--save-scores {args.save_scores}: is a file; give a folder (one .npy per video goes there)")
 
 
 # -- train / eval ----------------------------------------------------------------------

@@ -1,9 +1,16 @@
-"""Writing files so a reader never sees a half-written one."""
+"""Writing files so a reader never sees a half-written one, and only one process writes each."""
 
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
+
+from longvid.errors import LongvidError
+
+
+class FileLockedError(LongvidError):
+    """Another process holds the lock on a file this one wants to write."""
 
 
 def write_atomically(path: str, write: Callable[[str], None], suffix: str = "") -> None:
@@ -35,3 +42,68 @@ def write_lines_atomically(path: str, lines: Iterable[str]) -> None:
 def write_text_atomically(path: str, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically, synced to disk."""
     write_lines_atomically(path, [text])
+
+
+_held_locks: dict[str, int] = {}  # lock files this process holds -> nesting depth
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` while the block runs, or raise :class:`FileLockedError`.
+
+    The lock is ``flock`` on a file ``path + ".lock"`` that names the holder's pid and is
+    removed on release (the kernel drops the lock if the process dies). Re-entrant within
+    a process, so an entry point can take it early and the library again.
+    """
+    lock = os.path.abspath(os.fspath(path)) + ".lock"
+    if lock in _held_locks:
+        _held_locks[lock] += 1
+        try:
+            yield
+        finally:
+            _held_locks[lock] -= 1
+        return
+    fd = _acquire(lock, os.fspath(path))
+    _held_locks[lock] = 1
+    try:
+        yield
+    finally:
+        del _held_locks[lock]
+        try:
+            os.remove(lock)  # while still locked: a process that opened it meanwhile sees it gone and retries
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _acquire(lock: str, path: str) -> int:
+    """An open, flock-ed descriptor of the lock file ``lock`` (written with our pid)."""
+    import fcntl
+
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise FileLockedError(f"{path}: another process (pid {holder}) is writing it; wait for it to finish "
+                                  f"or choose another output") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if _is_current(fd, lock):
+            break
+        os.close(fd)  # the holder removed this lock file as we opened it: lock the new one
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _is_current(fd: int, lock: str) -> bool:
+    """Whether ``fd`` is still the file named ``lock``."""
+    try:
+        named, opened = os.stat(lock), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)

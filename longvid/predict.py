@@ -13,14 +13,15 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from longvid.errors import LongvidError
-from longvid.fileio import write_atomically, write_lines_atomically
+from longvid.fileio import exclusive_lock, write_atomically, write_lines_atomically
 from longvid.video import ClipReader, VideoError
 
 
@@ -35,6 +36,12 @@ class StreamSettings:
     background: bool = True  # decode in a background thread (overlaps with compute)
     keep_scores: bool = False  # add each clip's full score vector (a list) to its record
     aggregate: bool = False  # add a per-video record averaging clip scores
+
+    def __post_init__(self) -> None:
+        for name in ("clip_frames", "stride", "size", "topk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LongvidError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 @dataclass
@@ -71,6 +78,14 @@ def settings_for(model, **overrides) -> StreamSettings:
     return StreamSettings(**base)
 
 
+def check_labels(model, labels: Sequence[str] | None) -> None:
+    """Refuse class names whose count differs from the classes of ``model``'s config
+    (checked again on the first scores for models without a config)."""
+    classes = getattr(getattr(model, "config", None), "num_classes", None)
+    if labels is not None and isinstance(classes, int) and len(labels) != classes:
+        raise LongvidError(f"the labels name {len(labels)} classes but the model has {classes}")
+
+
 def top_labels(scores: np.ndarray, k: int, labels: Sequence[str] | None) -> list[dict]:
     """The ``k`` best classes of one score vector, best first, ties to the lower index."""
     order = np.argsort(-scores, kind="stable")[:k]
@@ -95,7 +110,9 @@ def stream_predictions(
       ``{"video", "aggregate": "video", "clips", "top"}`` with ``settings.aggregate``
       (mean of the clip probabilities, the MeMViT paper's one-pass testing);
       ``{"video", "status": "done", "clips", "seconds"}`` when a video is complete;
-      ``{"video", "status": "error", "error"}`` when a video cannot be read (the run goes on).
+      ``{"video", "status": "error", "error"}`` when a video cannot be read (the run goes on),
+      or when a clip's scores are not finite: that clip's record then has ``"top": null``
+      (and ``"scores": null``) and its video stops there.
 
     Each video is a stream with its own memory; ``batch_streams`` videos run at once as
     independent streams (a slot's memory is reset when its next video starts).
@@ -104,6 +121,7 @@ def stream_predictions(
         videos = [videos]
     if batch_streams < 1:
         raise LongvidError(f"batch_streams must be >= 1, got {batch_streams}")
+    check_labels(model, labels)
     settings = settings or settings_for(model)
     if device is None:
         device = next(model.parameters()).device
@@ -135,18 +153,32 @@ def stream_predictions(
                 slot = slots[index]
                 scores = {name: probs[row] for name, probs in heads.items()}
                 slot.seen += 1
+                if not all(np.isfinite(probs).all() for probs in scores.values()):
+                    yield from _not_finite(slot, clip, settings)
+                    slots[index] = None  # its memory holds NaN now: the slot's next video starts afresh
+                    continue
                 if settings.aggregate:
                     slot.scores.append(scores)
-                record = {
-                    "video": slot.video,
-                    "clip": clip.index,
-                    "start": round(clip.start, 6),
-                    "end": round(clip.end, 6),
-                    "top": _top(scores, settings.topk, labels),
-                }
-                if settings.keep_scores:
-                    record["scores"] = _flat(scores).tolist()  # full precision
-                yield record
+                yield _clip_record(slot.video, clip, _top(scores, settings.topk, labels),
+                                   _flat(scores).tolist() if settings.keep_scores else None)
+
+
+def _clip_record(video: str, clip, top, scores: list[float] | None) -> dict:
+    record = {"video": video, "clip": clip.index, "start": round(clip.start, 6), "end": round(clip.end, 6), "top": top}
+    if scores is not None:
+        record["scores"] = scores  # full precision
+    return record
+
+
+def _not_finite(slot: _Slot, clip, settings: StreamSettings) -> list[dict]:
+    """The records of a clip whose scores are NaN or infinite (written as null) and the
+    error that ends its video."""
+    record = _clip_record(slot.video, clip, None, None)
+    if settings.keep_scores:
+        record["scores"] = None
+    reason = (f"the model's scores for clip {clip.index} are not finite (NaN or infinity: bad weights, or an overflow "
+              f"in a low-precision dtype); the rest of the video was skipped")
+    return [record, {"video": slot.video, "status": "error", "error": reason}]
 
 
 def _next_clip(slots, index, pending, model, settings, labels, reader, records) -> object | None:
@@ -302,21 +334,41 @@ def expand_videos(items: Sequence[str]) -> list[str]:
 
 
 def read_records(path: str) -> list[dict]:
-    """The complete JSON records of an output file (a cut-off last line is ignored)."""
+    """The complete records of an output file (a cut-off last line is ignored); a line
+    that is not a record is an error naming ``path:line``."""
     records = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
             if not line.endswith("\n"):
                 break  # written when the run was killed
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise LongvidError(f"{path}: not a longvid stream output (bad JSON line)") from None
+            records.append(_parse_record(line, f"{path}:{number}"))
     return records
+
+
+def _parse_record(line: str, where: str) -> dict:
+    try:
+        record = json.loads(line, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as err:
+        raise LongvidError(f"{where}: not a longvid stream output (bad JSON: {err.msg})") from None
+    kinds = ("clip", "status", "aggregate")
+    if not (isinstance(record, dict) and isinstance(record.get("video"), str) and any(k in record for k in kinds)):
+        raise LongvidError(f"{where}: not a longvid stream record (want an object with \"video\" and one of "
+                           f"{', '.join(kinds)}): {line.strip()[:80]}")
+    return record
+
+
+def _refuse_constant(name: str):
+    raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
 
 
 def completed_videos(records: Iterable[dict]) -> set[str]:
     return {r["video"] for r in records if r.get("status") == "done"}
+
+
+def _make_scores_folder(folder: str) -> None:
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise LongvidError(f"{folder}: is a file; the scores go to a folder (one .npy per video)")
+    os.makedirs(folder, exist_ok=True)
 
 
 def _save_scores(folder: str, video: str, scores: list[list[float]], used: set[str]) -> str:
@@ -343,6 +395,26 @@ class StreamSummary:
     seconds: float = 0.0
 
 
+def output_files(out: str | None, rank: int = 0, world: int = 1) -> list[str]:
+    """The files a stream run (rank ``rank`` of ``world``) writes: ``out``, or its part
+    ``out.partR`` under torchrun, and ``out`` too for rank 0, which merges the parts."""
+    if out is None:
+        return []
+    if world == 1:
+        return [out]
+    return [f"{out}.part{rank}"] + ([out] if rank == 0 else [])
+
+
+@contextmanager
+def locked_output(out: str | None, rank: int = 0, world: int = 1) -> Iterator[None]:
+    """Hold exclusive locks on :func:`output_files` (a second run given the same ``out``
+    fails with :class:`longvid.fileio.FileLockedError` instead of losing one run's results)."""
+    with ExitStack() as stack:
+        for path in output_files(out, rank, world):
+            stack.enter_context(exclusive_lock(path))
+        yield
+
+
 def run_stream(
     model: torch.nn.Module,
     videos: Sequence[str],
@@ -361,82 +433,114 @@ def run_stream(
 
     Every line is written whole and flushed as soon as its clip is done, so an
     interrupted run leaves a valid file; ``resume`` keeps the complete videos of an
-    existing ``out`` and processes only the rest. Under ``torchrun`` each rank takes a
-    disjoint share of ``videos`` (every ``world``-th), writes ``out.partR``, and rank 0
-    merges the parts into ``out`` when all ranks are done; the summary then counts
-    every rank's videos.
+    existing ``out`` and processes only the rest. The run holds a lock on ``out`` (a
+    second run on it fails at once). Under ``torchrun`` each rank takes a disjoint share
+    of ``videos`` (every ``world``-th), writes ``out.partR``, and rank 0 merges the parts
+    into ``out`` when all ranks are done; the summary then counts every rank's videos.
     """
     import torch.distributed as dist
-
-    from longvid.train.distributed import all_reduce, barrier
 
     joined = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if joined else (0, 1)
     if world > 1 and out is None:
         raise LongvidError("under torchrun, give --out FILE (each rank writes a part that rank 0 merges)")
+    if batch_streams < 1:
+        raise LongvidError(f"batch_streams must be >= 1, got {batch_streams}")
+    check_labels(model, labels)
     settings = settings or settings_for(model)
     if save_scores:
-        os.makedirs(save_scores, exist_ok=True)
-        settings = StreamSettings(**{**settings.__dict__, "keep_scores": True})
+        _make_scores_folder(save_scores)
+        settings = replace(settings, keep_scores=True)
     share = list(videos)[rank::world]
-    target = f"{out}.part{rank}" if world > 1 else out
     summary = StreamSummary(videos=len(share))
-    if target is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        if resume and os.path.exists(target):
-            kept = read_records(target)
-            done = completed_videos(kept)
-            write_lines_atomically(target, (json.dumps(r) + "\n" for r in kept if r["video"] in done))
-            summary.skipped = sum(1 for v in share if v in done)
-            share = [v for v in share if v not in done]
-        elif not resume:
-            write_lines_atomically(target, [])
-        sink = open(target, "a", encoding="utf-8")
-    else:
-        sink = None
-    bar = _progress_bar(len(share), progress)
+    with locked_output(out, rank, world):
+        target = output_files(out, rank, world)[0] if out is not None else None
+        if target is not None:
+            share = _prepare_output(target, share, resume, summary)
+        started = time.perf_counter()
+        with _open_sink(target) as sink:
+            _write_records(stream_predictions(model, share, settings, labels, batch_streams, device, dtype),
+                           sink, summary, save_scores, progress, log)
+        summary.seconds = time.perf_counter() - started
+        if world > 1:
+            _merge_parts(out, rank, world, summary)
+    return summary
+
+
+def _prepare_output(target: str, share: list[str], resume: bool, summary: StreamSummary) -> list[str]:
+    """Start ``target`` afresh, or with ``resume`` keep its complete videos' records;
+    returns the videos still to do."""
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    if not (resume and os.path.exists(target)):
+        write_lines_atomically(target, [])
+        return share
+    kept = read_records(target)
+    done = completed_videos(kept)
+    write_lines_atomically(target, (_json_line(r) for r in kept if r["video"] in done))
+    summary.skipped = sum(1 for v in share if v in done)
+    return [v for v in share if v not in done]
+
+
+@contextmanager
+def _open_sink(target: str | None):
+    if target is None:
+        yield sys.stdout
+        return
+    with open(target, "a", encoding="utf-8") as sink:
+        yield sink
+
+
+def _write_records(records: Iterable[dict], sink, summary: StreamSummary, save_scores: str | None,
+                   progress: bool, log: Callable[[str], None] | None) -> None:
+    """Write each record as one flushed JSON line, keeping count in ``summary``; clip
+    scores go to ``save_scores`` .npy files instead of the lines."""
+    bar = _progress(summary.videos - summary.skipped, progress)
     started = time.perf_counter()
     used_names: set[str] = set()
     scores_by_video: dict[str, list[list[float]]] = {}
     try:
-        for record in stream_predictions(model, share, settings, labels, batch_streams, device, dtype):
-            video = record["video"]
+        for record in records:
+            video, status = record["video"], record.get("status")
             if save_scores and "scores" in record:  # scores go to the .npy file, not the JSON
                 scores_by_video.setdefault(video, []).append(record.pop("scores"))
             if "clip" in record:
                 summary.clips += 1
-            status = record.get("status")
             if status == "done" and save_scores:
                 record["scores_file"] = _save_scores(save_scores, video, scores_by_video.pop(video, []), used_names)
-            line = json.dumps(record) + "\n"
-            if sink is None:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-            else:
-                sink.write(line)
-                sink.flush()
+            sink.write(_json_line(record))
+            sink.flush()
             if status in ("done", "error"):
+                scores_by_video.pop(video, None)
                 summary.done += status == "done"
                 summary.failed += status == "error"
                 if status == "error" and log:
                     log(f"{video}: {record['error']}")
-                _advance(bar, log, summary, record, started)
+                _advance(bar, summary, started)
     finally:
-        if sink is not None:
-            sink.close()
         if bar is not None:
             bar.close()
-    summary.seconds = time.perf_counter() - started
-    if world > 1:
-        totals = all_reduce(torch.tensor([summary.videos, summary.done, summary.failed, summary.skipped, summary.clips]))
-        summary.videos, summary.done, summary.failed, summary.skipped, summary.clips = (int(x) for x in totals)
-        if rank == 0:
-            parts = [f"{out}.part{r}" for r in range(world)]
-            write_lines_atomically(out, _lines_of(parts))
-            for part in parts:
-                os.remove(part)
-        barrier()
-    return summary
+
+
+def _json_line(record: dict) -> str:
+    """One record as a JSON line; NaN and infinity (not JSON) are refused."""
+    try:
+        return json.dumps(record, allow_nan=False) + "\n"
+    except ValueError:
+        raise LongvidError(f"{record.get('video')}: a record holds NaN or infinity, which JSON cannot store") from None
+
+
+def _merge_parts(out: str, rank: int, world: int, summary: StreamSummary) -> None:
+    """Add every rank's counts to ``summary``; rank 0 joins the parts into ``out``."""
+    from longvid.train.distributed import all_reduce, barrier
+
+    totals = all_reduce(torch.tensor([summary.videos, summary.done, summary.failed, summary.skipped, summary.clips]))
+    summary.videos, summary.done, summary.failed, summary.skipped, summary.clips = (int(x) for x in totals)
+    if rank == 0:
+        parts = [f"{out}.part{r}" for r in range(world)]
+        write_lines_atomically(out, _lines_of(parts))
+        for part in parts:
+            os.remove(part)
+    barrier()
 
 
 def _lines_of(paths: Sequence[str]) -> Iterator[str]:
@@ -445,22 +549,18 @@ def _lines_of(paths: Sequence[str]) -> Iterator[str]:
             yield from f
 
 
-def _progress_bar(total: int, enabled: bool):
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
+def _progress(total: int, enabled: bool):
+    from longvid.progress import progress
 
-    return tqdm(total=total, unit="video", dynamic_ncols=True, file=sys.stderr)
+    return progress(total, desc="stream", unit="video", enabled=enabled)
 
 
-def _advance(bar, log, summary: StreamSummary, record: dict, started: float) -> None:
+def _advance(bar, summary: StreamSummary, started: float) -> None:
+    if bar is None:
+        return
     rate = summary.clips / max(time.perf_counter() - started, 1e-9)
-    if bar is not None:
-        bar.set_postfix_str(f"{rate:.2f} clips/s, {summary.failed} failed")
-        bar.update(1)
-    elif log is not None and record.get("status") == "done":
-        finished = summary.done + summary.failed
-        log(f"[{finished}/{summary.videos}] {record['video']}: {record['clips']} clips, {rate:.2f} clips/s overall")
+    bar.set_postfix_str(f"{rate:.2f} clips/s, {summary.failed} failed")
+    bar.update(1)
 
 
 # -- models for streaming -------------------------------------------------------------
