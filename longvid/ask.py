@@ -8,6 +8,7 @@ answer uses only what an online viewer had seen by then.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,24 @@ class Answer:
     buffer_disk_bytes: int
 
 
+class TimePastEndWarning(UserWarning):
+    """The breakpoint time is past the end of the video: the answer sees the whole video."""
+
+
+def _check_until(video: str | os.PathLike, until: float | None) -> float:
+    """The video's duration (opening it: a bad file fails here); warns once when the
+    breakpoint ``until`` is past its end."""
+    from longvid.video import probe
+
+    if until is not None and until < 0:
+        raise LongvidError(f"--time must be >= 0 seconds, got {until}")
+    duration = probe(video).duration
+    if until is not None and duration > 0 and until > duration:
+        warnings.warn(f"{os.fspath(video)}: --time {until:g} s is past the end of the video ({duration:.2f} s); "
+                      f"the answer sees the whole video", TimePastEndWarning, stacklevel=3)
+    return duration
+
+
 @torch.no_grad()
 def ask_rewind(
     video: str | os.PathLike,
@@ -46,8 +65,7 @@ def ask_rewind(
     """
     from longvid.video import ClipReader
 
-    if until is not None and until < 0:
-        raise LongvidError(f"--time must be >= 0 seconds, got {until}")
+    _check_until(video, until)
     model.eval()
     clip_frames = model.config.clip_frames
     # Frames at t <= until are kept: the reader stops before ``end``.
@@ -81,14 +99,44 @@ def load_rewind(preset: str, vision: str, llm: str, weights: str | os.PathLike |
     weights from a safetensors file (None: random memory, projections and LoRA)."""
     from longvid.models.rewind import build_rewind, load_trainable
 
+    tensors = _read_weights(weights)  # before the encoder and LLM load: a bad file fails at once
     model = build_rewind(preset, vision, llm, device=device)
-    if weights is not None:
-        from safetensors.torch import load_file
-
-        if not os.path.isfile(weights):
-            raise LongvidError(f"{weights}: no such weights file")
-        load_trainable(model, load_file(os.fspath(weights), device=str(device or "cpu")))
+    if tensors is not None:
+        _load_weights(load_trainable, model, tensors, weights)
     return model
+
+
+def load_malmm(preset: str, encoder: str, llm: str, qformer_tokenizer: str | None,
+               weights: str | os.PathLike | None = None, device=None):
+    """An MA-LMM from a preset, an image encoder, an LLM and a Q-Former tokenizer (paths or
+    hub ids), and trained weights (ours or a released ``.pth``; None: a random Q-Former)."""
+    from longvid.models.malmm import build_malmm, load_malmm_weights
+
+    tensors = _read_weights(weights)
+    model = build_malmm(preset, encoder, llm, qformer_tokenizer, device=device)
+    if tensors is not None:
+        _load_weights(load_malmm_weights, model, tensors, weights)
+    return model
+
+
+def _read_weights(path: str | os.PathLike | None) -> dict[str, torch.Tensor] | None:
+    from longvid.checkpoints import read_state_dict
+
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise LongvidError(f"{path}: no such weights file")
+    return read_state_dict(path)
+
+
+def _load_weights(load, model, tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """``load(model, tensors)``, its errors naming the file."""
+    from longvid.checkpoints import CheckpointError
+
+    try:
+        load(model, tensors)
+    except LongvidError as err:
+        raise CheckpointError(f"{os.fspath(path)}: {err}") from None
 
 
 @torch.no_grad()
@@ -107,15 +155,14 @@ def ask_malmm(
     fixed ``fps`` for online use on videos of any length (memory stays at L slots).
     """
     from longvid.models.malmm import answer_stream
-    from longvid.video import ClipReader, probe
+    from longvid.video import ClipReader
 
-    if until is not None and until < 0:
-        raise LongvidError(f"--time must be >= 0 seconds, got {until}")
+    duration = _check_until(video, until)
     if fps is None:
         if num_frames < 1:
             raise LongvidError(f"--frames must be >= 1, got {num_frames}")
-        duration = probe(video).duration if until is None else until
-        fps = num_frames / duration if duration > 0 else 1.0
+        span = duration if until is None else min(until, duration)
+        fps = num_frames / span if span > 0 else 1.0
     reader = ClipReader(video, clip_frames=1, fps=fps, short_side=None, crop=None, mean=None, std=None, tail="drop",
                         end=None if until is None else until + 1e-3, background=True)
     frames = (clip.frames[:, 0] for clip in reader)  # (3, H, W) in [0, 1]

@@ -17,6 +17,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import types
+import typing
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -69,10 +73,41 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: dict[st
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a ``.safetensors`` file (``CheckpointError`` if unreadable)."""
     from safetensors import safe_open
 
-    with safe_open(os.fspath(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    path = _existing(path)
+    with _readable_safetensors(path):
+        with safe_open(path, framework="pt") as f:
+            return dict(f.metadata() or {})
+
+
+def read_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file (``CheckpointError`` if missing, truncated or not one)."""
+    from safetensors.torch import load_file
+
+    path = _existing(path)
+    with _readable_safetensors(path):
+        return load_file(path, device=device)
+
+
+def _existing(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+@contextmanager
+def _readable_safetensors(path: str):
+    """Turn safetensors' errors about a damaged file into one-line ``CheckpointError``s naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable safetensors file, truncated or damaged? ({reason})") from None
 
 
 def load_model(path: str | os.PathLike):
@@ -82,32 +117,83 @@ def load_model(path: str | os.PathLike):
     meta = read_metadata(path)
     if meta.get("architecture") != "MeMViT" or "config" not in meta:
         raise CheckpointError(f"{path}: no MeMViT config in the file's metadata; build the model and use load_checkpoint")
-    raw = json.loads(meta["config"])
-    config = MeMViTConfig(**{k: _tuplify(v) for k, v in raw.items()})
-    model = MeMViT(config)
+    config = stored_config(MeMViTConfig, meta["config"], os.fspath(path))
+    try:
+        model = MeMViT(config)
+    except (ArithmeticError, RuntimeError, TypeError, ValueError) as err:  # values the config's own checks let through
+        raise CheckpointError(f"{path}: the stored config does not build a model ({type(err).__name__}: {err})") from None
     load_checkpoint(model, path)
     return model
+
+
+def stored_config(cls, text: str, path: str):
+    """The dataclass ``cls`` from the JSON object ``text`` stored in the file ``path``:
+    unknown keys, values of the wrong type, and values ``cls`` refuses are
+    ``CheckpointError``s naming the file."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: the stored config is not valid JSON ({err.msg})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: the stored config is not a JSON object")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise CheckpointError(f"{path}: the stored config has unknown key(s) {', '.join(unknown)} "
+                              f"(written by another version of longvid?)")
+    values = {key: _tuplify(value) for key, value in raw.items()}
+    for key, value in values.items():
+        if not _has_type(value, hints[key]):
+            raise CheckpointError(f"{path}: the stored config's {key} is {value!r}, not {_type_name(hints[key])}")
+    try:
+        return cls(**values)
+    except LongvidError as err:
+        raise CheckpointError(f"{path}: the stored config is not valid: {err}") from None
 
 
 def _tuplify(value):
     return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Tensors of a ``.safetensors`` file or of a torch checkpoint (``model_state`` if present)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+def _has_type(value, hint) -> bool:
+    """Whether a JSON value (lists made tuples) fits the annotation ``hint``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_has_type(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_has_type(v, a) for v, a in zip(value, args))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
 
-        return load_file(path)
+
+def _type_name(hint) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Tensors of a ``.safetensors`` file or of a torch checkpoint (``model_state``,
+    ``model`` or ``state_dict`` if present); ``CheckpointError`` when it cannot be read."""
+    path = _existing(path)
+    if path.endswith(".safetensors"):
+        return read_safetensors(path)
     if not path.endswith(_TORCH_SUFFIXES):
         raise CheckpointError(f"{path}: unknown checkpoint type (expected .safetensors or {', '.join(_TORCH_SUFFIXES)})")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors carry long messages; keep the first line
-        raise CheckpointError(f"{path}: cannot read as a weights-only torch checkpoint: {str(err).splitlines()[0]}") from None
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before failing on a damaged file
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unpickling failure: a damaged file, or objects other than tensors
+        raise CheckpointError(f"{path}: cannot read as a weights-only torch checkpoint, damaged or not only "
+                              f"tensors? ({_unpickling_reason(err)})") from None
     if isinstance(obj, dict):
         for key in ("model_state", "model", "state_dict"):
             if isinstance(obj.get(key), dict):
@@ -116,6 +202,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: no state dict of tensors found (looked for 'model_state', 'model', 'state_dict')")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _unpickling_reason(err: Exception) -> str:
+    """The useful part of a ``torch.load`` error, on one line (torch wraps the unpickler's
+    reason in a paragraph about ``weights_only``)."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    reason = text.split(marker, 1)[1].strip().split("\n\n")[0] if marker in text else (text.splitlines() or [""])[0]
+    reason = " ".join(reason.split()) or type(err).__name__
+    return reason if len(reason) <= 160 else reason[:157] + "..."
 
 
 def adapt_tables(name: str, tensor: Tensor, target: Tensor) -> Tensor | None:
@@ -137,7 +233,12 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
     With ``strict=True`` missing, unexpected or mismatched keys raise ``CheckpointError``
     (nothing is loaded); with ``strict=False`` the matching tensors are loaded.
     """
-    source = read_state_dict(path)
+    return load_tensors(model, read_state_dict(path), os.fspath(path), strict)
+
+
+def load_tensors(model: nn.Module, source: dict[str, Tensor], origin: str, strict: bool = True) -> LoadReport:
+    """:func:`load_checkpoint` for tensors already read (``origin``: the file they came
+    from, for messages): the same table adaptation, report and ``CheckpointError``."""
     target = model.state_dict()
     report = LoadReport()
     matched = {}
@@ -157,6 +258,6 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
     report.missing = [name for name in target if name not in source]
     report.loaded = list(matched)
     if strict and not report.ok:
-        raise CheckpointError(f"{os.fspath(path)} does not fit the model: {report}")
+        raise CheckpointError(f"{origin} does not fit the model: {report}")
     model.load_state_dict(matched, strict=False)
     return report

@@ -110,9 +110,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- ask -------------------------------------------------------------------------------
 
 
+TRAINED_PARTS = {"malmm": "Q-Former, its queries and the LLM projection", "rewind": "memory, projections and LoRA adapters"}
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     if not args.encoder or not args.llm:
         raise LongvidError(f"ask --model {args.model} needs --encoder and --llm (local paths or hub ids)")
+    if args.checkpoint is None and not args.allow_untrained:
+        raise LongvidError(f"ask --model {args.model} needs trained weights (--weights FILE): without them the "
+                           f"{TRAINED_PARTS[args.model]} are random and the answer is noise "
+                           f"(--allow-untrained runs it anyway)")
     if args.model == "rewind":
         return _ask_rewind(args)
     return _ask_malmm(args)
@@ -140,10 +147,9 @@ def _ask_rewind(args: argparse.Namespace) -> int:
 
 
 def _ask_malmm(args: argparse.Namespace) -> int:
-    from longvid.ask import ask_malmm
-    from longvid.models.malmm import build_malmm
+    from longvid.ask import ask_malmm, load_malmm
 
-    model = build_malmm(args.preset or "malmm_qa", args.encoder, args.llm, args.qformer_tokenizer or None, args.checkpoint, device=args.device)
+    model = load_malmm(args.preset or "malmm_qa", args.encoder, args.llm, args.qformer_tokenizer or None, args.checkpoint, device=args.device)
     answer = ask_malmm(args.video, args.question, model, until=args.time, num_frames=args.frames, fps=args.fps)
     if args.json:
         print(json.dumps(vars(answer)))
@@ -399,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--llm", default=None, help="language model: path or hub id of a causal LM")
     sub.add_argument("--checkpoint", "--weights", dest="checkpoint", default=None,
                      help="trained weights (.safetensors; for MA-LMM also released .pth names)")
+    sub.add_argument("--allow-untrained", action="store_true",
+                     help="run without --weights (random trained parts: for smoke tests, the answer is noise)")
     sub.add_argument("--time", type=float, default=None, help="breakpoint mode: answer at T seconds, seeing only video up to T")
     sub.add_argument("--frames", type=int, default=20, help="malmm: frames sampled uniformly over the video (default 20)")
     sub.add_argument("--fps", type=float, default=None, help="malmm: sample at this rate instead (long videos, online)")

@@ -28,6 +28,11 @@ def test_ask_malmm_end_to_end(tmp_path, capsys):
     assert main(args[:-2] + ["--fps", "3", "--time", "1.0", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["frames_seen"] == 4 and record["memory_tokens"] == 4 * 17 + 4 * 4 * (8 + 6)  # L=5 not reached
+    assert main(args + ["--time", "60", "--json"]) == 0  # past the 2 s video: still 4 frames spread over all of it
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["frames_seen"] == 4  # was: 1 frame, spread as if the video were 60 s long
+    warnings = [line for line in captured.err.replace("\r", "\n").splitlines() if line.startswith("longvid:")]
+    assert warnings == [f"longvid: warning: {video}: --time 60 s is past the end of the video (2.00 s); the answer sees the whole video"]
 
 
 def test_ask_errors(tmp_path, capsys):
@@ -38,5 +43,12 @@ def test_ask_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as usage_error:  # argparse: usage + one error line, exit 2
         main(["ask", video, "q", "--model", "nope"])
     assert usage_error.value.code == 2
-    assert main(["ask", video, "q", "--model", "malmm", "--encoder", str(tmp_path / "none"), "--llm", "x"]) == 1
+    assert main(["ask", video, "q", "--model", "malmm", "--encoder", str(tmp_path / "none"), "--llm", "x", "--allow-untrained"]) == 1
     assert "cannot load image encoder" in capsys.readouterr().err
+    assert main(["ask", video, "q", "--model", "malmm", "--encoder", str(tmp_path / "none"), "--llm", "x"]) == 1
+    assert "ask --model malmm needs trained weights (--weights FILE)" in capsys.readouterr().err
+    (tmp_path / "released.pth").write_bytes(b"\x80\x04not a pickle")
+    assert main(["ask", video, "q", "--model", "malmm", "--encoder", str(tmp_path / "none"), "--llm", "x",
+                 "--weights", str(tmp_path / "released.pth")]) == 1  # read before the encoder loads
+    assert capsys.readouterr().err == (f"longvid: error: {tmp_path / 'released.pth'}: cannot read as a weights-only torch "
+                                       f"checkpoint, damaged or not only tensors? (Unsupported operand 110)\n")

@@ -1,5 +1,7 @@
 """Checkpoints: safetensors round trip, released .pyth import, table adaptation, reports."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -90,3 +92,82 @@ def test_bad_files_are_clear_errors(tmp_path):
     torch.save({"epoch": 1}, tmp_path / "empty.pyth")
     with pytest.raises(CheckpointError, match="no state dict"):
         load_checkpoint(model, tmp_path / "empty.pyth")
+
+
+def _damaged(tmp_path, kind: str):
+    """A .safetensors file broken in one way (``kind``)."""
+    good = tmp_path / "good.safetensors"
+    save_checkpoint(_tiny(), good)
+    path = tmp_path / f"{kind}.safetensors"
+    data = good.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not safetensors at all " * 8, "empty": b""}[kind])
+    return path
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("truncated", "incomplete metadata, file not fully covered"),
+    ("garbage", "header too large"),
+    ("empty", "header too small"),
+])
+def test_damaged_safetensors_are_checkpoint_errors_naming_the_file(tmp_path, kind, reason):
+    path = _damaged(tmp_path, kind)
+    expected = f"{path}: not a readable safetensors file, truncated or damaged? (Error while deserializing header: {reason})"
+    for load in (lambda: longvid.load_checkpoint(_tiny(), path), lambda: load_model(path)):
+        with pytest.raises(CheckpointError) as err:
+            load()
+        assert str(err.value) == expected
+
+
+def _with_config(tmp_path, **changes):
+    """A checkpoint whose stored config has ``changes`` (None: a config that is not JSON)."""
+    from safetensors.torch import load_file, save_file
+
+    from longvid.checkpoints import read_metadata
+
+    good = tmp_path / "good.safetensors"
+    save_checkpoint(_tiny(), good)
+    meta = read_metadata(good)
+    meta["config"] = json.dumps({**json.loads(meta["config"]), **changes}) if changes else "{not json"
+    path = tmp_path / "changed.safetensors"
+    save_file(load_file(good), path, metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"wings": 2}, "the stored config has unknown key(s) wings (written by another version of longvid?)"),
+    ({"depth": "four"}, "the stored config's depth is 'four', not int"),
+    ({"patch_stride": [2, 4]}, "the stored config's patch_stride is (2, 4), not tuple[int, int, int]"),
+    ({"num_classes": -1}, "the stored config is not valid: num_classes must be >= 1, got -1"),
+    ({"memory_blocks": [0, 99]}, "the stored config is not valid: memory_blocks [99] outside 0..3"),
+    ({}, "the stored config is not valid JSON (Expecting property name enclosed in double quotes)"),
+])
+def test_bad_stored_configs_are_checkpoint_errors_naming_the_file(tmp_path, changes, message):
+    path = _with_config(tmp_path, **changes)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    assert str(err.value) == f"{path}: {message}"
+
+
+def test_cli_stream_and_eval_report_damaged_checkpoints_in_one_line(tmp_path, videos, capsys):
+    from longvid.cli import main
+    from longvid.train.checkpoint import save_checkpoint as save_training_checkpoint
+
+    bad_config = _with_config(tmp_path, num_classes=-1)
+    assert main(["stream", videos["cfr"], "--checkpoint", str(bad_config), "--out", str(tmp_path / "out.jsonl"), "--quiet"]) == 1
+    assert capsys.readouterr().err == f"longvid: error: {bad_config}: the stored config is not valid: num_classes must be >= 1, got -1\n"
+    truncated = _damaged(tmp_path, "truncated")
+    assert main(["stream", videos["cfr"], "--model", "memvit_tiny", "--checkpoint", str(truncated), "--quiet"]) == 1
+    assert capsys.readouterr().err.startswith(f"longvid: error: {truncated}: not a readable safetensors file")
+
+    base = save_training_checkpoint(str(tmp_path / "run"), 1, {"model.w": torch.zeros(2)}, {"step": 1})
+    fields = ["model=toy", "synthetic_videos=4", "synthetic_clips=2", "clip_frames=2", "size=4", "batch_size=2"]
+    with open(base + ".safetensors", "r+b") as f:
+        f.truncate(20)
+    assert main(["eval", "memvit_tiny_synthetic", *fields, "--checkpoint", base, "--quiet"]) == 1
+    assert capsys.readouterr().err.startswith(f"longvid: error: {base}.safetensors is damaged (Error while deserializing header")
+    save_training_checkpoint(str(tmp_path / "run"), 1, {"model.w": torch.zeros(2)}, {"step": 1})
+    with open(base + ".json", "w") as f:
+        f.write('{"step": 1, "conf')  # cut off
+    assert main(["eval", "memvit_tiny_synthetic", *fields, "--checkpoint", base, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"longvid: error: {base}.json is damaged (") and err.count("\n") == 1

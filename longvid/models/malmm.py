@@ -255,7 +255,9 @@ def load_malmm_weights(model: MALMM, path_or_state: str | os.PathLike | dict, st
     Released names: ``Qformer.bert.*``, ``query_tokens``, ``ln_vision.*``, ``llm_proj.*``,
     ``image_pe.weight`` (absent from InstructBLIP checkpoints: it stays zero).
     """
-    state = path_or_state if isinstance(path_or_state, dict) else _read_checkpoint(path_or_state)
+    from longvid.checkpoints import read_state_dict
+
+    state = path_or_state if isinstance(path_or_state, dict) else read_state_dict(path_or_state)
     if not any(k.startswith("Qformer.") for k in state):
         result = model.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if not k.startswith(("encoder.", "llm."))]
@@ -272,18 +274,6 @@ def load_malmm_weights(model: MALMM, path_or_state: str | os.PathLike | dict, st
                 target.copy_(state[name])
         elif strict and name != "image_pe.weight":
             raise LongvidError(f"checkpoint lacks {name}")
-
-
-def _read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise LongvidError(f"checkpoint not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("model", state)
 
 
 def build_malmm(

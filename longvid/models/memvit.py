@@ -84,6 +84,9 @@ class MeMViTConfig:
         classes = (self.num_classes,) if isinstance(self.num_classes, int) else tuple(self.num_classes)
         if not classes or min(classes) < 1:
             raise LongvidError(f"num_classes must be >= 1, got {self.num_classes}")
+        for name in ("in_chans", "depth", "embed_dim", "num_heads"):
+            if getattr(self, name) < 1:
+                raise LongvidError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.head not in HEADS:
             raise LongvidError(f"unknown head {self.head!r}: choose from {', '.join(HEADS)}")
         if self.memory_len < 0:
