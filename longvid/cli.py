@@ -114,15 +114,27 @@ TRAINED_PARTS = {"malmm": "Q-Former, its queries and the LLM projection", "rewin
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    _check_ask_args(args)
+    if args.model == "rewind":
+        return _ask_rewind(args)
+    return _ask_malmm(args)
+
+
+def _check_ask_args(args: argparse.Namespace) -> None:
+    """Every ``ask`` option checked before an encoder or LLM loads."""
     if not args.encoder or not args.llm:
         raise LongvidError(f"ask --model {args.model} needs --encoder and --llm (local paths or hub ids)")
     if args.checkpoint is None and not args.allow_untrained:
         raise LongvidError(f"ask --model {args.model} needs trained weights (--weights FILE): without them the "
                            f"{TRAINED_PARTS[args.model]} are random and the answer is noise "
                            f"(--allow-untrained runs it anyway)")
-    if args.model == "rewind":
-        return _ask_rewind(args)
-    return _ask_malmm(args)
+    for flag, value in (("--frames", args.frames), ("--keep-every", args.keep_every), ("--max-new-tokens", args.max_new_tokens)):
+        if value < 1:
+            raise LongvidError(f"{flag} must be >= 1, got {value}")
+    if args.fps is not None and not args.fps > 0:
+        raise LongvidError(f"--fps must be > 0, got {args.fps:g}")
+    if args.time is not None and not args.time >= 0:
+        raise LongvidError(f"--time must be >= 0 seconds, got {args.time:g}")
 
 
 def _ask_rewind(args: argparse.Namespace) -> int:
@@ -189,13 +201,13 @@ def cmd_stream(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     dist_info = setup(device)
     device = dist_info.device if device.startswith("cuda") else torch.device(device)
+    prefix = f"longvid[rank {dist_info.rank}]" if dist_info.enabled else "longvid"
+    log = None if args.quiet else (lambda message: print(f"{prefix}: {message}", file=sys.stderr))
     with locked_output(args.out, dist_info.rank, dist_info.world_size):  # before the model loads: a busy --out fails at once
         model, note = load_stream_model(args.model, args.checkpoint)
         if labels is None and args.checkpoint is None and "shipped" in note:
             labels = shipped_labels(args.model or DEFAULT_STREAM_PRESET)
         model = model.to(device=device, dtype=dtype)
-        prefix = f"longvid[rank {dist_info.rank}]" if dist_info.enabled else "longvid"
-        log = None if args.quiet else (lambda message: print(f"{prefix}: {message}", file=sys.stderr))
         if log and dist_info.is_main:
             log(f"model {type(model).__name__} ({note}) on {device}, {dtype}".replace("torch.", ""))
         settings = settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size, topk=args.topk,

@@ -459,8 +459,9 @@ def run_stream(
             share = _prepare_output(target, share, resume, summary)
         started = time.perf_counter()
         with _open_sink(target) as sink:
+            desc = "stream" if world == 1 else f"stream[rank {rank}]"
             _write_records(stream_predictions(model, share, settings, labels, batch_streams, device, dtype),
-                           sink, summary, save_scores, progress, log)
+                           sink, summary, save_scores, progress and desc, log)
         summary.seconds = time.perf_counter() - started
         if world > 1:
             _merge_parts(out, rank, world, summary)
@@ -491,9 +492,10 @@ def _open_sink(target: str | None):
 
 
 def _write_records(records: Iterable[dict], sink, summary: StreamSummary, save_scores: str | None,
-                   progress: bool, log: Callable[[str], None] | None) -> None:
+                   progress: str | bool, log: Callable[[str], None] | None) -> None:
     """Write each record as one flushed JSON line, keeping count in ``summary``; clip
-    scores go to ``save_scores`` .npy files instead of the lines."""
+    scores go to ``save_scores`` .npy files instead of the lines. ``progress``: the
+    progress reporter's name, or False for none."""
     bar = _progress(summary.videos - summary.skipped, progress)
     started = time.perf_counter()
     used_names: set[str] = set()
@@ -549,10 +551,10 @@ def _lines_of(paths: Sequence[str]) -> Iterator[str]:
             yield from f
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, desc: str | bool):
     from longvid.progress import progress
 
-    return progress(total, desc="stream", unit="video", enabled=enabled)
+    return progress(total, desc=desc or "", unit="video", enabled=bool(desc))
 
 
 def _advance(bar, summary: StreamSummary, started: float) -> None:

@@ -52,3 +52,17 @@ def test_ask_errors(tmp_path, capsys):
                  "--weights", str(tmp_path / "released.pth")]) == 1  # read before the encoder loads
     assert capsys.readouterr().err == (f"longvid: error: {tmp_path / 'released.pth'}: cannot read as a weights-only torch "
                                        f"checkpoint, damaged or not only tensors? (Unsupported operand 110)\n")
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--frames", "0"], "--frames must be >= 1, got 0"),
+    (["--keep-every", "0"], "--keep-every must be >= 1, got 0"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+    (["--fps", "0"], "--fps must be > 0, got 0"),
+    (["--fps", "nan"], "--fps must be > 0, got nan"),
+    (["--time", "-1"], "--time must be >= 0 seconds, got -1"),
+])
+def test_bad_ask_options_fail_before_the_encoder_loads(tmp_path, capsys, option, message):
+    # a missing encoder path: had it been loaded first, its error would show instead
+    assert main(["ask", str(tmp_path / "v.mp4"), "q", "--encoder", str(tmp_path / "none"), "--llm", "x", "--allow-untrained", *option]) == 1
+    assert capsys.readouterr().err == f"longvid: error: {message}\n"

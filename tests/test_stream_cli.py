@@ -77,6 +77,7 @@ def test_save_scores_pointing_at_a_file_is_an_error_in_the_library(videos, tmp_p
 
 def test_exclusive_lock_is_reentrant_and_removed_on_release(tmp_path):
     path = tmp_path / "out.jsonl"
+    (tmp_path / "out.jsonl.lock").write_text("99999\n")  # left by a killed run: the kernel released its lock
     with exclusive_lock(path):
         with exclusive_lock(path):
             assert (tmp_path / "out.jsonl.lock").read_text() == f"{os.getpid()}\n"
