@@ -85,10 +85,10 @@ def _acquire(lock: str, path: str) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            pid = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
-            raise FileLockedError(f"{path}: another process (pid {holder}) is writing it; wait for it to finish "
-                                  f"or choose another output") from None
+            holder = f"another process (pid {pid})" if pid else "another process"
+            raise FileLockedError(f"{path}: {holder} is writing it; wait for it to finish or choose another output") from None
         except BaseException:
             os.close(fd)
             raise
