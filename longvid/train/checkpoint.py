@@ -18,9 +18,9 @@ import os
 import warnings
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from longvid.checkpoints import CheckpointError
+from longvid.checkpoints import CheckpointError, load_tensors, read_safetensors
 from longvid.fileio import write_atomically, write_text_atomically
 
 
@@ -143,22 +143,11 @@ def _read(base: str) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"{base}.json is damaged ({err})") from None
     if not isinstance(record, dict):
         raise CheckpointError(f"{base}.json is damaged (not a JSON object)")
-    try:
-        tensors = load_file(base + ".safetensors")
-    except Exception as err:  # safetensors raises its own error type for truncated or garbage files
-        raise CheckpointError(f"{base}.safetensors is damaged ({str(err).splitlines()[0]})") from None
-    return tensors, record
+    return read_safetensors(base + ".safetensors"), record
 
 
 def load_model_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str) -> None:
     """Load a training checkpoint's ``model.*`` tensors into ``model``; a checkpoint of
     another model raises :class:`CheckpointError` naming what does not fit."""
     weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    wanted = model.state_dict()
-    missing = [k for k in wanted if k not in weights]
-    unexpected = [k for k in weights if k not in wanted]
-    mismatched = [f"{k} {tuple(v.shape)} -> {tuple(wanted[k].shape)}" for k, v in weights.items() if k in wanted and v.shape != wanted[k].shape]
-    for title, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-        if names:
-            raise CheckpointError(f"{path} does not fit the config's model: {len(names)} {title} (e.g. {names[0]})")
-    model.load_state_dict(weights)
+    load_tensors(model, weights, path)
