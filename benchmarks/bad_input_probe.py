@@ -5,8 +5,8 @@
 Each case runs the installed ``longvid`` script in a fresh folder holding the files the
 probe makes (a short video, annotation files, a trained checkpoint, damaged files),
 with output piped to a file, as a user's shell would. The table lists the command,
-its exit code and the first line of its message (the first ``longvid:`` line, else the
-first line); the run fails (exit 1) if any case
+its exit code and the first line of its message (the first ``longvid:`` line after the
+model's info line, else the first line); the run fails (exit 1) if any case
 printed a traceback or exited 0 when it should not have.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,11 @@ import time
 
 import numpy as np
 
-# (command line as typed, from the probe folder; expected exit code)
+_REWIND = "--model rewind --preset rewind_tiny --encoder vision --llm llm"
+_MALMM = "--model malmm --preset malmm_tiny --encoder vision --llm llm --qformer-tokenizer llm"
+
+# (command line as typed, from the probe folder; expected exit code). ``SIGINT``/``SIGTERM``
+# first: the probe sends that signal once the run has loaded its model.
 CASES: list[tuple[str, int]] = [
     # train / eval: config values
     ("longvid train memvit_tiny_synthetic out_dir=runs/a clip_grad=-1", 1),
@@ -68,6 +73,36 @@ CASES: list[tuple[str, int]] = [
     ("longvid demo-video x.mp4 --seconds -1", 1),
     ("longvid demo-video x.mp4 --fps 0", 1),
     ("longvid demo --seconds 0", 1),
+    # stream: options, output, checkpoints, scores, resume
+    ("longvid stream v.mp4 --size 0", 1),
+    ("longvid stream v.mp4 --threads -1", 1),
+    ("longvid stream v.mp4 --topk 0", 1),
+    ("longvid stream v.mp4 --batch-streams 0", 1),
+    ("longvid stream v.mp4 -T 0", 1),
+    ("longvid stream v.mp4 --tau 0", 1),
+    ("longvid stream v.mp4 --save-scores scores_file", 1),
+    ("longvid stream v.mp4 --out outdir", 1),
+    ("longvid stream v.mp4 --resume", 1),
+    ("flock busy.jsonl.lock longvid stream v.mp4 --out busy.jsonl", 1),  # another run holds the output
+    ("longvid stream v.mp4 --checkpoint truncated.safetensors --out o.jsonl", 1),
+    ("longvid stream v.mp4 --checkpoint garbage.safetensors --out o.jsonl", 1),
+    ("longvid stream v.mp4 --model memvit_tiny --checkpoint truncated.safetensors --out o.jsonl", 1),
+    ("longvid stream v.mp4 --checkpoint unknown_key.safetensors --out o.jsonl", 1),
+    ("longvid stream v.mp4 --checkpoint wrong_type.safetensors --out o.jsonl", 1),
+    ("longvid stream v.mp4 --checkpoint neg_classes.safetensors --out o.jsonl", 1),
+    ("longvid stream v.mp4 --model memvit_tiny --checkpoint unpicklable.pyth --out o.jsonl", 1),
+    ("longvid stream v.mp4 --checkpoint nan.safetensors --out nan.jsonl", 1),
+    ("longvid stream v.mp4 --out not_a_record.jsonl --resume", 1),
+    ("SIGINT longvid stream live.mp4 v.mp4 --out live.jsonl", 130),  # Ctrl-C while a FIFO input opens
+    ("SIGTERM longvid stream live.mp4 v.mp4 --out live.jsonl", 143),
+    # eval / ask: damaged checkpoints, untrained weights, options
+    ("longvid eval memvit_tiny_synthetic model=toy --checkpoint run_json", 1),
+    (f"longvid ask v.mp4 'what color' {_REWIND}", 1),
+    (f"longvid ask v.mp4 'what color' {_MALMM} --weights unpicklable.pyth", 1),
+    (f"longvid ask v.mp4 'what color' {_REWIND} --weights truncated.safetensors", 1),
+    (f"longvid ask v.mp4 'what color' {_REWIND} --allow-untrained --time 60 --max-new-tokens 2", 0),
+    (f"longvid ask v.mp4 'what color' {_REWIND} --allow-untrained --keep-every 0", 1),
+    (f"longvid ask v.mp4 'what color' {_MALMM} --allow-untrained --fps 0", 1),
 ]
 
 
@@ -89,6 +124,7 @@ def make_files(folder: str) -> None:
         with open(os.path.join(folder, name), "w") as f:
             f.write(text)
     os.makedirs(os.path.join(folder, "empty_dir"))
+    make_stream_files(folder)
     # a run with two checkpoints whose newest is truncated: resume falls back, eval of a
     # garbage file names it
     run(folder, "longvid train memvit_tiny_synthetic model=toy out_dir=damaged max_steps=4 checkpoint_every=2 --quiet")
@@ -103,15 +139,84 @@ def make_files(folder: str) -> None:
             f.write(text)
 
 
+def make_stream_files(folder: str) -> None:
+    """A demo video, good and damaged checkpoints, a FIFO no one writes, tiny encoder/LLM folders."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import longvid
+    from longvid.bench.synth import write_demo_video
+    from longvid.checkpoints import read_metadata, save_checkpoint
+    from longvid.models.tiny import save_tiny_llm, save_tiny_vision
+    from longvid.train.checkpoint import save_checkpoint as save_training
+
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+
+    def path(name: str) -> str:
+        return os.path.join(folder, name)
+
+    write_demo_video(path("v.mp4"), seconds=4.0, width=64, height=48, seed=0)
+    torch.manual_seed(0)
+    model = longvid.build_model("memvit_tiny")
+    save_checkpoint(model, path("good.safetensors"))
+    with open(path("good.safetensors"), "rb") as f:
+        data = f.read()
+    with open(path("truncated.safetensors"), "wb") as f:
+        f.write(data[: len(data) // 2])
+    with open(path("garbage.safetensors"), "wb") as f:
+        f.write(b"not safetensors at all " * 8)
+    meta, tensors = read_metadata(path("good.safetensors")), load_file(path("good.safetensors"))
+    for name, change in {"unknown_key": {"wings": 2}, "wrong_type": {"depth": "four"}, "neg_classes": {"num_classes": -1}}.items():
+        config = json.dumps({**json.loads(meta["config"]), **change})
+        save_file(tensors, path(f"{name}.safetensors"), metadata={**meta, "config": config})
+    with torch.no_grad():
+        model.head.projection.bias.fill_(float("nan"))
+    save_checkpoint(model, path("nan.safetensors"))
+    with open(path("unpicklable.pyth"), "wb") as f:
+        f.write(b"\x80\x04not a pickle")
+    with open(path("not_a_record.jsonl"), "w") as f:
+        f.write('{"video": "a.mp4", "status": "done", "clips": 1, "seconds": 0.1}\n{"a": 1}\n')
+    open(path("scores_file"), "w").close()
+    os.makedirs(path("outdir"))
+    save_tiny_vision(path("vision"))
+    save_tiny_llm(path("llm"), hidden=64)
+    os.mkfifo(path("live.mp4"))  # a live input no one writes yet
+    base = save_training(path("run_json"), 1, {"model.w": torch.zeros(2)}, {"step": 1})
+    with open(base + ".json", "w") as f:
+        f.write('{"step": 1, "conf')
+
+
 def run(folder: str, command: str) -> tuple[int, str]:
-    """Run ``command`` (starting with ``longvid``) in ``folder`` with output piped to a file."""
+    """Run ``command`` in ``folder`` with output piped to a file, as a shell would; a leading
+    ``SIGINT``/``SIGTERM`` sends that signal once the run has loaded its model."""
     argv = shlex.split(command)
-    script = os.path.join(os.path.dirname(sys.executable), argv[0])
+    signal_name = argv.pop(0) if argv[0] in ("SIGINT", "SIGTERM") else None
+    at = argv.index("longvid")
+    argv[at] = os.path.join(os.path.dirname(sys.executable), "longvid")
     log = os.path.join(folder, "probe-output.txt")
     with open(log, "w") as f:
-        code = subprocess.run([script, *argv[1:]], cwd=folder, stdout=f, stderr=subprocess.STDOUT, timeout=600).returncode
+        process = subprocess.Popen(argv, cwd=folder, stdout=f, stderr=subprocess.STDOUT)
+        if signal_name:
+            _signal_when_loaded(process, log, getattr(signal, signal_name))
+        code = process.wait(timeout=600)
     with open(log) as f:
         return code, f.read()
+
+
+def _signal_when_loaded(process: subprocess.Popen, log: str, signum: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        with open(log) as f:
+            if "longvid: model " in f.read():
+                time.sleep(1.0)  # now opening the FIFO
+                break
+        time.sleep(0.2)
+    if process.poll() is None:
+        process.send_signal(signum)
 
 
 def main() -> int:
@@ -128,13 +233,16 @@ def main() -> int:
         for command, expected in cases:
             code, printed = run(folder, command)
             lines = [line for line in printed.splitlines() if line.strip()]
-            ours = [line for line in lines if line.startswith("longvid: ")]  # progress lines may come first
+            # the message: the first longvid line that is not the model's info line (progress lines may come first)
+            ours = [line for line in lines if line.startswith("longvid: ") and not line.startswith("longvid: model ")]
             first = (ours or lines or [""])[0]
-            bad = "Traceback" in printed or code != expected or (expected == 1 and not first.startswith("longvid: "))
+            bad = "Traceback" in printed or code != expected or (expected != 0 and not first.startswith(("longvid: ", "usage: ")))
             failures += bad
             mark = " **FAIL**" if bad else ""
-            print(f"| `{command.removeprefix('longvid ')}` | {code} | {expected} | {first[:160]}{mark} |", flush=True)
-    print(f"\n{len(cases)} cases, {failures} failed, {time.perf_counter() - started:.0f} s")
+            shown = command.replace(_REWIND, "REWIND").replace(_MALMM, "MALMM").replace("|", "\\|")
+            print(f"| `{shown}` | {code} | {expected} | {first[:150]}{mark} |", flush=True)
+    print(f"\nREWIND = `{_REWIND}`, MALMM = `{_MALMM}`")
+    print(f"{len(cases)} cases, {failures} failed, {time.perf_counter() - started:.0f} s")
     return 1 if failures else 0
 
 
