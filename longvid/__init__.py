@@ -2,11 +2,14 @@
 
 from longvid.errors import LongvidError
 
-__all__ = ["LongvidError", "build_model", "load_checkpoint"]
+__all__ = ["LongvidError", "build_model", "list_models", "load_checkpoint", "load_state", "save_state"]
 
 _LAZY = {
-    "build_model": "longvid.models.memvit",
+    "build_model": "longvid.models.registry",
+    "list_models": "longvid.models.registry",
     "load_checkpoint": "longvid.checkpoints",
+    "save_state": "longvid.state",
+    "load_state": "longvid.state",
 }
 
 

@@ -259,6 +259,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- models ----------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from longvid.models.registry import list_models
+
+    found = list_models()
+    if args.json:
+        print(json.dumps([vars(info) for info in found]))
+        return 0
+    width = max(len(info.name) for info in found)
+    for info in found:
+        print(f"{info.name:<{width}}  {info.description}")
+    return 0
+
+
 # -- flops -----------------------------------------------------------------------------
 
 
@@ -465,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--pooling", choices=("mean", "last"), default="mean", help="video score: mean of clip logits or the last clip's")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sub = command("models", cmd_models, "List every model preset of every family, one line each.")
+    sub.add_argument("--json", action="store_true", help="print one JSON list")
 
     sub = command("flops", cmd_flops, "Print a model preset's parameters and GFLOPs per clip at steady state.")
     sub.add_argument("preset", help="model preset, e.g. memvit16_16x4")

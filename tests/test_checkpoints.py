@@ -164,7 +164,7 @@ def test_cli_stream_and_eval_report_damaged_checkpoints_in_one_line(tmp_path, vi
     with open(base + ".safetensors", "r+b") as f:
         f.truncate(20)
     assert main(["eval", "memvit_tiny_synthetic", *fields, "--checkpoint", base, "--quiet"]) == 1
-    assert capsys.readouterr().err.startswith(f"longvid: error: {base}.safetensors is damaged (Error while deserializing header")
+    assert capsys.readouterr().err.startswith(f"longvid: error: {base}.safetensors: not a readable safetensors file, truncated or damaged? (Error while deserializing header")
     save_training_checkpoint(str(tmp_path / "run"), 1, {"model.w": torch.zeros(2)}, {"step": 1})
     with open(base + ".json", "w") as f:
         f.write('{"step": 1, "conf')  # cut off

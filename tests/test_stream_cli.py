@@ -17,7 +17,7 @@ from longvid.checkpoints import save_checkpoint
 from conftest import longvid_script
 from longvid.cli import main
 from longvid.fileio import FileLockedError, exclusive_lock
-from longvid.predict import StreamSettings, read_records, run_stream
+from longvid.predict import StreamSettings, run_stream
 from longvid.video import write_video
 
 torch.set_num_threads(1)  # tiny models: threads only contend on a shared machine

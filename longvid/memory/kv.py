@@ -203,6 +203,11 @@ class KVMemoryState:
         self._map(lambda x: found.append(x) or x)
         return found
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by every tensor of the state (all streams)."""
+        return sum(t.numel() * t.element_size() for t in self._tensors())
+
     def detach(self) -> "KVMemoryState":
         """Stop-gradient copy (the model already stores detached memory)."""
         return self._map(Tensor.detach)

@@ -241,6 +241,15 @@ class MeMViT(nn.Module):
             shapes += [((self.config.max_boxes, dim), (self.config.max_boxes, dim))] * self.config.box_depth
         return shapes
 
+    def dummy_inputs(self, batch_size: int, seed: int = 0) -> Tensor:
+        """A valid clip batch ``(B, C, T, H, W)`` for one step (random values from ``seed``; the
+        global RNG is not touched), on the model's device and dtype."""
+        ref = next(self.parameters())
+        c = self.config
+        generator = torch.Generator().manual_seed(seed)
+        clip = torch.randn(batch_size, c.in_chans, c.num_frames, c.crop_size, c.crop_size, generator=generator)
+        return clip.to(device=ref.device, dtype=ref.dtype)
+
     def init_state(self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None, clip_size: tuple[int, int, int] | None = None) -> KVMemoryState:
         """Empty memory for ``batch_size`` streams, all ``is_first``; device/dtype follow the model.
 
@@ -421,6 +430,16 @@ def get_config(name: str, **overrides) -> MeMViTConfig:
     if unknown:
         raise LongvidError(f"unknown config field(s) {', '.join(unknown)} for {name!r}: fields are {', '.join(sorted(fields))}")
     return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def describe(name: str) -> str:
+    """One line about preset ``name``: its size, clip, memory and head."""
+    c = PRESETS[name]
+    kind = f"MeMViT-{c.depth}" if c.memory_len else f"MViTv2-{c.depth}"
+    memory = f"M={c.memory_len} {c.sampler}" if c.memory_len else "no memory"
+    classes = "x".join(map(str, c.num_classes)) if isinstance(c.num_classes, tuple) else c.num_classes
+    causal = ", causal" if c.causal else ""
+    return f"{kind} width {c.embed_dim}, {c.num_frames}x{c.crop_size}x{c.crop_size} clips, {memory}, {c.head} head ({classes} classes){causal}"
 
 
 def build_model(name: str, **overrides) -> MeMViT:
