@@ -273,7 +273,7 @@ def _naive_roi_align(feat, box, size, scale):
 
 
 def test_roi_align_matches_detectron2_semantics():
-    from longvid.models.heads import roi_align
+    from longvid.models.memvit.heads import roi_align
 
     g = torch.Generator().manual_seed(0)
     feat = torch.randn(2, 3, 7, 7, generator=g, dtype=torch.float64)

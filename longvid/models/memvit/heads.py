@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longvid.errors import LongvidError
-from longvid.memory.kv import LayerCache, memory_step
-from longvid.models.mvit import DropPath, LayerMemory, Mlp
+from longvid.models.memvit.memory import LayerCache, memory_step
+from longvid.models.memvit.attention import DropPath, LayerMemory, Mlp
 
 
 class ClassificationHead(nn.Module):

@@ -9,7 +9,7 @@ pooled q to the attention output (not to the cls row). Decomposed relative posit
 scaled distances when the q and k grids differ. A stage transition pools q (stride
 1x2x2), max-pools the residual and projects it to the new width.
 
-Memory (``longvid.memory.kv``): an attention layer given a ``LayerMemory`` attends to
+Memory (``longvid.models.memvit.memory``): an attention layer given a ``LayerMemory`` attends to
 ``[memory entries ; current]`` keys/values, with its own position tables
 (``rel_pos_mem_t/h/w``, temporal distances scaled by the compression stride) and with
 masked entries set to ``-inf`` before the softmax. Attention runs through
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longvid.errors import LongvidError
-from longvid.memory.kv import KVMemorySpec, LayerCache, compress_tokens, memory_step
+from longvid.models.memvit.memory import KVMemorySpec, LayerCache, compress_tokens, memory_step
 
 Size3 = tuple[int, int, int]
 
@@ -227,7 +227,7 @@ class PatchEmbed(nn.Module):
 class LayerMemory:
     """What one memory-reading attention layer gets for a step.
 
-    keys / values: the layer's caches (see ``longvid.memory.kv.LayerCache``).
+    keys / values: the layer's caches (see ``longvid.models.memvit.memory.LayerCache``).
     valid: (B, M) bool, entries (oldest first) each stream may attend to.
     """
 
