@@ -315,8 +315,11 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
     if args.seeds is not None and args.what != "rewind":
         raise LongvidError("--seeds is an option of bench rewind only")
+    torch.set_num_threads(1)  # tiny tensors (and one model at a time): one thread is much faster than two busy ones
     if args.what == "scaling":
         from longvid.bench.scaling import run_scaling
 

@@ -217,7 +217,6 @@ def run_bench(cfg: BenchConfig, out_dir: str = "bench-results", log: Callable[[s
     weights under ``"models"`` as modules)."""
     if not cfg.distances or min(cfg.distances) < 1:
         raise LongvidError(f"distances must be >= 1, got {cfg.distances}")
-    torch.set_num_threads(1)  # tiny tensors: one thread is much faster than two busy ones
     os.makedirs(out_dir, exist_ok=True)
     say = log or (lambda text: None)
     say(f"generating {cfg.train_scenes} training videos and {cfg.eval_scenes} held-out scenes "
