@@ -16,7 +16,8 @@ from longvid.train import ToyMemoryModel, Trainer, TrainConfig, load_config, mem
 from longvid.train.data import class_frequencies, synthetic_source
 from longvid.train.losses import equalization_loss
 from longvid.train.optim import param_groups, warmup_cosine
-from longvid.video.datasets import StreamSampler, TensorVideos
+from longvid.train.sampler import StreamSampler
+from longvid.video.datasets import TensorVideos
 
 
 def config(tmp_path, **fields):

@@ -33,7 +33,8 @@ from longvid.train.config import TrainConfig
 from longvid.train.distributed import DistInfo, all_gather_objects, all_reduce
 from longvid.train.losses import stream_loss
 from longvid.train.optim import build_optimizer, build_scheduler
-from longvid.video.datasets import ClipSource, StreamSampler
+from longvid.train.sampler import StreamSampler
+from longvid.video.datasets import ClipSource
 
 
 def seed_everything(seed: int) -> None:
