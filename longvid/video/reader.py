@@ -1,7 +1,8 @@
 """Streaming clip reader: a video file of any length -> a stream of model-ready clips.
 
 Decoding is lazy (PyAV), so memory stays bounded by a few clips however long the
-video is. Two sampling modes:
+video is, and each frame is resized as it is decoded (a 4K video never holds more than
+one full-size frame). Two sampling modes:
 
 * frame stride (MeMViT's ``T x tau``): clip ``k`` covers ``T * tau`` consecutive
   decoded frames and takes every ``tau``-th one, starting with the first;
@@ -9,26 +10,32 @@ video is. Two sampling modes:
   ``t0 + i / fps`` (the frame on screen at that time), ``T`` samples per clip.
 
 Times come from the stream's presentation timestamps, so variable-frame-rate files
-give true times.
+give true times, and they are seconds from the video stream's start: the first frame
+of an MPEG-TS file (whose clock starts at e.g. 1.4 s) is at 0, as in a player. Frames
+are turned upright by the container's display matrix (phone videos), and frames a
+stream-copied cut marks as discarded (MP4 edit lists) are not part of the video.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import queue
 import threading
 import warnings
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Callable, Iterator, Sequence
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
 import torch
+from av.sidedata.sidedata import Type as SideDataType
+from av.video.reformatter import VideoReformatter
 
 from longvid.errors import LongvidError
-from longvid.video.transforms import KINETICS_MEAN, KINETICS_STD, to_model_input
+from longvid.video.transforms import KINETICS_MEAN, KINETICS_STD, resize_and_crop, to_model_input
 
 
 class VideoError(LongvidError):
@@ -42,6 +49,20 @@ class VideoError(LongvidError):
 
 class VideoDecodeWarning(UserWarning):
     """A video stopped decoding before its end (truncated or corrupt data)."""
+
+
+@dataclass(frozen=True)
+class VideoDamage:
+    """How a pass over a damaged video went.
+
+    reason:         why it counts as damaged (a decoder error, frames lost, an early end).
+    decoded_until:  the time (seconds from the video's start) of the last decoded frame.
+    stopped_early:  decoding ended before the end of the video (or of the requested range).
+    """
+
+    reason: str
+    decoded_until: float
+    stopped_early: bool
 
 
 @dataclass
@@ -70,14 +91,15 @@ class VideoInfo:
     """What the container says about a video's first video stream."""
 
     path: str
-    duration: float  # seconds
+    duration: float  # seconds from the stream's first frame to its end
     fps: float  # average frame rate
-    num_frames: int  # header count, or decoded count when counted
+    num_frames: int  # header count (discarded frames left out), or decoded count when counted
     frames_counted: bool  # True when num_frames comes from a full decode
-    width: int
+    width: int  # as displayed (after the rotation)
     height: int
-    codec: str
+    codec: str  # the codec's name (av1, h264), not the decoder's (libdav1d)
     has_audio: bool
+    rotation: int = 0  # degrees counter-clockwise the display matrix turns the coded frames (ffprobe's sign)
 
     def num_clips(self, clip_frames: int = 16, stride: int = 4, fps: float | None = None, tail: str = "pad") -> int:
         """How many clips :class:`ClipReader` yields with these settings."""
@@ -121,51 +143,330 @@ def _reason(err: BaseException) -> str:
     return " ".join(str(text).split())
 
 
-def _stream_duration(container, stream) -> float:
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / 1_000_000
-    return 0.0
-
-
 def _average_fps(stream) -> float:
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     return float(rate) if rate else 0.0
 
 
+# -- the video's clock -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Clock:
+    """Seconds from the video stream's start (its first frame is at 0 in every container)."""
+
+    origin: float  # the stream's start in its own timestamps, as seconds
+    time_base: Fraction
+    end: float  # the stream's end on this clock (0 when the container does not say)
+
+    @classmethod
+    def of(cls, container, stream) -> "_Clock":
+        time_base = stream.time_base or Fraction(1, av.time_base)
+        if stream.start_time is not None:
+            origin = float(stream.start_time * time_base)
+        else:
+            origin = container.start_time / av.time_base if container.start_time is not None else 0.0
+        if stream.duration is not None:
+            end = float(stream.duration * time_base)
+        elif container.duration is not None:  # e.g. Matroska: the container's duration
+            container_start = container.start_time / av.time_base if container.start_time is not None else origin
+            end = container.duration / av.time_base + container_start - origin
+        else:
+            end = 0.0
+        return cls(origin, time_base, max(0.0, end))
+
+    def seconds(self, timestamp: int) -> float:
+        return float(timestamp * self.time_base) - self.origin
+
+    def timestamp(self, seconds: float) -> int:
+        return int(round((seconds + self.origin) / self.time_base))
+
+
+# -- the display matrix ------------------------------------------------------------------
+
+# (transpose, flip rows, flip columns), applied in that order to an (H, W, C) frame
+_Orientation = tuple[bool, bool, bool]
+_UPRIGHT: _Orientation = (False, False, False)
+
+
+def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
+    """The frame's 3x3 display matrix as 9 int32 (16.16 fixed point), or None."""
+    data = frame.side_data.get(SideDataType.DISPLAYMATRIX)
+    return None if data is None else np.frombuffer(bytes(data), dtype="<i4")
+
+
+def _clockwise(matrix: np.ndarray | None) -> int | None:
+    """Degrees in [0, 360) the display matrix turns the coded frame clockwise (None: no turn given)."""
+    if matrix is None:
+        return None
+    a, b, c, d = (float(matrix[i]) / 65536 for i in (0, 1, 3, 4))
+    if math.hypot(a, c) == 0 or math.hypot(b, d) == 0:
+        return None
+    return round(math.degrees(math.atan2(b / math.hypot(b, d), a / math.hypot(a, c)))) % 360
+
+
+def _orientation(matrix: np.ndarray | None) -> _Orientation:
+    """How to turn a coded frame upright, as FFmpeg's players do (fftools' autorotate).
+
+    Right-angle rotations and mirrorings only; other angles are left as coded.
+    """
+    clockwise = _clockwise(matrix)
+    if clockwise is None:
+        return _UPRIGHT
+    a, c, d = (float(matrix[i]) for i in (0, 3, 4))
+    if clockwise == 90:
+        return (True, False, c <= 0)  # clockwise, or a transpose when mirrored
+    if clockwise == 180:
+        return (False, d < 0, a < 0)
+    if clockwise == 270:
+        return (True, True, c < 0)  # counter-clockwise, or the anti-transpose when mirrored
+    if clockwise == 0:
+        return (False, d < 0, False)
+    return _UPRIGHT
+
+
+def _turn_upright(pixels: torch.Tensor, orientation: _Orientation) -> torch.Tensor:
+    """``(H, W, C)`` -> the displayed ``(H, W, C)`` (or ``(W, H, C)``), contiguous when changed."""
+    transpose, flip_rows, flip_columns = orientation
+    if not (transpose or flip_rows or flip_columns):
+        return pixels
+    if transpose:
+        pixels = pixels.transpose(0, 1)
+    dims = [dim for dim, flip in ((0, flip_rows), (1, flip_columns)) if flip]
+    return pixels.flip(dims).contiguous() if dims else pixels.contiguous()
+
+
+class _FramePixels:
+    """Decoded frames -> uint8 ``(H', W', 3)`` tensors ready for a clip: RGB at the first
+    frame's size, turned upright, resized and cropped, one frame at a time."""
+
+    def __init__(self, short_side: int | None, crop: int | tuple[int, int] | None):
+        self.short_side = short_side
+        self.crop = crop
+        self.to_rgb = VideoReformatter()  # one conversion context for the whole stream (much faster than per frame)
+        self.size: tuple[int, int] | None = None  # the first frame's (width, height)
+        self.orientation = _UPRIGHT
+
+    def __call__(self, frame: av.VideoFrame) -> torch.Tensor:
+        if self.size is None:
+            self.size = (frame.width, frame.height)
+            self.orientation = _orientation(_display_matrix(frame))
+        # A mid-stream size change is scaled to the first size. The array is the converter's
+        # own buffer: it is used at once, never kept.
+        rgb = self.to_rgb.reformat(frame, format="rgb24", width=self.size[0], height=self.size[1]).to_ndarray()  # (H, W, 3)
+        upright = _turn_upright(torch.from_numpy(rgb), self.orientation)  # (H, W, 3) as displayed
+        return resize_and_crop(upright[None], self.short_side, self.crop)[0]  # (H', W', 3)
+
+
+# -- what the header says ----------------------------------------------------------------
+
+
+def _header_frames(stream) -> int:
+    """The container's frame count without the frames it marks as discarded (0: no count).
+
+    A stream-copied cut (``ffmpeg -ss 10.3 -i in.mp4 -c copy``) keeps the packets from the
+    keyframe before the cut and marks those before it as discarded (an MP4 edit list).
+    """
+    if not stream.frames:
+        return 0
+    entries = stream.index_entries
+    count = len(entries)
+    if not count:
+        return stream.frames
+    leading = next((i for i in range(count) if not entries[i].is_discard), count)
+    trailing = next((i for i in range(count - leading) if not entries[count - 1 - i].is_discard), 0)
+    if leading == 0 and trailing == 0:
+        return stream.frames
+    return count - leading - trailing
+
+
+def _first_frame(container, stream, max_packets: int = 1024) -> av.VideoFrame | None:
+    """The stream's first keyframe decoded on its own (found within ``max_packets``), or None.
+
+    Decoded from a copy of its packet: the original may be marked as discarded (a cut
+    that starts after it), and the decoder drops the frames of discarded packets.
+    """
+    try:
+        key = next((p for p in itertools.islice(container.demux(stream), max_packets) if p.is_keyframe and p.size), None)
+        if key is None:
+            return None
+        packet = av.Packet(bytes(key))
+        packet.pts, packet.dts, packet.time_base = key.pts, key.dts, key.time_base
+        frames = stream.codec_context.decode(packet) + stream.codec_context.decode(None)  # decode, then flush
+    except av.FFmpegError:
+        return None
+    return frames[0] if frames else None
+
+
 def probe(path: str | os.PathLike, count_frames: bool = False) -> VideoInfo:
-    """Read a video's header; with ``count_frames``, decode it all to count frames."""
+    """Read a video's header (and its first frame, for the display rotation); with
+    ``count_frames``, decode it all to count the frames :class:`ClipReader` yields."""
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        duration = _stream_duration(container, stream)
+        clock = _Clock.of(container, stream)
         fps = _average_fps(stream)
-        # Without a header count (e.g. WebM), estimate; count only when asked.
-        num_frames = stream.frames or int(round(duration * fps))
-        counted = False
-        if count_frames:
-            num_frames = 0
-            try:
-                for _ in container.decode(stream):
-                    num_frames += 1
-            except av.FFmpegError:
-                pass
-            counted = True
-        codec = stream.codec_context.name if stream.codec_context else "unknown"
-        return VideoInfo(
+        # Without a header count (e.g. WebM, MPEG-TS), estimate; count only when asked.
+        num_frames = _header_frames(stream) or int(round(clock.end * fps))
+        first = _first_frame(container, stream)
+        matrix = _display_matrix(first) if first is not None else None
+        transpose = _orientation(matrix)[0]
+        clockwise = _clockwise(matrix) or 0
+        width, height = stream.codec_context.width, stream.codec_context.height
+        info = VideoInfo(
             path=os.fspath(path),
-            duration=duration,
+            duration=clock.end,
             fps=fps,
             num_frames=num_frames,
-            frames_counted=counted,
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
-            codec=codec,
+            frames_counted=False,
+            width=height if transpose else width,
+            height=width if transpose else height,
+            codec=stream.codec_context.codec.canonical_name,
             has_audio=bool(container.streams.audio),
+            rotation=180 - (180 + clockwise) % 360,  # counter-clockwise, in (-180, 180]
         )
     finally:
         container.close()
+    if count_frames:
+        info = replace(info, num_frames=_count_frames(path), frames_counted=True)
+    return info
+
+
+def _count_frames(path: str | os.PathLike) -> int:
+    """How many frames the reader yields from ``path`` (a damaged file: those it can decode)."""
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        progress = _Progress()
+        return sum(1 for _ in _timed_frames(os.fspath(path), container, stream, _Clock.of(container, stream), 0.0, None, progress))
+    finally:
+        container.close()
+
+
+# -- decoding (shared by the reader and probe's count) -----------------------------------
+
+
+def _packet_timestamp(packet: av.Packet) -> int | None:
+    return packet.pts if packet.pts is not None else packet.dts
+
+
+def _packets_from(path: str, container, stream, clock: _Clock, start: float) -> Iterator[av.Packet]:
+    """The stream's packets from the last keyframe at or before ``start`` on.
+
+    Demuxers seek only roughly (in MPEG-TS to any packet near the target, so decoding
+    would resume seconds late, at the next keyframe): seek, skip to the first keyframe,
+    and while that keyframe is after ``start``, seek again further back.
+    """
+    if start <= 0:
+        return container.demux(stream)
+    target = clock.timestamp(start)
+    first = stream.start_time if stream.start_time is not None else clock.timestamp(0.0)
+    step = max(1, int(round(1 / clock.time_base)))  # one second
+    back = 0
+    while True:
+        at = max(target - back, first)
+        try:
+            container.seek(at, stream=stream, backward=True, any_frame=False)
+            packets = container.demux(stream)
+            key = next((p for p in packets if p.is_keyframe), None)
+        except av.FFmpegError as err:
+            raise VideoError(path, f"cannot seek to {start:g} s ({_reason(err)})") from None
+        when = None if key is None else _packet_timestamp(key)
+        if key is not None and (when is None or when <= target):
+            return itertools.chain([key], packets)
+        if at == first:  # the stream's first keyframe is after start (or none is marked): decode from the top
+            if key is not None:
+                return itertools.chain([key], packets)
+            container.seek(first, stream=stream, backward=True, any_frame=True)
+            return container.demux(stream)
+        back = 2 * back or step
+
+
+def _decode(packets: Iterator[av.Packet], progress: "_Progress", counted: Callable[[av.Packet], bool]) -> Iterator[av.VideoFrame]:
+    """Decode packet by packet, counting (in ``progress``) the packets ``counted`` selects.
+
+    A packet the decoder rejects is skipped (and recorded); FFmpeg also drops some
+    damaged data silently (its log is off: logging from its decoding threads can
+    deadlock PyAV), which shows as fewer frames than packets or an early end. Packets
+    marked as discarded decode (later frames may refer to them) to no frame.
+    """
+    while True:
+        try:
+            packet = next(packets, None)
+        except av.FFmpegError as err:  # the container itself is unreadable from here
+            progress.error = progress.error or _reason(err)
+            return
+        if packet is None:
+            return
+        if packet.size and not packet.is_discard and counted(packet):
+            progress.packets += 1
+        try:
+            frames = packet.decode()  # the last, empty packet flushes the decoder
+        except av.FFmpegError as err:  # a damaged packet: skip it, keep decoding
+            progress.error = progress.error or _reason(err)
+            continue
+        yield from frames
+
+
+def _timed_frames(path: str, container, stream, clock: _Clock, start: float, end: float | None,
+                  progress: "_Progress") -> Iterator[tuple[av.VideoFrame, float]]:
+    """Decoded frames shown in ``[start, end)``, with their times on the video's clock.
+
+    ``progress`` counts the packets and frames of that range (a frame short means damage)
+    and notes the last frame; ``progress.stopped_at_end`` says whether ``end`` stopped it.
+    """
+    fallback_fps = _average_fps(stream) or 30.0
+    progress.frame_duration = 1.0 / fallback_fps
+    progress.stream_end = clock.end
+
+    def in_range(packet: av.Packet) -> bool:
+        when = _packet_timestamp(packet)
+        if when is None:
+            return start <= 0 and end is None
+        time = clock.seconds(when)
+        return time >= start - 1e-6 and (end is None or time < end - 1e-9)
+
+    decoded = 0
+    for frame in _decode(_packets_from(path, container, stream, clock, start), progress, in_range):
+        decoded += 1
+        time = clock.seconds(frame.pts) if frame.pts is not None else (decoded - 1) / fallback_fps
+        if time < start - 1e-6:
+            continue
+        if end is not None and time >= end - 1e-9:
+            progress.stopped_at_end = True
+            return
+        progress.frames += 1
+        progress.last_time = time
+        progress.last_duration = float(frame.duration * clock.time_base) if frame.duration else None
+        yield frame, time
+
+
+def _last_frame_end(progress: "_Progress") -> float:
+    """When the last decoded frame stops showing: after its own duration (else the average
+    one), never past the stream's end."""
+    end = progress.last_time + (progress.last_duration or progress.frame_duration)
+    if progress.stream_end > progress.last_time:
+        end = min(end, progress.stream_end)
+    return end
+
+
+def _assess(progress: "_Progress", start: float, end: float | None, header_frames: int) -> VideoDamage | None:
+    """The damage a finished pass shows, or None for a clean one."""
+    reason = progress.error
+    if reason is None and progress.frames < progress.packets:
+        reason = f"{progress.packets - progress.frames} of {progress.packets} frames could not be decoded"
+    expected = progress.stream_end if end is None else (min(end, progress.stream_end) if progress.stream_end > 0 else 0.0)
+    slack = max(0.5, 3 * progress.frame_duration)
+    stopped_early = not progress.stopped_at_end and expected > 0 and _last_frame_end(progress) < expected - slack
+    if start <= 0 and end is None and header_frames and progress.frames < header_frames - 1:
+        stopped_early = stopped_early or progress.packets < header_frames - 1  # the data ran out, not just frames lost
+        reason = reason or f"the stream ended after {progress.frames} of {header_frames} frames"
+    if stopped_early:
+        reason = reason or "the stream ended early"
+    if reason is None:
+        return None
+    return VideoDamage(reason, decoded_until=progress.last_time, stopped_early=stopped_early)
 
 
 class ClipReader:
@@ -183,7 +484,8 @@ class ClipReader:
             ``mean=None, std=None``), e.g. to normalize on the GPU.
         tail: ``"pad"`` yields the last partial clip, repeating its last frame;
             ``"drop"`` drops it.
-        start, end: read only ``[start, end)`` seconds (start seeks).
+        start, end: read only ``[start, end)`` seconds from the video's start (start
+            seeks to the keyframe before it and decodes forward: exact in any container).
         background: decode in a background thread with a bounded queue, so
             decoding overlaps model compute.
         queue_size: clips buffered by the background thread.
@@ -191,7 +493,9 @@ class ClipReader:
 
     Iterating yields :class:`Clip`. A file that stops decoding early (truncated,
     corrupt) yields every clip it could decode and then warns once
-    (:class:`VideoDecodeWarning`) with how far it got.
+    (:class:`VideoDecodeWarning`) with how far it got; the pass's ``damage`` (on the
+    iterator, and on the reader for its last finished pass) says the same as a
+    :class:`VideoDamage`, None for a clean file.
     """
 
     def __init__(
@@ -216,11 +520,15 @@ class ClipReader:
             raise ValueError(f"clip_frames must be >= 1, got {clip_frames}")
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
-        if fps is not None and fps <= 0:
+        if fps is not None and not (math.isfinite(fps) and fps > 0):
             raise ValueError(f"fps must be > 0, got {fps}")
+        if short_side is not None and short_side < 1:
+            raise ValueError(f"short_side must be >= 1, got {short_side}")
+        if crop is not None and min((crop, crop) if isinstance(crop, int) else crop) < 1:
+            raise ValueError(f"crop must be >= 1, got {crop}")
         if tail not in ("pad", "drop"):
             raise ValueError(f"tail must be 'pad' or 'drop', got {tail!r}")
-        if start < 0 or (end is not None and end <= start):
+        if not (math.isfinite(start) and start >= 0) or (end is not None and not (math.isfinite(end) and end > start)):
             raise ValueError(f"need 0 <= start < end, got start={start}, end={end}")
         if dtype not in (torch.float32, torch.uint8):
             raise ValueError(f"dtype must be torch.float32 or torch.uint8, got {dtype}")
@@ -243,6 +551,7 @@ class ClipReader:
         self.queue_size = queue_size
         self.decode_threads = decode_threads
         self.dtype = dtype
+        self.damage: VideoDamage | None = None  # of the last finished pass
         # Open now so a bad path fails at construction with a VideoError.
         self.info = probe(self.path)
         if self.info.duration > 0 and start >= self.info.duration:
@@ -250,18 +559,16 @@ class ClipReader:
 
     # -- iteration -------------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[Clip]:
-        if self.background:
-            return self._iter_background()
-        return self._iter_foreground()
-
-    def _iter_foreground(self) -> Iterator[Clip]:
+    def __iter__(self) -> "ClipStream":
         progress = _Progress()
+        clips = self._iter_background(progress) if self.background else self._iter_foreground(progress)
+        return ClipStream(clips, progress)
+
+    def _iter_foreground(self, progress: "_Progress") -> Iterator[Clip]:
         yield from self._decode_clips(progress)
-        self._warn_if_incomplete(progress)
+        self._finish(progress)
 
-    def _iter_background(self) -> Iterator[Clip]:
-        progress = _Progress()
+    def _iter_background(self, progress: "_Progress") -> Iterator[Clip]:
         items: queue.Queue = queue.Queue(maxsize=self.queue_size)
         stop = threading.Event()
         done = object()
@@ -299,17 +606,19 @@ class ClipReader:
         finally:
             stop.set()
             worker.join()
-        self._warn_if_incomplete(progress)
+        self._finish(progress)
 
-    def _warn_if_incomplete(self, progress: "_Progress") -> None:
-        if progress.error is None:
+    def _finish(self, progress: "_Progress") -> None:
+        """A pass ended: keep its damage and warn once if there is any."""
+        self.damage = damage = progress.damage
+        if damage is None:
             return
         expected = self.end if self.end is not None else self.info.duration
         warnings.warn(
-            f"{self.path}: damaged video ({progress.error}); decoded up to {progress.last_time:.2f} s "
+            f"{self.path}: damaged video ({damage.reason}); decoded up to {damage.decoded_until:.2f} s "
             f"of {expected:.2f} s and yielded {progress.clips} clips",
             VideoDecodeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
     # -- decoding --------------------------------------------------------------------
@@ -321,72 +630,17 @@ class ClipReader:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             stream.thread_count = self.decode_threads
-            fallback_fps = _average_fps(stream) or 30.0
-            progress.frame_duration = 1.0 / fallback_fps
-            if self.start > 0:
-                offset = int(self.start / stream.time_base) if stream.time_base else int(self.start * 1e6)
-                try:
-                    container.seek(offset, stream=stream, backward=True, any_frame=False)
-                except av.FFmpegError as err:
-                    raise VideoError(self.path, f"cannot seek to {self.start} s ({_reason(err)})") from None
-            counts = _Counts()
-            for frame in self._frames(container, stream, progress, counts):
-                time = frame.time if frame.time is not None else (counts.frames - 1) / fallback_fps
-                if time < self.start - 1e-6:
-                    continue
-                if self.end is not None and time >= self.end - 1e-9:
-                    return
-                progress.frames += 1
-                progress.last_time = time
-                yield frame, time
-            if progress.frames == 0 and self.start == 0:
+            clock = _Clock.of(container, stream)
+            yield from _timed_frames(self.path, container, stream, clock, self.start, self.end, progress)
+            if progress.frames == 0 and self.start <= 0:
                 why = f" ({progress.error})" if progress.error else ""
                 raise VideoError(self.path, f"no decodable video frames{why}")
-            if progress.error is None:
-                progress.error = self._damage(stream, counts, progress)
+            if progress.frames == 0 and self.end is None:
+                raise VideoError(self.path, f"no video frames at or after {self.start:g} s "
+                                            f"(the video ends at {clock.end:.2f} s)")
+            progress.damage = _assess(progress, self.start, self.end, _header_frames(stream))
         finally:
             container.close()
-
-    @staticmethod
-    def _frames(container, stream, progress: "_Progress", counts: "_Counts") -> Iterator[av.VideoFrame]:
-        """Decode packet by packet, counting packets with data and frames out.
-
-        A packet the decoder rejects is skipped (and recorded); FFmpeg also drops some
-        damaged data silently (its log is off: logging from its decoding threads can
-        deadlock PyAV), which shows as fewer frames than packets or an early end.
-        """
-        packets = container.demux(stream)
-        while True:
-            try:
-                packet = next(packets, None)
-            except av.FFmpegError as err:  # the container itself is unreadable from here
-                progress.error = progress.error or _reason(err)
-                return
-            if packet is None:
-                return
-            if packet.size:
-                counts.packets += 1
-            try:
-                frames = packet.decode()  # the last, empty packet flushes the decoder
-            except av.FFmpegError as err:  # a damaged packet: skip it, keep decoding
-                progress.error = progress.error or _reason(err)
-                continue
-            for frame in frames:
-                counts.frames += 1
-                yield frame
-
-    def _damage(self, stream, counts: "_Counts", progress: "_Progress") -> str | None:
-        """Why a stream that decoded without an exception still looks damaged, or None."""
-        if counts.frames < counts.packets:
-            return f"{counts.packets - counts.frames} of {counts.packets} frames could not be decoded"
-        if self.start > 0 or self.end is not None:
-            return None
-        if stream.frames and counts.frames < stream.frames - 1:
-            return f"the stream ended after {counts.frames} of {stream.frames} frames"
-        slack = max(0.5, 3 * progress.frame_duration)
-        if self.info.duration > 0 and progress.last_time + progress.frame_duration < self.info.duration - slack:
-            return "the stream ended early"
-        return None
 
     def _decode_clips(self, progress: "_Progress") -> Iterator[Clip]:
         if self.fps is None:
@@ -419,7 +673,7 @@ class ClipReader:
                     index += 1
             previous = (frame, time)
         if previous is not None:
-            stop = previous[1] + progress.frame_duration
+            stop = _last_frame_end(progress)
             if self.end is not None:
                 stop = min(stop, self.end)
             while t0 + index * period < stop - 1e-9 or index == 0:
@@ -427,8 +681,8 @@ class ClipReader:
                 index += 1
 
     def _group(self, samples, progress: "_Progress") -> Iterator[Clip]:
-        to_rgb = VideoReformatter()  # one conversion context for the whole stream (much faster than per frame)
-        buffer: np.ndarray | None = None  # (T, H, W, 3) uint8, reused: each clip's pixels are copied out of it
+        pixels = _FramePixels(self.short_side, self.crop)
+        buffer: torch.Tensor | None = None  # (T, H', W', 3) uint8, reused: each clip's pixels are copied out of it
         count = 0
         times: list[float] = []
         window = 0
@@ -441,15 +695,14 @@ class ClipReader:
                 count, times, window, window_start = 0, [], sample_window, None
             if window_start is None:
                 window_start = when
+            fitted = pixels(frame)  # (H', W', 3): a full-size frame is never kept
             if buffer is None:
-                buffer = np.empty((self.clip_frames, frame.height, frame.width, 3), np.uint8)
-            # Copy at once: the converter then reuses its output buffer (keeping views alive
-            # makes it allocate every frame). A mid-stream size change is scaled to the first size.
-            buffer[count] = to_rgb.reformat(frame, format="rgb24", width=buffer.shape[2], height=buffer.shape[1]).to_ndarray()
+                buffer = torch.empty((self.clip_frames, *fitted.shape), dtype=torch.uint8)
+            buffer[count] = fitted
             count += 1
             times.append(when)
         if count:
-            end = progress.last_time + progress.frame_duration  # the last frame's end
+            end = _last_frame_end(progress)
             if self.fps is not None:
                 end = min(end, window_start + count / self.fps)
             if self.end is not None:
@@ -458,14 +711,13 @@ class ClipReader:
             if clip is not None:
                 yield clip
 
-    def _make_clip(self, buffer: np.ndarray, num_valid: int, times, window, window_start, next_start) -> Clip | None:
+    def _make_clip(self, buffer: torch.Tensor, num_valid: int, times, window, window_start, next_start) -> Clip | None:
         if num_valid < self.clip_frames:
             if self.tail == "drop":
                 return None
             buffer[num_valid:] = buffer[num_valid - 1]
             times = times + [times[-1]] * (self.clip_frames - num_valid)
-        raw = torch.from_numpy(buffer)  # (T, H, W, C) uint8
-        pixels = to_model_input(raw, self.short_side, self.crop, self.mean, self.std, self.dtype)  # (C, T, H', W'), a new tensor
+        pixels = to_model_input(buffer, None, None, self.mean, self.std, self.dtype)  # (C, T, H', W'), a new tensor
         return Clip(
             frames=pixels,
             index=window,
@@ -480,19 +732,46 @@ class ClipReader:
         return f"ClipReader({self.path!r}, clip_frames={self.clip_frames}, {mode})"
 
 
-@dataclass
-class _Counts:
-    packets: int = 0  # demuxed packets that carry data
-    frames: int = 0  # frames the decoder produced
+class ClipStream:
+    """One pass over a :class:`ClipReader`'s clips (what ``iter(reader)`` returns).
+
+    Once the pass has ended, ``damage`` is a :class:`VideoDamage` when the video was
+    damaged (how far decoding got), None when it decoded cleanly.
+    """
+
+    def __init__(self, clips: Iterator[Clip], progress: "_Progress"):
+        self._clips = clips
+        self._progress = progress
+
+    def __iter__(self) -> "ClipStream":
+        return self
+
+    def __next__(self) -> Clip:
+        return next(self._clips)
+
+    def close(self) -> None:
+        """Stop the pass early (stops the background thread)."""
+        self._clips.close()
+
+    @property
+    def damage(self) -> VideoDamage | None:
+        return self._progress.damage
 
 
 @dataclass
 class _Progress:
-    frames: int = 0
+    """One pass over a video so far (written by the decoding thread)."""
+
+    packets: int = 0  # packets with data shown in [start, end), discarded ones left out
+    frames: int = 0  # frames decoded in [start, end)
     clips: int = 0
-    last_time: float = 0.0
-    frame_duration: float = 1 / 30
+    last_time: float = 0.0  # the last decoded frame's time
+    last_duration: float | None = None  # and its own duration, when the container gives one
+    frame_duration: float = 1 / 30  # the average frame duration
+    stream_end: float = 0.0  # the stream's end from the header (0: unknown)
+    stopped_at_end: bool = False  # the pass stopped at the requested end
     error: str | None = None
+    damage: VideoDamage | None = None
 
 
 def read_clips(path: str | os.PathLike, **kwargs) -> Iterator[Clip]:

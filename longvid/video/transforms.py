@@ -68,6 +68,20 @@ def normalize(frames: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return (x - mean_t) / std_t
 
 
+def resize_and_crop(
+    frames: torch.Tensor, short_side: int | None = 224, crop: int | tuple[int, int] | None = 224
+) -> torch.Tensor:
+    """uint8 ``(T, H, W, C)`` frames -> ``(T, H', W', C)``: short-side resize, then center crop
+    (``None`` skips a step). Each frame is resized on its own, so resizing frames one at a
+    time as they are decoded gives the same pixels as resizing a whole clip."""
+    x = frames.permute(0, 3, 1, 2)  # (T, C, H, W), channels-last in memory
+    if short_side is not None:
+        x = resize_short_side(x, short_side)
+    if crop is not None:
+        x = center_crop(x, crop)
+    return x.permute(0, 2, 3, 1)
+
+
 def to_model_input(
     frames: torch.Tensor,
     short_side: int | None = 224,
@@ -86,11 +100,7 @@ def to_model_input(
         raise ValueError(f"dtype must be torch.float32 or torch.uint8, got {dtype}")
     if dtype == torch.uint8 and (mean is not None or std is not None):
         raise ValueError("uint8 output cannot be normalized: pass mean=None, std=None")
-    x = frames.permute(0, 3, 1, 2)  # (T, C, H, W), channels-last in memory
-    if short_side is not None:
-        x = resize_short_side(x, short_side)
-    if crop is not None:
-        x = center_crop(x, crop)
+    x = resize_and_crop(frames, short_side, crop).permute(0, 3, 1, 2)  # (T, C, H', W'), channels-last in memory
     planar = torch.empty((x.shape[1], x.shape[0], x.shape[2], x.shape[3]), dtype=x.dtype)  # (C, T, H', W')
     planar.copy_(x.permute(1, 0, 2, 3))  # the layout change, on the small uint8 data
     if dtype == torch.uint8:
