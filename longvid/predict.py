@@ -109,7 +109,8 @@ def stream_predictions(
       (``"scores"`` too with ``settings.keep_scores``; scores are softmax probabilities);
       ``{"video", "aggregate": "video", "clips", "top"}`` with ``settings.aggregate``
       (mean of the clip probabilities, the MeMViT paper's one-pass testing);
-      ``{"video", "status": "done", "clips", "seconds"}`` when a video is complete;
+      ``{"video", "status": "done", "clips", "seconds"}`` when a video is complete (with
+      ``"damaged": true, "decoded_until": seconds`` when it could be decoded only in part);
       ``{"video", "status": "error", "error"}`` when a video cannot be read (the run goes on),
       or when a clip's scores are not finite: that clip's record then has ``"top": null``
       (and ``"scores": null``) and its video stops there.
@@ -221,7 +222,11 @@ def _finish(slot: _Slot, settings: StreamSettings, labels: Sequence[str] | None)
     if settings.aggregate and slot.scores:
         mean = {name: np.mean([s[name] for s in slot.scores], axis=0) for name in slot.scores[0]}
         records.append({"video": slot.video, "aggregate": "video", "clips": slot.seen, "top": _top(mean, settings.topk, labels)})
-    records.append({"video": slot.video, "status": "done", "clips": slot.seen, "seconds": round(time.perf_counter() - slot.started, 3)})
+    done = {"video": slot.video, "status": "done", "clips": slot.seen, "seconds": round(time.perf_counter() - slot.started, 3)}
+    damage = getattr(slot.clips, "damage", None)  # a ClipReader pass says how far a damaged video decoded
+    if damage is not None:
+        done.update(damaged=True, decoded_until=round(damage.decoded_until, 3))
+    records.append(done)
     return records
 
 
