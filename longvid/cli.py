@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -25,9 +26,20 @@ def _add_clip_options(parser: argparse.ArgumentParser) -> None:
 # -- info ------------------------------------------------------------------------------
 
 
+def _check_clip_options(args: argparse.Namespace) -> None:
+    """Clip options a user mistyped, as one-line errors that name the flag."""
+    if args.clip_frames < 1:
+        raise LongvidError(f"-T/--clip-frames must be >= 1, got {args.clip_frames}")
+    if args.tau < 1:
+        raise LongvidError(f"--tau must be >= 1, got {args.tau}")
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        raise LongvidError(f"--fps must be a number > 0, got {args.fps:g}")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from longvid.video import probe
 
+    _check_clip_options(args)
     info = probe(args.video, count_frames=args.count)
     clips = info.num_clips(args.clip_frames, args.tau, args.fps, args.tail)
     sampling = f"{args.fps:g} fps" if args.fps else f"T={args.clip_frames}, tau={args.tau}"
@@ -37,12 +49,16 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(record))
         return 0
     counted = "counted" if info.frames_counted else "header"
+    resolution = f"{info.width}x{info.height}"
+    if info.rotation:
+        coded = f"{info.height}x{info.width}" if info.rotation % 180 else resolution
+        resolution += f" (as displayed; coded {coded}, rotation {info.rotation})"
     rows = [
         ("file", info.path),
         ("duration", f"{info.duration:.3f} s"),
         ("fps", f"{info.fps:.3f}"),
         ("frames", f"{info.num_frames} ({counted})"),
-        ("resolution", f"{info.width}x{info.height}"),
+        ("resolution", resolution),
         ("codec", info.codec),
         ("audio", "yes" if info.has_audio else "no"),
         (f"clips ({sampling}, {args.tail})", str(clips)),
@@ -59,6 +75,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_clips(args: argparse.Namespace) -> int:
     from longvid.video import ClipReader
 
+    _check_clip_options(args)
+    if args.size < 1:
+        raise LongvidError(f"--size must be >= 1, got {args.size}")
+    if not (math.isfinite(args.start) and args.start >= 0):
+        raise LongvidError(f"--start must be a time >= 0 seconds, got {args.start:g}")
+    if args.end is not None and not (math.isfinite(args.end) and args.end > args.start):
+        raise LongvidError(f"--end must be a time after --start ({args.start:g} s), got {args.end:g}")
     reader = ClipReader(
         args.video,
         clip_frames=args.clip_frames,

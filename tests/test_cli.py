@@ -38,7 +38,7 @@ def test_bad_video_is_one_line_and_nonzero(videos, name, capsys):
 
 def test_bad_option_value_is_one_line(videos, capsys):
     assert main(["clips", videos["cfr"], "-T", "0"]) == 1
-    assert capsys.readouterr().err == "longvid: error: clip_frames must be >= 1, got 0\n"
+    assert capsys.readouterr().err == "longvid: error: -T/--clip-frames must be >= 1, got 0\n"
 
 
 def test_real_process_exit_code_and_no_traceback(videos):
