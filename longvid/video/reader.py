@@ -155,31 +155,31 @@ def _average_fps(stream) -> float:
 class _Clock:
     """Seconds from the video stream's start (its first frame is at 0 in every container)."""
 
-    origin: float  # the stream's start in its own timestamps, as seconds
-    time_base: Fraction
+    origin: int  # the stream's start, in its timestamps
+    time_base: float  # seconds per timestamp unit
     end: float  # the stream's end on this clock (0 when the container does not say)
 
     @classmethod
     def of(cls, container, stream) -> "_Clock":
         time_base = stream.time_base or Fraction(1, av.time_base)
         if stream.start_time is not None:
-            origin = float(stream.start_time * time_base)
+            origin = stream.start_time
         else:
-            origin = container.start_time / av.time_base if container.start_time is not None else 0.0
+            origin = round(container.start_time / av.time_base / time_base) if container.start_time is not None else 0
         if stream.duration is not None:
             end = float(stream.duration * time_base)
         elif container.duration is not None:  # e.g. Matroska: the container's duration
-            container_start = container.start_time / av.time_base if container.start_time is not None else origin
-            end = container.duration / av.time_base + container_start - origin
+            container_start = container.start_time / av.time_base if container.start_time is not None else float(origin * time_base)
+            end = container.duration / av.time_base + container_start - float(origin * time_base)
         else:
             end = 0.0
-        return cls(origin, time_base, max(0.0, end))
+        return cls(origin, float(time_base), max(0.0, end))
 
     def seconds(self, timestamp: int) -> float:
-        return float(timestamp * self.time_base) - self.origin
+        return (timestamp - self.origin) * self.time_base
 
     def timestamp(self, seconds: float) -> int:
-        return int(round((seconds + self.origin) / self.time_base))
+        return self.origin + int(round(seconds / self.time_base))
 
 
 # -- the display matrix ------------------------------------------------------------------
@@ -237,7 +237,7 @@ def _turn_upright(pixels: torch.Tensor, orientation: _Orientation) -> torch.Tens
 
 
 class _FramePixels:
-    """Decoded frames -> uint8 ``(H', W', 3)`` tensors ready for a clip: RGB at the first
+    """Decoded frames -> uint8 ``(H', W', 3)`` arrays ready for a clip: RGB at the first
     frame's size, turned upright, resized and cropped, one frame at a time."""
 
     def __init__(self, short_side: int | None, crop: int | tuple[int, int] | None):
@@ -247,15 +247,17 @@ class _FramePixels:
         self.size: tuple[int, int] | None = None  # the first frame's (width, height)
         self.orientation = _UPRIGHT
 
-    def __call__(self, frame: av.VideoFrame) -> torch.Tensor:
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         if self.size is None:
             self.size = (frame.width, frame.height)
             self.orientation = _orientation(_display_matrix(frame))
         # A mid-stream size change is scaled to the first size. The array is the converter's
         # own buffer: it is used at once, never kept.
         rgb = self.to_rgb.reformat(frame, format="rgb24", width=self.size[0], height=self.size[1]).to_ndarray()  # (H, W, 3)
+        if self.orientation == _UPRIGHT and self.short_side is None and self.crop is None:
+            return rgb
         upright = _turn_upright(torch.from_numpy(rgb), self.orientation)  # (H, W, 3) as displayed
-        return resize_and_crop(upright[None], self.short_side, self.crop)[0]  # (H', W', 3)
+        return resize_and_crop(upright[None], self.short_side, self.crop)[0].numpy()  # (H', W', 3)
 
 
 # -- what the header says ----------------------------------------------------------------
@@ -438,7 +440,7 @@ def _timed_frames(path: str, container, stream, clock: _Clock, start: float, end
             return
         progress.frames += 1
         progress.last_time = time
-        progress.last_duration = float(frame.duration * clock.time_base) if frame.duration else None
+        progress.last_duration = frame.duration * clock.time_base if frame.duration else None
         yield frame, time
 
 
@@ -682,7 +684,7 @@ class ClipReader:
 
     def _group(self, samples, progress: "_Progress") -> Iterator[Clip]:
         pixels = _FramePixels(self.short_side, self.crop)
-        buffer: torch.Tensor | None = None  # (T, H', W', 3) uint8, reused: each clip's pixels are copied out of it
+        buffer: np.ndarray | None = None  # (T, H', W', 3) uint8, reused: each clip's pixels are copied out of it
         count = 0
         times: list[float] = []
         window = 0
@@ -697,8 +699,9 @@ class ClipReader:
                 window_start = when
             fitted = pixels(frame)  # (H', W', 3): a full-size frame is never kept
             if buffer is None:
-                buffer = torch.empty((self.clip_frames, *fitted.shape), dtype=torch.uint8)
+                buffer = np.empty((self.clip_frames, *fitted.shape), np.uint8)
             buffer[count] = fitted
+            del fitted  # it may view the converter's output, which is reused only when no view of it is alive
             count += 1
             times.append(when)
         if count:
@@ -711,13 +714,13 @@ class ClipReader:
             if clip is not None:
                 yield clip
 
-    def _make_clip(self, buffer: torch.Tensor, num_valid: int, times, window, window_start, next_start) -> Clip | None:
+    def _make_clip(self, buffer: np.ndarray, num_valid: int, times, window, window_start, next_start) -> Clip | None:
         if num_valid < self.clip_frames:
             if self.tail == "drop":
                 return None
             buffer[num_valid:] = buffer[num_valid - 1]
             times = times + [times[-1]] * (self.clip_frames - num_valid)
-        pixels = to_model_input(buffer, None, None, self.mean, self.std, self.dtype)  # (C, T, H', W'), a new tensor
+        pixels = to_model_input(torch.from_numpy(buffer), None, None, self.mean, self.std, self.dtype)  # (C, T, H', W'), a new tensor
         return Clip(
             frames=pixels,
             index=window,
