@@ -94,12 +94,21 @@ def cmd_clips(args: argparse.Namespace) -> int:
         end=args.end,
         background=True,
     )
+    clips = 0
     for clip in reader:
         c, t, h, w = clip.frames.shape
         print(
             f"clip {clip.index:4d}  {clip.start:8.3f}-{clip.end:8.3f} s  frames ({c}, {t}, {h}, {w})"
             f"  valid {clip.num_valid:2d}  mean {clip.frames.mean().item():+.3f}"
         )
+        clips += 1
+    if clips == 0 and args.tail == "drop":
+        sampling = f"{args.fps:g} fps" if args.fps else f"tau={args.tau}"
+        where = "the video" if args.start == 0 and args.end is None else "--start/--end"
+        raise LongvidError(f"{args.video}: not one whole clip of T={args.clip_frames} ({sampling}) in {where}; "
+                           f"--tail pad yields the partial one")
+    if clips == 0:
+        raise LongvidError(f"{args.video}: no video frames between {args.start:g} s and {args.end:g} s")
     return 0
 
 

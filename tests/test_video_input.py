@@ -115,6 +115,8 @@ BAD_INPUTS = [
     (["clips", "{cfr}", "--end", "0"], "--end must be a time after --start (0 s), got 0"),
     (["clips", "{cfr}", "--start", "60"], "{cfr}: start 60 s is past the end of the video (5.00 s)"),
     (["clips", "{cfr}", "--start", "4.99"], "{cfr}: no video frames at or after 4.99 s (the video ends at 5.00 s)"),
+    (["clips", "{cfr}", "--start", "2.001", "--end", "2.02"], "{cfr}: no video frames between 2.001 s and 2.02 s"),
+    (["clips", "{cfr}", "--tail", "drop", "-T", "64"], "{cfr}: not one whole clip of T=64 (tau=4) in the video; --tail pad yields the partial one"),
 ]
 
 
