@@ -247,11 +247,13 @@ def files(tmp_path_factory, videos):
     """Source videos with a keyframe every second (30 frames) or every 3 s, and copies."""
     folder = tmp_path_factory.mktemp("user-videos")
     paths = {}
-    for name, gop in [("gop30", "30"), ("gop90", "90")]:
+    for name, options in [("gop30", {"g": "30"}), ("gop90", {"g": "90"}), ("bframes", {"g": "60", "bf": "3", "preset": "medium"})]:
         paths[name] = str(folder / f"{name}.mp4")
-        write_video(paths[name], gray_frames(300), fps=FPS, options={"preset": "ultrafast", "crf": "18", "g": gop})
+        write_video(paths[name], gray_frames(300), fps=FPS, options={"preset": "ultrafast", "crf": "18", **options})
     paths["ts"] = str(folder / "shifted.ts")  # an MPEG-TS clock that starts at 1.48 s
     video_files.copy_video(paths["gop90"], paths["ts"], shift=1.48, format="mpegts")
+    paths["bframes-ts"] = str(folder / "bframes.ts")  # MPEG-TS seeks by decoding times, before presentation times
+    video_files.copy_video(paths["bframes"], paths["bframes-ts"], shift=1.4, format="mpegts")
     paths["mkv"] = str(folder / "copy.mkv")
     video_files.copy_video(paths["gop90"], paths["mkv"])
     paths["cut"] = str(folder / "cut.mp4")  # ffmpeg -ss 2.5 -i gop30.mp4 -c copy cut.mp4
@@ -288,10 +290,10 @@ def test_phone_video_filmed_upright_is_portrait(tmp_path):
     assert bright[:, 0].max() < 32 and bright[:, 1].min() > 24
 
 
-@pytest.mark.parametrize("container", ["gop90", "mkv", "ts"])
-@pytest.mark.parametrize("start", [2.0, 4.5, 9.5])
-def test_seeking_is_exact_in_every_container(files, container, start):
-    reference = video_files.decoded_frames(files["gop90"])  # frame i is at i / 30 s
+@pytest.mark.parametrize("source,container", [("gop90", "gop90"), ("gop90", "mkv"), ("gop90", "ts"), ("bframes", "bframes-ts")])
+@pytest.mark.parametrize("start", [0.5, 2.0, 4.5, 9.5])
+def test_seeking_is_exact_in_every_container(files, source, container, start):
+    reference = video_files.decoded_frames(files[source])  # frame i is at i / 30 s
     first = int(round(start * FPS))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no damage warning

@@ -358,13 +358,15 @@ def _packets_from(path: str, container, stream, clock: _Clock, start: float) -> 
 
     Demuxers seek only roughly (in MPEG-TS to any packet near the target, so decoding
     would resume seconds late, at the next keyframe): seek, skip to the first keyframe,
-    and while that keyframe is after ``start``, seek again further back.
+    and while that keyframe is after ``start``, seek again further back, at most to a
+    second before the first frame (MPEG-TS seeks by decoding times, which come before
+    the presentation times with B-frames).
     """
     if start <= 0:
         return container.demux(stream)
     target = clock.timestamp(start)
-    first = stream.start_time if stream.start_time is not None else clock.timestamp(0.0)
     step = max(1, int(round(1 / clock.time_base)))  # one second
+    first = clock.origin - step
     back = 0
     while True:
         at = max(target - back, first)
