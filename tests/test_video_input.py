@@ -2,9 +2,6 @@
 input as one-line errors, and the stream's record of a damaged video."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,16 +10,6 @@ import longvid
 import video_files
 from longvid.cli import main
 from longvid.predict import StreamSettings, stream_predictions
-
-LONGVID = os.path.join(os.path.dirname(sys.executable), "longvid")  # the installed script, venv activated or not
-
-
-def run_longvid(tmp_path, *args: str) -> tuple[int, str, str]:
-    """Run the installed script as a user would (no --quiet), stdout and stderr going to files."""
-    out_path, err_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    with open(out_path, "w") as out, open(err_path, "w") as err:
-        code = subprocess.run([LONGVID, *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=tmp_path).returncode
-    return code, out_path.read_text(), err_path.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -35,50 +22,49 @@ def phone_video(tmp_path_factory):
 # -- the installed script ----------------------------------------------------------------------
 
 
-def test_script_info(tmp_path, videos, phone_video):
-    code, out, err = run_longvid(tmp_path, "info", videos["cfr"], "-T", "4", "--tau", "3")
-    assert code == 0 and err == ""
+def test_script_info(run_cli, videos, phone_video):
+    code, printed = run_cli("info", videos["cfr"], "-T", "4", "--tau", "3")
+    assert code == 0 and "longvid:" not in printed
     for expected in ["5.000 s", "150 (header)", "64x48", "h264", "clips (T=4, tau=3, pad)  13"]:
-        assert expected in out
-    code, out, err = run_longvid(tmp_path, "info", phone_video, "--count")
-    assert code == 0 and err == ""
-    assert "48x64 (as displayed; coded 64x48, rotation -90)" in out and "30 (counted)" in out
+        assert expected in printed
+    code, printed = run_cli("info", phone_video, "--count")
+    assert code == 0 and "longvid:" not in printed
+    assert "48x64 (as displayed; coded 64x48, rotation -90)" in printed and "30 (counted)" in printed
 
 
-def test_script_clips(tmp_path, videos):
-    code, out, err = run_longvid(tmp_path, "clips", videos["cfr"], "-T", "4", "--tau", "1", "--start", "2", "--end", "3", "--size", "32")
-    lines = out.splitlines()
-    assert code == 0 and err == "" and len(lines) == 8  # frames 60..89 in clips of 4, the last one padded
+def test_script_clips(run_cli, videos):
+    code, printed = run_cli("clips", videos["cfr"], "-T", "4", "--tau", "1", "--start", "2", "--end", "3", "--size", "32")
+    lines = printed.splitlines()
+    assert code == 0 and len(lines) == 8  # frames 60..89 in clips of 4, the last one padded
     assert lines[0].startswith("clip    0     2.000-   2.133 s  frames (3, 4, 32, 32)  valid  4")
     assert lines[-1].startswith("clip    7     2.933-   3.000 s") and "valid  2" in lines[-1]
 
 
-def test_script_clips_of_a_damaged_video_warns_in_one_line(tmp_path, videos):
-    code, out, err = run_longvid(tmp_path, "clips", videos["truncated"], "-T", "8", "--tau", "2", "--size", "32")
-    assert code == 0 and out.count("\n") >= 3
-    assert err.count("\n") == 1 and err.startswith("longvid: warning: ") and "damaged video" in err
+def test_script_clips_of_a_damaged_video_warns_in_one_line(run_cli, videos):
+    code, printed = run_cli("clips", videos["truncated"], "-T", "8", "--tau", "2", "--size", "32")
+    lines = printed.splitlines()
+    assert code == 0 and sum(line.startswith("clip ") for line in lines) >= 3
+    assert [line for line in lines if not line.startswith("clip ")] == [lines[-1]]
+    assert lines[-1].startswith("longvid: warning: ") and "damaged video" in lines[-1]
 
 
-def test_script_demo_video(tmp_path):
-    code, out, err = run_longvid(tmp_path, "demo-video", "recall.mp4", "--seconds", "4")
-    assert code == 0 and err == ""
-    assert out.startswith("wrote recall.mp4: 64 frames, 160x120 at 16 fps\ncue: the ")
-    code, out, _ = run_longvid(tmp_path, "info", "recall.mp4", "--count")
-    assert code == 0 and "64 (counted)" in out
+def test_script_demo_video(run_cli):
+    code, printed = run_cli("demo-video", "recall.mp4", "--seconds", "4")
+    assert code == 0 and printed.startswith("wrote recall.mp4: 64 frames, 160x120 at 16 fps\ncue: the ")
+    code, printed = run_cli("info", "recall.mp4", "--count")
+    assert code == 0 and "64 (counted)" in printed
 
 
-def test_script_demo(tmp_path):
-    code, out, err = run_longvid(tmp_path, "demo", "--seconds", "3")
-    assert code == 0 and err == ""
+def test_script_demo(run_cli, tmp_path):
+    code, printed = run_cli("demo", "--seconds", "3")
+    assert code == 0 and "longvid:" not in printed
     assert (tmp_path / "longvid-demo" / "demo.mp4").exists()
-    assert "clips (T=16, tau=4, pad)  2" in out and out.count("frames (3, 16, 224, 224)") == 2
+    assert "clips (T=16, tau=4, pad)  2" in printed and printed.count("frames (3, 16, 224, 224)") == 2
 
 
-def test_script_bad_input_is_one_line_and_exit_1(tmp_path):
-    code, out, err = run_longvid(tmp_path, "clips", "no-such-video.mp4")
-    assert (code, out, err) == (1, "", "longvid: error: no-such-video.mp4: no such file\n")
-    code, out, err = run_longvid(tmp_path, "info", str(tmp_path), "-T", "0")
-    assert (code, out, err) == (1, "", "longvid: error: -T/--clip-frames must be >= 1, got 0\n")
+def test_script_bad_input_is_one_line_and_exit_1(run_cli, tmp_path):
+    assert run_cli("clips", "no-such-video.mp4") == (1, "longvid: error: no-such-video.mp4: no such file\n")
+    assert run_cli("info", tmp_path, "-T", "0") == (1, "longvid: error: -T/--clip-frames must be >= 1, got 0\n")
 
 
 # -- bad input: one line, exit 1, never a traceback ---------------------------------------------
