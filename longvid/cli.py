@@ -427,8 +427,15 @@ def _seed_list(text: str) -> tuple[int, ...]:
     return seeds
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (and the usual exit status 2): ``--help`` shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="longvid", description="Long video understanding with memory.")
+    parser = _Parser(prog="longvid", description="Long video understanding with memory.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 

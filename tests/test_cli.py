@@ -60,3 +60,12 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "wrote" in out and "clips (T=16, tau=4, pad)  2" in out
     assert out.count("frames (3, 16, 224, 224)") == 2
+
+
+def test_mistyped_arguments_are_one_line(capsys):
+    for argv in (["clips", "x.mp4", "-T", "abc"], ["info"], ["nosuch"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ": error: " in err and "--help" in err
