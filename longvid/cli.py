@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Callable, Sequence
 
 from longvid.errors import LongvidError
+from longvid.progress import is_terminal
 
 
 def _add_clip_options(parser: argparse.ArgumentParser) -> None:
@@ -600,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
-    if getattr(args, "quiet", False):
+    if getattr(args, "quiet", False) or not is_terminal(sys.stderr):  # no carriage-return bars in log files
         _hide_library_progress_bars()
     with _stop_on_signals() as received:
         try:

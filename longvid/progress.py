@@ -76,14 +76,15 @@ def progress(total: int | None = None, desc: str = "", unit: str = "it", enabled
     if not enabled:
         return None
     file = file if file is not None else sys.stderr
-    if _isatty(file):
+    if is_terminal(file):
         from tqdm import tqdm
 
         return tqdm(total=total, desc=desc, unit=unit, file=file, dynamic_ncols=True, leave=leave)
     return PlainProgress(total, desc, unit, file, interval)
 
 
-def _isatty(file: IO[str]) -> bool:
+def is_terminal(file: IO[str]) -> bool:
+    """Whether ``file`` is a terminal (False for pipes, files and closed or odd streams)."""
     try:
         return file.isatty()
     except (AttributeError, ValueError):
