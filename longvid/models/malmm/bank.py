@@ -151,10 +151,6 @@ class MemoryBank:
         counts = torch.cat([self.counts, self.counts[..., :1].expand(-1, -1, extra)], 2) if self.num_tokens else self.counts.new_zeros(*self.counts.shape[:2], tokens)
         return MemoryBank(F.pad(self.slots, (0, 0, 0, extra)), counts)
 
-    def index_select(self, index: torch.Tensor) -> "MemoryBank":
-        """The streams ``index`` ``(b,)``, in that order."""
-        return MemoryBank(self.slots.index_select(0, index), self.counts.index_select(0, index))
-
     def index_copy(self, index: torch.Tensor, rows: "MemoryBank") -> "MemoryBank":
         """A bank with streams ``index`` replaced by ``rows``; the shorter bank gets empty slots at the front."""
         full = self.with_tokens(rows.num_tokens) if self.num_slots == 0 else self
@@ -166,7 +162,3 @@ class MemoryBank:
     def map(self, fn) -> "MemoryBank":
         """``fn`` applied to the slots and the counts."""
         return MemoryBank(fn(self.slots), fn(self.counts))
-
-    @property
-    def nbytes(self) -> int:
-        return self.slots.numel() * self.slots.element_size() + self.counts.numel() * self.counts.element_size()
