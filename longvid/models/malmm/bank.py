@@ -79,7 +79,7 @@ def compress_to_length(bank: torch.Tensor, counts: torch.Tensor, max_slots: int)
     return bank, counts
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: compare them, not states
 class MemoryBank:
     """One memory bank for B streams: ``slots`` ``(B, S, N, C)`` and ``counts`` ``(B, S, N)``.
 

@@ -45,7 +45,7 @@ from longvid.models.stream import Frames, dummy_frames
 DUMMY_FRAMES = 2  # frames per stream in dummy_inputs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: compare them, not states
 class MALMMState:
     """The memory of B streams (a value: operations return new states).
 

@@ -41,7 +41,7 @@ from longvid.models.malmm.bank import MemoryBank
 from longvid.models.malmm.config import QFormerConfig, SparseMemoryConfig
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors: compare them, not states
 class QFormerMemory:
     """Per-stream Q-Former memory: the visual bank and one query bank per layer.
 
@@ -137,7 +137,8 @@ class SparseMemoryAttention(Attention):
 
     Branches (each attends to its memory keys plus the current frame's keys):
     compressed (one learned weighted pooling of each block of ``block_slots`` memory slots,
-    per token position), selected (the full-resolution slots of the ``top_blocks`` blocks
+    per token position; blocks are counted back from the newest slot and empty slots pool
+    as zeros, so a stream's blocks are the same alone or behind a batch's empty slots), selected (the full-resolution slots of the ``top_blocks`` blocks
     with the highest compressed-attention mass, chosen per query position and shared by
     all heads), and window (the ``window_slots`` newest slots). Outputs are mixed by
     per-head sigmoid gates computed from the query position's hidden state.
