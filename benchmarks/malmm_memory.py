@@ -69,20 +69,20 @@ def stream_peak_bytes(model: MALMM, num_frames: int, tokens_per_frame: int, devi
     if device == "cpu":
         tracker = LiveTensorBytes([*model.parameters(), *model.buffers(), text_ids])
         with tracker:
-            state = model.init_state(1, device)
+            state = model.init_state_tokens(text_ids)
             for _ in range(num_frames):
-                frame = torch.randn(1, tokens_per_frame, width, generator=generator, device=device)
-                _, state = model.step(frame, text_ids, None, state)
+                frame = torch.randn(1, 1, tokens_per_frame, width, generator=generator, device=device)
+                _, state = model.step_tokens(frame, state)
             state_bytes = tracker.current
         peak = tracker.peak
     else:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        state = model.init_state(1, device)
+        state = model.init_state_tokens(text_ids)
         for _ in range(num_frames):
-            frame = torch.randn(1, tokens_per_frame, width, generator=generator, device=device)
-            _, state = model.step(frame, text_ids, None, state)
+            frame = torch.randn(1, 1, tokens_per_frame, width, generator=generator, device=device)
+            _, state = model.step_tokens(frame, state)
         torch.cuda.synchronize()
         peak, state_bytes = torch.cuda.max_memory_allocated() - base, torch.cuda.memory_allocated() - base
     return peak, state_bytes, time.perf_counter() - start

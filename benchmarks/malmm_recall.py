@@ -17,6 +17,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's longvid
@@ -46,6 +47,8 @@ def main() -> None:
         test_videos=args.test_videos, systems=tuple(args.systems.split(",")),
         train=replace(defaults.train, epochs=args.epochs, lr=args.lr, seed=args.seed),
     )  # fmt: skip
+    torch.set_num_threads(1)  # tiny tensors: one thread is much faster than two busy ones
+    torch.manual_seed(spec.train.seed)
     rows = run_malmm_bench(spec, log=lambda text: print(text, file=sys.stderr))
     print(f"recall: {spec.num_frames} frames, cue {spec.distances} clips of {spec.clip_frames} frames before the last clip, "
           f"{spec.num_classes} classes, {spec.train_videos} training / {spec.test_videos} held-out videos")

@@ -110,10 +110,10 @@ def load_malmm(preset: str, encoder: str, llm: str, qformer_tokenizer: str | Non
                weights: str | os.PathLike | None = None, device=None):
     """An MA-LMM from a preset, an image encoder, an LLM and a Q-Former tokenizer (paths or
     hub ids), and trained weights (ours or a released ``.pth``; None: a random Q-Former)."""
-    from longvid.models.malmm import build_malmm, load_malmm_weights
+    from longvid.models.malmm import build_model, load_malmm_weights
 
     tensors = _read_weights(weights)
-    model = build_malmm(preset, encoder, llm, qformer_tokenizer, device=device)
+    model = build_model(preset, encoder=encoder, llm=llm, qformer_tokenizer=qformer_tokenizer, device=device)
     if tensors is not None:
         _load_weights(load_malmm_weights, model, tensors, weights)
     return model
@@ -154,7 +154,7 @@ def ask_malmm(
     Frames: ``num_frames`` spread uniformly over the video (or over ``[0, until]``), or a
     fixed ``fps`` for online use on videos of any length (memory stays at L slots).
     """
-    from longvid.models.malmm import answer_stream
+    from longvid.models.stream import Frames
     from longvid.video import ClipReader
 
     duration = _check_until(video, until)
@@ -165,16 +165,21 @@ def ask_malmm(
         fps = num_frames / span if span > 0 else 1.0
     reader = ClipReader(video, clip_frames=1, fps=fps, short_side=None, crop=None, mean=None, std=None, tail="drop",
                         end=None if until is None else until + 1e-3, background=True)
-    frames = (clip.frames[:, 0] for clip in reader)  # (3, H, W) in [0, 1]
-    beams, state = answer_stream(model, frames, question)
+    model.eval()
+    state = model.init_state(1, instructions=[question])
+    for clip in reader:  # one frame per clip: (3, 1, H, W) in [0, 1]
+        frames = Frames(clip.frames.permute(1, 0, 2, 3)[None], clip.timestamps[None])  # (1, 1, 3, H, W)
+        _, state = model(frames, state)
+    if int(state.frames_seen[0]) == 0:
+        raise LongvidError(f"{video}: no frames were read")
     prompt_tokens = len(model.llm.tokenize_prompts([question])[0])
     return Answer(
-        text=beams[0],
+        text=model.answer(state, [question])[0],
         frames_seen=int(state.frames_seen[0]),
         memory_tokens=state.memory_tokens(),
-        llm_input_tokens=state.queries.shape[1] + prompt_tokens,
+        llm_input_tokens=int(state.visual_tokens()[0]) + prompt_tokens,
         selected_times=[],
-        memory_bytes=state.nbytes(),
+        memory_bytes=state.nbytes,
         buffer_ram_bytes=0,
         buffer_disk_bytes=0,
     )

@@ -377,6 +377,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _bench_malmm(args: argparse.Namespace) -> int:
     from dataclasses import asdict, replace
 
+    import torch
+
     from longvid.bench.malmm import MALMMBenchSpec, format_table, run_malmm_bench
 
     if args.full or args.save_weights:
@@ -385,6 +387,8 @@ def _bench_malmm(args: argparse.Namespace) -> int:
     if args.quick:  # a smoke run: too little training for the memory margin
         spec = replace(spec, train_videos=128, test_videos=64, train=replace(spec.train, epochs=3))
     log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr))
+    torch.set_num_threads(1)  # tiny tensors: one thread is much faster than two busy ones
+    torch.manual_seed(spec.train.seed)
     rows = run_malmm_bench(spec, log=log)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "malmm_recall.json")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from longvid.cli import main
-from longvid.models.malmm import build_malmm
+from longvid.models.malmm import build_model
 from longvid.models.tiny import save_tiny_llm, save_tiny_vision
 from longvid.video import write_video
 
@@ -16,7 +16,7 @@ def test_ask_malmm_end_to_end(tmp_path, capsys):
     write_video(video, (torch.rand(12, 48, 64, 3) * 255).to(torch.uint8), fps=6)
     vision = save_tiny_vision(str(tmp_path / "vision"))
     llm = save_tiny_llm(str(tmp_path / "llm"))
-    model = build_malmm("malmm_tiny", vision, llm, llm)
+    model = build_model("malmm_tiny", encoder=vision, llm=llm, qformer_tokenizer=llm)
     from safetensors.torch import save_file
 
     save_file(model.trainable_state_dict(), str(tmp_path / "w.safetensors"))

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from longvid.errors import LongvidError
-from longvid.memory.bank import MemoryBank, compress_memory_bank, compress_to_length
+from longvid.models.malmm.bank import MemoryBank, compress_memory_bank, compress_to_length
 
 
 def naive_compress(bank, counts):
@@ -102,6 +102,33 @@ def test_empty_slots_are_dropped_before_real_ones():
     assert bank.slot_mask[1].tolist() == [True] * 3
     torch.testing.assert_close(bank.slots[1:], alone.slots, rtol=0, atol=0)
     torch.testing.assert_close(bank.counts[1:], alone.counts)
+
+
+def test_streams_of_different_lengths_share_a_bank():
+    """A stream copied into a bank with more slots gets empty slots in front, then compresses
+    exactly as it does alone; an empty bank learns its token count from its first frame."""
+    g = torch.Generator().manual_seed(5)
+    frames = torch.randn(8, 2, 3, 4, generator=g, dtype=torch.float64)
+    batch = MemoryBank.empty(2, 3, 4, dtype=torch.float64)
+    for t in range(5):
+        batch = batch.append(frames[t]).compress_to(3)
+    alone = MemoryBank.empty(1, 0, 4, dtype=torch.float64).append(frames[5, 1:])  # (1, 1, 3, 4)
+    joined = batch.index_copy(torch.tensor([1]), alone)
+    assert joined.slot_mask.tolist() == [[True] * 3, [False, False, True]]
+    assert torch.equal(joined.slots[0], batch.slots[0]) and torch.equal(joined.slots[1, 2], frames[5, 1])
+    for t in (6, 7):
+        joined, alone = joined.append(frames[t]).compress_to(3), alone.append(frames[t, 1:]).compress_to(3)
+    assert torch.equal(joined.slots[1:], alone.slots) and torch.equal(joined.counts[1:], alone.counts)
+
+
+def test_padding_a_bank():
+    bank = MemoryBank.empty(1, 2, 4).append(torch.ones(1, 2, 4)).append(2 * torch.ones(1, 2, 4)).compress_to(1)
+    wider = bank.pad_tokens(3)  # a new (masked) position with its slot's frame count
+    assert wider.slots.shape == (1, 1, 3, 4) and wider.counts.tolist() == [[[2.0, 2.0, 2.0]]] and not wider.slots[0, 0, 2].any()
+    longer = bank.pad_slots(3)
+    assert longer.slot_mask.tolist() == [[False, False, True]] and torch.equal(longer.slots[:, 2], bank.slots[:, 0])
+    with pytest.raises(LongvidError, match="holds 2 tokens per frame, this frame has 3"):
+        bank.append(torch.ones(1, 3, 4))
 
 
 def test_errors():

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from longvid.errors import LongvidError
-from longvid.models.qformer import QFormer, QFormerConfig, SparseMemoryConfig, load_qformer_state_dict
+from longvid.models.malmm import QFormer, QFormerConfig, SparseMemoryConfig, load_qformer_state_dict
 
 torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
 

@@ -149,29 +149,28 @@ def evaluate_system(model: MALMM, tokens: torch.Tensor, question: str, labels: t
     """Closed-set accuracy over ``classes`` on videos ``tokens`` ``(N, T, Nv, Cv)``, with the
     per-stream state size (bytes, stored memory tokens) and the LLM's visual tokens."""
     model.eval()
-    correct, state = 0, None
+    correct = 0
     for first in range(0, tokens.shape[0], batch_size):
         batch = tokens[first : first + batch_size]
         prompts = [question] * batch.shape[0]
-        ids, mask = model.tokenize_instructions(prompts)
-        _, state = model(batch, ids, mask)
+        _, state = model.step_tokens(batch, model.init_state(batch.shape[0], instructions=prompts))
         scores = model.score(state, prompts, classes)  # (B, K)
         correct += int((scores.argmax(1) == labels[first : first + batch_size]).sum())
-    streams = state.frames_seen.shape[0]
     return {
         "accuracy": 100.0 * correct / tokens.shape[0],
-        "llm_visual_tokens": int(state.queries.shape[1]),
-        "memory_bytes": state.nbytes() // streams,
+        "llm_visual_tokens": int(state.visual_tokens()[0]),
+        "memory_bytes": state.nbytes // state.batch_size,
         "memory_tokens": state.memory_tokens(),
     }
 
 
 def run_malmm_bench(spec: MALMMBenchSpec = MALMMBenchSpec(), work_dir: str | None = None, log: Callable[[str], None] | None = print) -> list[dict]:
     """Train each system of ``spec.systems`` on recall seeds ``0..train_videos-1`` and test it on
-    ``test_seed..``; returns one row per system (see :func:`format_table`)."""
+    ``test_seed..``; returns one row per system (see :func:`format_table`).
+
+    The figures depend on the process's RNG and thread count, which entry points set
+    (``longvid bench malmm``: one thread, ``torch.manual_seed(spec.train.seed)``)."""
     spec.validate()
-    torch.set_num_threads(1)  # tiny tensors: one thread is much faster than two busy ones
-    torch.manual_seed(spec.train.seed)
     with tempfile.TemporaryDirectory() as scratch:
         work_dir = work_dir or scratch
         vision = FrozenImageEncoder.from_pretrained(save_tiny_vision(os.path.join(work_dir, "vision"), image_size=spec.size, patch=8))

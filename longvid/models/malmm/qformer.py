@@ -19,7 +19,7 @@ MA-LMM memory (``memory_bank_length`` L > 0) is explicit per-stream state
   masked in every slot.
 
 Both are stored detached and compressed to L slots with
-:func:`longvid.memory.bank.compress_memory_bank` after each frame.
+:func:`longvid.models.malmm.bank.compress_memory_bank` after each frame.
 
 With ``sparse`` set, the query-memory self-attention becomes native sparse attention:
 three gated branches over the memory (compressed block summaries, top-k selected
@@ -30,50 +30,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from longvid.errors import LongvidError
-from longvid.memory.bank import MemoryBank
+from longvid.models.malmm.bank import MemoryBank
+from longvid.models.malmm.config import QFormerConfig, SparseMemoryConfig
 
 
-@dataclass(frozen=True)
-class SparseMemoryConfig:
-    """Native sparse attention over the query memory (blocks are runs of memory slots)."""
-
-    block_slots: int = 2  # memory slots per block (compression and selection unit)
-    top_blocks: int = 2  # blocks each query position selects
-    window_slots: int = 2  # newest memory slots in the sliding-window branch
-
-
-@dataclass(frozen=True)
-class QFormerConfig:
-    """Q-Former shape and memory settings; defaults are InstructBLIP's (BERT-base)."""
-
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    intermediate_size: int = 3072
-    cross_attention_freq: int = 2  # layers 0, f, 2f, ... cross-attend to the visual tokens
-    encoder_width: int = 1408  # visual token width Cv
-    num_query_tokens: int = 32
-    vocab_size: int = 30523
-    max_position_embeddings: int = 512
-    layer_norm_eps: float = 1e-12
-    dropout: float = 0.1  # hidden and attention-probability dropout
-    memory_bank_length: int = 0  # L; 0: no memory, every frame on its own
-    visual_memory: bool = True
-    query_memory: bool = True
-    sparse: SparseMemoryConfig | None = None  # native sparse attention over the query memory
-
-    @property
-    def uses_memory(self) -> bool:
-        return self.memory_bank_length > 0 and (self.visual_memory or self.query_memory)
-
-
-@dataclass
+@dataclass(frozen=True, eq=False)  # tensors: compare them, not states
 class QFormerMemory:
     """Per-stream Q-Former memory: the visual bank and one query bank per layer.
 
@@ -84,10 +52,21 @@ class QFormerMemory:
     visual: MemoryBank | None
     query: tuple[MemoryBank, ...]
 
-    def reset(self, is_first: torch.Tensor) -> "QFormerMemory":
-        """Empty the memory of the streams where ``is_first`` ``(B,)`` is True."""
-        visual = None if self.visual is None else self.visual.reset(is_first)
-        return QFormerMemory(visual, tuple(bank.reset(is_first) for bank in self.query))
+    def banks(self) -> list[MemoryBank]:
+        return ([] if self.visual is None else [self.visual]) + list(self.query)
+
+    def map(self, fn: Callable[[MemoryBank], MemoryBank]) -> "QFormerMemory":
+        """``fn`` applied to every bank."""
+        return QFormerMemory(None if self.visual is None else fn(self.visual), tuple(fn(bank) for bank in self.query))
+
+    def reset(self, mask: torch.Tensor) -> "QFormerMemory":
+        """Empty the memory of the streams where ``mask`` ``(B,)`` is True."""
+        return self.map(lambda bank: bank.reset(mask))
+
+    def index_copy(self, index: torch.Tensor, rows: "QFormerMemory") -> "QFormerMemory":
+        """Streams ``index`` replaced by ``rows`` (see :meth:`MemoryBank.index_copy`)."""
+        visual = None if self.visual is None else self.visual.index_copy(index, rows.visual)
+        return QFormerMemory(visual, tuple(bank.index_copy(index, other) for bank, other in zip(self.query, rows.query)))
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -158,7 +137,8 @@ class SparseMemoryAttention(Attention):
 
     Branches (each attends to its memory keys plus the current frame's keys):
     compressed (one learned weighted pooling of each block of ``block_slots`` memory slots,
-    per token position), selected (the full-resolution slots of the ``top_blocks`` blocks
+    per token position; blocks are counted back from the newest slot and empty slots pool
+    as zeros, so a stream's blocks are the same alone or behind a batch's empty slots), selected (the full-resolution slots of the ``top_blocks`` blocks
     with the highest compressed-attention mass, chosen per query position and shared by
     all heads), and window (the ``window_slots`` newest slots). Outputs are mixed by
     per-head sigmoid gates computed from the query position's hidden state.
@@ -186,14 +166,17 @@ class SparseMemoryAttention(Attention):
         now_mask = token_mask[:, None, None, :]  # (B, 1, 1, N)
         dropout = self.attention_dropout if self.training else 0.0
 
-        # compressed branch: blocks of slots pooled per token position
+        # compressed branch: blocks of slots pooled per token position. Blocks are counted from
+        # the newest slot back and empty slots pool as zeros, so a stream's blocks do not depend
+        # on how many empty slots its batch puts in front of its memory.
         pad = (-S) % sp.block_slots
         num_blocks = (S + pad) // sp.block_slots
+        empty = ~bank.slot_mask[:, None, :, None, None]  # (B, 1, S, 1, 1)
         def pool(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:  # (B, h, S, N, d) -> (B, h, nb, N, d)
-            x = F.pad(x, (0, 0, 0, 0, 0, pad)).view(B, heads, num_blocks, sp.block_slots, N, H // heads)
+            x = F.pad(x.masked_fill(empty, 0), (0, 0, 0, 0, pad, 0)).view(B, heads, num_blocks, sp.block_slots, N, H // heads)
             return torch.einsum("bhjsnd,s->bhjnd", x, weights)
         k_cmp, v_cmp = pool(k_mem, self.block_pool[0]), pool(v_mem, self.block_pool[1])
-        block_valid = F.pad(mem_valid, (0, 0, 0, pad)).view(B, num_blocks, sp.block_slots, N).any(2)  # (B, nb, N)
+        block_valid = F.pad(mem_valid, (0, 0, pad, 0)).view(B, num_blocks, sp.block_slots, N).any(2)  # (B, nb, N)
         cmp_mask = torch.cat([block_valid.flatten(1)[:, None, None, :].expand(B, 1, 1, -1), now_mask], -1)
         k_all = torch.cat([k_cmp.flatten(2, 3), k_now], 2)  # (B, h, nb*N + N, d)
         v_all = torch.cat([v_cmp.flatten(2, 3), v_now], 2)
@@ -205,7 +188,7 @@ class SparseMemoryAttention(Attention):
         block_score = probs[..., : num_blocks * N].reshape(B, heads, N, num_blocks, N).sum((1, 4))  # (B, N, nb)
         top = block_score.topk(min(sp.top_blocks, num_blocks), dim=-1).indices if num_blocks else block_score.long()
         chosen = torch.zeros(B, N, num_blocks, dtype=torch.bool, device=hidden.device).scatter_(-1, top, True)
-        slot_chosen = chosen.repeat_interleave(sp.block_slots, -1)[..., :S]  # (B, N, S)
+        slot_chosen = chosen.repeat_interleave(sp.block_slots, -1)[..., pad:]  # (B, N, S)
         sel_mask = slot_chosen[:, :, :, None] & mem_valid[:, None]  # (B, N, S, N)
         sel_mask = torch.cat([sel_mask.flatten(2)[:, None], now_mask.expand(B, 1, N, N)], -1)  # (B, 1, N, S*N + N)
         k_full = torch.cat([k_mem.flatten(2, 3), k_now], 2)  # (B, h, S*N + N, d)
@@ -299,7 +282,7 @@ class Embeddings(nn.Module):
 
     def forward(self, queries: torch.Tensor, text_ids: torch.Tensor | None) -> torch.Tensor:
         """queries ``(B, Q, H)``, text_ids ``(B, Lt)`` or None -> ``(B, Q + Lt, H)``."""
-        if text_ids is not None:
+        if text_ids is not None and text_ids.shape[1]:  # no text: the embedding tables stay out of the graph
             if text_ids.shape[1] > self.position_embeddings.num_embeddings:
                 raise LongvidError(f"instruction has {text_ids.shape[1]} tokens; the Q-Former takes at most {self.position_embeddings.num_embeddings}")
             positions = torch.arange(text_ids.shape[1], device=text_ids.device)
@@ -336,7 +319,6 @@ class QFormer(nn.Module):
         text_ids: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
         memory: QFormerMemory | None = None,
-        is_first: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, QFormerMemory | None]:
         """Run the Q-Former on one frame per stream.
 
@@ -345,7 +327,6 @@ class QFormer(nn.Module):
             text_ids: ``(B, Lt)`` instruction token ids (right-padded) or None.
             text_mask: ``(B, Lt)`` 1 for real tokens, 0 for padding (default all ones).
             memory: the streams' memory from the previous frame (None: start fresh).
-            is_first: ``(B,)`` bool, streams whose memory is emptied before this frame.
 
         Returns:
             ``(hidden, memory)``: hidden ``(B, Q + Lt, H)`` (queries first), and the memory
@@ -366,12 +347,11 @@ class QFormer(nn.Module):
         if memory is None:
             memory = self.init_memory(B, N, frame_tokens.shape[1], frame_tokens.device, frame_tokens.dtype)
         self._check_memory(memory, B, N)
-        if is_first is not None:
-            memory = memory.reset(is_first)
         visual, visual_mask = frame_tokens, None
         if memory.visual is not None:
-            bank = memory.visual
             Nv = frame_tokens.shape[1]
+            bank = memory.visual.with_tokens(Nv)  # a fresh stream's bank learns Nv from its first frame
+            memory = QFormerMemory(bank, memory.query)
             visual = torch.cat([bank.slots.flatten(1, 2), frame_tokens], 1)  # (B, (S + 1) * Nv, Cv)
             visual_mask = torch.cat([bank.slot_mask.repeat_interleave(Nv, 1), token_mask.new_ones(B, Nv)], 1)
         L = cfg.memory_bank_length

@@ -79,13 +79,15 @@ def compress_to_length(bank: torch.Tensor, counts: torch.Tensor, max_slots: int)
     return bank, counts
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)  # tensors: compare them, not states
 class MemoryBank:
     """One memory bank for B streams: ``slots`` ``(B, S, N, C)`` and ``counts`` ``(B, S, N)``.
 
     ``counts[b, s, n]`` is the number of original frames averaged into ``slots[b, s, n]``;
     0 marks an empty slot (a stream that has seen fewer frames than the batch's bank
-    holds). Methods return new banks and never modify tensors in place.
+    holds; empty slots sit at the front). A bank with no slots may not know its token
+    count yet (N = 0): the first frame appended sets it. Methods return new banks and
+    never modify tensors in place.
     """
 
     slots: torch.Tensor
@@ -104,25 +106,59 @@ class MemoryBank:
         return self.slots.shape[1]
 
     @property
+    def num_tokens(self) -> int:
+        return self.slots.shape[2]
+
+    @property
     def slot_mask(self) -> torch.Tensor:
         """``(B, S)`` bool: True where the slot holds at least one frame."""
-        return self.counts[..., 0] > 0
+        return self.counts.sum(-1) > 0
+
+    def with_tokens(self, tokens: int) -> "MemoryBank":
+        """This bank for frames of ``tokens`` tokens: an empty bank takes any count, a filled one must match."""
+        if tokens == self.num_tokens:
+            return self
+        if self.num_slots:
+            raise LongvidError(f"the memory bank holds {self.num_tokens} tokens per frame, this frame has {tokens}: "
+                               f"keep the encoder (and the instruction length) fixed within a stream")
+        return MemoryBank.empty(self.slots.shape[0], tokens, self.slots.shape[3], self.slots.device, self.slots.dtype)
 
     def append(self, frame: torch.Tensor) -> "MemoryBank":
         """Add ``frame`` ``(B, N, C)`` as the newest slot with count 1 (stored as given)."""
-        if frame.shape[0] != self.slots.shape[0] or frame.shape[1:] != self.slots.shape[2:]:
-            raise LongvidError(f"cannot append tokens {tuple(frame.shape)} to a memory bank of slots {tuple(self.slots.shape)}")
-        ones = torch.ones(frame.shape[:2], device=frame.device, dtype=self.counts.dtype)
-        return MemoryBank(torch.cat([self.slots, frame.unsqueeze(1)], 1), torch.cat([self.counts, ones.unsqueeze(1)], 1))
+        bank = self.with_tokens(frame.shape[1])
+        if frame.shape[0] != bank.slots.shape[0] or frame.shape[2] != bank.slots.shape[3]:
+            raise LongvidError(f"cannot append tokens {tuple(frame.shape)} to a memory bank of slots {tuple(bank.slots.shape)}")
+        ones = torch.ones(frame.shape[:2], device=frame.device, dtype=bank.counts.dtype)
+        return MemoryBank(torch.cat([bank.slots, frame.unsqueeze(1)], 1), torch.cat([bank.counts, ones.unsqueeze(1)], 1))
 
-    def reset(self, is_first: torch.Tensor) -> "MemoryBank":
-        """Empty every slot of the streams where ``is_first`` ``(B,)`` is True."""
-        keep = (~is_first.bool()).to(self.counts.dtype)
-        return MemoryBank(self.slots * keep.view(-1, 1, 1, 1), self.counts * keep.view(-1, 1, 1))
+    def reset(self, mask: torch.Tensor) -> "MemoryBank":
+        """Empty every slot of the streams where ``mask`` ``(B,)`` is True."""
+        mask = mask.to(self.slots.device).bool()
+        return MemoryBank(self.slots.masked_fill(mask.view(-1, 1, 1, 1), 0), self.counts.masked_fill(mask.view(-1, 1, 1), 0))
 
     def compress_to(self, max_slots: int) -> "MemoryBank":
         """Compress (one merge per surplus slot) to at most ``max_slots`` slots."""
         return MemoryBank(*compress_to_length(self.slots, self.counts, max_slots))
 
-    def to(self, *args, **kwargs) -> "MemoryBank":
-        return MemoryBank(self.slots.to(*args, **kwargs), self.counts.to(*args, **kwargs))
+    def pad_slots(self, num_slots: int) -> "MemoryBank":
+        """``num_slots`` slots (>= S): empty ones added at the front (the oldest end)."""
+        extra = num_slots - self.num_slots
+        return MemoryBank(F.pad(self.slots, (0, 0, 0, 0, extra, 0)), F.pad(self.counts, (0, 0, extra, 0)))
+
+    def pad_tokens(self, tokens: int) -> "MemoryBank":
+        """``tokens`` token positions (>= N): new positions at the end, zero, with their slot's counts."""
+        extra = tokens - self.num_tokens
+        counts = torch.cat([self.counts, self.counts[..., :1].expand(-1, -1, extra)], 2) if self.num_tokens else self.counts.new_zeros(*self.counts.shape[:2], tokens)
+        return MemoryBank(F.pad(self.slots, (0, 0, 0, extra)), counts)
+
+    def index_copy(self, index: torch.Tensor, rows: "MemoryBank") -> "MemoryBank":
+        """A bank with streams ``index`` replaced by ``rows``; the shorter bank gets empty slots at the front."""
+        full = self.with_tokens(rows.num_tokens) if self.num_slots == 0 else self
+        rows = rows.with_tokens(full.num_tokens)
+        S = max(full.num_slots, rows.num_slots)
+        full, rows = full.pad_slots(S), rows.pad_slots(S)
+        return MemoryBank(full.slots.index_copy(0, index, rows.slots), full.counts.index_copy(0, index, rows.counts))
+
+    def map(self, fn) -> "MemoryBank":
+        """``fn`` applied to the slots and the counts."""
+        return MemoryBank(fn(self.slots), fn(self.counts))
