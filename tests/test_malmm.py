@@ -1,5 +1,4 @@
 import os
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import longvid
 from longvid.errors import LongvidError
 from longvid.models.malmm import MALMM, PRESETS, MALMMState, build_model, describe, get_config, load_malmm_weights
 from longvid.models.registry import list_models
-from longvid.models.stream import Frames, dummy_frames
+from longvid.models.stream import dummy_frames
 
 torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
 
