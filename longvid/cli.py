@@ -214,6 +214,7 @@ def _ask_malmm(args: argparse.Namespace) -> int:
 def cmd_stream(args: argparse.Namespace) -> int:
     import torch
 
+    from longvid.answers import ask_settings_for
     from longvid.predict import DEFAULT_STREAM_PRESET, expand_videos, load_labels, load_stream_model, locked_output, run_stream, settings_for, shipped_labels
     from longvid.train.distributed import setup
 
@@ -237,25 +238,48 @@ def cmd_stream(args: argparse.Namespace) -> int:
     prefix = f"longvid[rank {dist_info.rank}]" if dist_info.enabled else "longvid"
     log = None if args.quiet else (lambda message: print(f"{prefix}: {message}", file=sys.stderr))
     with locked_output(args.out, dist_info.rank, dist_info.world_size):  # before the model loads: a busy --out fails at once
-        model, note = load_stream_model(args.model, args.checkpoint)
+        model, note = load_stream_model(args.model, args.checkpoint, encoder=args.encoder, llm=args.llm)
+        asks = hasattr(model, "answer")
+        if asks != bool(args.ask):
+            raise LongvidError(f"--model {args.model} answers questions: give --ask QUESTION" if asks else
+                               "--ask needs a model that answers questions (an MA-LMM or ReWind preset, see longvid models)")
         if labels is None and args.checkpoint is None and "shipped" in note:
             labels = shipped_labels(args.model or DEFAULT_STREAM_PRESET)
         model = model.to(device=device, dtype=dtype)
         if log and dist_info.is_main:
             log(f"model {type(model).__name__} ({note}) on {device}, {dtype}".replace("torch.", ""))
-        settings = settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size, topk=args.topk,
-                                aggregate=args.aggregate == "video", background=True)
+        if asks:
+            ask = ask_settings_for(model, args.ask, every=args.every, at=_times(args.at), fps=args.fps,
+                                   step_frames=args.clip_frames, size=args.size)
+            settings = None
+        else:
+            ask = None
+            settings = settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size, topk=args.topk,
+                                    aggregate=args.aggregate == "video", background=True)
         summary = run_stream(model, videos, out=args.out, settings=settings, labels=labels, batch_streams=args.batch_streams,
                              device=device, dtype=dtype, resume=args.resume, save_scores=args.save_scores,
-                             progress=not args.quiet, log=log)
+                             progress=not args.quiet, log=log, ask=ask)
     if log and dist_info.is_main:
+        done = f"{summary.answers} answers" if asks else f"{summary.clips} clips"
         log(f"{summary.done} videos done, {summary.failed} failed, {summary.skipped} skipped (already complete), "
-            f"{summary.clips} clips in {summary.seconds:.1f} s")
+            f"{done} in {summary.seconds:.1f} s")
     return 1 if summary.failed else 0
+
+
+def _times(text: str | None) -> tuple[float, ...]:
+    """``"20,40.5"`` -> ``(20.0, 40.5)``; a clear error for anything else."""
+    if not text:
+        return ()
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise LongvidError(f"--at takes comma-separated seconds, e.g. 20,40.5, not {text!r}") from None
 
 
 def _check_stream_args(args: argparse.Namespace) -> None:
     """Every ``stream`` option checked before a model loads or a video opens."""
+    from longvid.answers import AskSettings
+
     for flag, value in (("-T/--clip-frames", args.clip_frames), ("--tau", args.tau), ("--size", args.size),
                         ("--topk", args.topk), ("--batch-streams", args.batch_streams), ("--threads", args.threads)):
         if value is not None and value < 1:
@@ -266,6 +290,12 @@ def _check_stream_args(args: argparse.Namespace) -> None:
         raise LongvidError("--resume needs --out FILE (the output whose complete videos it skips)")
     if args.save_scores is not None and os.path.exists(args.save_scores) and not os.path.isdir(args.save_scores):
         raise LongvidError(f"--save-scores {args.save_scores}: is a file; give a folder (one .npy per video goes there)")
+    if not args.ask and (args.every is not None or args.at is not None):
+        raise LongvidError("--every/--at say when to answer: give the question with --ask")
+    if args.ask:
+        AskSettings(tuple(args.ask), every=args.every, at=_times(args.at), fps=args.fps)  # checks them
+        if args.save_scores or args.aggregate != "none":
+            raise LongvidError("--save-scores/--aggregate are for classification models, not --ask")
 
 
 # -- train / eval ----------------------------------------------------------------------
@@ -492,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--device", default=None, help="torch device (default cpu)")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
 
-    sub = command("stream", cmd_stream, "Run a memory model online over videos: one JSON line per clip.")
+    sub = command("stream", cmd_stream, "Run a memory model online over videos: one JSON line per clip (MeMViT) "
+                  "or per answer (MA-LMM, ReWind with --ask).")
     sub.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, glob patterns, or .txt files listing videos")
     sub.add_argument("--model", default=None, help="model preset (default memvit_tiny_recall with its shipped demo weights, or the checkpoint's own config)")
     sub.add_argument("--checkpoint", default=None, help="weights: longvid .safetensors or official MeMViT .pyth")
@@ -509,6 +540,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     sub.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     sub.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sub.add_argument("--ask", action="append", default=None, metavar="QUESTION",
+                     help="MA-LMM/ReWind: a question answered from the stream's memory (repeatable)")
+    sub.add_argument("--every", type=float, default=None, metavar="SECONDS", help="--ask: answer every SECONDS of stream time")
+    sub.add_argument("--at", default=None, metavar="T1,T2", help="--ask: answer at these stream times (seconds)")
+    sub.add_argument("--fps", type=float, default=1.0, help="--ask: frames read per second of video (default 1)")
+    sub.add_argument("--encoder", default=None, help="MA-LMM/ReWind: image encoder path or hub id (default: the preset's)")
+    sub.add_argument("--llm", default=None, help="MA-LMM/ReWind: language model path or hub id (default: the preset's)")
     sub.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
     sub = command("demo", cmd_demo, "Write a demo video, print its info and stream its clips.")

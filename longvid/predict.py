@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from longvid.answers import AskSettings, stream_answers
 from longvid.errors import LongvidError
 from longvid.fileio import exclusive_lock, write_atomically, write_lines_atomically
 from longvid.video import ClipReader, VideoError
@@ -355,7 +356,7 @@ def _parse_record(line: str, where: str) -> dict:
         record = json.loads(line, parse_constant=_refuse_constant)
     except json.JSONDecodeError as err:
         raise LongvidError(f"{where}: not a longvid stream output (bad JSON: {err.msg})") from None
-    kinds = ("clip", "status", "aggregate")
+    kinds = ("clip", "status", "aggregate", "answer")
     if not (isinstance(record, dict) and isinstance(record.get("video"), str) and any(k in record for k in kinds)):
         raise LongvidError(f"{where}: not a longvid stream record (want an object with \"video\" and one of "
                            f"{', '.join(kinds)}): {line.strip()[:80]}")
@@ -397,6 +398,7 @@ class StreamSummary:
     failed: int = 0
     skipped: int = 0
     clips: int = 0
+    answers: int = 0
     seconds: float = 0.0
 
 
@@ -433,8 +435,11 @@ def run_stream(
     save_scores: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    ask: AskSettings | None = None,
 ) -> StreamSummary:
-    """Stream ``videos`` through ``model`` and write JSON lines to ``out`` (None: stdout).
+    """Stream ``videos`` through ``model`` and write JSON lines to ``out`` (None: stdout):
+    a classification model's clip records, or with ``ask`` a question-answering model's
+    answers (:func:`longvid.answers.stream_answers`).
 
     Every line is written whole and flushed as soon as its clip is done, so an
     interrupted run leaves a valid file; ``resume`` keeps the complete videos of an
@@ -451,8 +456,9 @@ def run_stream(
         raise LongvidError("under torchrun, give --out FILE (each rank writes a part that rank 0 merges)")
     if batch_streams < 1:
         raise LongvidError(f"batch_streams must be >= 1, got {batch_streams}")
-    check_labels(model, labels)
-    settings = settings or settings_for(model)
+    if ask is None:
+        check_labels(model, labels)
+        settings = settings or settings_for(model)
     if save_scores:
         _make_scores_folder(save_scores)
         settings = replace(settings, keep_scores=True)
@@ -465,8 +471,11 @@ def run_stream(
         started = time.perf_counter()
         with _open_sink(target) as sink:
             desc = "stream" if world == 1 else f"stream[rank {rank}]"
-            _write_records(stream_predictions(model, share, settings, labels, batch_streams, device, dtype),
-                           sink, summary, save_scores, progress and desc, log)
+            if ask is None:
+                records = stream_predictions(model, share, settings, labels, batch_streams, device, dtype)
+            else:
+                records = stream_answers(model, share, ask, batch_streams, device, dtype)
+            _write_records(records, sink, summary, save_scores, progress and desc, log)
         summary.seconds = time.perf_counter() - started
         if world > 1:
             _merge_parts(out, rank, world, summary)
@@ -510,8 +519,8 @@ def _write_records(records: Iterable[dict], sink, summary: StreamSummary, save_s
             video, status = record["video"], record.get("status")
             if save_scores and "scores" in record:  # scores go to the .npy file, not the JSON
                 scores_by_video.setdefault(video, []).append(record.pop("scores"))
-            if "clip" in record:
-                summary.clips += 1
+            summary.clips += "clip" in record
+            summary.answers += "answer" in record
             if status == "done" and save_scores:
                 record["scores_file"] = _save_scores(save_scores, video, scores_by_video.pop(video, []), used_names)
             sink.write(_json_line(record))
@@ -540,8 +549,10 @@ def _merge_parts(out: str, rank: int, world: int, summary: StreamSummary) -> Non
     """Add every rank's counts to ``summary``; rank 0 joins the parts into ``out``."""
     from longvid.train.distributed import all_reduce, barrier
 
-    totals = all_reduce(torch.tensor([summary.videos, summary.done, summary.failed, summary.skipped, summary.clips]))
-    summary.videos, summary.done, summary.failed, summary.skipped, summary.clips = (int(x) for x in totals)
+    names = ("videos", "done", "failed", "skipped", "clips", "answers")
+    totals = all_reduce(torch.tensor([getattr(summary, name) for name in names]))
+    for name, total in zip(names, totals):
+        setattr(summary, name, int(total))
     if rank == 0:
         parts = [f"{out}.part{r}" for r in range(world)]
         write_lines_atomically(out, _lines_of(parts))
@@ -565,8 +576,9 @@ def _progress(total: int, desc: str | bool):
 def _advance(bar, summary: StreamSummary, started: float) -> None:
     if bar is None:
         return
-    rate = summary.clips / max(time.perf_counter() - started, 1e-9)
-    bar.set_postfix_str(f"{rate:.2f} clips/s, {summary.failed} failed")
+    count, unit = (summary.answers, "answers") if summary.answers and not summary.clips else (summary.clips, "clips")
+    rate = count / max(time.perf_counter() - started, 1e-9)
+    bar.set_postfix_str(f"{rate:.2f} {unit}/s, {summary.failed} failed")
     bar.update(1)
 
 
@@ -590,17 +602,25 @@ def shipped_labels(preset: str) -> list[str] | None:
 DEFAULT_STREAM_PRESET = "memvit_tiny_recall"  # ships weights trained by ``longvid bench`` (recall)
 
 
-def load_stream_model(preset: str | None, checkpoint: str | None = None, default_preset: str = DEFAULT_STREAM_PRESET):
+def load_stream_model(preset: str | None, checkpoint: str | None = None, default_preset: str = DEFAULT_STREAM_PRESET,
+                      encoder: str | None = None, llm: str | None = None):
     """(model, weights note) for streaming.
 
-    ``checkpoint``: a longvid safetensors file (its stored config is used unless
-    ``preset`` is given) or an official MeMViT ``.pyth`` (needs the matching ``preset``).
-    Without one, the preset runs with the package's shipped demo weights if it has them,
-    else with random weights (the note says so).
+    MeMViT presets: ``checkpoint`` is a longvid safetensors file (its stored config is used
+    unless ``preset`` is given) or an official MeMViT ``.pyth`` (needs the matching
+    ``preset``); without one, the preset runs with the package's shipped demo weights if
+    it has them, else with random weights (the note says so). Presets of the other
+    families (MA-LMM, ReWind) are built through the registry with their ``encoder`` /
+    ``llm`` (path or hub id; default: the preset's) and trained ``checkpoint``.
     """
     from longvid.checkpoints import load_checkpoint, load_model, read_metadata
     from longvid.models.memvit import build_model
+    from longvid.models.registry import family_of
 
+    if preset is not None and family_of(preset) != "memvit":
+        return _load_frame_model(preset, checkpoint, encoder, llm)
+    if encoder is not None or llm is not None:
+        raise LongvidError("--encoder/--llm are for the MA-LMM and ReWind presets (see longvid models)")
     if checkpoint is not None:
         if not os.path.isfile(checkpoint):
             raise LongvidError(f"{checkpoint}: no such checkpoint file")
@@ -614,3 +634,14 @@ def load_stream_model(preset: str | None, checkpoint: str | None = None, default
     if shipped is not None:
         return load_model(shipped), f"shipped demo weights ({os.path.basename(shipped)})"
     return build_model(preset), f"RANDOM weights: longvid ships no trained weights for {preset!r}; pass --checkpoint"
+
+
+def _load_frame_model(preset: str, checkpoint: str | None, encoder: str | None, llm: str | None):
+    import longvid
+
+    if checkpoint is not None and not os.path.isfile(checkpoint):
+        raise LongvidError(f"{checkpoint}: no such checkpoint file")
+    given = {k: v for k, v in (("encoder", encoder), ("llm", llm), ("checkpoint", checkpoint)) if v is not None}
+    model = longvid.build_model(preset, **given)
+    note = f"weights from {checkpoint}" if checkpoint else "RANDOM trainable weights (untrained): pass --checkpoint for real answers"
+    return model, note

@@ -2,6 +2,7 @@
 answer states exactly which frames its memory holds: every answer must see the frames up
 to its time, no more, no fewer, whatever the batching."""
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import torch
 
 from conftest import gray_frames
 from longvid.answers import AskSettings, stream_answers
+from longvid.cli import main
 from longvid.errors import LongvidError
 from longvid.models.stream import Frames
 from longvid.video import write_video
@@ -106,3 +108,30 @@ def test_no_end_answer_twice_and_unreadable_videos(clips, tmp_path):
 def test_bad_settings(change, message):
     with pytest.raises(LongvidError, match=message):
         AskSettings(**{"questions": ("q",), **change})
+
+
+def test_stream_asks_a_tiny_lmm_as_a_user_types_it(clips, run_cli, tmp_path):
+    out = tmp_path / "answers.jsonl"
+    code, printed = run_cli("stream", clips[0], "--model", "malmm_tiny", "--ask", "what is happening?", "--ask", "what color?",
+                            "--every", "2", "--fps", "2", "--out", out)
+    assert code == 0, printed
+    assert "Traceback" not in printed and "\r" not in printed and "RANDOM trainable weights" in printed
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["time"], r["question"]) for r in records if "answer" in r] == [
+        (t, q) for t in (2.0, 4.0, 4.5) for q in ("what is happening?", "what color?")
+    ]
+    assert all(isinstance(r["answer"], str) for r in records if "answer" in r)
+    assert records[-1]["status"] == "done" and records[-1]["frames"] == 10
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--every", "5"], "give the question with --ask"),
+    (["--ask", "q", "--every", "0"], "--every must be > 0"),
+    (["--ask", "q", "--at", "1,x"], "--at takes comma-separated seconds"),
+    (["--ask", "q", "--model", "memvit_tiny"], "--ask needs a model that answers questions"),
+    (["--model", "malmm_tiny"], "answers questions: give --ask"),
+])
+def test_stream_ask_mistakes_are_one_line(clips, tmp_path, capsys, args, message):
+    assert main(["stream", clips[0], "--out", str(tmp_path / "o.jsonl"), "--quiet", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("longvid: error: ") and message in err
