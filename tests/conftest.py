@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from fractions import Fraction
 
 import av
@@ -108,3 +109,14 @@ def run_cli(tmp_path):
         return code, log.read_text()
 
     return run
+
+
+def wait_until_blocked_opening_a_fifo(pid: int, timeout: float = 120.0) -> None:
+    """Until process ``pid`` sleeps in the kernel's FIFO open (waiting for a writer)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with open(f"/proc/{pid}/wchan") as f:
+            if f.read() == "wait_for_partner":
+                return
+        time.sleep(0.05)
+    raise AssertionError("the run never blocked opening the FIFO")

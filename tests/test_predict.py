@@ -11,7 +11,7 @@ import torch
 
 import longvid
 from longvid.bench.synth import write_demo_video
-from conftest import longvid_script
+from conftest import longvid_script, wait_until_blocked_opening_a_fifo
 from longvid.cli import main
 from longvid.predict import StreamSettings, expand_videos, load_labels, read_records, run_stream, stream_predictions
 from longvid.video import ClipReader
@@ -198,17 +198,6 @@ def test_a_signal_stops_the_run_with_a_valid_file_and_resume_finishes(tmp_path, 
         assert clip_ids == list(range(done[0]["clips"]))
 
 
-def _wait_until_blocked_opening_a_fifo(pid: int, timeout: float = 60.0) -> None:
-    """Until the process sleeps in the kernel's FIFO open (waiting for a writer)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with open(f"/proc/{pid}/wchan") as f:
-            if f.read() == "wait_for_partner":
-                return
-        time.sleep(0.05)
-    raise AssertionError("the run never blocked opening the FIFO")
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/wchan"), reason="needs Linux /proc")
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_while_opening_a_fifo_stops_the_run(tmp_path, clips_videos, signum, code):
@@ -217,7 +206,7 @@ def test_a_signal_while_opening_a_fifo_stops_the_run(tmp_path, clips_videos, sig
     command = [longvid_script(), "stream", str(fifo), clips_videos[1], "--model", "memvit_tiny", "--out", str(out), "--size", "32"]
     with open(log, "w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-        _wait_until_blocked_opening_a_fifo(process.pid)
+        wait_until_blocked_opening_a_fifo(process.pid)
         process.send_signal(signum)
         process.wait(timeout=60)
     assert process.returncode == code, log.read_text()  # was: an error record for the FIFO, and the run went on

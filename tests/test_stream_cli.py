@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import torch
 import longvid
 from longvid.bench.synth import write_demo_video
 from longvid.checkpoints import save_checkpoint
-from conftest import longvid_script
+from conftest import longvid_script, wait_until_blocked_opening_a_fifo
 from longvid.cli import main
 from longvid.fileio import FileLockedError, exclusive_lock
 from longvid.predict import StreamSettings, run_stream
@@ -108,17 +107,6 @@ def test_a_locked_output_is_refused_and_left_alone(videos, tmp_path, capsys):
     assert not (tmp_path / "out.jsonl.lock").exists()
 
 
-def _wait_until_blocked_opening_a_fifo(pid: int, timeout: float = 120.0) -> None:
-    """Until the process sleeps in the kernel's FIFO open (waiting for a writer)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with open(f"/proc/{pid}/wchan") as f:
-            if f.read() == "wait_for_partner":
-                return
-        time.sleep(0.05)
-    raise AssertionError("the run never blocked opening the FIFO")
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/wchan"), reason="needs Linux /proc")
 def test_two_runs_on_one_output_the_second_is_refused_and_the_first_loses_nothing(videos, tmp_path, capsys):
     fifo, out = tmp_path / "live.mp4", tmp_path / "out.jsonl"
@@ -126,7 +114,7 @@ def test_two_runs_on_one_output_the_second_is_refused_and_the_first_loses_nothin
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen([longvid_script(), "stream", videos["cfr"], str(fifo), "--out", str(out), *SMALL],
                                  stdout=log, stderr=subprocess.STDOUT)
-        _wait_until_blocked_opening_a_fifo(first.pid)
+        wait_until_blocked_opening_a_fifo(first.pid)
         assert main(["stream", videos["vfr"], "--out", str(out), "--quiet", *SMALL]) == 1
         with open(fifo, "w"):  # an empty live input: the first run records an error for it and ends
             pass
