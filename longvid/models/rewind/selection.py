@@ -1,10 +1,18 @@
-"""ReWind's dynamic frame selection (DFS): instruction relevance top-L, then DPC-KNN.
+"""Which stored frames ReWind's LLM reads: dynamic frame selection (DFS) and other selectors.
 
-Stage 1 scores every frame held in the memory against the pooled instruction
-encoding and keeps the ``L`` most relevant frames; stage 2 clusters those ``L``
-frames with density peaks (DPC-KNN) and keeps the ``K_c`` frames with the largest
-``density * distance-indicator``: frames that are both typical of a group and far
-from any denser frame, i.e. one representative per distinct moment.
+DFS scores every frame held in the memory against the pooled instruction encoding and
+keeps the ``L`` most relevant frames; then it clusters those ``L`` frames with density
+peaks (DPC-KNN) and keeps the ``K_c`` frames with the largest
+``density * distance-indicator``: frames that are both typical of a group and far from
+any denser frame, i.e. one representative per distinct moment.
+
+A selector is passed to the model (``ReWind(..., selector=...)``, or ``selector=`` of
+``answer``/``score``/...): called with one :class:`Candidates` per stream, it returns
+each stream's frame indices. :class:`DFS` is the paper's; :class:`UniformSelector`,
+:class:`RandomSelector`, :class:`OracleSelector` (frames inside annotated intervals,
+given as an argument) and :class:`NoSelector` are baselines and bounds. A selector keeps
+no record of what it chose; the random ones draw from the ``torch.Generator`` they are
+given.
 
 Every function returns frame indices in temporal (ascending) order, and breaks
 score ties towards the lower (earlier) index, so results are deterministic.
@@ -15,8 +23,11 @@ draw from the relevance softmax whose log-probability carries the gradient.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
+from torch import Tensor
 
 from longvid.errors import LongvidError
 
@@ -111,31 +122,127 @@ def relevance_scores(frame_tokens: torch.Tensor, query: torch.Tensor) -> torch.T
     return logits.mean(dim=1)
 
 
-def select_frames(
-    frame_tokens: torch.Tensor,
-    query: torch.Tensor,
-    top_l: int,
-    num_select: int,
-    k: int,
-    cluster_tokens: torch.Tensor | None = None,
-    dpc: bool = True,
-) -> torch.Tensor:
-    """Dynamic frame selection: the ``top_l`` frames most relevant to ``query``, then DPC-KNN.
+def select_frames(relevance: Tensor, vectors: Tensor, top_l: int, num_select: int, k: int, dpc: bool = True) -> Tensor:
+    """Dynamic frame selection: the ``top_l`` frames most relevant to the instruction, then DPC-KNN.
 
     Args:
-        frame_tokens: ``(N, n_w, D)``, keys for the relevance scores.
-        query: ``(D,)``, the pooled instruction encoding (in the keys' space).
+        relevance: ``(N,)`` each frame's relevance (:func:`relevance_scores`).
+        vectors: ``(N, D)`` each frame's vector for DPC-KNN (its mean memory token).
         top_l, num_select, k: ``L``, ``K_c`` and the DPC-KNN neighbours.
-        cluster_tokens: ``(N, n_w, D')`` the memory tokens whose per-frame mean is the
-            frame vector for DPC-KNN (default: ``frame_tokens``).
         dpc: False keeps the ``num_select`` most relevant frames instead (an ablation).
 
     Returns a LongTensor ``(min(num_select, top_l, N),)`` of frame indices, ascending.
     """
-    scores = relevance_scores(frame_tokens, query)  # (N,)
     if not dpc:
-        return top_indices(scores, min(num_select, top_l))
-    candidates = top_indices(scores, top_l)  # (L,)
-    tokens = frame_tokens if cluster_tokens is None else cluster_tokens
-    vectors = tokens[candidates].mean(dim=1)  # (L, D')
-    return candidates[dpc_knn(vectors, num_select, k)]
+        return top_indices(relevance, min(num_select, top_l))
+    candidates = top_indices(relevance, top_l)  # (L,)
+    return candidates[dpc_knn(vectors[candidates], num_select, k)]
+
+
+def uniform_indices(total: int, count: int) -> Tensor:
+    """``min(count, total)`` frame indices spread evenly over ``0 .. total - 1`` (both ends included)."""
+    return torch.linspace(0, total - 1, min(count, total)).round().long()
+
+
+# -- selectors ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The frames one stream's selector chooses from: those in its memory (up to the question's time).
+
+    times:     ``(n,)`` float64 seconds of each frame.
+    relevance: ``(n,)`` each frame's DFS relevance to the question (detached).
+    vectors:   ``(n, D)`` each frame's mean memory token (detached).
+    """
+
+    times: Tensor
+    relevance: Tensor
+    vectors: Tensor
+
+    def __len__(self) -> int:
+        return self.times.shape[0]
+
+
+@dataclass(frozen=True)
+class DFS:
+    """Dynamic frame selection (top-``L`` relevance, then ``K_c`` by DPC-KNN; ``dpc=False``: the
+    ``K_c`` most relevant instead). ``learned``: its choice follows the DFS projections, which
+    ``ReWind.answer_loss(policy_weight=...)`` trains."""
+
+    top_l: int
+    num_select: int
+    k: int
+    dpc: bool = True
+    learned = True
+
+    def __call__(self, candidates: Sequence[Candidates]) -> list[Tensor]:
+        return [select_frames(c.relevance, c.vectors, self.top_l, self.num_select, self.k, self.dpc) for c in candidates]
+
+
+@dataclass(frozen=True)
+class UniformSelector:
+    """``num_select`` frames spread evenly over each stream's frames."""
+
+    num_select: int
+    learned = False
+
+    def __call__(self, candidates: Sequence[Candidates]) -> list[Tensor]:
+        return [uniform_indices(len(c), self.num_select) for c in candidates]
+
+
+@dataclass(frozen=True)
+class RandomSelector:
+    """``num_select`` frames drawn uniformly without replacement from ``generator``."""
+
+    num_select: int
+    generator: torch.Generator
+    learned = False
+
+    def __call__(self, candidates: Sequence[Candidates]) -> list[Tensor]:
+        return [_first_sorted(torch.randperm(len(c), generator=self.generator), self.num_select) for c in candidates]
+
+
+@dataclass(frozen=True)
+class OracleSelector:
+    """``num_select`` frames inside each stream's annotated ``intervals`` (a list of ``(start, end)``
+    seconds per stream, end excluded), in random order from ``generator``, topped up with random
+    other frames when fewer frames are inside: the best a selector could do, given the annotations."""
+
+    num_select: int
+    intervals: Sequence[Sequence[tuple[float, float]]]
+    generator: torch.Generator
+    learned = False
+
+    def __call__(self, candidates: Sequence[Candidates]) -> list[Tensor]:
+        if len(self.intervals) != len(candidates):
+            raise LongvidError(f"the oracle has annotations for {len(self.intervals)} streams, not {len(candidates)}")
+        chosen = []
+        for c, intervals in zip(candidates, self.intervals):
+            order = torch.randperm(len(c), generator=self.generator)  # (n,) random priority
+            inside = inside_intervals(c.times, intervals)  # (n,)
+            chosen.append(_first_sorted(order[torch.argsort(~inside[order], stable=True)], self.num_select))
+        return chosen
+
+
+@dataclass(frozen=True)
+class NoSelector:
+    """No frames: the LLM reads the memory tokens only (ReWind without DFS)."""
+
+    learned = False
+
+    def __call__(self, candidates: Sequence[Candidates]) -> list[Tensor]:
+        return [torch.zeros(0, dtype=torch.long) for _ in candidates]
+
+
+def inside_intervals(times: Tensor, intervals: Sequence[tuple[float, float]]) -> Tensor:
+    """``(n,)`` bool: which of ``times (n,)`` lie in some ``[start, end)`` of ``intervals``."""
+    inside = torch.zeros(times.shape, dtype=torch.bool)
+    for start, end in intervals:
+        inside |= (times.cpu() >= start) & (times.cpu() < end)
+    return inside
+
+
+def _first_sorted(order: Tensor, count: int) -> Tensor:
+    """The first ``count`` of ``order``, ascending."""
+    return torch.sort(order[:count]).values
