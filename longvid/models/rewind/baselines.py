@@ -15,20 +15,22 @@ from torch import Tensor
 from longvid.models.llm import CausalLM
 from longvid.models.rewind.config import RewindConfig
 from longvid.models.rewind.grounding import GroundingHead
-from longvid.models.rewind.model import add_lora, pad_left, pool_frame_features
+from longvid.models.rewind.model import _seeded, add_lora, pad_left, pool_frame_features
 from longvid.models.rewind.selection import uniform_indices
 
 
 class UniformFrames(nn.Module):
-    """The LLM (with LoRA) reading ``num_frames`` uniformly sampled frames instead of memory + DFS."""
+    """The LLM (with LoRA) reading ``num_frames`` uniformly sampled frames instead of memory + DFS;
+    its new weights are drawn from ``seed`` (the global RNG is left as it was)."""
 
-    def __init__(self, config: RewindConfig, llm: CausalLM, num_frames: int):
+    def __init__(self, config: RewindConfig, llm: CausalLM, num_frames: int, seed: int = 0):
         super().__init__()
         self.config, self.num_frames = config, num_frames
-        self.llm = add_lora(llm, config)
-        self.frame_proj = nn.Linear(config.memory.vision_dim, config.llm_dim)
-        self.separator = nn.Parameter(torch.randn(config.llm_dim) * 0.02)
-        self.grounding = GroundingHead(config.llm_dim, config.ground_dim)
+        with _seeded(seed):
+            self.llm = add_lora(llm, config)
+            self.frame_proj = nn.Linear(config.memory.vision_dim, config.llm_dim)
+            self.separator = nn.Parameter(torch.randn(config.llm_dim) * 0.02)
+            self.grounding = GroundingHead(config.llm_dim, config.ground_dim)
         for name, param in self.llm.named_parameters():
             param.requires_grad_("lora_" in name)
 

@@ -45,8 +45,8 @@ class MemoryState:
     times:       ``(B, F_max)`` float64 seconds of each written frame (0 past the end).
     num_frames:  ``(B,)`` long, frames written per stream.
     summary:     ``(B, N_R, D)`` the read of the memory at the start of the open sub-clip.
-    open:        ``(B, F, N_R, D)`` perceived latents (time embedding added) of the open
-                 sub-clip's ``num_frames % F`` frames; zeros after them.
+    open:        ``(B, F, N_R, D)`` perceived latents of the open sub-clip's
+                 ``num_frames % F`` frames; zeros after them.
     num_write:   ``N_W``, tokens per frame.
     """
 
@@ -281,7 +281,6 @@ class RewindMemory(nn.Module):
         index = (done[:, None] + offset).clamp(max=frames.shape[1] - 1)  # (B, width) frames of the step
         slot = (position[:, None] + offset).clamp(max=clip - 1)  # (B, width) positions in the sub-clip
         new = self.perceive(frames[rows, index], text, text_mask, summary)  # (B, width, N_R, D)
-        new = new + self.time_embed[slot][:, :, None]
         stream, j = (offset[None] < take[:, None]).nonzero(as_tuple=True)
         latents = latents.index_put((stream, slot[stream, j]), new[stream, j])
         filled = position + take  # (B,)
@@ -311,9 +310,11 @@ class RewindMemory(nn.Module):
         return latents.reshape(batch, num_clip, -1, latents.shape[-1])
 
     def mix_time(self, latents: Tensor, filled: Tensor) -> Tensor:
-        """Self-attention along time over the open sub-clip ``latents (B, F, N_R, D)``, each latent
-        slot over the first ``filled (B,)`` frames (earlier ones only with ``causal_time``)."""
+        """Self-attention along time over the open sub-clip ``latents (B, F, N_R, D)`` (time embedding
+        added here), each latent slot over the first ``filled (B,)`` frames (earlier ones only with
+        ``causal_time``)."""
         batch, num_clip, num_read, dim = latents.shape
+        latents = latents + self.time_embed[:num_clip, None]
         sequence = latents.transpose(1, 2).flatten(0, 1)  # (B*N_R, F, D)
         sequence = self.temporal(sequence, mask=self._time_mask(filled, num_clip).repeat_interleave(num_read, dim=0))
         return sequence.reshape(batch, num_read, num_clip, dim).transpose(1, 2)  # (B, F, N_R, D)
