@@ -286,7 +286,8 @@ class ReWind(nn.Module):
                                f"got {tuple(features.shape)} and {tuple(timestamps.shape)}")
         count = _valid_count(valid, features.shape[:2], features.device)  # (B,)
         text = self.embed_text(state.instruction_ids)  # (B, L, llm_dim)
-        written, memory = self.memory.step(state.memory, features, text, state.instruction_mask, timestamps, count)
+        written, memory = self.memory.step(state.memory, features, text, state.instruction_mask,
+                                           timestamps.to(features.device), count)
         stored = state.frames.append(state.memory.num_frames, features, count)
         return {"memory_tokens": written}, dataclasses.replace(state, memory=memory, frames=stored)
 
@@ -334,7 +335,7 @@ class ReWind(nn.Module):
         memory itself gets no gradient from selection)."""
         return self.select_key(frame_tokens.detach())
 
-    def candidates(self, state: RewindState, ids: Tensor, mask: Tensor | None, until: float | None = None) -> list[Candidates]:
+    def frame_candidates(self, state: RewindState, ids: Tensor, mask: Tensor | None, until: float | None = None) -> list[Candidates]:
         """What a selector chooses from, per stream: the frames in memory (up to ``until``), their
         relevance to the questions ``ids (B, L)`` and their mean memory tokens."""
         query = self.instruction_query(ids, mask).detach()  # (B, D)
@@ -349,7 +350,7 @@ class ReWind(nn.Module):
                    selector=None) -> list[Tensor]:
         """Each stream's frames for questions ``ids (B, L)``: indices ascending (``selector``: default the model's)."""
         _check_batch(state, len(ids))
-        return (self.selector if selector is None else selector)(self.candidates(state, ids, mask, until))
+        return (self.selector if selector is None else selector)(self.frame_candidates(state, ids, mask, until))
 
     def select(self, state: RewindState, questions: list[str], until: float | None = None, selector=None) -> list[Tensor]:
         """The frames each stream's LLM reads for ``questions`` (frame indices in its memory, ascending)."""
