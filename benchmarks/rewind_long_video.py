@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="working folder (default: a temporary one)")
     args = parser.parse_args()
     root = args.out or tempfile.mkdtemp(prefix="rewind-long-")
+    os.makedirs(root, exist_ok=True)
     video = os.path.join(root, "long.mp4")
     write_video(video, moving_shapes(args.seconds, fps=1.0, width=64, height=64), fps=1.0)
     model = build_model("rewind_tiny", encoder=tiny_vision(), llm=tiny_llm(), clip_frames=16)
