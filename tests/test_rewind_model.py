@@ -374,6 +374,9 @@ def test_state_rows_move_copy_and_convert():
     mixed = state.index_copy(torch.tensor([1]), short)
     assert mixed.memory.num_frames.tolist() == [16, 0, 16] and mixed.instruction_mask[1].sum() == 2
     assert mixed.frames.num_stored() == [16, 0, 16]
+    wider = model.init_state(2).index_copy(torch.tensor([1]), state.index_select(torch.tensor([0])))  # more frames, longer text
+    assert torch.equal(wider.memory.frame_tokens(1)[0], state.memory.frame_tokens(0)[0]) and wider.memory.num_frames.tolist() == [0, 16]
+    assert torch.equal(wider.instruction_ids[1], state.instruction_ids[0]) and not wider.instruction_mask[0].any()
     assert state.nbytes == sum(t.numel() * t.element_size() for k, t in state.state_dict().items()
                                if k not in ("memory.num_write", "frames.keep_every"))
     double = state.to(dtype=torch.float64)
@@ -403,3 +406,8 @@ def test_a_spilled_state_saves_and_continues_in_ram(tmp_path):
 
     same_scores(state, loaded)
     same_scores(model(step, state)[1], model(step, loaded)[1])
+    # A fresh state (nothing stored yet) and the storage dtype policy survive the round trip too.
+    longvid.save_state(model.init_state(2, feature_dtype=torch.float16), tmp_path / "fresh.safetensors")
+    fresh = longvid.load_state(tmp_path / "fresh.safetensors")
+    assert fresh.frames.num_stored() == [0, 0] and fresh.frames.dtype == torch.float16
+    assert model(step, fresh)[1].frames.stream_features(0).dtype == torch.float16

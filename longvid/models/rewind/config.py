@@ -97,6 +97,6 @@ def describe(name: str) -> str:
     c = PRESETS[name]
     m = c.memory
     backbones = "tiny random CLIP + LLaMA built in memory" if name in TINY_BACKBONES else "needs encoder= and llm="
-    return (f"ReWind, memory D={m.dim} N_R={m.num_read} N_W={m.num_write} per frame, {c.clip_frames}-frame sub-clips, "
+    return (f"ReWind, memory D={m.dim} N_R={m.num_read}, {m.num_write} tokens per frame, {c.clip_frames}-frame sub-clips, "
             f"DFS L={c.top_l} -> K_c={c.num_select} frames x {c.frame_tokens} tokens, LLM width {c.llm_dim}, "
             f"LoRA r={c.lora_rank}; {backbones}")
