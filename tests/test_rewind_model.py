@@ -169,7 +169,7 @@ def test_stage2_loss_trains_memory_projections_and_lora_only():
     names = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert any("lora_" in n for n in names) and "separator" in names and "frame_proj.weight" in names
     assert any(n.startswith("memory.perceive") for n in names) and "memory_proj.weight" in names
-    assert not any(n.startswith("vision") or ("llm" in n and "lora_" not in n) for n in names)
+    assert not any(n.startswith("encoder") or ("llm" in n and "lora_" not in n) for n in names)
     assert all(p.requires_grad for p in trainable) and not model.video_head.weight.requires_grad
 
 
@@ -196,7 +196,7 @@ def test_stage1_sigmoid_contrastive_loss():
     names = {n for n, p in model.named_parameters() if p.grad is not None}
     assert {"log_scale", "bias", "video_head.weight", "text_head.weight"} <= names
     assert any(n.startswith("memory.perceive") for n in names)
-    assert not any(n.startswith(("llm", "vision", "frame_proj", "memory_proj", "separator")) for n in names)
+    assert not any(n.startswith(("llm", "encoder", "frame_proj", "memory_proj", "separator")) for n in names)
 
 
 def test_pool_frame_features_and_errors():

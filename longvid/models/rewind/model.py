@@ -186,19 +186,19 @@ class ReWind(nn.Module):
 
     Args:
         config: sizes and selection settings (LoRA on the LLM when ``lora_rank > 0``).
-        vision: the frozen image encoder (:class:`longvid.models.encoders.FrozenImageEncoder`
+        encoder: the frozen image encoder (:class:`longvid.models.encoders.FrozenImageEncoder`
             or anything with ``encode_frames``: frames ``(N, 3, H, W)`` in [0, 1] -> ``(N, P, D_v)``).
         llm: the causal-LM adapter (:class:`longvid.models.llm.CausalLM`).
         selector: which stored frames the LLM reads (default: dynamic frame selection with the
             config's ``L``, ``K_c`` and DPC-KNN ``k``); see :mod:`longvid.models.rewind.selection`.
     """
 
-    def __init__(self, config: RewindConfig, vision: nn.Module, llm: CausalLM, selector=None):
+    def __init__(self, config: RewindConfig, encoder: nn.Module, llm: CausalLM, selector=None):
         super().__init__()
         if llm.hidden_size != config.llm_dim:
             raise LongvidError(f"the language model's width {llm.hidden_size} does not match llm_dim={config.llm_dim}")
         self.config = config
-        self.vision = vision.requires_grad_(False).eval()
+        self.encoder = encoder.requires_grad_(False).eval()
         self.llm = add_lora(llm, config) if config.lora_rank else llm
         mem = config.memory
         self.memory = RewindMemory(mem)
@@ -260,7 +260,7 @@ class ReWind(nn.Module):
 
     def dummy_inputs(self, batch_size: int, seed: int = 0) -> Frames:
         """``clip_frames`` random frames per stream at 1 fps (values from ``seed``; the global RNG is not touched)."""
-        size = getattr(self.vision, "image_size", 224)
+        size = getattr(self.encoder, "image_size", 224)
         return dummy_frames(batch_size, self.config.clip_frames, size, seed=seed, device=self.separator.device)
 
     def forward(self, frames: Frames, state: RewindState) -> tuple[dict[str, Tensor], RewindState]:
@@ -274,7 +274,7 @@ class ReWind(nn.Module):
     @torch.no_grad()
     def encode_frames(self, pixels: Tensor) -> Tensor:
         """Frozen encoder features: pixels ``(B, T, 3, H, W)`` in [0, 1] -> ``(B, T, P, D_v)``."""
-        features = self.vision.encode_frames(pixels.flatten(0, 1))  # (B*T, P, D_v)
+        features = self.encoder.encode_frames(pixels.flatten(0, 1))  # (B*T, P, D_v)
         return features.reshape(*pixels.shape[:2], *features.shape[1:]).to(self.separator.device)
 
     def observe_features(self, features: Tensor, timestamps: Tensor, state: RewindState,
@@ -684,7 +684,7 @@ def _load_checkpoint(model: ReWind, tensors: dict[str, Tensor], path: str | os.P
 def trainable_state_dict(model: ReWind) -> dict[str, Tensor]:
     """The weights ReWind trains (everything but the frozen encoder and the frozen LLM base)."""
     return {name: tensor for name, tensor in model.state_dict().items()
-            if not name.startswith(("vision.", "llm.")) or "lora_" in name}
+            if not name.startswith(("encoder.", "llm.")) or "lora_" in name}
 
 
 def load_trainable(model: ReWind, tensors: dict[str, Tensor]) -> None:
