@@ -145,8 +145,33 @@ def test_padded_frames_leave_their_stream_as_it_was():
         model(Frames(pixels, times, torch.tensor([[True, False, True, False], [True] * 4])), state)
     with pytest.raises(LongvidError, match="3 questions for 2 streams"):
         model.answer(state, questions + ["what"])
-    with pytest.raises(LongvidError, match="1 instructions for 2 streams"):
-        model.init_state(2, instructions=["what"])
+    for wrong in (["what"], "ab"):
+        with pytest.raises(LongvidError, match="one instruction per stream: a list of 2 strings"):
+            model.init_state(2, instructions=wrong)
+
+
+@torch.no_grad()
+def test_a_stream_is_bitwise_unchanged_by_neighbours_of_other_lengths():
+    """Neighbours that watch more or fewer frames (padding marked invalid) change the padded
+    width of the batch's memory, not the stream's outputs, memory or answers."""
+    model = build_model("rewind_tiny").eval()
+
+    def run(neighbour_frames: int):
+        state, outs = model.init_state(3), []
+        for s in range(4):
+            frames = Frames.cat([model.dummy_inputs(1, seed=10 * neighbour_frames + s), model.dummy_inputs(1, seed=s),
+                                 model.dummy_inputs(1, seed=20 * neighbour_frames + s)])
+            valid = torch.arange(8)[None] < torch.tensor([[neighbour_frames], [5], [neighbour_frames]])
+            out, state = model(Frames(frames.pixels, frames.timestamps, valid), state)
+            outs.append(out["memory_tokens"][1])
+        return outs, state
+
+    (longer, a), (shorter, b) = run(8), run(2)
+    assert a.memory.tokens.shape != b.memory.tokens.shape
+    assert all(torch.equal(x, y) for x, y in zip(longer, shorter))
+    assert torch.equal(a.memory.frame_tokens(1)[0], b.memory.frame_tokens(1)[0])
+    questions = ["what happens"] * 3
+    assert torch.equal(model.score(a, questions, ["red", "blue"])[1], model.score(b, questions, ["red", "blue"])[1])
 
 
 def test_stage2_loss_trains_memory_projections_and_lora_only():

@@ -251,8 +251,8 @@ class ReWind(nn.Module):
         if instructions is None:
             ids = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
             mask = torch.zeros(batch_size, 0, dtype=torch.bool, device=device)
-        elif len(instructions) != batch_size:
-            raise LongvidError(f"{len(instructions)} instructions for {batch_size} streams")
+        elif isinstance(instructions, str) or len(instructions) != batch_size:
+            raise LongvidError(f"give one instruction per stream: a list of {batch_size} strings")
         else:
             ids, mask = (t.to(device) for t in self.tokenize(list(instructions)))
         memory = self.memory.init_state(batch_size, self.config.clip_frames, device)
