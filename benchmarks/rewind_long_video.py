@@ -2,9 +2,9 @@
 
     python -m benchmarks.rewind_long_video [--seconds 600] [--out DIR]   (from the repository root)
 
-Writes a moving-shapes video of ``--seconds`` frames at 1 fps, builds a random tiny
-ReWind (tiny CLIP tower + tiny LLaMA written to ``--out``) and asks one question with
-each feature-buffer policy: keep all, keep every 4th, spill to memory-mapped files.
+Writes a moving-shapes video of ``--seconds`` frames at 1 fps to ``--out``, builds a random
+tiny ReWind (tiny CLIP tower + tiny LLaMA built in memory) and asks one question with
+each frame-store policy: keep all, keep every 4th, spill to memory-mapped files.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import time
 
 from longvid.ask import ask_rewind
 from longvid.bench.synth import moving_shapes
-from longvid.models.rewind import build_rewind
-from longvid.models.tiny import save_tiny_llm, save_tiny_vision
+from longvid.models.rewind import build_model
+from longvid.models.tiny import tiny_llm, tiny_vision
 from longvid.video import write_video
 
 
@@ -27,10 +27,10 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="working folder (default: a temporary one)")
     args = parser.parse_args()
     root = args.out or tempfile.mkdtemp(prefix="rewind-long-")
+    os.makedirs(root, exist_ok=True)
     video = os.path.join(root, "long.mp4")
     write_video(video, moving_shapes(args.seconds, fps=1.0, width=64, height=64), fps=1.0)
-    model = build_rewind("rewind_tiny", save_tiny_vision(os.path.join(root, "vision")), save_tiny_llm(os.path.join(root, "llm")),
-                         clip_frames=16)
+    model = build_model("rewind_tiny", encoder=tiny_vision(), llm=tiny_llm(), clip_frames=16)
     question = "what color is the square"
     print(f"video: {args.seconds} s at 1 fps; model rewind_tiny (clip_frames 16, N_W 2, L {model.config.top_l}, K_c {model.config.num_select})")
     print(f"{'buffer policy':<22} {'frames':>6} {'mem tokens':>10} {'LLM in':>7} {'memory B':>9} {'buffer RAM B':>12} {'buffer disk B':>13} {'s':>6}")

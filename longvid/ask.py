@@ -1,6 +1,7 @@
 """Ask a question about a video file: stream it at 1 fps into a model's memory, then answer.
 
-``ask_rewind`` is what ``longvid ask VIDEO "question" --model rewind`` runs. With
+``ask_rewind`` is what ``longvid ask VIDEO "question" --model rewind`` runs (the model from
+``longvid.models.rewind.build_model(preset, encoder=..., llm=..., checkpoint=...)``). With
 ``until`` (breakpoint mode) the video is read only up to ``until`` seconds, so the
 answer uses only what an online viewer had seen by then.
 """
@@ -58,52 +59,39 @@ def ask_rewind(
     spill_dir: str | os.PathLike | None = None,
     max_new_tokens: int = 32,
 ) -> Answer:
-    """Watch ``video`` at 1 fps with ``model`` (a :class:`longvid.models.rewind.ReWind`) and answer ``question``.
+    """Watch ``video`` at 1 fps with ``model`` (a :class:`longvid.models.rewind.ReWind`), the question
+    as the memory's instruction, one sub-clip per step, and answer ``question``.
 
-    ``keep_every`` / ``spill_dir``: feature-buffer policy (every k-th frame; memory-mapped
+    ``keep_every`` / ``spill_dir``: the frame store's policy (every k-th frame; memory-mapped
     files in that folder).
     """
+    from longvid.models.stream import Frames
     from longvid.video import ClipReader
 
     _check_until(video, until)
     model.eval()
-    clip_frames = model.config.clip_frames
     # Frames at t <= until are kept: the reader stops before ``end``.
-    reader = ClipReader(video, clip_frames=clip_frames, fps=1.0, short_side=None, crop=None, mean=None, std=None,
-                        end=None if until is None else until + 1e-3, background=True)
-    ids, mask = model.tokenize([question])
-    state = model.init_state(1, keep_every=keep_every, spill_dir=spill_dir)
+    reader = ClipReader(video, clip_frames=model.config.clip_frames, fps=1.0, short_side=None, crop=None, mean=None,
+                        std=None, end=None if until is None else until + 1e-3, background=True)
+    state = model.init_state(1, instructions=[question], keep_every=keep_every, spill_dir=spill_dir)
     for clip in reader:
-        pixels = clip.frames[None].to(model.separator.device)  # (1, 3, F, H, W) in [0, 1]
-        _, state = model.observe(pixels, clip.timestamps[None], state, ids, mask, num_valid=torch.tensor([clip.num_valid]))
+        pixels = clip.frames.transpose(0, 1)[None, : clip.num_valid]  # (1, n, 3, H, W) in [0, 1]
+        _, state = model(Frames(pixels, clip.timestamps[None, : clip.num_valid]), state)
     if int(state.memory.num_frames[0]) == 0:
         raise LongvidError(f"{video}: no frames before {until} s")
-    text = model.answer(state, [question], max_new_tokens=max_new_tokens)[0]
-    (prompt,) = model.prompt_embeddings(state, ids, mask)
-    (chosen,) = model.select(state, ids, mask)
-    sizes = state.nbytes()
+    (chosen,) = model.select(state, [question])
+    text = model.answer(state, [question], max_new_tokens=max_new_tokens, frames=[chosen])[0]
+    (prompt,) = model.prompt_embeddings(state, *model.tokenize([question]), frames=[chosen])
     return Answer(
         text=text,
         frames_seen=int(state.memory.num_frames[0]),
         memory_tokens=int(state.memory.lengths[0]),
         llm_input_tokens=len(prompt),
-        selected_times=[float(t) for t in state.memory.timestamps[0, chosen.to(state.memory.timestamps.device)]],
-        memory_bytes=sizes["memory"],
-        buffer_ram_bytes=sizes["buffer_ram"],
-        buffer_disk_bytes=sizes["buffer_disk"],
+        selected_times=[float(t) for t in state.memory.times[0, chosen.to(state.memory.times.device)]],
+        memory_bytes=state.memory.nbytes,
+        buffer_ram_bytes=state.frames.ram_nbytes,
+        buffer_disk_bytes=state.frames.disk_nbytes,
     )
-
-
-def load_rewind(preset: str, vision: str, llm: str, weights: str | os.PathLike | None = None, device=None):
-    """A ReWind from a preset, an image encoder and an LLM (paths or hub ids), and trained
-    weights from a safetensors file (None: random memory, projections and LoRA)."""
-    from longvid.models.rewind import build_rewind, load_trainable
-
-    tensors = _read_weights(weights)  # before the encoder and LLM load: a bad file fails at once
-    model = build_rewind(preset, vision, llm, device=device)
-    if tensors is not None:
-        _load_weights(load_trainable, model, tensors, weights)
-    return model
 
 
 def load_malmm(preset: str, encoder: str, llm: str, qformer_tokenizer: str | None,

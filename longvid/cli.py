@@ -171,9 +171,11 @@ def _check_ask_args(args: argparse.Namespace) -> None:
 
 
 def _ask_rewind(args: argparse.Namespace) -> int:
-    from longvid.ask import ask_rewind, load_rewind
+    from longvid.ask import ask_rewind
+    from longvid.models.rewind import build_model
 
-    model = load_rewind(args.preset or "rewind_paper", args.encoder, args.llm, args.checkpoint, device=args.device)
+    model = build_model(args.preset or "rewind_paper", encoder=args.encoder, llm=args.llm, checkpoint=args.checkpoint,
+                        device=args.device)
     answer = ask_rewind(args.video, args.question, model, until=args.time, keep_every=args.keep_every,
                         spill_dir=args.spill_dir, max_new_tokens=args.max_new_tokens)
     if args.json:
@@ -432,6 +434,8 @@ def _bench_malmm(args: argparse.Namespace) -> int:
 def _bench_rewind(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    import torch
+
     from longvid.bench.rewind import RewindBenchSpec, format_table, run_rewind_bench
 
     if args.full or args.save_weights:
@@ -444,6 +448,7 @@ def _bench_rewind(args: argparse.Namespace) -> int:
                        stage1=replace(spec.stage1, steps=10), stage2=replace(spec.stage2, steps=20),
                        qa_stage2=replace(spec.qa_stage2, steps=20), qa_explore_steps=10)
     log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr))
+    torch.set_num_threads(1)  # the recorded figures are single-threaded
     tables = run_rewind_bench(spec, out_dir=args.out, log=log)
     for name, rows in tables.items():
         print(f"ReWind {name}\n{format_table(rows)}\n")

@@ -97,11 +97,12 @@ def test_ask_damaged_weights_are_one_line_errors_naming_the_file(setup, capsys, 
 
 
 def test_installed_script_answers_and_refuses_as_a_user_sees_it(setup, tmp_path):
-    from longvid.models.rewind import build_rewind, trainable_state_dict
+    from longvid.models.rewind import build_model, trainable_state_dict
 
     video, vision, llm, _ = setup
     weights = str(tmp_path / "rewind.safetensors")
-    save_file({k: v.contiguous() for k, v in trainable_state_dict(build_rewind("rewind_tiny", vision, llm)).items()}, weights)
+    model = build_model("rewind_tiny", encoder=vision, llm=llm)
+    save_file({k: v.contiguous() for k, v in trainable_state_dict(model).items()}, weights)
     common = [longvid_script(), "ask", video, "what color is the square", "--model", "rewind", "--preset", "rewind_tiny",
               "--vision", vision, "--llm", llm, "--max-new-tokens", "2"]
 

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from longvid.bench.rewind import (
-    RewindBenchSpec, UniformFrames, _data, benchmark_words, format_table, grounding_loss, grounding_table, qa_loss,
-    qa_schedule, qa_table, stage1_loss, tiny_rewind, uniform_loss, watch,
+    RewindBenchSpec, _data, benchmark_words, format_table, grounding_loss, grounding_table, qa_loss, qa_schedule,
+    qa_table, reading, stage1_loss, tiny_rewind, uniform_loss, watch,
 )
 from longvid.errors import LongvidError
-from longvid.models.llm import CausalLM
-from longvid.models.rewind import best_span, frames_in, span_seconds
+from longvid.models.rewind.baselines import UniformFrames
+from longvid.models.rewind.grounding import best_span, frames_in, span_seconds
 from longvid.train.checkpoint import load_checkpoint
 from longvid.train.rewind import StageConfig, train_stage
 
@@ -25,8 +25,8 @@ SMALL = RewindBenchSpec(num_clips=4, train_videos=8, qa_train_videos=8, test_vid
 
 
 @pytest.fixture(scope="module")
-def grounding_data(tmp_path_factory):
-    return _data("grounding", SMALL, str(tmp_path_factory.mktemp("bench")))
+def grounding_data():
+    return _data("grounding", SMALL)
 
 
 def test_best_span_and_intervals():
@@ -44,8 +44,8 @@ def test_words_cover_the_benchmark_text():
 
 
 def test_stage2_loss_falls(grounding_data):
-    encoder, llm_path, train, _ = grounding_data
-    model = tiny_rewind(SMALL, encoder, llm_path)
+    encoder, make_llm, train, _ = grounding_data
+    model = tiny_rewind(SMALL, encoder, make_llm())
     batch = train[:4]
     model.set_stage(2)
     losses = train_stage(model, grounding_loss, lambda step: batch, StageConfig(steps=25, lr=1e-2, warmup_steps=2))
@@ -53,20 +53,20 @@ def test_stage2_loss_falls(grounding_data):
 
 
 def test_qa_answer_loss_falls_and_is_checkpointed(tmp_path):
-    encoder, llm_path, train, _ = _data("qa", SMALL, str(tmp_path / "qa"))
-    model = tiny_rewind(SMALL, encoder, llm_path)
+    encoder, make_llm, train, _ = _data("qa", SMALL)
+    model = tiny_rewind(SMALL, encoder, make_llm())
     model.set_stage(2)
     losses = train_stage(model, qa_loss, lambda step: train[:4], StageConfig(steps=20, lr=3e-3, warmup_steps=2),
                          out_dir=str(tmp_path / "run"))
     assert losses[-1] < 0.7 * losses[0]
     tensors, record = load_checkpoint(str(tmp_path / "run"))
-    assert any("lora_" in name for name in tensors) and not any(name.startswith("vision.") for name in tensors)
+    assert any("lora_" in name for name in tensors) and not any(name.startswith("encoder.") for name in tensors)
     assert record["losses"] == losses
 
 
 def test_stage1_trains_only_the_perceiver(grounding_data):
-    encoder, llm_path, train, _ = grounding_data
-    model = tiny_rewind(SMALL, encoder, llm_path)
+    encoder, make_llm, train, _ = grounding_data
+    model = tiny_rewind(SMALL, encoder, make_llm())
     model.set_stage(1)
     before = model.memory_proj.weight.clone()
     losses = train_stage(model, stage1_loss, lambda step: train[:4], StageConfig(steps=2, warmup_steps=1))
@@ -76,9 +76,9 @@ def test_stage1_trains_only_the_perceiver(grounding_data):
 
 
 def test_uniform_baseline_points_at_sampled_frames(grounding_data):
-    encoder, llm_path, train, _ = grounding_data
-    model = tiny_rewind(SMALL, encoder, llm_path)
-    uniform = UniformFrames(model.config, CausalLM.from_pretrained(llm_path), num_frames=5)
+    encoder, make_llm, train, _ = grounding_data
+    model = tiny_rewind(SMALL, encoder, make_llm())
+    uniform = UniformFrames(model.config, make_llm(), num_frames=5)
     assert uniform.sampled(16).tolist() == [0, 4, 8, 11, 15]
     features = torch.stack([i.features for i in train[:2]])
     logits = uniform.ground_logits(features, [i.sample.question for i in train[:2]])
@@ -111,11 +111,13 @@ def test_small_tables_have_the_right_structure(grounding_data):
 
 def test_qa_schedule_explores_then_trains_selection(monkeypatch):
     weights = []
-    monkeypatch.setattr("longvid.bench.rewind.qa_loss", lambda model, items, weight: weights.append(weight) or torch.zeros(()))
-    loss = qa_schedule(dataclasses.replace(SMALL, qa_explore_steps=2, qa_policy_weight=3.0))
+    monkeypatch.setattr("longvid.bench.rewind.qa_loss",
+                        lambda model, items, weight, selection: weights.append((weight, selection)) or torch.zeros(()))
+    selection = reading("random", 2, 0)
+    loss = qa_schedule(dataclasses.replace(SMALL, qa_explore_steps=2, qa_policy_weight=3.0), selection)
     for _ in range(4):
         loss(None, [])
-    assert weights == [0.0, 0.0, 3.0, 3.0]
+    assert weights == [(0.0, selection), (0.0, selection), (3.0, selection), (3.0, selection)]
 
 
 def test_qa_table_averages_seeds(monkeypatch):
@@ -130,25 +132,23 @@ def test_qa_table_averages_seeds(monkeypatch):
     ]
 
 
-def test_reference_selection_reads_cue_or_random_frames(grounding_data):
-    encoder, llm_path, train, _ = grounding_data
-    cue = tiny_rewind(SMALL, encoder, llm_path, reference="cue")
-    cue.choose(train[:4])
-    for item, frames in zip(train[:4], cue.frames):
+def test_reference_readings_choose_cue_or_random_frames(grounding_data):
+    encoder, make_llm, train, _ = grounding_data
+    model = tiny_rewind(SMALL, encoder, make_llm())
+    state, questions = watch(model, train[:4])
+    cue = reading("cue", model.config.num_select, seed=0)
+    chosen = model.select(state, questions, selector=cue(train[:4]))
+    for item, frames in zip(train[:4], chosen):
         shown = item.cue_shown()
-        assert len(frames) == cue.config.num_select and torch.equal(frames, frames.sort().values)
+        assert len(frames) == model.config.num_select and torch.equal(frames, frames.sort().values)
         assert int(shown[frames].sum()) == min(int(shown.sum()), len(frames))  # cue frames first
-    state, questions = watch(cue, train[:2])
-    ids, mask = cue.tokenize(questions)
-    assert [f.tolist() for f in cue.select(state, ids, mask)] == [f.tolist() for f in cue.frames]
-    with pytest.raises(LongvidError, match="breakpoint"):
-        cue.select(state, ids, mask, until=3.0)
-    first, second = (tiny_rewind(SMALL, encoder, llm_path, reference="random") for _ in range(2))
-    first.choose(train[:4])
-    second.choose(train[:4])
-    assert [f.tolist() for f in first.frames] == [f.tolist() for f in second.frames]  # seeded
-    with pytest.raises(LongvidError, match="unknown reference"):
-        tiny_rewind(SMALL, encoder, llm_path, reference="best")
+    first, second = reading("random", 2, seed=0), reading("random", 2, seed=0)
+    drawn = [model.select(state, questions, selector=r(train[:4])) for r in (first, second, first)]
+    assert [f.tolist() for f in drawn[0]] == [f.tolist() for f in drawn[1]]  # seeded
+    assert [f.tolist() for f in drawn[0]] != [f.tolist() for f in drawn[2]]  # one generator per row, drawn on
+    assert reading("dfs", 2, 0) is None and [len(f) for f in model.select(state, questions, selector=reading("none", 2, 0)(train[:4]))] == [0] * 4
+    with pytest.raises(LongvidError, match="unknown frame reading"):
+        reading("best", 2, 0)
 
 
 def test_bench_rewind_writes_both_tables(tmp_path, monkeypatch, capsys):

@@ -4,13 +4,17 @@ import pytest
 import torch
 import torch.nn as nn
 
+import longvid
 from longvid.errors import LongvidError
-from longvid.memory.rewind import RewindMemoryConfig
-from longvid.memory.selection import relevance_scores
 from longvid.models.encoders import FrozenImageEncoder
-from longvid.models.llm import CausalLM
-from longvid.models.rewind import ReWind, get_config, pool_frame_features, sigmoid_contrastive_loss
-from longvid.models.tiny import save_tiny_llm
+from longvid.models.rewind import (
+    DFS, PRESETS, NoSelector, OracleSelector, RandomSelector, ReWind, RewindMemoryConfig, RewindState, UniformSelector,
+    build_model, describe, get_config, select_frames, trainable_state_dict,
+)
+from longvid.models.rewind.model import pool_frame_features, sigmoid_contrastive_loss
+from longvid.models.rewind.selection import relevance_scores
+from longvid.models.stream import Frames
+from longvid.models.tiny import tiny_llm
 
 transformers = pytest.importorskip("transformers")
 
@@ -23,84 +27,161 @@ def tiny_vision(width, image_size, patch):
     return FrozenImageEncoder(transformers.CLIPVisionModel(config), image_size)
 
 
-@pytest.fixture(scope="module")
-def llm_folder(tmp_path_factory):
-    return save_tiny_llm(str(tmp_path_factory.mktemp("llm")), hidden=64)
-
-
-def build(config, llm_folder, image_size=32, patch=8, seed=0):
+def build(config, image_size=32, patch=8, seed=0):
     torch.manual_seed(seed)
     vision = tiny_vision(config.memory.vision_dim, image_size, patch)
-    model = ReWind(config, vision, CausalLM.from_pretrained(llm_folder)).eval()
+    model = ReWind(config, vision, tiny_llm(hidden=64)).eval()
     for p in model.memory.parameters():
         nn.init.normal_(p, std=0.2)
     return model
 
 
-def watch(model, video, ids, state=None, clip=None, mask=None):
-    """Feed ``video (B, 3, N, H, W)`` at 1 fps in sub-clips (padded tail)."""
+def watch(model, video, questions=None, step=None, state=None):
+    """Feed ``video (B, 3, N, H, W)`` at 1 fps in steps of ``step`` frames (default: sub-clips), the
+    ``questions`` as instructions."""
     batch, _, total = video.shape[:3]
-    clip = clip or model.config.clip_frames
-    state = state or model.init_state(batch)
-    for start in range(0, total, clip):
-        chunk = video[:, :, start : start + clip]
-        valid = chunk.shape[2]
-        chunk = torch.cat([chunk, chunk[:, :, -1:].expand(-1, -1, clip - valid, -1, -1)], dim=2)
-        times = torch.arange(start, start + clip, dtype=torch.float64).clamp(max=start + valid - 1).expand(batch, -1)
-        _, state = model.observe(chunk, times, state, ids, mask, num_valid=torch.full((batch,), valid))
+    step = step or model.config.clip_frames
+    state = model.init_state(batch, instructions=questions) if state is None else state
+    times = torch.arange(total, dtype=torch.float64).expand(batch, -1)
+    for start in range(0, total, step):
+        frames = Frames(video[:, :, start : start + step].transpose(1, 2), times[:, start : start + step])
+        _, state = model(frames, state)
     return state
 
 
-def test_llm_input_length_paper_settings(llm_folder):
+def test_llm_input_length_paper_settings():
     paper = get_config("rewind_paper")
     memory = RewindMemoryConfig(**{**paper.memory.__dict__, "dim": 32, "vision_dim": 16, "text_dim": 64, "num_heads": 4,
                                    "perceiver_layers": 1, "mlp_ratio": 1.0})
     config = get_config("rewind_paper", memory=memory, llm_dim=64, lora_rank=4)
     assert (config.memory.num_read, config.memory.num_write, config.top_l, config.num_select, config.frame_tokens) == (32, 2, 64, 8, 32)
-    model = build(config, llm_folder, image_size=64, patch=4)  # a 16x16 patch grid (+ CLS), as EVA-CLIP ViT-g at 224
-    video = torch.rand(1, 3, 100, 64, 64)
-    ids = torch.randint(0, 50, (1, 7))
+    model = build(config, image_size=64, patch=4)  # a 16x16 patch grid (+ CLS), as EVA-CLIP ViT-g at 224
+    question = "what happens"
+    ids, mask = model.tokenize([question])
     with torch.no_grad():
-        state = watch(model, video, ids)
-        (prompt,) = model.prompt_embeddings(state, ids)
-        assert prompt.shape == (100 * 2 + 1 + 8 * 32 + 7, 64)
-        (early,) = model.prompt_embeddings(state, ids, until=29.0)  # breakpoint: 30 frames seen
-        assert early.shape == (30 * 2 + 1 + 8 * 32 + 7, 64)
-    assert state.buffer.num_stored == [100] and state.nbytes()["buffer_ram"] >= 100 * 256 * 16 * 4
+        state = watch(model, torch.rand(1, 3, 100, 64, 64), [question])
+        (prompt,) = model.prompt_embeddings(state, ids, mask)
+        assert prompt.shape == (100 * 2 + 1 + 8 * 32 + 3, 64)
+        (early,) = model.prompt_embeddings(state, ids, mask, until=29.0)  # breakpoint: 30 frames seen
+        assert early.shape == (30 * 2 + 1 + 8 * 32 + 3, 64)
+    assert state.frames.num_stored() == [100] and state.frames.ram_nbytes == 100 * 257 * 16 * 4
 
 
 @torch.no_grad()
-def test_question_at_time_t_ignores_later_frames(llm_folder):
-    model = build(get_config("rewind_tiny"), llm_folder)
-    video, ids = torch.rand(1, 3, 21, 32, 32), torch.randint(0, 50, (1, 5))
-    full = watch(model, video, ids)
-    cut = watch(model, video[:, :, :13], ids)  # the stream as seen at t = 12 s
-    assert model.select(full, ids, until=12.0)[0].tolist() == model.select(cut, ids)[0].tolist()
-    a = model(full, ids, until=12.0).logits
-    b = model(cut, ids).logits
+def test_question_at_time_t_ignores_later_frames():
+    model = build(get_config("rewind_tiny"))
+    video, question = torch.rand(1, 3, 21, 32, 32), ["what color is the square"]
+    ids, mask = model.tokenize(question)
+    full = watch(model, video, question)
+    cut = watch(model, video[:, :, :13], question)  # the stream as seen at t = 12 s
+    assert model.select(full, question, until=12.0)[0].tolist() == model.select(cut, question)[0].tolist()
+    a = model.llm_outputs(full, ids, mask, until=12.0).logits
+    b = model.llm_outputs(cut, ids, mask).logits
     assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
-    assert torch.equal(model.generate(full, ids, until=12.0, max_new_tokens=4), model.generate(cut, ids, max_new_tokens=4))
+    assert torch.equal(model.generate(full, ids, mask, until=12.0, max_new_tokens=4), model.generate(cut, ids, mask, max_new_tokens=4))
 
 
 @torch.no_grad()
-def test_batched_streams_match_single_streams(llm_folder):
-    model = build(get_config("rewind_tiny"), llm_folder, seed=1)
-    video, ids = torch.rand(2, 3, 11, 32, 32), torch.randint(0, 50, (2, 5))
-    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
-    both = watch(model, video, ids, mask=mask)
-    logits = model(both, ids, mask).logits[:, -1]
+def test_batched_streams_match_single_streams():
+    model = build(get_config("rewind_tiny"), seed=1)
+    video, questions = torch.rand(2, 3, 11, 32, 32), ["what color is the square", "what happens"]  # 6 and 3 tokens
+    ids, mask = model.tokenize(questions)
+    both = watch(model, video, questions)
+    logits = model.llm_outputs(both, ids, mask).logits[:, -1]
     for b in range(2):
-        alone = watch(model, video[b : b + 1], ids[b : b + 1, : int(mask[b].sum())])
-        assert torch.allclose(model(alone, ids[b : b + 1, : int(mask[b].sum())]).logits[0, -1], logits[b], atol=1e-4)
+        alone = watch(model, video[b : b + 1], questions[b : b + 1])
+        single = model.llm_outputs(alone, *model.tokenize(questions[b : b + 1])).logits[0, -1]
+        assert torch.allclose(single, logits[b], atol=1e-4)
 
 
-def test_stage2_loss_trains_memory_projections_and_lora_only(llm_folder):
-    model = build(get_config("rewind_tiny"), llm_folder, seed=2)
+@torch.no_grad()
+@pytest.mark.parametrize("step", [1, 3, 20])
+def test_steps_of_any_size_give_the_same_memory_and_selection(step):
+    """T one-frame steps equal one T-frame step: sub-clips count from the stream's first frame."""
+    model = build(get_config("rewind_tiny"), seed=8)
+    nn.init.normal_(model.select_query.weight, std=0.5)  # a trained query: DFS is not a tie
+    video, questions = torch.rand(2, 3, 20, 32, 32), ["what color is the square", "where is the circle"]
+    by_clip = watch(model, video, questions)
+    other = watch(model, video, questions, step=step)
+    assert torch.allclose(other.memory.tokens, by_clip.memory.tokens, atol=1e-5)
+    assert [f.tolist() for f in model.select(other, questions)] == [f.tolist() for f in model.select(by_clip, questions)]
+    assert all(torch.allclose(other.frames.stream_features(b), by_clip.frames.stream_features(b), atol=1e-5) for b in range(2))
+
+
+@torch.no_grad()
+def test_selection_over_a_state_is_dfs_over_its_frames():
+    """The model's selection equals DFS computed by hand over the memory tokens of every frame fed."""
+    model = build(get_config("rewind_tiny"), seed=9)
+    nn.init.normal_(model.select_query.weight, std=0.5)
+    questions = ["what color is the square", "where is the circle"]
+    state = watch(model, torch.rand(2, 3, 19, 32, 32), questions, step=5)
+    ids, mask = model.tokenize(questions)
+    words = model.llm.embed(ids) * mask[..., None]
+    query = model.select_query(words.sum(1) / mask.sum(1, keepdim=True))  # (B, D)
+    c = model.config
+    for b, chosen in enumerate(model.select(state, questions)):
+        tokens = state.memory.tokens[b, : 2 * 19].reshape(19, 2, -1)  # every frame's two tokens
+        relevance = relevance_scores(model.select_key(tokens), query[b])
+        assert chosen.tolist() == select_frames(relevance, tokens.mean(1), c.top_l, c.num_select, c.dpc_k).tolist()
+        assert len(chosen) == c.num_select
+
+
+@torch.no_grad()
+def test_padded_frames_leave_their_stream_as_it_was():
+    model = build(get_config("rewind_tiny"), seed=10)
+    questions = ["what color is the square", "what happens"]
+    state = watch(model, torch.rand(2, 3, 5, 32, 32), questions)
+    pixels, times = torch.rand(2, 4, 3, 32, 32), torch.arange(5, 9, dtype=torch.float64).expand(2, -1)
+    out, after = model(Frames(pixels, times, torch.tensor([[True, True, False, False], [False] * 4])), state)
+    kept, other = after.index_select(torch.tensor([1])), state.index_select(torch.tensor([1]))
+    assert torch.all(out["memory_tokens"][1] == 0) and torch.all(out["memory_tokens"][0, 2:] == 0)
+    assert kept.memory.num_frames.tolist() == [5] and kept.frames.num_stored() == [5]
+    assert torch.equal(kept.memory.frame_tokens(0)[0], other.memory.frame_tokens(0)[0])
+    assert torch.equal(kept.memory.open, other.memory.open) and torch.equal(kept.memory.summary, other.memory.summary)
+    # Stream 0 read its two real frames only: the same as a step of those two.
+    _, two = model(Frames(pixels[:, :2], times[:, :2]), state)
+    assert torch.equal(after.memory.frame_tokens(0)[0], two.memory.frame_tokens(0)[0])
+    with pytest.raises(LongvidError, match="padding after a stream's last frame"):
+        model(Frames(pixels, times, torch.tensor([[True, False, True, False], [True] * 4])), state)
+    with pytest.raises(LongvidError, match="3 questions for 2 streams"):
+        model.answer(state, questions + ["what"])
+    for wrong in (["what"], "ab"):
+        with pytest.raises(LongvidError, match="one instruction per stream: a list of 2 strings"):
+            model.init_state(2, instructions=wrong)
+
+
+@torch.no_grad()
+def test_a_stream_is_bitwise_unchanged_by_neighbours_of_other_lengths():
+    """Neighbours that watch more or fewer frames (padding marked invalid) change the padded
+    width of the batch's memory, not the stream's outputs, memory or answers."""
+    model = build_model("rewind_tiny").eval()
+
+    def run(neighbour_frames: int):
+        state, outs = model.init_state(3), []
+        for s in range(4):
+            frames = Frames.cat([model.dummy_inputs(1, seed=10 * neighbour_frames + s), model.dummy_inputs(1, seed=s),
+                                 model.dummy_inputs(1, seed=20 * neighbour_frames + s)])
+            valid = torch.arange(8)[None] < torch.tensor([[neighbour_frames], [5], [neighbour_frames]])
+            out, state = model(Frames(frames.pixels, frames.timestamps, valid), state)
+            outs.append(out["memory_tokens"][1])
+        return outs, state
+
+    (longer, a), (shorter, b) = run(8), run(2)
+    assert a.memory.tokens.shape != b.memory.tokens.shape
+    assert all(torch.equal(x, y) for x, y in zip(longer, shorter))
+    assert torch.equal(a.memory.frame_tokens(1)[0], b.memory.frame_tokens(1)[0])
+    questions = ["what happens"] * 3
+    assert torch.equal(model.score(a, questions, ["red", "blue"])[1], model.score(b, questions, ["red", "blue"])[1])
+
+
+def test_stage2_loss_trains_memory_projections_and_lora_only():
+    model = build(get_config("rewind_tiny"), seed=2)
     trainable = model.set_stage(2)
-    video, ids = torch.rand(2, 3, 10, 32, 32), torch.randint(0, 50, (2, 4))
+    questions = ["what color is the square", "where is the circle"]
+    ids, mask = model.tokenize(questions)
     answer, answer_mask = torch.randint(0, 50, (2, 3)), torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
-    state = watch(model, video, ids)
-    out = model(state, ids, answer_ids=answer, answer_mask=answer_mask)
+    state = watch(model, torch.rand(2, 3, 10, 32, 32), questions)
+    out = model.llm_outputs(state, ids, mask, answer_ids=answer, answer_mask=answer_mask)
     # Reference: cross-entropy of each answer token given everything before it.
     expected, count = 0.0, 0
     for b in range(2):
@@ -113,11 +194,11 @@ def test_stage2_loss_trains_memory_projections_and_lora_only(llm_folder):
     names = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert any("lora_" in n for n in names) and "separator" in names and "frame_proj.weight" in names
     assert any(n.startswith("memory.perceive") for n in names) and "memory_proj.weight" in names
-    assert not any(n.startswith("vision") or ("llm" in n and "lora_" not in n) for n in names)
+    assert not any(n.startswith("encoder") or ("llm" in n and "lora_" not in n) for n in names)
     assert all(p.requires_grad for p in trainable) and not model.video_head.weight.requires_grad
 
 
-def test_stage1_sigmoid_contrastive_loss(llm_folder):
+def test_stage1_sigmoid_contrastive_loss():
     gen = torch.Generator().manual_seed(3)
     video, text = torch.randn(4, 8, generator=gen), torch.randn(4, 8, generator=gen)
     scale, bias = torch.tensor(math.log(10.0)), torch.tensor(-10.0)
@@ -129,17 +210,18 @@ def test_stage1_sigmoid_contrastive_loss(llm_folder):
             expected -= math.log(1 / (1 + math.exp(-z * (10.0 * float(v[i] @ t[j]) - 10.0))))
     assert math.isclose(float(sigmoid_contrastive_loss(video, text, scale, bias)), expected / 4, rel_tol=1e-5)
 
-    model = build(get_config("rewind_tiny"), llm_folder, seed=3)
+    model = build(get_config("rewind_tiny"), seed=3)
     model.set_stage(1)
-    state = model.init_state(2)
-    clip, ids = torch.rand(2, 3, 4, 32, 32), torch.zeros(2, 0, dtype=torch.long)  # no instruction in stage 1
-    written, _ = model.observe(clip, torch.zeros(2, 4, dtype=torch.float64), state, ids)
-    loss = model.contrastive_loss(written, torch.tensor([4, 3]), torch.randint(0, 50, (2, 6)), torch.ones(2, 6, dtype=torch.bool))
+    state = model.init_state(2)  # no instruction in stage 1
+    clip = Frames(torch.rand(2, 4, 3, 32, 32), torch.zeros(2, 4, dtype=torch.float64))
+    out, _ = model(clip, state)
+    loss = model.contrastive_loss(out["memory_tokens"], torch.tensor([4, 3]), torch.randint(0, 50, (2, 6)),
+                                  torch.ones(2, 6, dtype=torch.bool))
     loss.backward()
     names = {n for n, p in model.named_parameters() if p.grad is not None}
     assert {"log_scale", "bias", "video_head.weight", "text_head.weight"} <= names
     assert any(n.startswith("memory.perceive") for n in names)
-    assert not any(n.startswith(("llm", "vision", "frame_proj", "memory_proj", "separator")) for n in names)
+    assert not any(n.startswith(("llm", "encoder", "frame_proj", "memory_proj", "separator")) for n in names)
 
 
 def test_pool_frame_features_and_errors():
@@ -153,56 +235,76 @@ def test_pool_frame_features_and_errors():
         get_config("rewind_huge")
     with pytest.raises(LongvidError, match="must equal llm_dim"):
         get_config("rewind_tiny", llm_dim=32)
+    with pytest.raises(LongvidError, match="unknown ReWind config field.*use_dfs"):
+        get_config("rewind_tiny", use_dfs=False)
 
 
-def test_text_api_answers_scores_and_trains(llm_folder):
-    model = build(get_config("rewind_tiny"), llm_folder, seed=4)
+def test_text_api_answers_scores_and_trains():
+    model = build(get_config("rewind_tiny"), seed=4)
     questions = ["what color is the square", "where is the circle"]
-    ids, mask = model.tokenize(questions)
-    state = watch(model, torch.rand(2, 3, 9, 32, 32), ids, mask=mask)
+    state = watch(model, torch.rand(2, 3, 9, 32, 32), questions)
     answers = model.answer(state, questions, max_new_tokens=3)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
     scores = model.score(state, questions, ["red", "blue green"])
     assert scores.shape == (2, 2) and torch.all(scores < 0)
     # The score of a candidate is its answer log-likelihood: minus the loss times its token count (with EOS).
-    single = watch(model, torch.rand(1, 3, 9, 32, 32), ids[:1, : int(mask[0].sum())])
+    single = watch(model, torch.rand(1, 3, 9, 32, 32), questions[:1])
     nll = model.answer_loss(single, questions[:1], ["blue green"])
     assert torch.allclose(model.score(single, questions[:1], ["blue green"])[0, 0], -3 * nll, atol=1e-4)
 
 
-def test_watch_and_evaluation(llm_folder):
+@torch.no_grad()
+def test_selectors_choose_what_the_llm_reads():
+    model = build(get_config("rewind_tiny"), seed=11)
+    questions = ["what color is the square", "where is the circle"]
+    state = watch(model, torch.rand(2, 3, 12, 32, 32), questions)
+    ids, mask = model.tokenize(questions)
+    assert [f.tolist() for f in model.select(state, questions, selector=UniformSelector(3))] == [[0, 6, 11]] * 2
+    oracle = OracleSelector(2, [[(4.0, 6.0)], [(9.0, 10.0)]], torch.Generator())
+    assert [f.tolist() for f in model.select(state, questions, selector=oracle)][0] == [4, 5]
+    # score(selector=...) reads the frames the selector picks, for every candidate alike.
+    frames = model.select(state, questions, selector=RandomSelector(2, torch.Generator().manual_seed(1)))
+    drawn = model.score(state, questions, ["red", "blue"], selector=RandomSelector(2, torch.Generator().manual_seed(1)))
+    assert torch.equal(drawn, model.score(state, questions, ["red", "blue"], frames=frames))
+    (prompt, _) = model.prompt_embeddings(state, ids, mask, frames=model.select(state, questions, selector=NoSelector()))
+    assert len(prompt) == 2 * 12 + 1 + len(model.llm.tokenize_prompts(questions[:1])[0])  # memory tokens only
+    no_dpc = DFS(8, 2, 2, dpc=False)
+    assert len(model.select(state, questions, selector=no_dpc)[0]) == 2
+
+
+def test_watch_and_evaluation():
     from longvid.eval.rewind import VideoQuestion, evaluate_grounding, evaluate_qa, parse_interval
 
     assert parse_interval("from 12.5 to 3 s") == (3.0, 12.5) and parse_interval("never") is None
-    model = build(get_config("rewind_tiny"), llm_folder, seed=5)
+    model = build(get_config("rewind_tiny"), seed=5)
     video, times = torch.rand(1, 3, 11, 32, 32), torch.arange(11, dtype=torch.float64)[None]
-    ids, mask = model.tokenize(["what color is the square"])
+    question = "what color is the square"
     with torch.no_grad():
-        reference = watch(model, video, ids, mask=mask)
-        state = model.watch(video, times, ids, mask)
+        reference = watch(model, video, [question], step=1)
+        state = model.watch(Frames(video.transpose(1, 2), times), model.init_state(1, instructions=[question]))
     assert torch.allclose(state.memory.tokens, reference.memory.tokens, atol=1e-5)
     candidates = ["red", "blue"]
-    choice = int(model.score(state, ["what color is the square"], candidates)[0].argmax())
+    choice = int(model.score(state, [question], candidates)[0].argmax())
     right, wrong = candidates[choice], candidates[1 - choice]
-    items = [VideoQuestion(video[0], times[0], "what color is the square", answer) for answer in (right, right, wrong)]
+    items = [VideoQuestion(video[0], times[0], question, answer) for answer in (right, right, wrong)]
     assert evaluate_qa(model, items, candidates) == {"accuracy": pytest.approx(200 / 3), "samples": 3.0}
     question = "when does the red flash"
     grounding = evaluate_grounding(model, [VideoQuestion(video[0], times[0], question, (2.0, 4.0))], 3)
     assert set(grounding) == {"R@0.3", "R@0.5", "R@0.7", "mIoU", "readable"}
-    ids, mask = model.tokenize([question])  # the same answer, scored by hand
-    with torch.no_grad():
-        interval = parse_interval(model.answer(model.watch(video, times, ids, mask), [question], max_new_tokens=3)[0])
+    with torch.no_grad():  # the same answer, scored by hand
+        state = model.watch(Frames(video.transpose(1, 2), times), model.init_state(1, instructions=[question]))
+        interval = parse_interval(model.answer(state, [question], max_new_tokens=3)[0])
     start, end = interval or (0.0, 0.0)
     overlap = max(0.0, min(end, 4.0) - max(start, 2.0))
     iou = overlap / ((end - start) + (4.0 - 2.0) - overlap)
     assert grounding["mIoU"] == pytest.approx(100 * iou) and grounding["readable"] == (100.0 if interval else 0.0)
 
 
-def test_untrained_dfs_query_scores_every_frame_alike(llm_folder):
-    model = build(get_config("rewind_tiny"), llm_folder, seed=6)
+def test_untrained_dfs_query_scores_every_frame_alike():
+    model = build(get_config("rewind_tiny"), seed=6)
     ids = torch.randint(0, 50, (1, 5))
     with torch.no_grad():
-        state = watch(model, torch.rand(1, 3, 12, 32, 32), ids)
+        state = watch(model, torch.rand(1, 3, 12, 32, 32))
         tokens, _ = state.memory.frame_tokens(0)
         query = model.instruction_query(ids, None)[0]
         scores = relevance_scores(model.frame_keys(tokens), query)
@@ -210,23 +312,24 @@ def test_untrained_dfs_query_scores_every_frame_alike(llm_folder):
     assert len(scores) == 12 and torch.all(scores == scores[0])
 
 
-def test_policy_weight_trains_the_dfs_projections(llm_folder):
-    model = build(get_config("rewind_tiny"), llm_folder, seed=7)
+def test_policy_weight_trains_the_dfs_projections():
+    model = build(get_config("rewind_tiny"), seed=7)
     model.set_stage(2)
     nn.init.normal_(model.select_query.weight, std=0.5)  # a trained query: draws are no longer uniform
     questions, answers = ["what color is the square", "where is the circle"], ["red", "blue green"]
     ids, mask = model.tokenize(questions)
-    state = watch(model, torch.rand(2, 3, 12, 32, 32), ids, mask=mask)
+    state = watch(model, torch.rand(2, 3, 12, 32, 32), questions)
 
-    def query_grad(weight, seed=0):
+    def query_grad(weight, seed=0, selector=None):
         model.zero_grad()
         torch.manual_seed(seed)
-        loss = model.answer_loss(state, questions, answers, policy_weight=weight)
+        loss = model.answer_loss(state, questions, answers, policy_weight=weight, selector=selector)
         loss.backward(retain_graph=True)
         grad = model.select_query.weight.grad
         return loss, 0.0 if grad is None else float(grad.abs().sum())
 
     assert query_grad(None)[1] == 0.0 and query_grad(0.0)[1] == 0.0  # cross-entropy alone cannot reach selection
+    assert query_grad(2.0, selector=UniformSelector(2))[1] == 0.0  # only a learned selector is trained
     loss, grad = query_grad(2.0)
     assert grad > 0
     # The loss is the drawn frames' cross-entropy plus the REINFORCE term against DFS's frames.
@@ -243,5 +346,93 @@ def test_policy_weight_trains_the_dfs_projections(llm_folder):
     (2.0 * ((drawn - chosen).detach() * log_probs).mean()).backward()
     assert torch.allclose(model.select_query.weight.grad.abs().sum(), torch.tensor(grad), rtol=1e-4)
     # answer_nll is each stream's mean token cross-entropy: its token-weighted mean is the usual loss.
-    out = model(state, ids, mask, answer_ids, answer_mask)
+    out = model.llm_outputs(state, ids, mask, answer_ids, answer_mask)
     assert torch.allclose((chosen * answer_mask.sum(1)).sum() / answer_mask.sum(), out.loss, atol=1e-5)
+
+
+# -- building and the state ----------------------------------------------------------------
+
+
+def test_build_model_is_seeded_and_leaves_the_global_rng_alone():
+    rng = torch.get_rng_state()
+    a, b = longvid.build_model("rewind_tiny"), build_model("rewind_tiny")
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    other = build_model("rewind_tiny", seed=1)
+    assert not torch.equal(other.memory.read_queries, a.memory.read_queries)
+    assert any("lora_" in name for name in trainable_state_dict(a))  # LoRA as the preset says
+    assert not any("lora_" in name for name, _ in build_model("rewind_tiny", lora_rank=0).named_parameters())
+    assert set(PRESETS) == {"rewind_paper", "rewind_tiny"} and "tiny random" in describe("rewind_tiny")
+    assert "encoder=" in describe("rewind_paper")
+    with pytest.raises(LongvidError, match="rewind_paper needs an image encoder"):
+        build_model("rewind_paper")
+
+
+def test_build_model_loads_backbones_and_weights_by_path(tmp_path):
+    from safetensors.torch import save_file
+
+    from longvid.models.tiny import save_tiny_llm, save_tiny_vision
+
+    vision, llm = save_tiny_vision(str(tmp_path / "vision"), hidden=48), save_tiny_llm(str(tmp_path / "llm"), hidden=32)
+    model = build_model("rewind_tiny", encoder=vision, llm=llm, seed=3)
+    assert (model.config.memory.vision_dim, model.config.llm_dim, model.config.memory.text_dim) == (48, 32, 32)
+    weights = str(tmp_path / "w.safetensors")
+    save_file({k: v.contiguous() for k, v in trainable_state_dict(model).items()}, weights)
+    loaded = build_model("rewind_tiny", encoder=vision, llm=llm, checkpoint=weights)
+    assert all(torch.equal(v, trainable_state_dict(loaded)[k]) for k, v in trainable_state_dict(model).items())
+    with pytest.raises(LongvidError, match="no such weights file"):
+        build_model("rewind_tiny", checkpoint=tmp_path / "missing.safetensors")
+
+
+@torch.no_grad()
+def test_state_rows_move_copy_and_convert():
+    model = build_model("rewind_tiny").eval()
+    state = model.init_state(3, instructions=["what color is the square", "what happens", "where is the circle"])
+    for seed in range(2):
+        _, state = model(model.dummy_inputs(3, seed=seed), state)
+    swapped = state.index_select(torch.tensor([2, 0]))
+    assert swapped.batch_size == 2 and torch.equal(swapped.memory.tokens[1], state.memory.tokens[0])
+    assert torch.equal(swapped.frames.stream_features(0), state.frames.stream_features(2))
+    back = state.reset(torch.tensor([True, False, True])).index_copy(torch.tensor([2, 0]), swapped)
+    assert all(torch.equal(v, state.state_dict()[k]) for k, v in back.state_dict().items())
+    short = model.init_state(1, instructions=["a"])  # a shorter instruction and no frames
+    mixed = state.index_copy(torch.tensor([1]), short)
+    assert mixed.memory.num_frames.tolist() == [16, 0, 16] and mixed.instruction_mask[1].sum() == 2
+    assert mixed.frames.num_stored() == [16, 0, 16]
+    wider = model.init_state(2).index_copy(torch.tensor([1]), state.index_select(torch.tensor([0])))  # more frames, longer text
+    assert torch.equal(wider.memory.frame_tokens(1)[0], state.memory.frame_tokens(0)[0]) and wider.memory.num_frames.tolist() == [0, 16]
+    assert torch.equal(wider.instruction_ids[1], state.instruction_ids[0]) and not wider.instruction_mask[0].any()
+    assert state.nbytes == sum(t.numel() * t.element_size() for k, t in state.state_dict().items()
+                               if k not in ("memory.num_write", "frames.keep_every"))
+    double = state.to(dtype=torch.float64)
+    assert double.memory.tokens.dtype == torch.float64 and double.memory.times.dtype == torch.float64
+    assert double.memory.num_frames.dtype == torch.long and double.instruction_ids.dtype == torch.long
+    assert state.detach().memory.tokens is not state.memory.tokens
+    with pytest.raises(LongvidError, match=r"reset mask must have shape \(3,\)"):
+        state.reset(torch.tensor([True]))
+
+
+@torch.no_grad()
+def test_a_spilled_state_saves_and_continues_in_ram(tmp_path):
+    model = build_model("rewind_tiny").eval()
+    state = model.init_state(2, instructions=["what color is the square", "what happens"], keep_every=3,
+                             spill_dir=tmp_path / "spill")
+    for seed in range(2):
+        _, state = model(model.dummy_inputs(2, seed=seed), state)
+    assert state.frames.ram_nbytes == 0 and state.frames.disk_nbytes > 0 and state.frames.num_stored() == [6, 6]
+    longvid.save_state(state, tmp_path / "state.safetensors")
+    loaded = longvid.load_state(tmp_path / "state.safetensors")
+    assert isinstance(loaded, RewindState) and loaded.frames.disk_nbytes == 0
+    assert loaded.frames.ram_nbytes == state.frames.disk_nbytes and loaded.frames.keep_every == 3
+    questions, step = ["what color is the square", "what happens"], model.dummy_inputs(2, seed=5)
+
+    def same_scores(a, b):
+        assert torch.equal(model.score(a, questions, ["red", "blue"]), model.score(b, questions, ["red", "blue"]))
+
+    same_scores(state, loaded)
+    same_scores(model(step, state)[1], model(step, loaded)[1])
+    # A fresh state (nothing stored yet) and the storage dtype policy survive the round trip too.
+    longvid.save_state(model.init_state(2, feature_dtype=torch.float16), tmp_path / "fresh.safetensors")
+    fresh = longvid.load_state(tmp_path / "fresh.safetensors")
+    assert fresh.frames.num_stored() == [0, 0] and fresh.frames.dtype == torch.float16
+    assert model(step, fresh)[1].frames.stream_features(0).dtype == torch.float16

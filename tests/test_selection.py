@@ -3,10 +3,13 @@ import math
 import pytest
 import torch
 
-from longvid.errors import LongvidError
 import itertools
 
-from longvid.memory.selection import dpc_knn, relevance_scores, sample_top_indices, select_frames, top_indices
+from longvid.errors import LongvidError
+from longvid.models.rewind.selection import (
+    DFS, Candidates, NoSelector, OracleSelector, RandomSelector, UniformSelector, dpc_knn, relevance_scores,
+    sample_top_indices, select_frames, top_indices,
+)
 
 
 def naive_dpc_knn(features, num_select, k):
@@ -94,7 +97,7 @@ def test_top_l_picks_frames_matching_planted_instruction():
     candidates = top_indices(relevance_scores(tokens, instruction), len(planted))
     assert candidates.tolist() == planted
     # Full DFS: L = 8 relevant frames, then K_c = 3 representatives among them.
-    chosen = select_frames(tokens, instruction, top_l=8, num_select=3, k=2)
+    chosen = select_frames(relevance_scores(tokens, instruction), tokens.mean(1), top_l=8, num_select=3, k=2)
     assert len(chosen) == 3 and set(chosen.tolist()) <= set(planted)
     assert chosen.tolist() == sorted(chosen.tolist())
 
@@ -151,6 +154,42 @@ def test_sample_top_indices_small_inputs():
 
 def test_select_frames_without_dpc_keeps_the_most_relevant():
     tokens = torch.randn(10, 2, 4)
-    query = torch.randn(4)
-    expected = top_indices(relevance_scores(tokens, query), 3)
-    assert torch.equal(select_frames(tokens, query, top_l=6, num_select=3, k=2, dpc=False), expected)
+    relevance = relevance_scores(tokens, torch.randn(4))
+    expected = top_indices(relevance, 3)
+    assert torch.equal(select_frames(relevance, tokens.mean(1), top_l=6, num_select=3, k=2, dpc=False), expected)
+
+
+def candidates(n, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return Candidates(torch.arange(n, dtype=torch.float64), torch.randn(n, generator=gen), torch.randn(n, 3, generator=gen))
+
+
+def test_dfs_selector_is_top_l_then_dpc_knn():
+    streams = [candidates(12, seed=1), candidates(5, seed=2), candidates(0)]
+    chosen = DFS(top_l=6, num_select=3, k=2)(streams)
+    for c, frames in zip(streams, chosen):
+        top = top_indices(c.relevance, 6)
+        assert torch.equal(frames, top[dpc_knn(c.vectors[top], 3, 2)])
+    assert [len(f) for f in chosen] == [3, 3, 0]
+    assert DFS(6, 3, 2).learned and not UniformSelector(3).learned
+
+
+def test_uniform_random_and_no_selectors():
+    streams = [candidates(9), candidates(2)]
+    assert [f.tolist() for f in UniformSelector(3)(streams)] == [[0, 4, 8], [0, 1]]
+    first = RandomSelector(3, torch.Generator().manual_seed(0))(streams)
+    again = RandomSelector(3, torch.Generator().manual_seed(0))(streams)
+    assert [f.tolist() for f in first] == [f.tolist() for f in again]  # drawn from the generator given
+    assert all(len(set(f.tolist())) == len(f) and f.tolist() == sorted(f.tolist()) for f in first)
+    assert [len(f) for f in first] == [3, 2]
+    assert [f.tolist() for f in NoSelector()(streams)] == [[], []]
+
+
+def test_oracle_reads_annotated_frames_first():
+    streams = [candidates(10), candidates(10), candidates(10)]
+    intervals = [[(2.0, 4.0)], [(0.5, 1.5), (8.0, 20.0)], [(3.0, 3.5)]]  # frames 2-3; 1, 8, 9; 3
+    chosen = OracleSelector(3, intervals, torch.Generator().manual_seed(0))(streams)
+    assert set(chosen[0].tolist()) > {2, 3} and chosen[1].tolist() == [1, 8, 9]
+    assert 3 in chosen[2].tolist() and len(chosen[2]) == 3  # topped up with random other frames
+    with pytest.raises(LongvidError, match="annotations for 3 streams, not 2"):
+        OracleSelector(3, intervals, torch.Generator())(streams[:2])

@@ -7,7 +7,7 @@ import torch
 import longvid
 from longvid.models.registry import list_models
 
-TINY = ["memvit_tiny", "malmm_tiny"]
+TINY = ["memvit_tiny", "malmm_tiny", "rewind_tiny"]
 
 
 def outputs(out) -> list[torch.Tensor]:

@@ -15,8 +15,15 @@ from typing import Iterable, Sequence
 import torch
 
 from longvid.eval.metrics import grounding_metrics
+from longvid.models.stream import Frames
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def watch(model, item: "VideoQuestion"):
+    """``item``'s video watched by ``model`` with its question as the memory's instruction."""
+    frames = Frames(item.frames.transpose(0, 1)[None], item.timestamps[None])  # (1, N, 3, H, W)
+    return model.watch(frames, model.init_state(1, instructions=[item.question]))
 
 
 @dataclass
@@ -43,8 +50,7 @@ def evaluate_qa(model, items: Iterable[VideoQuestion], candidates: Sequence[str]
     """Answer accuracy (%) choosing among ``candidates`` by log-likelihood."""
     correct = total = 0
     for item in items:
-        ids, mask = model.tokenize([item.question])
-        state = model.watch(item.frames[None], item.timestamps[None], ids, mask)
+        state = watch(model, item)
         choice = int(model.score(state, [item.question], list(candidates))[0].argmax())
         correct += candidates[choice] == item.answer
         total += 1
@@ -56,8 +62,7 @@ def evaluate_grounding(model, items: Iterable[VideoQuestion], max_new_tokens: in
     """R@0.3/0.5/0.7 and mIoU (%) of generated intervals; also the share of readable answers."""
     predicted, target, readable = [], [], 0
     for item in items:
-        ids, mask = model.tokenize([item.question])
-        state = model.watch(item.frames[None], item.timestamps[None], ids, mask)
+        state = watch(model, item)
         interval = parse_interval(model.answer(state, [item.question], max_new_tokens=max_new_tokens)[0])
         readable += interval is not None
         predicted.append(interval or (0.0, 0.0))

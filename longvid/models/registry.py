@@ -18,6 +18,7 @@ from longvid.errors import LongvidError
 FAMILIES: dict[str, str] = {  # family -> module holding PRESETS, describe, build_model
     "memvit": "longvid.models.memvit",
     "malmm": "longvid.models.malmm",
+    "rewind": "longvid.models.rewind",
 }
 
 

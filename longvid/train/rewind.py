@@ -9,11 +9,15 @@ groups (:func:`longvid.train.optim.param_groups`), warm-up + cosine schedule
 (:func:`longvid.train.checkpoint.save_checkpoint`).
 
 A step is ``loss = loss_fn(model, batches(step))``; what is trained is whatever has
-``requires_grad`` (e.g. after :meth:`longvid.models.rewind.ReWind.set_stage`).
+``requires_grad`` (e.g. after :meth:`longvid.models.rewind.ReWind.set_stage`). A stage's
+randomness (dropout, frames drawn for the DFS policy) comes from the global RNG seeded with
+``config.seed`` inside a fork of it: a stage repeats exactly, and the caller's RNG is left
+as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -48,6 +52,17 @@ def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: param.detach() for name, param in model.named_parameters() if param.requires_grad}
 
 
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """The global RNG (CPU and the CUDA devices in use) seeded with ``seed`` inside, restored after."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.random.default_generator.manual_seed(seed)
+        if devices:
+            torch.cuda.manual_seed_all(seed)
+        yield
+
+
 def train_stage(
     model: nn.Module,
     loss_fn: Callable[[nn.Module, Any], torch.Tensor],
@@ -69,7 +84,6 @@ def train_stage(
     groups = [g for g in param_groups(model, config.weight_decay) if g["params"]]
     if not groups:
         raise LongvidError("nothing to train: no parameter requires grad (call set_stage first)")
-    torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW(groups, lr=config.lr)
     min_ratio = config.min_lr / config.lr
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -77,18 +91,19 @@ def train_stage(
     params = [p for g in groups for p in g["params"]]
     model.train()
     losses = []
-    for step in range(config.steps):
-        loss = loss_fn(model, batches(step))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.clip_grad:
-            nn.utils.clip_grad_norm_(params, config.clip_grad)
-        optimizer.step()
-        lr = schedule.get_last_lr()[0]
-        schedule.step()
-        losses.append(loss.item())
-        if on_step is not None:
-            on_step({"step": step, "loss": losses[-1], "lr": lr})
+    with _seeded(config.seed):
+        for step in range(config.steps):
+            loss = loss_fn(model, batches(step))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_grad:
+                nn.utils.clip_grad_norm_(params, config.clip_grad)
+            optimizer.step()
+            lr = schedule.get_last_lr()[0]
+            schedule.step()
+            losses.append(loss.item())
+            if on_step is not None:
+                on_step({"step": step, "loss": losses[-1], "lr": lr})
     model.eval()
     if out_dir is not None:
         save_checkpoint(out_dir, config.steps, {k: v.contiguous() for k, v in trainable_tensors(model).items()},

@@ -1,1 +1,0 @@
-"""Memory mechanisms as small modules with explicit per-stream state."""
