@@ -10,7 +10,9 @@ at chosen moments of stream time, from the memory as it is then.
   ``{"video", "status": "error", "error"}`` when a video cannot be read.
 
 Each video is one stream; ``batch_streams`` videos run at once as independent streams
-(a slot's state is reset when its next video starts). Frames are fed in steps of up to
+(a slot's state is reset when its next video starts). With a single question, that
+question is also the instruction that conditions what the memory stores; with several,
+the memory is written unconditioned. Frames are fed in steps of up to
 ``step_frames``; a step stops at a stream's next answer time (the other frames of that
 step are padding for it), so every answer sees exactly the frames up to its time.
 """
@@ -157,7 +159,10 @@ def stream_answers(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     pending = iter([os.fspath(v) for v in videos])
     slots: list[_Stream | None] = [None] * batch_streams
-    state = model.init_state(batch_streams, device=device)
+    # one question: it also conditions what the memory stores (MA-LMM's Q-Former instruction,
+    # ReWind's read instruction), as both papers use them; several: the memory is unconditioned
+    instructions = list(settings.questions) * batch_streams if len(settings.questions) == 1 else None
+    state = model.init_state(batch_streams, device=device, instructions=instructions)
     model.eval()
     with torch.inference_mode():
         while True:

@@ -48,7 +48,7 @@ class CountingModel(torch.nn.Module):
         super().__init__()
         self.scale = torch.nn.Parameter(torch.ones(()))
 
-    def init_state(self, batch_size, device=None):
+    def init_state(self, batch_size, device=None, instructions=None):
         zeros = torch.zeros(batch_size, dtype=torch.float64, device=device)
         return CountState(torch.zeros(batch_size, dtype=torch.long, device=device), zeros, zeros.clone())
 
