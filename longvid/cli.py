@@ -384,7 +384,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.seeds is not None and args.what != "rewind":
         raise LongvidError("--seeds is an option of bench rewind only")
-    torch.set_num_threads(1)  # tiny tensors (and one model at a time): one thread is much faster than two busy ones
+    torch.set_num_threads(1)  # tiny tensors, one model at a time: one thread is much faster than two busy ones (and the recorded figures are single-threaded)
     if args.what == "scaling":
         from longvid.bench.scaling import run_scaling
 
@@ -419,8 +419,7 @@ def _bench_malmm(args: argparse.Namespace) -> int:
     if args.quick:  # a smoke run: too little training for the memory margin
         spec = replace(spec, train_videos=128, test_videos=64, train=replace(spec.train, epochs=3))
     log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr))
-    torch.set_num_threads(1)  # tiny tensors: one thread is much faster than two busy ones
-    torch.manual_seed(spec.train.seed)
+    torch.manual_seed(spec.train.seed)  # the recorded figures start from this global RNG state
     rows = run_malmm_bench(spec, log=log)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "malmm_recall.json")
@@ -434,8 +433,6 @@ def _bench_malmm(args: argparse.Namespace) -> int:
 def _bench_rewind(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    import torch
-
     from longvid.bench.rewind import RewindBenchSpec, format_table, run_rewind_bench
 
     if args.full or args.save_weights:
@@ -448,7 +445,6 @@ def _bench_rewind(args: argparse.Namespace) -> int:
                        stage1=replace(spec.stage1, steps=10), stage2=replace(spec.stage2, steps=20),
                        qa_stage2=replace(spec.qa_stage2, steps=20), qa_explore_steps=10)
     log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr))
-    torch.set_num_threads(1)  # the recorded figures are single-threaded
     tables = run_rewind_bench(spec, out_dir=args.out, log=log)
     for name, rows in tables.items():
         print(f"ReWind {name}\n{format_table(rows)}\n")
