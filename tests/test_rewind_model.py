@@ -336,18 +336,16 @@ def test_policy_weight_trains_the_dfs_projections():
     torch.manual_seed(0)
     frames, log_probs = model.sample_selection(state, ids, mask)
     assert all(len(f) == model.config.num_select for f in frames)
-    answer_ids = torch.stack([torch.tensor(model.llm.tokenize_answers([a])[0] + [model.llm.pad_id] * 3)[:3] for a in answers])
-    answer_mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
-    assert [len(model.llm.tokenize_answers([a])[0]) for a in answers] == [2, 3]
-    drawn = model.answer_nll(state, ids, mask, answer_ids, answer_mask, frames=frames)
-    chosen = model.answer_nll(state, ids, mask, answer_ids, answer_mask)
+    lengths = torch.tensor([len(a) for a in model.llm.tokenize_answers(answers)])
+    assert lengths.tolist() == [2, 3]
+    drawn = model.answer_nll(state, ids, mask, answers, frames=frames)
+    chosen = model.answer_nll(state, ids, mask, answers)
     assert torch.allclose(loss, drawn.mean(), atol=1e-5)  # the REINFORCE term adds gradient, not value
     model.zero_grad()
     (2.0 * ((drawn - chosen).detach() * log_probs).mean()).backward()
     assert torch.allclose(model.select_query.weight.grad.abs().sum(), torch.tensor(grad), rtol=1e-4)
     # answer_nll is each stream's mean token cross-entropy: its token-weighted mean is the usual loss.
-    out = model.llm_outputs(state, ids, mask, answer_ids, answer_mask)
-    assert torch.allclose((chosen * answer_mask.sum(1)).sum() / answer_mask.sum(), out.loss, atol=1e-5)
+    assert torch.allclose((chosen * lengths).sum() / lengths.sum(), model.answer_loss(state, questions, answers), atol=1e-5)
 
 
 # -- building and the state ----------------------------------------------------------------
@@ -436,3 +434,47 @@ def test_a_spilled_state_saves_and_continues_in_ram(tmp_path):
     fresh = longvid.load_state(tmp_path / "fresh.safetensors")
     assert fresh.frames.num_stored() == [0, 0] and fresh.frames.dtype == torch.float16
     assert model(step, fresh)[1].frames.stream_features(0).dtype == torch.float16
+
+
+def test_the_llm_adapter_matches_the_old_left_padded_helpers():
+    """The shared adapter's ragged, left-padded path gives bitwise ReWind's former results."""
+    from longvid.models.llm import IGNORE, answer_log_likelihood
+    from longvid.models.rewind.model import _pad_right, pad_left
+
+    model = build(get_config("rewind_tiny"), seed=3)
+    model.set_stage(2)
+    questions, answers = ["what color is the square", "what happens"], ["red", "blue square"]
+    state = watch(model, torch.rand(2, 3, 9, 32, 32), questions)
+    state = state.index_copy(torch.tensor([1]), watch(model, torch.rand(1, 3, 5, 32, 32), questions[1:]))
+    ids, mask = model.tokenize(questions)
+    answer_ids, answer_mask = _pad_right(model.llm.tokenize_answers(answers), model.llm.pad_id, ids.device)
+    old = model.llm_outputs(state, ids, mask, answer_ids, answer_mask)
+    new = model.answer_loss(state, questions, answers)
+    assert torch.equal(old.loss, new)
+    old_grad = torch.autograd.grad(old.loss, model.separator)[0]
+    assert torch.equal(old_grad, torch.autograd.grad(new, model.separator)[0])
+    lengths = answer_mask.sum(1)
+    labels = torch.full(old.logits.shape[:2], IGNORE, dtype=torch.long)
+    for b in range(2):
+        labels[b, labels.shape[1] - int(lengths[b]):] = answer_ids[b][answer_mask[b]]
+    old_nll = -answer_log_likelihood(old.logits, labels) / lengths.clamp(min=1)
+    assert torch.equal(old_nll, model.answer_nll(state, ids, mask, answers))
+    with torch.no_grad():
+        old_scores = []
+        for row in model.llm.tokenize_answers(["red", "blue square"]):
+            answer = torch.tensor([row] * 2)
+            logits = model.llm_outputs(state, ids, mask, answer).logits
+            labels = torch.full(logits.shape[:2], IGNORE, dtype=torch.long)
+            labels[:, -len(row):] = answer
+            old_scores.append(answer_log_likelihood(logits, labels))
+        assert torch.equal(torch.stack(old_scores, 1), model.score(state, questions, ["red", "blue square"]))
+        prompts = model.prompt_embeddings(state, ids, mask)
+        embeds, attention, _ = pad_left(prompts, [torch.zeros(len(p), dtype=torch.long) for p in prompts])
+        old_ids = model.llm.model.generate(inputs_embeds=embeds, attention_mask=attention, max_new_tokens=5, do_sample=False,
+                                           pad_token_id=model.llm.pad_id, eos_token_id=model.llm.tokenizer.eos_token_id)
+        assert torch.equal(old_ids, model.generate(state, ids, mask, max_new_tokens=5))
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        hidden = model.llm.model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
+                                 output_hidden_states=True).hidden_states[-1]
+        new_hidden = model.llm.hidden_states(prompts)
+        assert all(torch.equal(hidden[b, hidden.shape[1] - len(p):], h) for b, (p, h) in enumerate(zip(prompts, new_hidden)))
