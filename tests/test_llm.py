@@ -110,6 +110,20 @@ def test_ragged_prefixes_equal_each_sample_alone(llm, padding):
     assert torch.equal(normalized, batched / torch.tensor([len(a) for a in llm.tokenize_answers(answers)]))
 
 
+def test_repetition_penalty_reaches_every_generated_token_whatever_the_padding():
+    """``transformers`` skips the penalty on a left-padded row's first generated tokens (as many as its
+    padded columns); the adapter's penalty does not, so a ragged batch generates as each sample alone."""
+    from longvid.models.tiny import tiny_llm
+
+    llm = tiny_llm(init_std=0.5, seed=1)
+    prefixes, prompts, _ = _ragged(llm, seed=1)
+    batched = llm.generate_ids(prefixes, prompts, repetition_penalty=3.0, max_new_tokens=8, do_sample=False)
+    for b, (prefix, prompt) in enumerate(zip(prefixes, prompts)):
+        alone = llm.generate_ids([prefix], [prompt], repetition_penalty=3.0, max_new_tokens=8, do_sample=False)[0]
+        assert torch.equal(batched[b, : len(alone)], alone)
+        assert len(set(alone.tolist())) == len(alone)  # a penalty of 3 forbids repeats in this tiny LLM
+
+
 def test_no_prompt_means_the_prefix_is_the_whole_prompt(llm):
     prefixes, prompts, answers = _ragged(llm)
     words = [torch.cat([p, llm.embed(torch.tensor([ids]))[0]]) for p, ids in zip(prefixes, llm.tokenize_prompts(prompts))]

@@ -25,7 +25,6 @@ against reference tensors without a tokenizer.
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable, Sequence, Union
 
 import torch
@@ -276,13 +275,22 @@ class CausalLM(nn.Module):
         return [h[m.bool()] for h, m in zip(hidden, mask)]
 
     @torch.no_grad()
-    def generate_ids(self, prefix: Prefixes, prompts: Sequence[str] | None = None, **generate_kwargs) -> torch.Tensor:
+    def generate_ids(self, prefix: Prefixes, prompts: Sequence[str] | None = None, repetition_penalty: float = 1.0,
+                     **generate_kwargs) -> torch.Tensor:
         """``model.generate`` on ``[prefix][prompt]`` (``generate_kwargs`` as ``transformers`` takes them):
-        the generated ids ``(B * num_return_sequences, new tokens)``."""
+        the generated ids ``(B * num_return_sequences, new tokens)``.
+
+        ``repetition_penalty`` applies to every generated token, as in InstructBLIP (``transformers``'
+        own would skip the first ``k`` generated tokens of a sequence with ``k`` padded columns in front).
+        """
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
         prefixes = self._prefixes(prefix)
         embeds, mask = build_generation_inputs(prefixes, self._prompt_ids(prompts, len(prefixes)), self.embed, self.pad_id)
+        if repetition_penalty != 1.0:
+            generate_kwargs["logits_processor"] = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(repetition_penalty)])
         return self.model.generate(inputs_embeds=embeds, attention_mask=mask, pad_token_id=self.pad_id,
-                                   eos_token_id=self.tokenizer.eos_token_id, **generate_kwargs)
+                                   eos_token_id=self.tokenizer.eos_token_id, repetition_penalty=1.0, **generate_kwargs)
 
     @torch.no_grad()
     def generate(
@@ -297,11 +305,9 @@ class CausalLM(nn.Module):
         num_return_sequences: int = 1,
     ) -> list[list[str]]:
         """Beam-search answers (InstructBLIP's decoding): B lists of ``num_return_sequences`` strings, best first."""
-        with warnings.catch_warnings():  # the penalty applies to generated tokens only, as in InstructBLIP
-            warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds")
-            out = self.generate_ids(
-                prefix, prompts, do_sample=False, num_beams=num_beams, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                repetition_penalty=repetition_penalty, length_penalty=length_penalty, num_return_sequences=num_return_sequences,
-            )  # fmt: skip
+        out = self.generate_ids(
+            prefix, prompts, repetition_penalty, do_sample=False, num_beams=num_beams, max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens, length_penalty=length_penalty, num_return_sequences=num_return_sequences,
+        )  # fmt: skip
         texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
         return [texts[i : i + num_return_sequences] for i in range(0, len(texts), num_return_sequences)]
