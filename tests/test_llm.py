@@ -146,11 +146,35 @@ def test_padding_sides_are_the_same_sequences():
     assert mask.tolist() == [[1, 1, 0, 1], [0, 1, 1, 1]] and embeds[:, :, 0].tolist() == [[-1, -1, 0, 5], [0, -1, 6, 7]]
 
 
-def test_next_token_loss_is_the_transformers_loss(llm):
+def test_equal_prefixes_keep_instructblips_batch_bitwise(llm):
+    """A ``(B, P, D)`` prefix reads as MA-LMM always did: ``[prefix][prompt][answer][pad]`` with pad-token
+    embeddings and default positions, the loss from shifted logits."""
+    torch.manual_seed(0)
+    prefix, prompts, answers = torch.randn(2, 3, llm.hidden_size), ["what color is the circle", "which shape"], ["red", "blue square"]
+    rows = [p + a for p, a in zip(llm.tokenize_prompts(prompts), llm.tokenize_answers(answers))]
+    length = max(len(r) for r in rows)
+    ids = torch.tensor([r + [llm.pad_id] * (length - len(r)) for r in rows])
+    mask = torch.cat([torch.ones(2, 3, dtype=torch.long), (torch.arange(length) < torch.tensor([[len(r)] for r in rows])).long()], 1)
+    labels = torch.full((2, 3 + length), IGNORE)
+    for b, (p, a) in enumerate(zip(llm.tokenize_prompts(prompts), llm.tokenize_answers(answers))):
+        labels[b, 3 + len(p) : 3 + len(p) + len(a)] = torch.tensor(a)
+    logits = llm.model(inputs_embeds=torch.cat([prefix, llm.embed(ids)], 1), attention_mask=mask).logits
+    shifted = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
+    assert torch.equal(llm.loss(prefix, prompts, answers), shifted)
+    assert torch.equal(llm.log_likelihood(prefix, prompts, answers), answer_log_likelihood(logits, labels))
+
+
+def test_next_token_loss_sums_as_each_lmm_did(llm):
+    """Left: ``transformers``' loss from ``labels`` (ReWind); right: InstructBLIP's shifted logits. Both are
+    the mean answer-token cross-entropy, to float rounding."""
     torch.manual_seed(0)
     embeds, labels = torch.randn(2, 6, llm.hidden_size), torch.tensor([[IGNORE] * 3 + [4, 5, 3], [IGNORE] * 4 + [6, 3]])
     out = llm.model(inputs_embeds=embeds, labels=labels)
-    assert torch.equal(next_token_loss(out.logits, labels), out.loss)
+    assert torch.equal(next_token_loss(out.logits, labels, "left"), out.loss)
+    shifted = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
+    assert torch.equal(next_token_loss(out.logits, labels, "right"), shifted)
+    tokens = [-out.logits[b, i - 1].log_softmax(-1)[labels[b, i]] for b in range(2) for i in range(1, 6) if labels[b, i] != IGNORE]
+    torch.testing.assert_close(next_token_loss(out.logits, labels, "right"), torch.stack(tokens).mean())
 
 
 def test_prefix_width_error(llm):

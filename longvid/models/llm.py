@@ -152,11 +152,16 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of the labelled tokens, as ``transformers`` computes it from ``labels``.
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, padding: str = "right") -> torch.Tensor:
+    """Mean next-token cross-entropy of the labelled tokens: logits ``(B, L, V)``, labels ``(B, L)``
+    (-100 = not scored) -> a scalar.
 
-    logits ``(B, L, V)``, labels ``(B, L)`` (-100 = not scored) -> a scalar.
+    Each side sums in the order its LMM was trained with; they differ by float rounding only (the
+    reduction groups rows by index): "right" reduces positions ``0 .. L-2`` (InstructBLIP's shifted
+    logits), "left" all ``L`` positions with the last one unlabelled (``transformers``' loss from ``labels``).
     """
+    if padding == "right":
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
     target = F.pad(labels[:, 1:], (0, 1), value=IGNORE)  # position i predicts token i + 1; the last predicts nothing
     return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE)
 
@@ -248,7 +253,7 @@ class CausalLM(nn.Module):
         ``padding``: the side sequences of different lengths are padded on ("right" or "left").
         """
         embeds, mask, labels = self._training_inputs(prefix, prompts, self.tokenize_answers(answers), padding)
-        return next_token_loss(self._logits(embeds, mask), labels)
+        return next_token_loss(self._logits(embeds, mask), labels, padding)
 
     def log_likelihood(self, prefix: Prefixes, prompts: Sequence[str] | None, answers: Sequence[str], normalize: bool = False,
                        padding: str = "right") -> torch.Tensor:
