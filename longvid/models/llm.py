@@ -15,9 +15,12 @@ InstructBLIP / MA-LMM do, generalised to ragged prefixes:
   (-100 on prefix, prompt and padding), next-token cross-entropy;
 - closed-set scoring: the log-likelihood of each candidate answer under the same layout.
 
-Position ids count real tokens only, so a sample's positions do not depend on its padding.
+Position ids count real tokens only, so a sample's positions do not depend on its padding,
+and the repetition penalty reaches every generated token whatever the padding in front.
 Padding does move where masked entries sit in attention and loss reductions, which changes
-floating-point summation order (about 1e-6): each LMM keeps the side it was trained with.
+floating-point summation order (about 1e-6): each LMM keeps the side (and loss reduction,
+:func:`next_token_loss`) it was trained with, so neither LMM's numbers moved when they came
+to share this adapter.
 
 The sequence builders are plain functions over token-id lists so they can be checked
 against reference tensors without a tokenizer.
