@@ -226,7 +226,7 @@ def test_reset_keeps_the_instruction_and_empties_the_rest():
 
 def test_the_baseline_answers_streams_of_different_lengths(tmp_path):
     """Without memory a stream's visual prefix grows with its frames: streams that have seen
-    different numbers of frames are answered group by group, each as if alone."""
+    different numbers of frames are answered in one batch of ragged prefixes, each as if alone."""
     model = built("instructblip_tiny")
     tokens = torch.randn(3, 4, 17, 48)
     valid = torch.tensor([[True] * 4, [True, True, False, False], [True] * 4])
@@ -242,6 +242,8 @@ def test_the_baseline_answers_streams_of_different_lengths(tmp_path):
         _, alone = run(model, frames, model.init_state(1))
         torch.testing.assert_close(scores[b : b + 1], model.score(alone, questions[b : b + 1], ["red", "blue", "star"]), rtol=1e-4, atol=1e-4)
         assert model.answer(state, questions)[b] == model.answer(alone, questions[b : b + 1])[0]
+    Q = model.config.qformer.num_query_tokens
+    assert [len(p) for p in model.visual_prefixes(state)] == [4 * Q, 2 * Q, Q]
     with pytest.raises(LongvidError, match="different numbers of frames"):
         model.visual_prefix(state)
 

@@ -75,8 +75,8 @@ def test_question_at_time_t_ignores_later_frames():
     full = watch(model, video, question)
     cut = watch(model, video[:, :, :13], question)  # the stream as seen at t = 12 s
     assert model.select(full, question, until=12.0)[0].tolist() == model.select(cut, question)[0].tolist()
-    a = model.llm_outputs(full, ids, mask, until=12.0).logits
-    b = model.llm_outputs(cut, ids, mask).logits
+    (a,) = model.llm.hidden_states(model.prompt_embeddings(full, ids, mask, until=12.0))
+    (b,) = model.llm.hidden_states(model.prompt_embeddings(cut, ids, mask))
     assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
     assert torch.equal(model.generate(full, ids, mask, until=12.0, max_new_tokens=4), model.generate(cut, ids, mask, max_new_tokens=4))
 
@@ -87,11 +87,11 @@ def test_batched_streams_match_single_streams():
     video, questions = torch.rand(2, 3, 11, 32, 32), ["what color is the square", "what happens"]  # 6 and 3 tokens
     ids, mask = model.tokenize(questions)
     both = watch(model, video, questions)
-    logits = model.llm_outputs(both, ids, mask).logits[:, -1]
+    hidden = model.llm.hidden_states(model.prompt_embeddings(both, ids, mask))  # ragged: 6 and 3 question tokens
     for b in range(2):
         alone = watch(model, video[b : b + 1], questions[b : b + 1])
-        single = model.llm_outputs(alone, *model.tokenize(questions[b : b + 1])).logits[0, -1]
-        assert torch.allclose(single, logits[b], atol=1e-4)
+        (single,) = model.llm.hidden_states(model.prompt_embeddings(alone, *model.tokenize(questions[b : b + 1])))
+        assert torch.allclose(single, hidden[b], atol=1e-4)
 
 
 @torch.no_grad()
@@ -179,18 +179,18 @@ def test_stage2_loss_trains_memory_projections_and_lora_only():
     trainable = model.set_stage(2)
     questions = ["what color is the square", "where is the circle"]
     ids, mask = model.tokenize(questions)
-    answer, answer_mask = torch.randint(0, 50, (2, 3)), torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    answers = ["red green", "blue"]
     state = watch(model, torch.rand(2, 3, 10, 32, 32), questions)
-    out = model.llm_outputs(state, ids, mask, answer_ids=answer, answer_mask=answer_mask)
-    # Reference: cross-entropy of each answer token given everything before it.
+    loss = model.answer_loss(state, questions, answers)
+    # Reference: cross-entropy of each answer token given everything before it, each stream alone and unpadded.
     expected, count = 0.0, 0
-    for b in range(2):
-        n = int(answer_mask[b].sum())
-        logits = out.logits[b, -n - 1 : -1]  # left padding: every sequence ends with its answer
-        expected += sum(-torch.log_softmax(logits[i], -1)[answer[b, i]] for i in range(n))
-        count += n
-    assert torch.allclose(out.loss, expected / count, atol=1e-5)
-    out.loss.backward()
+    for prompt, answer in zip(model.prompt_embeddings(state, ids, mask), model.llm.tokenize_answers(answers)):
+        sequence = torch.cat([prompt, model.llm.embed(torch.tensor([answer]))[0]])[None]
+        logits = model.llm.model(inputs_embeds=sequence).logits[0, len(prompt) - 1 : -1]  # (A, V)
+        expected += sum(-torch.log_softmax(logits[i], -1)[answer[i]] for i in range(len(answer)))
+        count += len(answer)
+    assert torch.allclose(loss, expected / count, atol=1e-5)
+    loss.backward()
     names = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert any("lora_" in n for n in names) and "separator" in names and "frame_proj.weight" in names
     assert any(n.startswith("memory.perceive") for n in names) and "memory_proj.weight" in names
@@ -336,18 +336,19 @@ def test_policy_weight_trains_the_dfs_projections():
     torch.manual_seed(0)
     frames, log_probs = model.sample_selection(state, ids, mask)
     assert all(len(f) == model.config.num_select for f in frames)
-    answer_ids = torch.stack([torch.tensor(model.llm.tokenize_answers([a])[0] + [model.llm.pad_id] * 3)[:3] for a in answers])
-    answer_mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
-    assert [len(model.llm.tokenize_answers([a])[0]) for a in answers] == [2, 3]
-    drawn = model.answer_nll(state, ids, mask, answer_ids, answer_mask, frames=frames)
-    chosen = model.answer_nll(state, ids, mask, answer_ids, answer_mask)
+    lengths = torch.tensor([len(a) for a in model.llm.tokenize_answers(answers)])
+    assert lengths.tolist() == [2, 3]
+    def mean_nll(frames=None):
+        prompts = model.prompt_embeddings(state, ids, mask, frames=frames)
+        return -model.llm.log_likelihood(prompts, None, answers, normalize=True, padding="left")
+
+    drawn, chosen = mean_nll(frames), mean_nll()
     assert torch.allclose(loss, drawn.mean(), atol=1e-5)  # the REINFORCE term adds gradient, not value
     model.zero_grad()
     (2.0 * ((drawn - chosen).detach() * log_probs).mean()).backward()
     assert torch.allclose(model.select_query.weight.grad.abs().sum(), torch.tensor(grad), rtol=1e-4)
-    # answer_nll is each stream's mean token cross-entropy: its token-weighted mean is the usual loss.
-    out = model.llm_outputs(state, ids, mask, answer_ids, answer_mask)
-    assert torch.allclose((chosen * answer_mask.sum(1)).sum() / answer_mask.sum(), out.loss, atol=1e-5)
+    # mean_nll is each stream's mean token cross-entropy: its token-weighted mean is the usual loss.
+    assert torch.allclose((chosen * lengths).sum() / lengths.sum(), model.answer_loss(state, questions, answers), atol=1e-5)
 
 
 # -- building and the state ----------------------------------------------------------------
@@ -436,3 +437,56 @@ def test_a_spilled_state_saves_and_continues_in_ram(tmp_path):
     fresh = longvid.load_state(tmp_path / "fresh.safetensors")
     assert fresh.frames.num_stored() == [0, 0] and fresh.frames.dtype == torch.float16
     assert model(step, fresh)[1].frames.stream_features(0).dtype == torch.float16
+
+
+def _left_pad(rows):
+    """Hand-built left padding of ``(L_b, D)`` rows: embeds ``(B, L, D)`` (zeros on pads), mask and positions ``(B, L)``."""
+    length = max(len(row) for row in rows)
+    embeds, mask = torch.zeros(len(rows), length, rows[0].shape[1]), torch.zeros(len(rows), length, dtype=torch.long)
+    for b, row in enumerate(rows):
+        embeds[b, length - len(row):], mask[b, length - len(row):] = row, 1
+    return embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _reference_outputs(model, prompts, answers):
+    """``[prompt_b][answer_b + eos]`` left-padded by hand: the LLM's output (its ``loss`` from ``labels``) and labels ``(B, L)``."""
+    answer_ids = model.llm.tokenize_answers(answers)
+    embeds, mask, positions = _left_pad([torch.cat([p, model.llm.embed(torch.tensor([a]))[0]]) for p, a in zip(prompts, answer_ids)])
+    labels = torch.full(mask.shape, -100)
+    for b, answer in enumerate(answer_ids):
+        labels[b, -len(answer):] = torch.tensor(answer)
+    return model.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, labels=labels), labels
+
+
+def test_the_llm_reads_ragged_prompts_left_padded():
+    """Streams with memories and questions of different lengths: the shared adapter's loss, answer
+    log-likelihoods, scores, hidden states and generation are bitwise those of a hand-built
+    left-padded batch (the layout ReWind was trained with)."""
+    from longvid.models.llm import answer_log_likelihood
+
+    model = build(get_config("rewind_tiny"), seed=3)
+    model.set_stage(2)
+    questions, answers = ["what color is the square", "what happens"], ["red", "blue square"]
+    state = watch(model, torch.rand(2, 3, 9, 32, 32), questions)
+    state = state.index_copy(torch.tensor([1]), watch(model, torch.rand(1, 3, 5, 32, 32), questions[1:]))
+    ids, mask = model.tokenize(questions)
+    prompts = model.prompt_embeddings(state, ids, mask)
+    assert len(prompts[0]) != len(prompts[1])
+    out, labels = _reference_outputs(model, prompts, answers)
+    loss = model.answer_loss(state, questions, answers)
+    assert torch.equal(loss, out.loss)
+    assert torch.equal(*(torch.autograd.grad(x, model.separator, retain_graph=True)[0] for x in (loss, out.loss)))
+    assert torch.equal(model.llm.log_likelihood(prompts, None, answers, padding="left"), answer_log_likelihood(out.logits, labels))
+    with torch.no_grad():
+        scores = model.score(state, questions, ["red", "blue square"])
+        for k, candidate in enumerate(["red", "blue square"]):
+            out, labels = _reference_outputs(model, prompts, [candidate] * 2)
+            assert torch.equal(scores[:, k], answer_log_likelihood(out.logits, labels))
+        embeds, attention, positions = _left_pad(prompts)
+        hidden = model.llm.model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
+                                 output_hidden_states=True).hidden_states[-1]  # (B, L, D)
+        ragged = model.llm.hidden_states(prompts)
+        assert all(torch.equal(hidden[b, hidden.shape[1] - len(p):], h) for b, (p, h) in enumerate(zip(prompts, ragged)))
+        generated = model.llm.model.generate(inputs_embeds=embeds, attention_mask=attention, max_new_tokens=5, do_sample=False,
+                                             pad_token_id=model.llm.pad_id, eos_token_id=model.llm.tokenizer.eos_token_id)
+        assert torch.equal(generated, model.generate(state, ids, mask, max_new_tokens=5))

@@ -1,15 +1,26 @@
 """Causal language model adapter: a prefix of embeddings in front of a text prompt.
 
 :class:`CausalLM` wraps any ``transformers`` causal LM (LLaMA / Vicuna, Qwen2, ...) and
-its tokenizer, loaded by local path or hub id, frozen by default. Visual tokens arrive as
-a prefix ``(B, P, D)`` in the LLM's embedding space; the adapter builds the sequences
-as InstructBLIP / MA-LMM do:
+its tokenizer, loaded by local path or hub id, frozen by default. Both LMMs build their
+LLM input through it. A prefix arrives in the LLM's embedding space, ``(B, P, D)`` or
+ragged: B tensors ``(P_b, D)`` of any lengths (MA-LMM's projected Q-Former queries,
+ReWind's memory tokens + separator + frames + question). The sequences are laid out as
+InstructBLIP / MA-LMM do, generalised to ragged prefixes:
 
-- generation: ``[prefix][left-padded prompt]`` (padding between prefix and prompt,
-  masked out), then ``generate(inputs_embeds=...)`` with beam search;
-- training: ``[prefix][prompt][answer + eos][padding]``, labels = answer tokens and eos
-  only (-100 on prefix, prompt and padding), next-token cross-entropy;
+- generation (and :meth:`CausalLM.hidden_states`): ``[pad][prefix_b][pad][prompt_b]``,
+  prefixes and prompts each left-padded (masked out), so every sample ends in the last
+  column; then ``generate(inputs_embeds=...)``;
+- training and scoring: ``[prefix_b][prompt_b][answer_b + eos]`` padded on the right
+  (InstructBLIP, MA-LMM) or on the left (ReWind), labels = answer tokens and eos only
+  (-100 on prefix, prompt and padding), next-token cross-entropy;
 - closed-set scoring: the log-likelihood of each candidate answer under the same layout.
+
+Position ids count real tokens only, so a sample's positions do not depend on its padding,
+and the repetition penalty reaches every generated token whatever the padding in front.
+Padding does move where masked entries sit in attention and loss reductions, which changes
+floating-point summation order (about 1e-6): each LMM keeps the side (and loss reduction,
+:func:`next_token_loss`) it was trained with, so neither LMM's numbers moved when they came
+to share this adapter.
 
 The sequence builders are plain functions over token-id lists so they can be checked
 against reference tensors without a tokenizer.
@@ -17,8 +28,7 @@ against reference tensors without a tokenizer.
 
 from __future__ import annotations
 
-import warnings
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -28,71 +38,135 @@ from longvid.errors import LongvidError
 
 IGNORE = -100
 
+Prefixes = Union[torch.Tensor, Sequence[torch.Tensor]]  # (B, P, D), or B tensors (P_b, D)
+
+
+def prefix_list(prefix: Prefixes) -> list[torch.Tensor]:
+    """B prefixes ``(P_b, D)`` from ``(B, P, D)`` or a sequence of ``(P_b, D)``."""
+    if isinstance(prefix, torch.Tensor):
+        if prefix.dim() != 3:
+            raise LongvidError(f"prefix must be (B, P, D) or a list of (P_b, D), got {tuple(prefix.shape)}")
+        return list(prefix.unbind(0))
+    rows = list(prefix)
+    if not rows or any(row.dim() != 2 or row.shape[-1] != rows[0].shape[-1] for row in rows):
+        raise LongvidError(f"prefixes must be (P_b, D) tensors of one width D, got {[tuple(r.shape) for r in rows]}")
+    return rows
+
+
+def pad_ids(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> ids ``(B, L)`` right-padded with ``pad_id`` and mask ``(B, L)`` bool (``L >= 1``)."""
+    length = max(1, max(len(row) for row in rows))
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool, device=device)
+    for b, row in enumerate(rows):
+        ids[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
+        mask[b, : len(row)] = True
+    return ids, mask
+
+
+def _pad(rows: Sequence[torch.Tensor], length: int, side: str, fill) -> torch.Tensor:
+    """``(L_b, ...)`` rows -> ``(B, length, ...)``, padded with ``fill`` (a scalar, or a tensor of a row's
+    trailing shape) on ``side`` ("right": rows start at 0; "left": rows end in the last column)."""
+    out = rows[0].new_empty((len(rows), length, *rows[0].shape[1:]))
+    out[:] = fill
+    for b, row in enumerate(rows):
+        start = 0 if side == "right" else length - len(row)
+        out[b, start : start + len(row)] = row
+    return out
+
+
+def _lengths_mask(lengths: Sequence[int], length: int, side: str, device) -> torch.Tensor:
+    """Attention mask ``(B, length)`` long: 1 at the real tokens of rows padded on ``side``."""
+    return _pad([torch.ones(n, dtype=torch.long, device=device) for n in lengths], length, side, 0)
+
 
 def build_generation_inputs(
-    prefix: torch.Tensor, prompt_ids: Sequence[Sequence[int]], embed: Callable[[torch.Tensor], torch.Tensor], pad_id: int
+    prefix: Prefixes, prompt_ids: Sequence[Sequence[int]], embed: Callable[[torch.Tensor], torch.Tensor], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[prefix][left-padded prompt]``.
+    """``[pad][prefix_b][pad][prompt_b]``: prefixes and prompts each left-padded.
 
     Args:
-        prefix: ``(B, P, D)`` embeddings (e.g. projected Q-Former queries).
-        prompt_ids: B token-id lists (already including any BOS).
+        prefix: ``(B, P, D)`` embeddings or B ``(P_b, D)`` (e.g. projected Q-Former queries).
+        prompt_ids: B token-id lists (already including any BOS; may be empty).
         embed: the LLM's token embedding, ids ``(B, L)`` -> ``(B, L, D)``.
-        pad_id: id used for padding positions (masked out).
+        pad_id: id whose embedding fills padded positions (masked out).
 
     Returns:
-        ``inputs_embeds`` ``(B, P + Lp, D)`` and ``attention_mask`` ``(B, P + Lp)`` (long).
+        ``inputs_embeds`` ``(B, P + Lp, D)`` and ``attention_mask`` ``(B, P + Lp)`` (long),
+        ``P`` / ``Lp`` the longest prefix / prompt.
     """
-    _check_batch(prefix, prompt_ids)
-    B, P, _ = prefix.shape
-    Lp = max(len(ids) for ids in prompt_ids)
-    ids = torch.full((B, Lp), pad_id, dtype=torch.long, device=prefix.device)
-    mask = torch.zeros(B, P + Lp, dtype=torch.long, device=prefix.device)
-    mask[:, :P] = 1
-    for b, row in enumerate(prompt_ids):
-        if row:
-            ids[b, Lp - len(row) :] = torch.tensor(row, device=prefix.device)
-        mask[b, P + Lp - len(row) :] = 1
-    embeds = torch.cat([prefix, embed(ids).to(prefix.dtype)], 1)  # (B, P + Lp, D)
+    prefixes = _check_batch(prefix, prompt_ids)
+    P, Lp = max(len(p) for p in prefixes), max(len(ids) for ids in prompt_ids)
+    device = prefixes[0].device
+    ids = _pad([torch.tensor(list(row), dtype=torch.long, device=device) for row in prompt_ids], Lp, "left", pad_id)
+    mask = torch.cat([_lengths_mask([len(p) for p in prefixes], P, "left", device),
+                      _lengths_mask([len(row) for row in prompt_ids], Lp, "left", device)], 1)  # (B, P + Lp)
+    pad = _pad_embedding(embed, pad_id, prefixes[0])
+    embeds = torch.cat([_pad(prefixes, P, "left", pad), embed(ids).to(pad.dtype)], 1)  # (B, P + Lp, D)
     return embeds, mask
 
 
 def build_training_inputs(
-    prefix: torch.Tensor,
+    prefix: Prefixes,
     prompt_ids: Sequence[Sequence[int]],
     answer_ids: Sequence[Sequence[int]],
     embed: Callable[[torch.Tensor], torch.Tensor],
     pad_id: int,
+    padding: str = "right",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``[prefix][prompt][answer][padding]`` with labels on the answer tokens only.
+    """``[prefix_b][prompt_b][answer_b]`` padded on ``padding`` ("right" or "left"), labels on the answer tokens only.
 
     ``answer_ids`` should end with the EOS id (it is supervised) and carry no BOS.
-    Returns ``inputs_embeds`` ``(B, P + L, D)``, ``attention_mask`` ``(B, P + L)`` and
-    ``labels`` ``(B, P + L)`` (-100 except at answer tokens), L = the longest prompt + answer.
+    Returns ``inputs_embeds`` ``(B, L, D)``, ``attention_mask`` ``(B, L)`` and ``labels`` ``(B, L)``
+    (-100 except at answer tokens), L = the longest prefix + prompt + answer; padded positions
+    hold ``pad_id``'s embedding.
     """
-    _check_batch(prefix, prompt_ids)
+    prefixes = _check_batch(prefix, prompt_ids)
     if len(answer_ids) != len(prompt_ids):
         raise LongvidError(f"{len(prompt_ids)} prompts but {len(answer_ids)} answers")
-    B, P, _ = prefix.shape
-    L = max(len(p) + len(a) for p, a in zip(prompt_ids, answer_ids))
-    ids = torch.full((B, L), pad_id, dtype=torch.long, device=prefix.device)
-    labels = torch.full((B, P + L), IGNORE, dtype=torch.long, device=prefix.device)
-    mask = torch.zeros(B, P + L, dtype=torch.long, device=prefix.device)
-    mask[:, :P] = 1
-    for b, (prompt, answer) in enumerate(zip(prompt_ids, answer_ids)):
-        row = list(prompt) + list(answer)
-        ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[b, P : P + len(row)] = 1
-        labels[b, P + len(prompt) : P + len(row)] = torch.tensor(list(answer), dtype=torch.long)
-    embeds = torch.cat([prefix, embed(ids).to(prefix.dtype)], 1)
-    return embeds, mask, labels
+    if padding not in ("right", "left"):
+        raise LongvidError(f"padding must be 'right' or 'left', not {padding!r}")
+    device = prefixes[0].device
+    sequences, targets = [], []
+    for row, prompt, answer in zip(prefixes, prompt_ids, answer_ids):
+        text = torch.tensor(list(prompt) + list(answer), dtype=torch.long, device=device)
+        sequences.append(torch.cat([row, embed(text[None])[0].to(row.dtype)]))  # (P_b + L_b, D)
+        ignore = torch.full((len(row) + len(prompt),), IGNORE, dtype=torch.long, device=device)
+        targets.append(torch.cat([ignore, text[len(prompt) :]]))
+    L = max(len(s) for s in sequences)
+    mask = _lengths_mask([len(s) for s in sequences], L, padding, device)
+    return _pad(sequences, L, padding, _pad_embedding(embed, pad_id, prefixes[0])), mask, _pad(targets, L, padding, IGNORE)
 
 
-def _check_batch(prefix: torch.Tensor, prompt_ids: Sequence[Sequence[int]]) -> None:
-    if prefix.dim() != 3:
-        raise LongvidError(f"prefix must be (B, P, D), got {tuple(prefix.shape)}")
-    if len(prompt_ids) != prefix.shape[0]:
-        raise LongvidError(f"{prefix.shape[0]} prefixes but {len(prompt_ids)} prompts")
+def _pad_embedding(embed: Callable[[torch.Tensor], torch.Tensor], pad_id: int, like: torch.Tensor) -> torch.Tensor:
+    """``pad_id``'s embedding ``(D,)`` on ``like``'s device and dtype."""
+    return embed(torch.tensor([[pad_id]], device=like.device))[0, 0].to(like.dtype)
+
+
+def _check_batch(prefix: Prefixes, prompt_ids: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    prefixes = prefix_list(prefix)
+    if len(prompt_ids) != len(prefixes):
+        raise LongvidError(f"{len(prefixes)} prefixes but {len(prompt_ids)} prompts")
+    return prefixes
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions ``(B, L)`` counting real tokens only (0 on left padding): ``mask (B, L)`` -> ``(B, L)``."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, padding: str = "right") -> torch.Tensor:
+    """Mean next-token cross-entropy of the labelled tokens: logits ``(B, L, V)``, labels ``(B, L)``
+    (-100 = not scored) -> a scalar.
+
+    Each side sums in the order its LMM was trained with; they differ by float rounding only (the
+    reduction groups rows by index): "right" reduces positions ``0 .. L-2`` (InstructBLIP's shifted
+    logits), "left" all ``L`` positions with the last one unlabelled (``transformers``' loss from ``labels``).
+    """
+    if padding == "right":
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+    target = F.pad(labels[:, 1:], (0, 1), value=IGNORE)  # position i predicts token i + 1; the last predicts nothing
+    return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE)
 
 
 def answer_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -157,39 +231,80 @@ class CausalLM(nn.Module):
             raise LongvidError("the tokenizer has no end-of-sequence token")
         return [self.tokenizer(a, add_special_tokens=False)["input_ids"] + [eos] for a in answers]
 
-    def _prefix(self, prefix: torch.Tensor) -> torch.Tensor:
+    def _prefixes(self, prefix: Prefixes) -> list[torch.Tensor]:
         weight = self.model.get_input_embeddings().weight
-        if prefix.shape[-1] != weight.shape[1]:
-            raise LongvidError(f"prefix width {prefix.shape[-1]} does not match the language model's {weight.shape[1]}")
-        return prefix.to(weight.device, weight.dtype)
+        rows = prefix_list(prefix)
+        if rows[0].shape[-1] != weight.shape[1]:
+            raise LongvidError(f"prefix width {rows[0].shape[-1]} does not match the language model's {weight.shape[1]}")
+        return [row.to(weight.device, weight.dtype) for row in rows]
 
-    def loss(self, prefix: torch.Tensor, prompts: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
-        """Mean next-token cross-entropy over the answer tokens (and EOS) of the batch."""
-        embeds, mask, labels = build_training_inputs(
-            self._prefix(prefix), self.tokenize_prompts(prompts), self.tokenize_answers(answers), self.embed, self.pad_id
-        )
-        logits = self.model(inputs_embeds=embeds, attention_mask=mask).logits  # (B, L, V)
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+    def _prompt_ids(self, prompts: Sequence[str] | None, batch_size: int) -> list[list[int]]:
+        """Token ids of the prompts; None: no text prompt (the prefix holds the whole prompt)."""
+        return [[] for _ in range(batch_size)] if prompts is None else self.tokenize_prompts(prompts)
+
+    def _logits(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids(mask)).logits  # (B, L, V)
+
+    def _training_inputs(self, prefix: Prefixes, prompts: Sequence[str] | None, answer_ids: Sequence[Sequence[int]], padding: str):
+        prefixes = self._prefixes(prefix)
+        return build_training_inputs(prefixes, self._prompt_ids(prompts, len(prefixes)), answer_ids, self.embed, self.pad_id, padding)
+
+    def loss(self, prefix: Prefixes, prompts: Sequence[str] | None, answers: Sequence[str], padding: str = "right") -> torch.Tensor:
+        """Mean next-token cross-entropy over the answer tokens (and EOS) of the batch.
+
+        ``prefix``: ``(B, P, D)`` or B ``(P_b, D)``; ``prompts``: B texts after it (None: none);
+        ``padding``: the side sequences of different lengths are padded on ("right" or "left").
+        """
+        embeds, mask, labels = self._training_inputs(prefix, prompts, self.tokenize_answers(answers), padding)
+        return next_token_loss(self._logits(embeds, mask), labels, padding)
+
+    def log_likelihood(self, prefix: Prefixes, prompts: Sequence[str] | None, answers: Sequence[str], normalize: bool = False,
+                       padding: str = "right") -> torch.Tensor:
+        """Log-likelihood ``(B,)`` of each sample's answer (+ EOS); ``normalize`` divides by its token count."""
+        answer_ids = self.tokenize_answers(answers)
+        embeds, mask, labels = self._training_inputs(prefix, prompts, answer_ids, padding)
+        total = answer_log_likelihood(self._logits(embeds, mask), labels)  # (B,)
+        return total / torch.tensor([len(a) for a in answer_ids], device=total.device) if normalize else total
 
     @torch.no_grad()
-    def score(self, prefix: torch.Tensor, prompts: Sequence[str], candidates: Sequence[str], normalize: bool = False) -> torch.Tensor:
-        """Log-likelihood of every candidate answer: ``(B, K)``; ``normalize`` divides by its token count."""
-        B, K = prefix.shape[0], len(candidates)
-        prompt_ids = self.tokenize_prompts(prompts)
-        answer_ids = self.tokenize_answers(candidates)
-        prefix = self._prefix(prefix)
-        scores = torch.empty(B, K)
-        for k, answer in enumerate(answer_ids):
-            embeds, mask, labels = build_training_inputs(prefix, prompt_ids, [answer] * B, self.embed, self.pad_id)
-            logits = self.model(inputs_embeds=embeds, attention_mask=mask).logits
-            scores[:, k] = answer_log_likelihood(logits, labels).cpu() / (len(answer) if normalize else 1)
-        return scores
+    def score(self, prefix: Prefixes, prompts: Sequence[str] | None, candidates: Sequence[str], normalize: bool = False,
+              padding: str = "right") -> torch.Tensor:
+        """Log-likelihood of every candidate answer: ``(B, K)`` on the CPU; ``normalize`` divides by its token count."""
+        B = len(prefix_list(prefix))
+        return torch.stack([self.log_likelihood(prefix, prompts, [c] * B, normalize, padding).cpu() for c in candidates], 1)
+
+    def hidden_states(self, prefix: Prefixes, prompts: Sequence[str] | None = None) -> list[torch.Tensor]:
+        """The last layer's hidden states of each sample's ``[prefix_b][prompt_b]``: B tensors ``(P_b + L_b, D)``,
+        computed in the generation layout."""
+        prefixes = self._prefixes(prefix)
+        embeds, mask = build_generation_inputs(prefixes, self._prompt_ids(prompts, len(prefixes)), self.embed, self.pad_id)
+        hidden = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids(mask),
+                            output_hidden_states=True).hidden_states[-1]  # (B, L, D)
+        return [h[m.bool()] for h, m in zip(hidden, mask)]
+
+    @torch.no_grad()
+    def generate_ids(self, prefix: Prefixes, prompts: Sequence[str] | None = None, repetition_penalty: float = 1.0,
+                     **generate_kwargs) -> torch.Tensor:
+        """``model.generate`` on ``[prefix][prompt]`` (``generate_kwargs`` as ``transformers`` takes them):
+        the generated ids ``(B * num_return_sequences, new tokens)``.
+
+        ``repetition_penalty`` applies to every generated token, as in InstructBLIP (``transformers``'
+        own would skip the first ``k`` generated tokens of a sequence with ``k`` padded columns in front).
+        """
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+        prefixes = self._prefixes(prefix)
+        embeds, mask = build_generation_inputs(prefixes, self._prompt_ids(prompts, len(prefixes)), self.embed, self.pad_id)
+        if repetition_penalty != 1.0:
+            generate_kwargs["logits_processor"] = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(repetition_penalty)])
+        return self.model.generate(inputs_embeds=embeds, attention_mask=mask, pad_token_id=self.pad_id,
+                                   eos_token_id=self.tokenizer.eos_token_id, repetition_penalty=1.0, **generate_kwargs)
 
     @torch.no_grad()
     def generate(
         self,
-        prefix: torch.Tensor,
-        prompts: Sequence[str],
+        prefix: Prefixes,
+        prompts: Sequence[str] | None,
         num_beams: int = 5,
         max_new_tokens: int = 30,
         min_new_tokens: int = 1,
@@ -197,25 +312,10 @@ class CausalLM(nn.Module):
         length_penalty: float = 1.0,
         num_return_sequences: int = 1,
     ) -> list[list[str]]:
-        """Beam-search answers: B lists of ``num_return_sequences`` strings, best first."""
-        embeds, mask = build_generation_inputs(self._prefix(prefix), self.tokenize_prompts(prompts), self.embed, self.pad_id)
-        with warnings.catch_warnings():  # the penalty applies to generated tokens only, as in InstructBLIP
-            warnings.filterwarnings("ignore", message=".*repetition_penalty.*inputs_embeds")
-            out = self._generate(embeds, mask, num_beams, max_new_tokens, min_new_tokens, repetition_penalty, length_penalty, num_return_sequences)
+        """Beam-search answers (InstructBLIP's decoding): B lists of ``num_return_sequences`` strings, best first."""
+        out = self.generate_ids(
+            prefix, prompts, repetition_penalty, do_sample=False, num_beams=num_beams, max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens, length_penalty=length_penalty, num_return_sequences=num_return_sequences,
+        )  # fmt: skip
         texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
         return [texts[i : i + num_return_sequences] for i in range(0, len(texts), num_return_sequences)]
-
-    def _generate(self, embeds, mask, num_beams, max_new_tokens, min_new_tokens, repetition_penalty, length_penalty, num_return_sequences):
-        return self.model.generate(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            do_sample=False,
-            num_beams=num_beams,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            repetition_penalty=repetition_penalty,
-            length_penalty=length_penalty,
-            num_return_sequences=num_return_sequences,
-            pad_token_id=self.pad_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-        )  # (B * n, new tokens): with inputs_embeds only, just the generated ids

@@ -310,29 +310,26 @@ class MALMM(nn.Module):
 
     # -- the language model ---------------------------------------------------------------------
 
-    def _prefixes(self, state: MALMMState) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``(rows, visual prefix (b, P, D))`` per group of streams whose prefixes have one length
-        (one group with memory; without memory, one per number of frames seen)."""
+    def visual_prefixes(self, state: MALMMState) -> list[torch.Tensor]:
+        """Each stream's visual prefix, ``llm_proj`` of its queries: B tensors ``(Q, D)`` with memory;
+        without, ``(t_b * Q, D)`` for the ``t_b`` frames stream b has seen (ragged)."""
         seen = state.frames_seen
         if bool((seen == 0).any()):
             empty = ", ".join(str(i) for i in (seen == 0).nonzero().flatten().tolist())
             raise LongvidError(f"stream(s) {empty} have seen no frame yet")
         if self.uses_memory:
-            return [(torch.arange(state.batch_size), self.llm_proj(state.queries))]
-        S, groups = state.queries.shape[1], []
-        for count in seen.unique().tolist():
-            rows = (seen == count).nonzero().flatten()
-            queries = state.queries if rows.numel() == state.batch_size else state.queries.index_select(0, rows)
-            groups.append((rows.cpu(), self.llm_proj(queries[:, S - count :].flatten(1, 2))))  # (b, count * Q, D)
-        return groups
+            return list(self.llm_proj(state.queries).unbind(0))  # B x (Q, D)
+        S, Q = state.queries.shape[1:3]
+        projected = self.llm_proj(state.queries.flatten(1, 2))  # (B, S * Q, D): the newest t_b frames are stream b's
+        return [row[(S - count) * Q :] for row, count in zip(projected, seen.tolist())]
 
     def visual_prefix(self, state: MALMMState) -> torch.Tensor:
-        """``llm_proj`` of the state's queries: ``(B, Q, D)`` (``(B, t * Q, D)`` without memory,
+        """The streams' visual prefixes as one tensor ``(B, Q, D)`` (``(B, t * Q, D)`` without memory,
         when every stream has seen t frames)."""
-        groups = self._prefixes(state)
-        if len(groups) > 1:
+        prefixes = self.visual_prefixes(state)
+        if len({len(p) for p in prefixes}) > 1:
             raise LongvidError("the streams have seen different numbers of frames, so their visual prefixes differ in length")
-        return groups[0][1]
+        return torch.stack(prefixes)
 
     def _need_llm(self):
         if self.llm is None:
@@ -349,32 +346,25 @@ class MALMM(nn.Module):
         llm = self._need_llm()
         state = self.init_state(frame_tokens.shape[0], frame_tokens.device, instructions=prompts)
         _, state = self.step_tokens(frame_tokens, state)
-        return llm.loss(self.visual_prefix(state), prompts, answers)
+        return llm.loss(self.visual_prefixes(state), prompts, answers)
 
     @torch.no_grad()
     def answer(self, state: MALMMState, questions: Sequence[str]) -> list[str]:
         """The best beam-search answer per stream from the current state (decoding settings from the config)."""
         llm, c = self._need_llm(), self.config
         _check_questions(state, questions)
-        texts = [""] * state.batch_size
-        for rows, prefix in self._prefixes(state):
-            beams = llm.generate(
-                prefix, [questions[i] for i in rows.tolist()], num_beams=c.num_beams, max_new_tokens=c.max_new_tokens,
-                min_new_tokens=c.min_new_tokens, repetition_penalty=c.repetition_penalty, length_penalty=c.length_penalty,
-            )  # fmt: skip
-            for i, best in zip(rows.tolist(), beams):
-                texts[i] = best[0]
-        return texts
+        beams = llm.generate(
+            self.visual_prefixes(state), list(questions), num_beams=c.num_beams, max_new_tokens=c.max_new_tokens,
+            min_new_tokens=c.min_new_tokens, repetition_penalty=c.repetition_penalty, length_penalty=c.length_penalty,
+        )  # fmt: skip
+        return [best[0] for best in beams]
 
     @torch.no_grad()
     def score(self, state: MALMMState, questions: Sequence[str], candidates: Sequence[str]) -> torch.Tensor:
         """Log-likelihood ``(B, K)`` of each closed-set candidate answer given the current state."""
         llm = self._need_llm()
         _check_questions(state, questions)
-        scores = torch.empty(state.batch_size, len(candidates))
-        for rows, prefix in self._prefixes(state):
-            scores[rows] = llm.score(prefix, [questions[i] for i in rows.tolist()], candidates)
-        return scores
+        return llm.score(self.visual_prefixes(state), list(questions), candidates)
 
 
 def _no_instruction(batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:

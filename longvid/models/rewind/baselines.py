@@ -15,7 +15,7 @@ from torch import Tensor
 from longvid.models.llm import CausalLM
 from longvid.models.rewind.config import RewindConfig
 from longvid.models.rewind.grounding import GroundingHead
-from longvid.models.rewind.model import _seeded, add_lora, pad_left, pool_frame_features
+from longvid.models.rewind.model import _seeded, add_lora, pool_frame_features
 from longvid.models.rewind.selection import uniform_indices
 
 
@@ -45,14 +45,12 @@ class UniformFrames(nn.Module):
         frames = self.frame_proj(pool_frame_features(picked.flatten(0, 1), self.config.frame_pool))  # (B*K, t, E)
         frames = frames.reshape(batch, count * self.config.frame_tokens, -1)
         prompts = [torch.cat([self.separator[None], frames[b], self.llm.embed(torch.tensor([row]))[0]])
-                   for b, row in enumerate(self.llm.tokenize_prompts(questions))]
-        embeds, mask, _ = pad_left(prompts, [torch.zeros(len(p), dtype=torch.long) for p in prompts])
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                                output_hidden_states=True).hidden_states[-1]  # (B, L, E)
-        states = torch.stack([hidden[b, embeds.shape[1] - len(p) + 1:][: frames.shape[1]] for b, p in enumerate(prompts)])
+                   for b, row in enumerate(self.llm.tokenize_prompts(questions))]  # B x (1 + K * t + L_b, E)
+        hidden = self.llm.hidden_states(prompts)  # B x (1 + K * t + L_b, E)
+        states = torch.stack([h[1 : 1 + frames.shape[1]] for h in hidden])  # (B, K * t, E)
         states = states.reshape(batch, count, self.config.frame_tokens, -1).mean(2)  # (B, K, E)
-        return self.grounding(states, hidden[:, -1], torch.ones(batch, count, dtype=torch.bool))
+        last = torch.stack([h[-1] for h in hidden])  # (B, E)
+        return self.grounding(states, last, torch.ones(batch, count, dtype=torch.bool))
 
     def prompt_length(self, question: str) -> int:
         """LLM input tokens for one question."""

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from longvid.errors import LongvidError
-from longvid.models.llm import IGNORE, CausalLM, answer_log_likelihood
+from longvid.models.llm import CausalLM, pad_ids
 from longvid.models.rewind.config import TINY_BACKBONES, RewindConfig, RewindMemoryConfig, get_config
 from longvid.models.rewind.grounding import GroundingHead, best_span, pointer_loss, span_seconds
 from longvid.models.rewind.memory import MemoryState, RewindMemory
@@ -310,7 +310,7 @@ class ReWind(nn.Module):
 
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Token ids ``(B, L)`` (right-padded) and mask ``(B, L)`` bool of prompts (with BOS)."""
-        return _pad_right(self.llm.tokenize_prompts(texts), self.llm.pad_id, self.separator.device)
+        return pad_ids(self.llm.tokenize_prompts(texts), self.llm.pad_id, self.separator.device)
 
     def embed_text(self, ids: Tensor) -> Tensor:
         """LLM input embeddings ``(B, L) -> (B, L, llm_dim)``."""
@@ -382,7 +382,8 @@ class ReWind(nn.Module):
 
     def prompt_embeddings(self, state: RewindState, ids: Tensor, mask: Tensor | None = None, until: float | None = None,
                           frames: list[Tensor] | None = None) -> list[Tensor]:
-        """Each stream's LLM input before the answer: ``(N_W * n + 1 + K_c * 32 + L_b, llm_dim)``.
+        """Each stream's LLM input before the answer: ``(N_W * n + 1 + K_c * 32 + L_b, llm_dim)`` (the
+        shared adapter, :class:`~longvid.models.llm.CausalLM`, reads these ragged prompts left-padded).
 
         ``until``: breakpoint mode, only frames with timestamp ``<= until`` are used.
         ``frames``: the frames each stream's LLM reads (default: the model's selector's).
@@ -401,36 +402,12 @@ class ReWind(nn.Module):
             prompts.append(torch.cat([memory, self.separator[None], pooled, words]))
         return prompts
 
-    def llm_outputs(self, state: RewindState, ids: Tensor, mask: Tensor | None = None, answer_ids: Tensor | None = None,
-                    answer_mask: Tensor | None = None, until: float | None = None, frames: list[Tensor] | None = None):
-        """LLM output on ``[prompt][answer]``; with ``answer_ids (B, A)`` its ``loss`` is the
-        next-token cross-entropy over the answer tokens only (stage 2). ``frames``: the frames
-        each stream's LLM reads (default: the model's selector's)."""
-        prompts = self.prompt_embeddings(state, ids, mask, until, frames)
-        sequences, targets = [], []
-        for stream, prompt in enumerate(prompts):
-            ignore = torch.full((len(prompt),), IGNORE, dtype=torch.long, device=prompt.device)
-            if answer_ids is None:
-                sequences.append(prompt)
-                targets.append(ignore)
-                continue
-            answer = answer_ids[stream] if answer_mask is None else answer_ids[stream][answer_mask[stream].bool()]
-            sequences.append(torch.cat([prompt, self.embed_text(answer[None])[0]]))
-            targets.append(torch.cat([ignore, answer]))
-        embeds, attention, labels = pad_left(sequences, targets)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        return self.llm.model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
-                              labels=labels if answer_ids is not None else None)
-
     @torch.no_grad()
     def generate(self, state: RewindState, ids: Tensor, mask: Tensor | None = None, until: float | None = None,
                  max_new_tokens: int = 32, frames: list[Tensor] | None = None, **kwargs) -> Tensor:
         """Generated answer token ids ``(B, <= max_new_tokens)`` (greedy unless ``kwargs`` say otherwise)."""
         prompts = self.prompt_embeddings(state, ids, mask, until, frames)
-        embeds, attention, _ = pad_left(prompts, [torch.zeros(len(p), dtype=torch.long) for p in prompts])
-        return self.llm.model.generate(inputs_embeds=embeds, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                       do_sample=False, pad_token_id=self.llm.pad_id,
-                                       eos_token_id=self.llm.tokenizer.eos_token_id, **kwargs)
+        return self.llm.generate_ids(prompts, None, max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
 
     def answer(self, state: RewindState, questions: list[str], until: float | None = None, max_new_tokens: int = 32,
                selector=None, frames: list[Tensor] | None = None, **kwargs) -> list[str]:
@@ -447,18 +424,11 @@ class ReWind(nn.Module):
     @torch.no_grad()
     def score(self, state: RewindState, questions: list[str], candidates: list[str], until: float | None = None,
               selector=None, frames: list[Tensor] | None = None) -> Tensor:
-        """Log-likelihood ``(B, K)`` of each candidate answer (closed-set QA), every candidate read
-        with the same frames (chosen once)."""
+        """Log-likelihood ``(B, K)`` (on the CPU) of each candidate answer (closed-set QA), every
+        candidate read with the same frames (chosen once)."""
         ids, mask = self.tokenize(questions)
         frames = self.select_ids(state, ids, mask, until, selector) if frames is None else frames
-        scores = []
-        for row in self.llm.tokenize_answers(candidates):
-            answer = torch.tensor([row] * len(questions), device=ids.device)
-            out = self.llm_outputs(state, ids, mask, answer, until=until, frames=frames)
-            labels = torch.full(out.logits.shape[:2], IGNORE, dtype=torch.long, device=ids.device)
-            labels[:, -len(row):] = answer
-            scores.append(answer_log_likelihood(out.logits, labels))
-        return torch.stack(scores, dim=1)
+        return self.llm.score(self.prompt_embeddings(state, ids, mask, until, frames), None, candidates, padding="left")
 
     # -- stage 2 ---------------------------------------------------------------------------
 
@@ -476,30 +446,23 @@ class ReWind(nn.Module):
         """
         selector = self.selector if selector is None else selector
         ids, mask = self.tokenize(questions)
-        answer_ids, answer_mask = _pad_right(self.llm.tokenize_answers(answers), self.llm.pad_id, ids.device)
         if frames is not None or policy_weight is None or not selector.learned:
             frames = self.select_ids(state, ids, mask, until, selector) if frames is None else frames
-            return self.llm_outputs(state, ids, mask, answer_ids, answer_mask, until, frames).loss
+            return self.llm.loss(self.prompt_embeddings(state, ids, mask, until, frames), None, answers, padding="left")
+
+        def mean_nll(chosen: list[Tensor]) -> Tensor:  # (B,) each stream's mean cross-entropy over its answer (+ EOS)
+            prompts = self.prompt_embeddings(state, ids, mask, until, chosen)
+            return -self.llm.log_likelihood(prompts, None, answers, normalize=True, padding="left")
+
         drawn_frames, log_probs = self.sample_selection(state, ids, mask, until)
-        drawn = self.answer_nll(state, ids, mask, answer_ids, answer_mask, until, drawn_frames)  # (B,)
+        drawn = mean_nll(drawn_frames)  # (B,)
         if policy_weight == 0:
             return drawn.mean()
         with torch.no_grad():
-            chosen = self.select_ids(state, ids, mask, until, selector)
-            baseline = self.answer_nll(state, ids, mask, answer_ids, answer_mask, until, chosen)  # (B,)
+            baseline = mean_nll(self.select_ids(state, ids, mask, until, selector))  # (B,)
         # log p - sg(log p) is 0 with the gradient of log p: the loss still reads as a cross-entropy.
         surrogate = (drawn.detach() - baseline) * (log_probs - log_probs.detach())
         return drawn.mean() + policy_weight * surrogate.mean()
-
-    def answer_nll(self, state: RewindState, ids: Tensor, mask: Tensor, answer_ids: Tensor, answer_mask: Tensor,
-                   until: float | None = None, frames: list[Tensor] | None = None) -> Tensor:
-        """Each stream's mean next-token cross-entropy over its answer tokens ``(B,)``."""
-        out = self.llm_outputs(state, ids, mask, answer_ids, answer_mask, until, frames)
-        lengths = answer_mask.sum(1)  # (B,)
-        labels = torch.full(out.logits.shape[:2], IGNORE, dtype=torch.long, device=ids.device)
-        for b in range(len(answer_ids)):  # left padding: every sequence ends with its answer
-            labels[b, labels.shape[1] - int(lengths[b]):] = answer_ids[b][answer_mask[b]]
-        return -answer_log_likelihood(out.logits, labels) / lengths.clamp(min=1)
 
     # -- temporal grounding --------------------------------------------------------------
 
@@ -508,20 +471,16 @@ class ReWind(nn.Module):
         """Start/end pointer logits over each stream's memory frames ``(B, 2, n_max)`` and
         their validity ``(B, n_max)`` bool, from the LLM's last hidden states: a frame is the
         mean of its ``N_W`` memory-token states, the pointer queries come from the last position."""
-        prompts = self.prompt_embeddings(state, ids, mask, until, frames)
-        embeds, attention, _ = pad_left(prompts, [torch.zeros(len(p), dtype=torch.long) for p in prompts])
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.llm.model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
-                                output_hidden_states=True).hidden_states[-1]  # (B, L, llm_dim)
-        counts = [len(state.memory.frame_tokens(b, until)[1]) for b in range(len(prompts))]
+        hidden = self.llm.hidden_states(self.prompt_embeddings(state, ids, mask, until, frames))  # B x (L_b, llm_dim)
+        counts = [len(state.memory.frame_tokens(b, until)[1]) for b in range(len(hidden))]
         num_write = self.config.memory.num_write
-        frames = hidden.new_zeros(len(prompts), max(counts), hidden.shape[-1])  # (B, n_max, llm_dim)
-        valid = torch.zeros(len(prompts), max(counts), dtype=torch.bool, device=hidden.device)
-        for b, (prompt, count) in enumerate(zip(prompts, counts)):
-            first = embeds.shape[1] - len(prompt)  # after the left padding
-            frames[b, :count] = hidden[b, first : first + num_write * count].reshape(count, num_write, -1).mean(1)
+        frames = hidden[0].new_zeros(len(hidden), max(counts), hidden[0].shape[-1])  # (B, n_max, llm_dim)
+        valid = torch.zeros(len(hidden), max(counts), dtype=torch.bool, device=frames.device)
+        for b, (states, count) in enumerate(zip(hidden, counts)):  # a prompt starts with its memory tokens
+            frames[b, :count] = states[: num_write * count].reshape(count, num_write, -1).mean(1)
             valid[b, :count] = True
-        return self.grounding(frames, hidden[:, -1], valid), valid
+        last = torch.stack([states[-1] for states in hidden])  # (B, llm_dim)
+        return self.grounding(frames, last, valid), valid
 
     def grounding_loss(self, state: RewindState, questions: list[str], target_frames: Tensor,
                        until: float | None = None) -> Tensor:
@@ -572,31 +531,6 @@ def _valid_count(valid: Tensor | None, shape: torch.Size, device) -> Tensor:
 def _check_batch(state: RewindState, count: int) -> None:
     if count != state.batch_size:
         raise LongvidError(f"{count} questions for {state.batch_size} streams: ask one question per stream")
-
-
-def _pad_right(rows: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
-    """Token-id lists -> ids ``(B, L)`` padded with ``pad_id`` on the right, and mask ``(B, L)`` bool."""
-    length = max(1, max(len(row) for row in rows))
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros(len(rows), length, dtype=torch.bool, device=device)
-    for b, row in enumerate(rows):
-        ids[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
-        mask[b, : len(row)] = True
-    return ids, mask
-
-
-def pad_left(sequences: list[Tensor], targets: list[Tensor]):
-    """Left-pad ``(L_b, E)`` sequences: ``(B, L, E)`` embeddings, ``(B, L)`` mask and labels (IGNORE on pads)."""
-    length = max(len(s) for s in sequences)
-    first = sequences[0]
-    embeds = first.new_zeros(len(sequences), length, first.shape[-1])
-    mask = torch.zeros(len(sequences), length, dtype=torch.long, device=first.device)
-    labels = torch.full((len(sequences), length), IGNORE, dtype=torch.long, device=first.device)
-    for row, (sequence, target) in enumerate(zip(sequences, targets)):
-        embeds[row, length - len(sequence):] = sequence
-        mask[row, length - len(sequence):] = 1
-        labels[row, length - len(sequence):] = target.to(first.device)
-    return embeds, mask, labels
 
 
 # -- building ----------------------------------------------------------------------------
