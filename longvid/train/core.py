@@ -62,20 +62,32 @@ class Optimization:
 
     Only parameters with ``requires_grad`` train; gradients are clipped to ``config.clip_grad``
     (0/None: not clipped) and averaged over ranks when ``average_gradients`` (models that are
-    not wrapped in DDP)."""
+    not wrapped in DDP). ``out_dir`` holds the run's checkpoints (named when a NaN stops it);
+    ``norm_order``: see :meth:`_clipped`."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, total_steps: int, device: torch.device,
-                 average_gradients: bool = False):
-        self.config = config
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
-            raise LongvidError("nothing to train: the model has no trainable parameters (none requires grad)")
+                 out_dir: str | None, average_gradients: bool = False, norm_order: str = "model"):
+        self.config, self.out_dir = config, out_dir
         self.device = device
         self.average_gradients = average_gradients
         self.optimizer = build_optimizer(model, config)
+        self.params = self._clipped(model, norm_order)
+        if not self.params:
+            raise LongvidError("nothing to train: the model has no trainable parameters (none requires grad)")
         self.scheduler = build_scheduler(self.optimizer, config, total_steps)
         self.amp_dtype = _amp_dtype(config.amp, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+    def _clipped(self, model: nn.Module, norm_order: str) -> list[nn.Parameter]:
+        """The trained parameters in the order the gradient norm sums them: ``"model"``
+        (``model.parameters()``) or ``"groups"`` (the optimizer's groups: decayed, then not).
+        The norms differ in the last bits, so each order is kept where recorded figures depend
+        on it (ReWind's stages sum by groups)."""
+        if norm_order == "groups":
+            return [p for group in self.optimizer.param_groups for p in group["params"]]
+        if norm_order == "model":
+            return [p for p in model.parameters() if p.requires_grad]
+        raise ValueError(f"norm_order must be 'model' or 'groups', got {norm_order!r}")
 
     @property
     def lr(self) -> float:
@@ -116,7 +128,7 @@ class Optimization:
     def _non_finite(self, loss: torch.Tensor, where: str) -> str:
         what = f"loss {loss.item():g}" if not torch.isfinite(loss) else "gradient"
         if self.config.on_nan == "stop":
-            found = ckpt.list_checkpoints(self.config.out_dir)
+            found = ckpt.list_checkpoints(self.out_dir) if self.out_dir is not None else []
             kept = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was written yet"
             raise LongvidError(f"non-finite {what} at {where}: stopped; {kept} (lower lr, or set on_nan=skip to skip such steps)")
         self.optimizer.zero_grad(set_to_none=True)
@@ -226,15 +238,17 @@ class TaskTrainer:
         on_step: called with each step's record (``step`` counted from 1, ``loss``, ``lr``,
             ``examples``, ``seconds``; ``skipped`` when ``on_nan="skip"`` dropped the update).
         log: console printer (rank 0 only); None for silence.
+        norm_order: the order the gradient norm sums parameters in (see :class:`Optimization`).
     """
 
     def __init__(self, model: nn.Module, task: Task, config: TrainConfig, total_steps: int, out_dir: str | None,
                  dist: DistInfo | None = None, on_step: Callable[[dict], None] | None = None,
-                 log: Callable[[str], None] | None = print):
+                 log: Callable[[str], None] | None = print, norm_order: str = "model"):
         self.dist = dist or DistInfo()
         self.model = model.to(self.dist.device)
         self.task, self.config, self.total_steps, self.out_dir = task, config, total_steps, out_dir
-        self.optimization = Optimization(self.model, config, total_steps, self.dist.device, average_gradients=self.dist.enabled)
+        self.optimization = Optimization(self.model, config, total_steps, self.dist.device, out_dir,
+                                         average_gradients=self.dist.enabled, norm_order=norm_order)
         self.run_log = RunLog(out_dir, self.dist.is_main, log)
         self.on_step = on_step
         self.step = 0
