@@ -275,7 +275,7 @@ class TaskTrainer:
         lr = self.optimization.lr
         skipped = self.optimization.update(loss, f"step {self.step + 1}")
         self.step += 1
-        mean_loss = (all_reduce(loss.detach().float()) / self.dist.world_size).item()  # over ranks
+        mean_loss = (all_reduce(loss.detach()) / self.dist.world_size).item()  # over ranks
         record = {"step": self.step, "loss": mean_loss if skipped is None else float("nan"), "lr": lr,
                   "examples": self.task.size(batch), "seconds": time.perf_counter() - started}
         if skipped is not None:
