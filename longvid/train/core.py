@@ -10,7 +10,8 @@ Every training in longvid is the same few things around a task loss:
   checkpoint dropped, so no step appears twice) and a console line every ``log_every`` steps;
 * :class:`TaskTrainer`: the loop ``batch = task.batch(step); loss = task.loss(model, batch)``
   with atomic checkpoints (trainable weights, optimizer, schedule, step, RNG, the task's
-  state) and ``fit(resume=True)``, which continues a run with the same loss curve.
+  name) and ``fit(resume=True)``, which continues a run with the same loss curve (a task's
+  batch depends on the step only, so a task has no state of its own to save).
 
 What differs between trainings is a small *task* (see :class:`Task`): how to draw the batch
 of a step, how to compute the loss. :class:`longvid.train.qa.QATrainer` (MA-LMM answers) and
