@@ -151,3 +151,26 @@ def test_nan_in_a_task_stops_or_skips(tmp_path):
     frozen = TinyQA().requires_grad_(False)
     with pytest.raises(LongvidError, match="nothing to train"):
         QATrainer(frozen, qa_config(tmp_path), qa_examples(), log=None)
+
+
+class NaNAt(TinyQA):
+    def __init__(self, bad):
+        super().__init__()
+        self.bad, self.calls = bad, 0
+
+    def loss(self, frames, prompts, answers):
+        self.calls += 1
+        loss = super().loss(frames, prompts, answers)
+        return loss * float("nan") if self.calls == self.bad else loss
+
+
+def test_nan_skip_in_a_task_drops_that_update_only(tmp_path):
+    model, said, weights = NaNAt(2), [], []
+    trainer = QATrainer(model, qa_config(tmp_path, on_nan="skip", epochs=1), qa_examples(), log=said.append,
+                        on_step=lambda r: weights.append({k: v.clone() for k, v in model.state_dict().items()}))
+    history = trainer.fit()
+    assert [r.get("skipped", False) for r in history] == [False, True, False]
+    assert "step 2: non-finite loss nan, update skipped (on_nan=skip)" in said
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[1][k], weights[2][k]) for k in weights[1])
+    assert [r["lr"] for r in history] == [r["lr"] for r in QATrainer(TinyQA(), qa_config(tmp_path / "ok", epochs=1), qa_examples(), log=None).fit()]

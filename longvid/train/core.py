@@ -64,11 +64,12 @@ class Optimization:
     Only parameters with ``requires_grad`` train; gradients are clipped to ``config.clip_grad``
     (0/None: not clipped) and averaged over ranks when ``average_gradients`` (models that are
     not wrapped in DDP). ``out_dir`` holds the run's checkpoints (named when a NaN stops it);
-    ``norm_order``: see :meth:`_clipped`."""
+    ``say`` prints a skipped update; ``norm_order``: see :meth:`_clipped`."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, total_steps: int, device: torch.device,
-                 out_dir: str | None, average_gradients: bool = False, norm_order: str = "model"):
-        self.config, self.out_dir = config, out_dir
+                 out_dir: str | None, say: Callable[[str], None] | None = None, average_gradients: bool = False,
+                 norm_order: str = "model"):
+        self.config, self.out_dir, self.say = config, out_dir, say
         self.device = device
         self.average_gradients = average_gradients
         self.optimizer = build_optimizer(model, config)
@@ -102,8 +103,9 @@ class Optimization:
 
     def update(self, loss: torch.Tensor, where: str) -> str | None:
         """Backward, clip and step the optimizer and the schedule. Returns None, or what was
-        not finite (``"loss nan"``, ``"gradient"``) when the update was skipped (``on_nan="skip"``);
-        with ``on_nan="stop"`` that raises, naming ``where`` and the last good checkpoint."""
+        not finite (``"loss nan"``, ``"gradient"``) when the update was skipped (``on_nan="skip"``,
+        said with ``where``); with ``on_nan="stop"`` that raises, naming ``where`` and the last
+        good checkpoint."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -136,6 +138,8 @@ class Optimization:
         if self.scaler is not None:
             self.scaler.update()
         self.scheduler.step()
+        if self.say is not None:
+            self.say(f"{where}: non-finite {what}, update skipped (on_nan=skip)")
         return what
 
     def advance_schedule(self) -> None:
@@ -248,9 +252,9 @@ class TaskTrainer:
         self.dist = dist or DistInfo()
         self.model = model.to(self.dist.device)
         self.task, self.config, self.total_steps, self.out_dir = task, config, total_steps, out_dir
-        self.optimization = Optimization(self.model, config, total_steps, self.dist.device, out_dir,
-                                         average_gradients=self.dist.enabled, norm_order=norm_order)
         self.run_log = RunLog(out_dir, self.dist.is_main, log)
+        self.optimization = Optimization(self.model, config, total_steps, self.dist.device, out_dir, self.run_log.say,
+                                         average_gradients=self.dist.enabled, norm_order=norm_order)
         self.on_step = on_step
         self.step = 0
         self.history: list[dict] = []
@@ -281,7 +285,6 @@ class TaskTrainer:
                   "examples": self.task.size(batch), "seconds": time.perf_counter() - started}
         if skipped is not None:
             record["skipped"] = True
-            self.run_log.say(f"step {self.step}: non-finite {skipped}, update skipped (on_nan=skip)")
         return record
 
     def _record(self, record: dict) -> None:

@@ -118,7 +118,7 @@ class Trainer:
         total_clips = sum(train_source.num_clips(v) for v in range(len(train_source)))
         self.steps_per_epoch = -(-total_clips // (config.batch_size * self.dist.world_size))
         self.total_steps = config.epochs * self.steps_per_epoch
-        self.optimization = Optimization(self.model, config, self.total_steps, self.device, config.out_dir)  # DDP averages
+        self.optimization = Optimization(self.model, config, self.total_steps, self.device, config.out_dir, self.run_log.say)  # DDP averages
         self.drop_generator = torch.Generator().manual_seed(config.seed * 7919 + self.dist.rank)
         self.step, self.epoch, self.state = 0, 0, None
         self.history: list[dict] = []
@@ -184,7 +184,6 @@ class Trainer:
         skipped = self.optimization.update(loss, f"step {self.step + 1} (epoch {self.epoch})")
         if skipped is not None:  # on_nan="skip": no update; the memory from before the step is kept
             self.state = state.detach()
-            self.run_log.say(f"step {self.step + 1}: non-finite {skipped}, update skipped (on_nan=skip)")
             return {"loss": float("nan"), "clips": 0, "lr": self.optimization.lr, "skipped": True}
         self.state = new_state  # detached by StreamStep: no graph kept across steps
         count = valid.sum().float()
