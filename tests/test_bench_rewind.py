@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import math
 
 import pytest
@@ -60,8 +61,11 @@ def test_qa_answer_loss_falls_and_is_checkpointed(tmp_path):
                          out_dir=str(tmp_path / "run"))
     assert losses[-1] < 0.7 * losses[0]
     tensors, record = load_checkpoint(str(tmp_path / "run"))
-    assert any("lora_" in name for name in tensors) and not any(name.startswith("encoder.") for name in tensors)
-    assert record["losses"] == losses
+    weights = [name for name in tensors if name.startswith("model.")]
+    assert any("lora_" in name for name in weights) and not any(name.startswith("model.encoder.") for name in weights)
+    assert (record["task"], record["step"]) == ("ReWind stage", 20)
+    logged = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    assert [r["loss"] for r in logged] == losses and [r["step"] for r in logged] == list(range(1, 21))
 
 
 def test_stage1_trains_only_the_perceiver(grounding_data):

@@ -12,14 +12,9 @@ all memory. Any model with ``out, state = model(clip, state, memory_keep=...)``,
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import random
-import re
 import resource
 import time
-import warnings
 from typing import Callable
 
 import torch
@@ -27,12 +22,11 @@ from torch import nn
 
 from longvid.errors import LongvidError
 from longvid.eval.metrics import epic_accuracy, topk_accuracy
-from longvid.fileio import write_lines_atomically
 from longvid.train import checkpoint as ckpt
 from longvid.train.config import TrainConfig
+from longvid.train.core import Optimization, RunLog
 from longvid.train.distributed import DistInfo, all_gather_objects, all_reduce
 from longvid.train.losses import stream_loss
-from longvid.train.optim import build_optimizer, build_scheduler
 from longvid.train.sampler import StreamSampler
 from longvid.video.datasets import ClipSource
 
@@ -114,7 +108,8 @@ class Trainer:
         self.net = self._wrap(self.model)
         self.train_source, self.val_source = train_source, val_source
         self.class_freq = class_freq or {}
-        self.on_step, self.log = on_step, (log if self.dist.is_main else None)
+        self.on_step = on_step
+        self.run_log = RunLog(config.out_dir, self.dist.is_main, log)
         self.memory_len = memory_length(model)
         self.sampler = StreamSampler(
             train_source, config.batch_size, config.clips_per_video(0), config.shuffle, config.seed,
@@ -123,14 +118,10 @@ class Trainer:
         total_clips = sum(train_source.num_clips(v) for v in range(len(train_source)))
         self.steps_per_epoch = -(-total_clips // (config.batch_size * self.dist.world_size))
         self.total_steps = config.epochs * self.steps_per_epoch
-        self.optimizer = build_optimizer(self.model, config)
-        self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
-        self.amp_dtype = self._amp_dtype()
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.optimization = Optimization(self.model, config, self.total_steps, self.device, config.out_dir, self.run_log.say)  # DDP averages
         self.drop_generator = torch.Generator().manual_seed(config.seed * 7919 + self.dist.rank)
         self.step, self.epoch, self.state = 0, 0, None
         self.history: list[dict] = []
-        self._jsonl = os.path.join(config.out_dir, "log.jsonl")
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -142,19 +133,6 @@ class Trainer:
         return nn.parallel.DistributedDataParallel(
             step, device_ids=device_ids, find_unused_parameters=self.config.find_unused_parameters
         )
-
-    def _amp_dtype(self) -> torch.dtype | None:
-        amp = self.config.amp
-        if amp == "off" or (amp == "auto" and self.device.type != "cuda"):
-            return None
-        if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
-            return torch.float16
-        return torch.bfloat16
-
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # -- training --------------------------------------------------------------------------
 
@@ -196,55 +174,21 @@ class Trainer:
         valid = self._loss_mask(batch).to(self.device)
         if int(all_reduce(valid.sum().float())) == 0:  # no rank has a loss: the clips only write memory
             return self._memory_step(clips, state, kwargs, int(all_reduce(batch.valid.sum().float())))
-        with self._autocast():
+        with self.optimization.autocast():
             out, new_state = self.net(clips, state, **kwargs)
             loss = stream_loss(
                 out, targets, valid, kind=self.config.loss, label_smoothing=self.config.label_smoothing,
                 class_freq=self.class_freq, eql_lambda=self.config.eql_lambda,
             )  # fmt: skip
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad or float("inf"))
-        lr = self.optimizer.param_groups[0]["lr"]
-        # fp16: the scaler skips steps with inf gradients itself; otherwise a non-finite loss
-        # or gradient would poison the weights
-        finite = bool(torch.isfinite(loss.detach())) and (self.scaler is not None or bool(torch.isfinite(grad_norm)))
-        if int(all_reduce(torch.tensor([float(finite)], device=self.device), "min")) == 0:
-            return self._non_finite_step(loss, state)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
+        lr = self.optimization.lr
+        skipped = self.optimization.update(loss, f"step {self.step + 1} (epoch {self.epoch})")
+        if skipped is not None:  # on_nan="skip": no update; the memory from before the step is kept
+            self.state = state.detach()
+            return {"loss": float("nan"), "clips": 0, "lr": self.optimization.lr, "skipped": True}
         self.state = new_state  # detached by StreamStep: no graph kept across steps
         count = valid.sum().float()
         totals = all_reduce(torch.stack([loss.detach().float() * count, count, batch.valid.sum().float().to(self.device)]))
         return {"loss": (totals[0] / totals[1]).item(), "clips": int(totals[2]), "lr": lr}
-
-    def _non_finite_step(self, loss: torch.Tensor, state) -> dict:
-        """A step whose loss or gradient is NaN/inf on some rank: ``on_nan="stop"`` raises
-        (nothing is saved, so the last checkpoint stays the last good one); ``"skip"`` drops
-        the update, keeps the memory from before the step and advances the schedule."""
-        what = f"loss {loss.item():g}" if not torch.isfinite(loss) else "gradient"
-        if self.config.on_nan == "stop":
-            found = ckpt.list_checkpoints(self.config.out_dir)
-            kept = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was written yet"
-            raise LongvidError(
-                f"non-finite {what} at step {self.step + 1} (epoch {self.epoch}): stopped; {kept} "
-                "(lower lr, or set on_nan=skip to skip such steps)"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.update()
-        self.scheduler.step()
-        self.state = state.detach()
-        self._print(f"step {self.step + 1}: non-finite {what}, update skipped (on_nan=skip)")
-        return {"loss": float("nan"), "clips": 0, "lr": self.optimizer.param_groups[0]["lr"], "skipped": True}
 
     def _loss_mask(self, batch) -> torch.Tensor:
         """Bool ``(B,)``: slots whose clip carries a loss (``loss_clips="last"``: only the
@@ -258,20 +202,18 @@ class Trainer:
     def _memory_step(self, clips: torch.Tensor, state, kwargs: dict, count: int) -> dict:
         """A step without any loss: forward under no_grad to carry the memory on; the
         learning-rate schedule still advances (it counts steps)."""
-        with self._autocast():
+        with self.optimization.autocast():
             _, self.state = self.net(clips, state, **kwargs)
-        lr = self.optimizer.param_groups[0]["lr"]
-        with warnings.catch_warnings():  # stepping the schedule before any optimizer step is intended here
-            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-            self.scheduler.step()
+        lr = self.optimization.lr
+        self.optimization.advance_schedule()
         return {"loss": float("nan"), "clips": count, "lr": lr}
 
     def _end_epoch(self) -> None:
         finished = self.epoch
         if self.val_source is not None and self.config.eval_every and (finished + 1) % self.config.eval_every == 0:
             metrics = self.evaluate()
-            self._write({"epoch": finished, "step": self.step, "eval": metrics})
-            self._print(f"epoch {finished} eval " + " ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+            self.run_log.write({"epoch": finished, "step": self.step, "eval": metrics})
+            self.run_log.say(f"epoch {finished} eval " + " ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
         self.epoch += 1
         self.sampler.set_epoch(self.epoch, self.config.clips_per_video(self.epoch))
         self.state = None
@@ -291,34 +233,14 @@ class Trainer:
         if result.get("skipped"):
             record["skipped"] = True
         self.history.append(record)
-        self._write(record)
+        self.run_log.write(record)
         if self.on_step is not None:
             self.on_step(record)
         if self.step % self.config.log_every == 0:
-            self._print(
+            self.run_log.say(
                 f"step {self.step}/{self.total_steps} epoch {self.epoch} loss {loss:.4f} lr {record['lr']:.2e} "
                 f"{record['clips_per_s']:.1f} clips/s mem {record['peak_mem_mb']:.0f} MB"
             )
-
-    def _write(self, record: dict) -> None:
-        if self.dist.is_main:
-            os.makedirs(self.config.out_dir, exist_ok=True)
-            with open(self._jsonl, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def _truncate_log(self) -> None:
-        """Drop the log records written after the checkpoint being resumed (their steps run again)."""
-        if not (self.dist.is_main and os.path.exists(self._jsonl)):
-            return
-        with open(self._jsonl, encoding="utf-8") as f:
-            lines = f.readlines()
-        kept = [line for line in lines if line.endswith("\n") and _step_of(line) <= self.step]
-        if len(kept) != len(lines):
-            write_lines_atomically(self._jsonl, kept)
-
-    def _print(self, text: str) -> None:
-        if self.log is not None:
-            self.log(text)
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -342,16 +264,14 @@ class Trainer:
             layouts.append(layout)
         if not self.dist.is_main:
             return None
-        opt_layout = ckpt.flatten(self.optimizer.state_dict(), "optimizer", tensors)
+        optimization = self.optimization.state(tensors)
         tensors.update({f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()})
         record = {
             "config": self.config.to_json(),
             "step": self.step,
             "epoch": self.epoch,
             "world_size": self.dist.world_size,
-            "optimizer": opt_layout,
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            **optimization,
             "ranks": layouts,
         }
         return ckpt.save_checkpoint(self.config.out_dir, self.step, tensors, record)
@@ -378,13 +298,10 @@ class Trainer:
                 "use the same number of processes"
             )
         self.model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-        self.optimizer.load_state_dict(ckpt.unflatten(record["optimizer"], tensors, self.device))
-        self.scheduler.load_state_dict(record["scheduler"])
-        if self.scaler is not None and record["scaler"]:
-            self.scaler.load_state_dict(record["scaler"])
+        self.optimization.load_state(record, tensors)
         self.step, self.epoch = record["step"], record["epoch"]
-        self._truncate_log()
-        self._print(f"resumed from {base} (step {self.step}, epoch {self.epoch})")
+        self.run_log.truncate(self.step)
+        self.run_log.say(f"resumed from {base} (step {self.step}, epoch {self.epoch})")
         prefix = f"rank{self.dist.rank}."
         mine = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         layout = record["ranks"][self.dist.rank]
@@ -395,14 +312,6 @@ class Trainer:
         self.drop_generator.set_state(mine["rng.drop"])
         if "rng.cuda" in mine:
             torch.cuda.set_rng_state(mine["rng.cuda"], self.device)
-
-
-def _step_of(line: str) -> float:
-    """The step of a log.jsonl line (inf for a line that is not a record: dropped on resume)."""
-    try:
-        return json.loads(line).get("step", float("inf"))
-    except (json.JSONDecodeError, AttributeError):
-        return float("inf")
 
 
 @torch.no_grad()

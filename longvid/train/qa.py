@@ -1,12 +1,11 @@
-"""Question-answering training through a language model (MA-LMM-style models).
+"""Question-answering training through a language model (MA-LMM-style models): a task of the core.
 
-The stream engine (:mod:`longvid.train.loop`) trains classifiers clip by clip with a
-loss on logits. A video-LLM is trained differently: it watches a whole video and the
-loss is next-token cross-entropy on the answer text, computed by the model itself
-(``loss = model.loss(frames, prompts, answers)``, e.g. :meth:`MALMM.loss`, where the
-encoder and the LLM are frozen and only the Q-Former side learns). This module is that
-small loop; it reuses the engine's seeding, optimizer (AdamW/SGD, no decay on 1-D
-parameters), warm-up + cosine schedule, gradient clipping and checkpoint format.
+A video-LLM watches a whole video and its loss is next-token cross-entropy on the answer
+text, computed by the model itself (``loss = model.loss(frames, prompts, answers)``, e.g.
+:meth:`MALMM.loss`, where the encoder and the LLM are frozen and only the Q-Former side
+learns). :class:`QATask` is that task for the training core (:class:`longvid.train.core.TaskTrainer`:
+optimizer, warm-up + cosine schedule, gradient clipping, AMP, NaN handling, checkpoints,
+resume, log.jsonl); :class:`QATrainer` runs it from a :class:`TrainConfig`.
 
 Examples are :class:`QAExample` (a video's frames or cached encoder tokens, a prompt and
 an answer). The order of examples in epoch ``e`` depends only on ``(config.seed, e)``,
@@ -15,18 +14,17 @@ so ``fit(resume=True)`` continues a run exactly where its last checkpoint left i
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from longvid.errors import LongvidError
-from longvid.train import checkpoint as ckpt
 from longvid.train.config import TrainConfig
+from longvid.train.core import TaskTrainer
+from longvid.train.distributed import DistInfo
 from longvid.train.loop import seed_everything
-from longvid.train.optim import build_optimizer, build_scheduler
 
 
 @dataclass
@@ -55,13 +53,56 @@ def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool = True) 
     return torch.randperm(num_examples, generator=generator).tolist()
 
 
-class QATrainer:
+class QATask:
+    """Answer cross-entropy ``model.loss(frames, prompts, answers)`` on epochs of ``examples``.
+
+    Each epoch is :func:`epoch_order`; with several ranks, rank ``r`` takes every ``world``-th
+    example of it from ``r`` (the same number on every rank: the remainder is left out).
+    Batches hold ``batch_size`` examples (an epoch's last one may be smaller)."""
+
+    name = "QA"
+
+    def __init__(self, examples: Sequence[QAExample], batch_size: int, seed: int, shuffle: bool = True,
+                 device: torch.device = torch.device("cpu"), rank: int = 0, world_size: int = 1):
+        if not examples:
+            raise LongvidError("no training examples")
+        self.examples, self.batch_size, self.seed, self.shuffle = list(examples), batch_size, seed, shuffle
+        self.device, self.rank, self.world_size = device, rank, world_size
+        self.per_rank = len(self.examples) // world_size
+        if self.per_rank == 0:
+            raise LongvidError(f"{len(self.examples)} examples cannot be shared by {world_size} processes")
+        self.steps_per_epoch = -(-self.per_rank // batch_size)
+
+    def epoch(self, epoch: int) -> list[int]:
+        """This rank's example indices in ``epoch``, in order."""
+        order = epoch_order(len(self.examples), self.seed, epoch, self.shuffle)
+        return order[self.rank :: self.world_size][: self.per_rank]
+
+    def batch(self, step: int) -> list[QAExample]:
+        epoch, position = divmod(step, self.steps_per_epoch)
+        first = position * self.batch_size
+        return [self.examples[i] for i in self.epoch(epoch)[first : first + self.batch_size]]
+
+    def loss(self, model: nn.Module, batch: Sequence[QAExample]) -> torch.Tensor:
+        frames, prompts, answers = stack_examples(batch)
+        return model.loss(frames.to(self.device), prompts, answers)
+
+    def size(self, batch: Sequence[QAExample]) -> int:
+        return len(batch)
+
+
+class QATrainer(TaskTrainer):
     """Trains ``model`` (with ``model.loss(frames, prompts, answers) -> scalar``) on QA examples.
 
-    Uses of ``config``: ``batch_size``, ``epochs``, ``max_steps``, ``shuffle``, ``seed``,
-    ``optimizer``, ``lr``, ``min_lr``, ``momentum``, ``weight_decay``, ``warmup_steps``,
-    ``clip_grad``, ``log_every``, ``checkpoint_every``, ``out_dir``; the data and
-    classification fields are ignored. Only parameters with ``requires_grad`` train.
+    Uses of ``config``: ``batch_size`` (per process), ``epochs``, ``max_steps``, ``shuffle``,
+    ``seed``, ``optimizer``, ``lr``, ``min_lr``, ``momentum``, ``weight_decay``,
+    ``warmup_steps``, ``clip_grad``, ``amp``, ``on_nan``, ``log_every``, ``checkpoint_every``,
+    ``out_dir``; the data and classification fields are ignored. Only parameters with
+    ``requires_grad`` train.
+
+    Construction seeds the global RNG with ``config.seed`` (Python's and torch's, as
+    :func:`seed_everything`), as this trainer always did: the recorded MA-LMM benchmark figures
+    depend on it (the next system's random weights are drawn after it).
     """
 
     def __init__(
@@ -72,103 +113,15 @@ class QATrainer:
         on_step: Callable[[dict], None] | None = None,
         log: Callable[[str], None] | None = print,
         device: str | torch.device = "cpu",
+        dist: DistInfo | None = None,
     ):
-        if not examples:
-            raise LongvidError("no training examples")
-        self.config = config.validate()
-        self.device = torch.device(device)
-        self.model = model.to(self.device)
-        self.examples = list(examples)
-        self.on_step, self.log = on_step, log
+        config = config.validate()
+        dist = dist or DistInfo(device=torch.device(device))
+        task = QATask(examples, config.batch_size, config.seed, config.shuffle, dist.device, dist.rank, dist.world_size)
         if not any(p.requires_grad for p in model.parameters()):
-            raise LongvidError("the model has no trainable parameters")
+            raise LongvidError("nothing to train: the model has no trainable parameters (none requires grad)")
         seed_everything(config.seed)
-        self.steps_per_epoch = -(-len(self.examples) // config.batch_size)
-        self.total_steps = config.epochs * self.steps_per_epoch
+        total_steps = config.epochs * task.steps_per_epoch
         if config.max_steps is not None:
-            self.total_steps = min(self.total_steps, config.max_steps)
-        self.optimizer = build_optimizer(self.model, config)
-        self.scheduler = build_scheduler(self.optimizer, config, self.total_steps)
-        self.step = 0
-        self.history: list[dict] = []
-
-    def batches(self, epoch: int, skip: int = 0) -> Iterator[list[QAExample]]:
-        """Batches of ``epoch`` (the last one may be smaller), after the first ``skip``."""
-        order = epoch_order(len(self.examples), self.config.seed, epoch, self.config.shuffle)
-        size = self.config.batch_size
-        for first in range(skip * size, len(order), size):
-            yield [self.examples[i] for i in order[first : first + size]]
-
-    def fit(self, resume: bool = False) -> list[dict]:
-        """Train until ``total_steps``; with ``resume``, continue from the latest checkpoint
-        in ``out_dir`` if any. Returns the step records (loss, lr, seconds)."""
-        if resume and ckpt.list_checkpoints(self.config.out_dir):
-            self.load(self.config.out_dir)
-        while self.step < self.total_steps:
-            epoch, position = divmod(self.step, self.steps_per_epoch)
-            for batch in self.batches(epoch, skip=position):
-                self._record(self.train_step(batch))
-                if self.step % self.config.checkpoint_every == 0 or self.step == self.total_steps:
-                    self.save()
-                if self.step == self.total_steps:
-                    break
-        return self.history
-
-    def train_step(self, batch: Sequence[QAExample]) -> dict:
-        """One optimizer step on a batch; returns its loss, size and learning rate."""
-        started = time.perf_counter()
-        self.model.train()
-        frames, prompts, answers = stack_examples(batch)
-        loss = self.model.loss(frames.to(self.device), prompts, answers)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.clip_grad:
-            nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.config.clip_grad)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
-        return {"step": self.step, "loss": loss.item(), "lr": lr, "examples": len(batch), "seconds": time.perf_counter() - started}
-
-    def _record(self, record: dict) -> None:
-        self.history.append(record)
-        if self.on_step is not None:
-            self.on_step(record)
-        if self.log is not None and self.step % self.config.log_every == 0:
-            self.log(f"step {self.step}/{self.total_steps} loss {record['loss']:.4f} lr {record['lr']:.2e}")
-
-    # -- checkpoints ------------------------------------------------------------------------
-
-    def _trainable_state(self) -> dict[str, torch.Tensor]:
-        """The weights a checkpoint holds: ``model.trainable_state_dict()`` when the model
-        has one (frozen encoder and LLM left out), else the whole state dict."""
-        getter = getattr(self.model, "trainable_state_dict", None)
-        return getter() if callable(getter) else self.model.state_dict()
-
-    def save(self) -> str:
-        """Write ``out_dir/step_XXXXXXXX`` (trainable weights, optimizer, schedule, step, RNG state)."""
-        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self._trainable_state().items()}
-        tensors["rng.torch"] = torch.get_rng_state()  # dropout continues identically on resume
-        record = {
-            "config": self.config.to_json(),
-            "step": self.step,
-            "optimizer": ckpt.flatten(self.optimizer.state_dict(), "optimizer", tensors),
-            "scheduler": self.scheduler.state_dict(),
-            "kind": "qa",
-        }
-        return ckpt.save_checkpoint(self.config.out_dir, self.step, tensors, record)
-
-    def load(self, path: str) -> None:
-        """Restore weights, optimizer, schedule and step from a checkpoint written by
-        :meth:`save` (a base path, or a folder: its latest checkpoint)."""
-        tensors, record = ckpt.load_checkpoint(path)
-        if record.get("kind") != "qa":
-            raise LongvidError(f"{path} is not a QA training checkpoint")
-        weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        result = self.model.load_state_dict(weights, strict=False)
-        if result.unexpected_keys or set(weights) != set(self._trainable_state()):
-            raise LongvidError(f"{path} does not fit this model (unexpected {result.unexpected_keys[:3]})")
-        self.optimizer.load_state_dict(ckpt.unflatten(record["optimizer"], tensors, self.device))
-        self.scheduler.load_state_dict(record["scheduler"])
-        torch.set_rng_state(tensors["rng.torch"])
-        self.step = record["step"]
+            total_steps = min(total_steps, config.max_steps)
+        super().__init__(model, task, config, total_steps, config.out_dir, dist, on_step, log)
