@@ -40,6 +40,7 @@ from longvid.models.llm import CausalLM
 from longvid.models.malmm import MALMM, get_config
 from longvid.models.tiny import DEFAULT_WORDS, save_tiny_llm, save_tiny_vision
 from longvid.train.config import TrainConfig
+from longvid.train.loop import seed_everything
 from longvid.train.qa import QAExample, QATrainer
 
 SYSTEMS = ("malmm", "last", "concat")
@@ -190,6 +191,7 @@ def _run_system(system, spec, width, llm, train: RecallSet, test: RecallSet, cla
     examples = [QAExample(t, train.question, a) for t, a in zip(system_view(system, train.tokens, spec), train.answers)]
     config = replace(spec.train, out_dir=os.path.join(work_dir, f"run_{system}"))
     started = time.perf_counter()
+    seed_everything(config.seed)  # the recorded figures: dropout, and the next system's weights, draw from here
     history = QATrainer(model, config, examples, log=(lambda text: log(f"[{system}] {text}")) if log else None).fit()
     seconds = time.perf_counter() - started
     result = evaluate_system(model, system_view(system, test.tokens, spec), test.question, test.labels, classes)

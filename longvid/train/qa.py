@@ -24,7 +24,6 @@ from longvid.errors import LongvidError
 from longvid.train.config import TrainConfig
 from longvid.train.core import TaskTrainer
 from longvid.train.distributed import DistInfo
-from longvid.train.loop import seed_everything
 
 
 @dataclass
@@ -100,9 +99,8 @@ class QATrainer(TaskTrainer):
     ``out_dir``; the data and classification fields are ignored. Only parameters with
     ``requires_grad`` train.
 
-    Construction seeds the global RNG with ``config.seed`` (Python's and torch's, as
-    :func:`seed_everything`), as this trainer always did: the recorded MA-LMM benchmark figures
-    depend on it (the next system's random weights are drawn after it).
+    Like every library part, it leaves the global RNG alone: the caller seeds it (e.g.
+    :func:`~longvid.train.loop.seed_everything`) when dropout should be reproducible.
     """
 
     def __init__(
@@ -120,7 +118,6 @@ class QATrainer(TaskTrainer):
         task = QATask(examples, config.batch_size, config.seed, config.shuffle, dist.device, dist.rank, dist.world_size)
         if not any(p.requires_grad for p in model.parameters()):
             raise LongvidError("nothing to train: the model has no trainable parameters (none requires grad)")
-        seed_everything(config.seed)
         total_steps = config.epochs * task.steps_per_epoch
         if config.max_steps is not None:
             total_steps = min(total_steps, config.max_steps)
