@@ -66,5 +66,9 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
+    """Leave the process group. Every rank first waits for the others: a rank that tears its
+    group down while a peer still talks to it can abort the peer (gloo: "terminate called
+    without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
