@@ -235,7 +235,7 @@ def test_pool_frame_features_and_errors():
         get_config("rewind_huge")
     with pytest.raises(LongvidError, match="must equal llm_dim"):
         get_config("rewind_tiny", llm_dim=32)
-    with pytest.raises(LongvidError, match="unknown ReWind config field.*use_dfs"):
+    with pytest.raises(LongvidError, match="unknown config field.*use_dfs.* for ReWind preset"):
         get_config("rewind_tiny", use_dfs=False)
 
 

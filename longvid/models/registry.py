@@ -8,6 +8,7 @@ families a user does not touch.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 
@@ -29,6 +30,18 @@ class ModelInfo:
     name: str
     family: str
     description: str
+
+
+def preset_config(presets: dict, name: str, label: str, **overrides):
+    """``presets[name]`` with fields replaced by ``overrides``; an unknown preset or field is a
+    :class:`LongvidError` naming the choices (``label``: e.g. "model", "ReWind")."""
+    if name not in presets:
+        raise LongvidError(f"unknown {label} preset {name!r}: choose from {', '.join(sorted(presets))}")
+    fields = {f.name for f in dataclasses.fields(presets[name])}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise LongvidError(f"unknown config field(s) {', '.join(unknown)} for {label} preset {name!r}: fields are {', '.join(sorted(fields))}")
+    return dataclasses.replace(presets[name], **overrides)
 
 
 def _family_module(family: str):

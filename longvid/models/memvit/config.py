@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from longvid.errors import LongvidError
+from longvid.models.registry import preset_config
 from longvid.models.memvit.memory import KVMemorySpec
 
 Size3 = tuple[int, int, int]
@@ -159,13 +160,7 @@ PRESETS: dict[str, MeMViTConfig] = {
 
 def get_config(name: str, **overrides) -> MeMViTConfig:
     """A preset's config with fields replaced by ``overrides``."""
-    if name not in PRESETS:
-        raise LongvidError(f"unknown model preset {name!r}: choose from {', '.join(sorted(PRESETS))}")
-    fields = {f.name for f in dataclasses.fields(MeMViTConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise LongvidError(f"unknown config field(s) {', '.join(unknown)} for {name!r}: fields are {', '.join(sorted(fields))}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    return preset_config(PRESETS, name, "model", **overrides)
 
 
 def describe(name: str) -> str:

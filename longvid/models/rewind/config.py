@@ -8,10 +8,10 @@ has tiny widths and the same structure, and builds its own tiny random backbones
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from longvid.errors import LongvidError
+from longvid.models.registry import preset_config
 
 
 @dataclass(frozen=True)
@@ -83,13 +83,7 @@ TINY_BACKBONES: dict[str, dict[str, dict]] = {
 
 def get_config(name: str, **overrides) -> RewindConfig:
     """A preset by name, with fields replaced by ``overrides``."""
-    if name not in PRESETS:
-        raise LongvidError(f"unknown ReWind preset {name!r}; choose from {', '.join(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(RewindConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise LongvidError(f"unknown ReWind config field(s) {', '.join(unknown)}: fields are {', '.join(sorted(fields))}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    return preset_config(PRESETS, name, "ReWind", **overrides)
 
 
 def describe(name: str) -> str:
