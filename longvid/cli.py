@@ -305,8 +305,11 @@ def _check_stream_args(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from longvid.train import load_config
+    from longvid.train.rewind_run import cli_train, is_rewind_preset
     from longvid.train.run import train
 
+    if is_rewind_preset(args.config):
+        return cli_train(args)
     config = load_config(args.config, args.overrides)
     history = train(config, resume=args.resume, progress=not args.quiet)
     if history:
@@ -316,8 +319,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from longvid.train import load_config
+    from longvid.train.rewind_run import cli_eval, is_rewind_preset
     from longvid.train.run import evaluate_checkpoint
 
+    if is_rewind_preset(args.config):
+        return cli_eval(args)
     config = load_config(args.config, args.overrides)
     metrics = evaluate_checkpoint(config, args.checkpoint or config.out_dir, args.pooling, progress=not args.quiet)
     print(json.dumps(metrics) if args.json else "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
