@@ -161,6 +161,8 @@ def _check_ask_args(args: argparse.Namespace) -> None:
         raise LongvidError(f"ask --model {args.model} needs trained weights (--weights FILE): without them the "
                            f"{TRAINED_PARTS[args.model]} are random and the answer is noise "
                            f"(--allow-untrained runs it anyway)")
+    if args.model == "rewind" and args.checkpoint is not None and not args.allow_untrained:
+        _check_trained("rewind_paper", args.checkpoint, False, "ask", "--weights FILE")
     for flag, value in (("--frames", args.frames), ("--keep-every", args.keep_every), ("--max-new-tokens", args.max_new_tokens)):
         if value < 1:
             raise LongvidError(f"{flag} must be >= 1, got {value}")
@@ -168,6 +170,26 @@ def _check_ask_args(args: argparse.Namespace) -> None:
         raise LongvidError(f"--fps must be > 0, got {args.fps:g}")
     if args.time is not None and not args.time >= 0:
         raise LongvidError(f"--time must be >= 0 seconds, got {args.time:g}")
+
+
+def _check_trained(preset: str | None, checkpoint: str | None, allow_untrained: bool, command: str, flag: str) -> None:
+    """An MA-LMM or ReWind preset answers only with trained weights: a ``checkpoint``, and (ReWind
+    weights with their JSON record) one that went through a training stage; else a one-line error
+    unless ``allow_untrained``."""
+    from longvid.models.registry import family_of
+
+    if allow_untrained or preset is None or family_of(preset) == "memvit":
+        return
+    family = family_of(preset)
+    if checkpoint is None:
+        raise LongvidError(f"{command} --model {preset} needs trained weights ({flag}): without them the "
+                           f"{TRAINED_PARTS[family]} are random and the answers are noise (--allow-untrained runs it anyway)")
+    if family == "rewind":
+        from longvid.models.rewind.weights import trained_stages
+
+        if trained_stages(checkpoint) == []:
+            raise LongvidError(f"{checkpoint}: its record says these ReWind weights were never trained (no stage); "
+                               f"--allow-untrained runs them anyway")
 
 
 def _ask_rewind(args: argparse.Namespace) -> int:
@@ -296,6 +318,7 @@ def _check_stream_args(args: argparse.Namespace) -> None:
         raise LongvidError("--every/--at say when to answer: give the question with --ask")
     if args.ask:
         AskSettings(tuple(args.ask), every=args.every, at=_times(args.at), fps=args.fps)  # checks them
+        _check_trained(args.model, args.checkpoint, args.allow_untrained, "stream", "--checkpoint FILE")
         if args.save_scores or args.aggregate != "none":
             raise LongvidError("--save-scores/--aggregate are for classification models, not --ask")
 
@@ -554,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--fps", type=float, default=1.0, help="--ask: frames read per second of video (default 1)")
     sub.add_argument("--encoder", default=None, help="MA-LMM/ReWind: image encoder path or hub id (default: the preset's)")
     sub.add_argument("--llm", default=None, help="MA-LMM/ReWind: language model path or hub id (default: the preset's)")
+    sub.add_argument("--allow-untrained", action="store_true",
+                     help="--ask: run an MA-LMM/ReWind preset without trained weights (its answers are noise)")
     sub.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
     sub = command("demo", cmd_demo, "Write a demo video, print its info and stream its clips.")

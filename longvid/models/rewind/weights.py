@@ -66,6 +66,14 @@ def read_weights_config(path: str | os.PathLike) -> dict:
     return record
 
 
+def trained_stages(path: str | os.PathLike) -> list[str] | None:
+    """The training stages weights file ``path`` went through, from its JSON record (None: no record
+    beside it, e.g. a file written by hand)."""
+    if not os.path.isfile(config_path(path)):
+        return None
+    return list(read_weights_config(path).get("stages", []))
+
+
 def load_weights(path: str | os.PathLike, encoder=None, llm=None, device=None, selector=None):
     """The ReWind model of weights file ``path``: its preset on the frozen parts its JSON names
     (``encoder`` / ``llm``: a path, hub id or module instead, e.g. a local copy), the trained
