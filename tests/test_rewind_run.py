@@ -215,3 +215,24 @@ def test_stage_and_data_must_agree(work, tmp_path, capsys):
     assert main(["train", "rewind_tiny", "stage=2", f"data={work['charades_train']}", f"video_root={work['videos']}",
                  f"out_dir={tmp_path}", "--quiet"]) == 1
     assert "stage=2 trains on qa data" in capsys.readouterr().err
+
+
+def test_a_run_on_local_parts_answers_in_stream(work, tmp_path, capsys):
+    """Train on a SigLIP tower and a Qwen2 LM saved locally (encoder= / llm= by path); `stream --ask`
+    then answers with the run's weights, and refuses the same preset without them."""
+    from longvid.models.tiny import save_tiny_llm, save_tiny_vision
+
+    with torch.random.fork_rng(devices=[]):
+        vision = save_tiny_vision(str(tmp_path / "siglip"), arch="siglip", image_size=32, patch=8, hidden=32)
+        llm = save_tiny_llm(str(tmp_path / "qwen2"), arch="qwen2", hidden=64, layers=1)
+    out = tmp_path / "run"
+    rewind_run.train("rewind_tiny", ["stage=grounding", f"data={work['charades_train']}", f"video_root={work['videos']}",
+                                     "max_steps=1", f"encoder={vision}", f"llm={llm}", f"out_dir={out}"], progress=False)
+    assert json.loads((out / "rewind.json").read_text())["llm"] == llm
+    video = str(work["videos"] / "AO8RW.mp4")
+    stream = ["stream", video, "--model", "rewind_tiny", "--encoder", vision, "--llm", llm, "--ask", "what is it?", "--quiet"]
+    assert main([*stream, "--out", str(tmp_path / "none.jsonl")]) == 1
+    assert "needs trained weights" in capsys.readouterr().err
+    assert main([*stream, "--checkpoint", str(out / "rewind.safetensors"), "--out", str(tmp_path / "a.jsonl")]) == 0
+    answers = [json.loads(line) for line in open(tmp_path / "a.jsonl")]
+    assert any("answer" in r and r["question"] == "what is it?" for r in answers)

@@ -81,6 +81,11 @@ def load_weights(path: str | os.PathLike, encoder=None, llm=None, device=None, s
     from longvid.models.rewind.model import build_model
 
     record = read_weights_config(path)
-    return build_model(record["preset"], encoder=encoder if encoder is not None else record["encoder"],
-                       llm=llm if llm is not None else record["llm"], checkpoint=path, selector=selector,
-                       seed=int(record.get("seed", 0)), device=device)
+    try:
+        return build_model(record["preset"], encoder=encoder if encoder is not None else record["encoder"],
+                           llm=llm if llm is not None else record["llm"], checkpoint=path, selector=selector,
+                           seed=int(record.get("seed", 0)), device=device)
+    except RuntimeError as err:  # load_state_dict: a tensor of another shape (other backbones' widths)
+        first = str(err).split("size mismatch for ", 1)[-1].split(":", 1)[0]
+        raise LongvidError(f"{os.fspath(path)}: these weights do not fit the model built on the given encoder/LLM "
+                           f"(size mismatch for {first})") from None
