@@ -77,3 +77,34 @@ def test_ask_refuses_weights_recorded_as_untrained(parts, tmp_path, capsys):
     assert main(args) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "never trained" in err and "--allow-untrained" in err
+
+
+def test_the_eva_tower_of_an_instructblip_checkpoint_is_the_image_encoder(parts, tmp_path):
+    """ReWind's paper encoder is EVA ViT-g, which transformers holds inside BLIP-2/InstructBLIP:
+    the tower alone is read out of the composite checkpoint (and out of a tower saved alone)."""
+    from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration
+
+    from longvid.models.rewind.parts import image_encoder
+    from longvid.models.tiny import tiny_llm_model
+
+    text = tiny_llm_model(hidden=32, layers=1).config.to_dict()
+    config = InstructBlipConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=32, patch_size=8),
+        qformer_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, encoder_hidden_size=32),
+        text_config=text, num_query_tokens=4)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        full = InstructBlipForConditionalGeneration(config).eval()
+    full.save_pretrained(tmp_path / "iblip")
+    full.vision_model.save_pretrained(tmp_path / "tower")
+    frames = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = full.vision_model(pixel_values=(frames - 0.5) / 0.5).last_hidden_state  # (2, 17, 32)
+    for path in (tmp_path / "iblip", tmp_path / "tower"):
+        encoder = image_encoder(str(path))
+        encoder.mean, encoder.std = (0.5,) * 3, (0.5,) * 3  # no preprocessor_config.json saved: CLIP's stats otherwise
+        assert torch.allclose(encoder.encode_frames(frames), expected, atol=1e-6), path
+    model = build_model("rewind_tiny", encoder=image_encoder(str(tmp_path / "iblip")), llm=parts["llm"])
+    assert model.config.memory.vision_dim == 32
+    out, _ = model(model.dummy_inputs(1), model.init_state(1))
+    assert out["memory_tokens"].shape[:2] == (1, model.config.clip_frames)

@@ -185,11 +185,13 @@ def build_run_model(config: RewindRunConfig, device=None, weights: str | None = 
     (``config.encoder`` / ``llm`` replace them), else fresh from the preset; returns
     ``(model, stages the weights went through)``."""
     from longvid.models.rewind import build_model
+    from longvid.models.rewind.parts import image_encoder
     from longvid.models.rewind.weights import load_weights, read_weights_config
 
     source = weights or config.init
     if source is None:
-        return build_model(config.model, encoder=config.encoder, llm=config.llm, seed=config.model_seed, device=device), []
+        encoder = image_encoder(config.encoder, device) if config.encoder else None
+        return build_model(config.model, encoder=encoder, llm=config.llm, seed=config.model_seed, device=device), []
     record = read_weights_config(source)
     if record["preset"] != config.model:
         raise LongvidError(f"{source} holds {record['preset']} weights, not {config.model} (set model={record['preset']})")

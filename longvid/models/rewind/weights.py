@@ -79,10 +79,14 @@ def load_weights(path: str | os.PathLike, encoder=None, llm=None, device=None, s
     (``encoder`` / ``llm``: a path, hub id or module instead, e.g. a local copy), the trained
     weights loaded (a missing or unexpected tensor is an error)."""
     from longvid.models.rewind.model import build_model
+    from longvid.models.rewind.parts import image_encoder
 
     record = read_weights_config(path)
+    encoder = encoder if encoder is not None else record["encoder"]
+    if isinstance(encoder, (str, os.PathLike)):
+        encoder = image_encoder(os.fspath(encoder), device)
     try:
-        return build_model(record["preset"], encoder=encoder if encoder is not None else record["encoder"],
+        return build_model(record["preset"], encoder=encoder,
                            llm=llm if llm is not None else record["llm"], checkpoint=path, selector=selector,
                            seed=int(record.get("seed", 0)), device=device)
     except RuntimeError as err:  # load_state_dict: a tensor of another shape (other backbones' widths)
