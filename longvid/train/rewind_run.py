@@ -206,12 +206,16 @@ def feature_files(config: RewindRunConfig, model) -> FeatureFiles:
     return FeatureFiles(config.cache_dir(), ident, config.fps, getattr(torch, config.feature_dtype))
 
 
-def precompute(model, features: FeatureFiles, datasets: Sequence[VideoTexts], fps: float, progress: bool) -> None:
-    """Every video's encoder features computed (and cached) before step 1."""
+def precompute(model, features: FeatureFiles, datasets: Sequence[VideoTexts], fps: float, progress: bool,
+               rank: int = 0, world: int = 1) -> None:
+    """Every video's encoder features computed (and cached) before step 1; with a cache on disk,
+    each of ``world`` processes computes its share (the caller waits for all at a barrier)."""
     from longvid.progress import progress as progress_bar
 
     videos = list(dict.fromkeys(v for data in datasets for v in data.videos()))
     todo = [v for v in videos if not features.has(v)]
+    if features.cache is not None:
+        todo = todo[rank::world]
     bar = progress_bar(len(todo), desc="features", unit="video", enabled=progress and bool(todo))
     try:
         for video in todo:
@@ -363,7 +367,7 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
     from longvid.models.rewind.weights import save_weights
     from longvid.progress import progress as progress_bar
     from longvid.train.core import TaskTrainer
-    from longvid.train.distributed import cleanup, setup
+    from longvid.train.distributed import barrier, cleanup, setup
 
     config = load_run_config(config_name, overrides)
     if not config.data:
@@ -375,7 +379,8 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
         _check_kind(config, data)
         model, stages = build_run_model(config, dist.device)
         features = feature_files(config, model)
-        precompute(model, features, [data], config.fps, progress and dist.is_main)
+        precompute(model, features, [data], config.fps, progress and dist.is_main, dist.rank, dist.world_size)
+        barrier()
         model.set_stage(1 if config.stage == "1" else 2)
         task = RewindTask(config, data, features, dist.rank, dist.world_size)
         total = task.total_steps()
@@ -437,51 +442,49 @@ def _weights_for(config: RewindRunConfig, checkpoint: str | None) -> str:
 @torch.no_grad()
 def evaluate(config_name: str, overrides: Sequence[str] = (), checkpoint: str | None = None, progress: bool = True,
              predictions: str | None = None) -> dict:
-    """Evaluate trained weights on ``val_data`` (else ``data``); writes ``out_dir/metrics.json``
-    and ``predictions`` (default ``out_dir/predictions.jsonl``, one line per row, written as
-    they come); returns the metrics."""
+    """Evaluate trained weights on ``val_data`` (else ``data``) in one process (on CUDA when there
+    is one); writes ``out_dir/metrics.json`` and ``predictions`` (default ``out_dir/predictions.jsonl``,
+    one line per row, written as they come); returns the metrics."""
     from longvid.fileio import write_text_atomically
     from longvid.progress import progress as progress_bar
-    from longvid.train.distributed import cleanup, setup
 
     config = load_run_config(config_name, overrides)
     path = config.val_data or config.data
     if not path:
         raise LongvidError("config: val_data= (or data=) is required: the annotation file to evaluate on")
     weights = _weights_for(config, checkpoint)
-    dist = setup()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise LongvidError("eval runs in one process: start it without torchrun")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     log = _logger(progress)
+    data = read_checked(config, path, "eval", log)
+    if data.kind == "caption":
+        raise LongvidError(f"{path}: caption pairs (stage 1) have no evaluation here; evaluate on grounding or QA data")
+    model, stages = build_run_model(config, device, weights)
+    model.eval()
+    features = feature_files(config, model)
+    precompute(model, features, [data], config.fps, progress)
+    predictions = predictions or os.path.join(config.out_dir, "predictions.jsonl")
+    os.makedirs(os.path.dirname(os.path.abspath(predictions)), exist_ok=True)
+    rows = []
+    bar = progress_bar(len(data.items), desc="eval", unit="row", enabled=progress)
     try:
-        data = read_checked(config, path, "eval", log)
-        if data.kind == "caption":
-            raise LongvidError(f"{path}: caption pairs (stage 1) have no evaluation here; evaluate on grounding or QA data")
-        model, stages = build_run_model(config, dist.device, weights)
-        model.eval()
-        features = feature_files(config, model)
-        precompute(model, features, [data], config.fps, progress)
-        predictions = predictions or os.path.join(config.out_dir, "predictions.jsonl")
-        os.makedirs(os.path.dirname(os.path.abspath(predictions)), exist_ok=True)
-        rows = []
-        bar = progress_bar(len(data.items), desc="eval", unit="row", enabled=progress)
-        try:
-            with open(predictions, "w", encoding="utf-8") as out:
-                for first in range(0, len(data.items), config.batch_size):
-                    batch = list(data.items[first : first + config.batch_size])
-                    for row in _evaluate_batch(config, model, features, data.kind, batch):
-                        out.write(json.dumps(row) + "\n")
-                        out.flush()
-                        rows.append(row)
-                    if bar is not None:
-                        bar.update(len(batch))
-        finally:
-            if bar is not None:
-                bar.close()
-        metrics = summarize(data, rows)
-        metrics.update({"data": path, "format": data.format, "weights": weights, "stages": stages})
-        write_text_atomically(os.path.join(config.out_dir, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
-        return metrics
+        with open(predictions, "w", encoding="utf-8") as out:
+            for first in range(0, len(data.items), config.batch_size):
+                batch = list(data.items[first : first + config.batch_size])
+                for row in _evaluate_batch(config, model, features, data.kind, batch):
+                    out.write(json.dumps(row) + "\n")
+                    out.flush()
+                    rows.append(row)
+                if bar is not None:
+                    bar.update(len(batch))
     finally:
-        cleanup()
+        if bar is not None:
+            bar.close()
+    metrics = summarize(data, rows)
+    metrics.update({"data": path, "format": data.format, "weights": weights, "stages": stages})
+    write_text_atomically(os.path.join(config.out_dir, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
+    return metrics
 
 
 def _evaluate_batch(config: RewindRunConfig, model, features: FeatureFiles, kind: str, batch: list[VideoText]) -> list[dict]:
