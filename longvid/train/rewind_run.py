@@ -213,9 +213,9 @@ def precompute(model, features: FeatureFiles, datasets: Sequence[VideoTexts], fp
     from longvid.progress import progress as progress_bar
 
     videos = list(dict.fromkeys(v for data in datasets for v in data.videos()))
-    todo = [v for v in videos if not features.has(v)]
     if features.cache is not None:
-        todo = todo[rank::world]
+        videos = videos[rank::world]
+    todo = [v for v in videos if not features.has(v)]
     bar = progress_bar(len(todo), desc="features", unit="video", enabled=progress and bool(todo))
     try:
         for video in todo:
@@ -530,7 +530,7 @@ def cli_train(args) -> int:
     """``longvid train rewind_* ...``."""
     history = train(args.config, args.overrides, resume=args.resume, progress=not args.quiet)
     config = load_run_config(args.config, args.overrides)
-    if history:
+    if history and int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {history[-1]['step']} steps; last loss {history[-1]['loss']:.4f}; weights in "
               f"{os.path.join(config.out_dir, 'rewind.safetensors')}")
     return 0
