@@ -156,7 +156,7 @@ def test_breakpoint_questions_see_only_the_frames_before_their_time():
 
 
 @pytest.mark.parametrize("name, stage", [("didemo", "grounding"), ("activitynet", "grounding"), ("videochatgpt", "2"),
-                                         ("captions", "1")])
+                                         ("captions", "1"), ("activitynet", "1")])
 def test_every_data_set_trains_and_evaluates(work, tmp_path, name, stage):
     common = [f"stage={stage}", "max_new_tokens=4", f"video_root={work['videos']}", f"out_dir={tmp_path}"]
     history = rewind_run.train("rewind_tiny", [f"data={work[name]}", "max_steps=1", *common], progress=False)
