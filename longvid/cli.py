@@ -155,7 +155,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def _check_ask_args(args: argparse.Namespace) -> None:
     """Every ``ask`` option checked before an encoder or LLM loads."""
-    if not args.encoder or not args.llm:
+    if (not args.encoder or not args.llm) and _rewind_record(args) is None:
         raise LongvidError(f"ask --model {args.model} needs --encoder and --llm (local paths or hub ids)")
     if args.checkpoint is None and not args.allow_untrained:
         raise LongvidError(f"ask --model {args.model} needs trained weights (--weights FILE): without them the "
@@ -192,12 +192,28 @@ def _check_trained(preset: str | None, checkpoint: str | None, allow_untrained: 
                                f"--allow-untrained runs them anyway")
 
 
+def _rewind_record(args: argparse.Namespace) -> dict | None:
+    """The JSON record beside ``ask --model rewind --weights FILE`` (its preset, encoder and LLM), if any."""
+    from longvid.models.rewind.weights import config_path, read_weights_config
+
+    if args.model != "rewind" or args.checkpoint is None or not os.path.isfile(config_path(args.checkpoint)):
+        return None
+    record = read_weights_config(args.checkpoint)
+    if args.preset is not None and args.preset != record["preset"]:
+        raise LongvidError(f"{args.checkpoint} holds {record['preset']} weights, not --preset {args.preset}")
+    return record
+
+
 def _ask_rewind(args: argparse.Namespace) -> int:
     from longvid.ask import ask_rewind
     from longvid.models.rewind import build_model
+    from longvid.models.rewind.weights import load_weights
 
-    model = build_model(args.preset or "rewind_paper", encoder=args.encoder, llm=args.llm, checkpoint=args.checkpoint,
-                        device=args.device)
+    if _rewind_record(args) is not None:  # the frozen parts it names, unless --encoder/--llm give local copies
+        model = load_weights(args.checkpoint, encoder=args.encoder, llm=args.llm, device=args.device)
+    else:
+        model = build_model(args.preset or "rewind_paper", encoder=args.encoder, llm=args.llm, checkpoint=args.checkpoint,
+                            device=args.device)
     answer = ask_rewind(args.video, args.question, model, until=args.time, keep_every=args.keep_every,
                         spill_dir=args.spill_dir, max_new_tokens=args.max_new_tokens)
     if args.json:

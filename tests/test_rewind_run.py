@@ -236,3 +236,8 @@ def test_a_run_on_local_parts_answers_in_stream(work, tmp_path, capsys):
     assert main([*stream, "--checkpoint", str(out / "rewind.safetensors"), "--out", str(tmp_path / "a.jsonl")]) == 0
     answers = [json.loads(line) for line in open(tmp_path / "a.jsonl")]
     assert any("answer" in r and r["question"] == "what is it?" for r in answers)
+    capsys.readouterr()
+    # ask needs only the weights: their record names the preset and the frozen parts
+    assert main(["ask", video, "what is it?", "--model", "rewind", "--weights", str(out / "rewind.safetensors"), "--json",
+                 "--max-new-tokens", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["frames_seen"] == VIDEOS["AO8RW"]  # 1 fps
