@@ -219,7 +219,7 @@ def precompute(model, features: FeatureFiles, datasets: Sequence[VideoTexts], fp
     bar = progress_bar(len(todo), desc="features", unit="video", enabled=progress and bool(todo))
     try:
         for video in todo:
-            features.get(video, lambda v: video_features(model, v, fps))
+            _read(features, model, fps, video)
             if bar is not None:
                 bar.update(1)
     finally:
@@ -241,15 +241,15 @@ def watch(model, videos: Sequence[tuple[torch.Tensor, torch.Tensor]], instructio
     shape = videos[0][0].shape[1:]  # (P, D_v)
     for start in range(0, longest, clip):
         width = min(clip, longest - start)
-        pixels = torch.zeros(len(videos), width, *shape)  # (B, T, P, D_v)
+        step = torch.zeros(len(videos), width, *shape)  # (B, T, P, D_v), zeros after a stream's end
         times = torch.zeros(len(videos), width, dtype=torch.float64)
         valid = torch.zeros(len(videos), width, dtype=torch.bool)
-        for b, (feats, stamps) in enumerate(videos):
+        for b, (features, stamps) in enumerate(videos):
             part = slice(start, min(start + width, len(stamps)))
             count = max(0, part.stop - part.start)
-            pixels[b, :count], times[b, :count], valid[b, :count] = feats[part], stamps[part], True
+            step[b, :count], times[b, :count], valid[b, :count] = features[part], stamps[part], True
             times[b, count:] = stamps[-1]
-        _, state = model.observe_features(pixels.to(device), times.to(device), state, valid.to(device))
+        _, state = model.observe_features(step.to(device), times.to(device), state, valid.to(device))
     return state
 
 
@@ -324,14 +324,14 @@ def caption_loss(model, clips: list[tuple[torch.Tensor, torch.Tensor]], captions
     device = model.separator.device
     frames = model.config.clip_frames
     shape = clips[0][0].shape[1:]
-    pixels = torch.zeros(len(clips), frames, *shape)
+    step = torch.zeros(len(clips), frames, *shape)  # (B, F, P, D_v)
     times = torch.zeros(len(clips), frames, dtype=torch.float64)
     valid = torch.zeros(len(clips), frames, dtype=torch.bool)
-    for b, (feats, stamps) in enumerate(clips):
-        pixels[b, : len(stamps)], times[b, : len(stamps)], valid[b, : len(stamps)] = feats, stamps, True
+    for b, (features, stamps) in enumerate(clips):
+        step[b, : len(stamps)], times[b, : len(stamps)], valid[b, : len(stamps)] = features, stamps, True
         times[b, len(stamps) :] = stamps[-1]
     state = model.init_state(len(clips))
-    out, _ = model.observe_features(pixels.to(device), times.to(device), state, valid.to(device))
+    out, _ = model.observe_features(step.to(device), times.to(device), state, valid.to(device))
     ids, mask = model.tokenize(captions)
     return model.contrastive_loss(out["memory_tokens"], valid.sum(1).to(device), ids, mask)
 
