@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import torch
 
 from longvid.errors import LongvidError
-from longvid.train.rewind_data import FeatureFiles, VideoText, VideoTexts, read_data, video_features
+from longvid.train.rewind_data import FORMATS, FeatureFiles, VideoText, VideoTexts, read_data, video_features
 
 STAGES = ("1", "2", "grounding")
 STAGE_KINDS = {"1": ("caption", "grounding"), "2": ("qa",), "grounding": ("grounding",)}
@@ -91,7 +91,13 @@ class RewindRunConfig:
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1 (or null), got {self.max_steps}"),
             (bool(self.out_dir), "out_dir must not be empty"),
+            (self.format == "auto" or self.format in FORMATS, f"format must be auto or one of {', '.join(FORMATS)}, got {self.format!r}"),
+            (self.init is None or self.init.endswith(".safetensors"), f"init must be a ReWind .safetensors weights file, got {self.init!r}"),
         ]
+        for field in ("encoder", "llm", "init"):  # local paths (hub ids are org/name) must exist
+            value = getattr(self, field)
+            if value and value.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(value)):
+                checks.append((False, f"{field}={value}: no such file or folder"))
         for ok, message in checks:
             if not ok:
                 raise LongvidError(f"config: {message}")

@@ -52,6 +52,8 @@ def read_weights_config(path: str | os.PathLike) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise LongvidError(f"{path}: no such weights file")
+    if not path.endswith(".safetensors"):
+        raise LongvidError(f"{path}: ReWind weights are a .safetensors file (with its .json beside it)")
     record_path = config_path(path)
     if not os.path.isfile(record_path):
         raise LongvidError(f"{path}: no {os.path.basename(record_path)} beside it naming the frozen encoder and LLM "
