@@ -375,9 +375,13 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
     from longvid.train.core import TaskTrainer
     from longvid.train.distributed import barrier, cleanup, setup
 
+    from longvid.models.rewind.config import TINY_BACKBONES
+
     config = load_run_config(config_name, overrides)
     if not config.data:
         raise LongvidError("config: data= is required (the training annotation file)")
+    if config.model not in TINY_BACKBONES and config.init is None and not (config.encoder and config.llm):
+        raise LongvidError(f"config: model {config.model} needs encoder= and llm= (paths or hub ids), or init= weights naming them")
     dist = setup()
     log = _logger(progress and dist.is_main)
     try:
