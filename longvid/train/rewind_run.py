@@ -167,7 +167,7 @@ def read_checked(config: RewindRunConfig, path: str, role: str, log: Callable[[s
             f"{len(found)} found, {len(missing)} missing" + (f" (first: {missing[0]})" if missing else ""))
     if missing and (config.missing == "error" or not found):
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        hint = " (missing=skip trains on the rest)" if found else ""
+        hint = f" (missing=skip {'trains' if role == 'train' else 'evaluates'} on the rest)" if found else ""
         raise LongvidError(f"{role} data {path}: video {missing[0]} not found{more}{hint}")
     return data.without(missing)
 
