@@ -364,7 +364,8 @@ def _seeded(seed: int):
 
 
 def _logger(progress: bool) -> Callable[[str], None] | None:
-    return (lambda message: print(f"longvid: {message}", file=sys.stderr, flush=True)) if progress else None
+    """Run notes on stderr, plain like the progress lines (``longvid:`` starts errors and warnings)."""
+    return (lambda message: print(message, file=sys.stderr, flush=True)) if progress else None
 
 
 def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False, progress: bool = True) -> list[dict]:
