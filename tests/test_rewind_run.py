@@ -251,3 +251,20 @@ def test_a_run_on_local_parts_answers_in_stream(work, tmp_path, capsys):
     assert main(["ask", video, "what is it?", "--model", "rewind", "--weights", str(out / "rewind.safetensors"), "--json",
                  "--max-new-tokens", "2"]) == 0
     assert json.loads(capsys.readouterr().out)["frames_seen"] == VIDEOS["AO8RW"]  # 1 fps
+
+
+def test_bfloat16_backbones_train_and_evaluate_under_autocast(work, tmp_path):
+    """backbone_dtype=bfloat16 (a 7B LLM in half the memory): frozen weights bf16, trained ones float32."""
+    common = ["stage=grounding", "backbone_dtype=bfloat16", f"video_root={work['videos']}", f"out_dir={tmp_path}"]
+    config = rewind_run.load_run_config("rewind_tiny", common)
+    model, _ = rewind_run.build_run_model(config)
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    assert all(d == torch.bfloat16 for n, d in dtypes.items() if n.startswith(("encoder.", "llm.")) and "lora_" not in n)
+    assert all(d == torch.float32 for n, d in dtypes.items() if not n.startswith(("encoder.", "llm.")) or "lora_" in n)
+    history = rewind_run.train("rewind_tiny", [f"data={work['charades_train']}", "max_steps=2", *common], progress=False)
+    assert all(np.isfinite(r["loss"]) for r in history)
+    metrics = rewind_run.evaluate("rewind_tiny", [f"val_data={work['charades_test']}", *common], progress=False)
+    assert metrics["samples"] == 3 and 0 <= metrics["mIoU"] <= 100
+    assert rewind_run.load_run_config("rewind_tiny", ["backbone_dtype=bfloat16"]).train_config().amp == "bf16"
+    with pytest.raises(LongvidError, match="amp must be auto or bf16"):
+        rewind_run.load_run_config("rewind_tiny", ["backbone_dtype=bfloat16", "amp=off"])

@@ -60,6 +60,7 @@ class RewindRunConfig:
     fps: float = 1.0  # frames read per second of video (ReWind: 1)
     feature_cache: str | None = ""  # folder of cached encoder features ("": out_dir/features; null: in memory only)
     feature_dtype: str = "float16"  # cached features: float16 or float32
+    backbone_dtype: str = "float32"  # the frozen encoder and LLM weights: float32, or bfloat16 (halves a 7B LLM; bf16 autocast)
     grounding_prompt: str = "{query}"  # the question a grounding query is asked as ({query}: the sentence)
     policy_weight: float | None = None  # stage 2 with DFS: REINFORCE weight for the DFS projections (None: off)
     max_new_tokens: int = 32  # eval: answer length
@@ -85,6 +86,9 @@ class RewindRunConfig:
             (self.missing in ("error", "skip"), f"missing must be 'error' or 'skip', got {self.missing!r}"),
             (math.isfinite(self.fps) and self.fps > 0, f"fps must be > 0, got {self.fps}"),
             (self.feature_dtype in ("float16", "float32"), f"feature_dtype must be float16 or float32, got {self.feature_dtype!r}"),
+            (self.backbone_dtype in ("float32", "bfloat16"), f"backbone_dtype must be float32 or bfloat16, got {self.backbone_dtype!r}"),
+            (self.backbone_dtype == "float32" or self.amp in ("auto", "bf16"),
+             f"backbone_dtype=bfloat16 runs under bf16 autocast: amp must be auto or bf16, got {self.amp!r}"),
             ("{query}" in self.grounding_prompt, f"grounding_prompt must contain {{query}}, got {self.grounding_prompt!r}"),
             (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
@@ -105,11 +109,12 @@ class RewindRunConfig:
         return self
 
     def train_config(self):
-        """The core's optimisation settings (AdamW)."""
+        """The core's optimisation settings (AdamW; bf16 autocast whenever the backbones are bfloat16)."""
         from longvid.train.config import TrainConfig
 
+        amp = "bf16" if self.backbone_dtype == "bfloat16" else self.amp
         return TrainConfig(optimizer="adamw", lr=self.lr, min_lr=self.min_lr, weight_decay=self.weight_decay,
-                           warmup_steps=self.warmup_steps, clip_grad=self.clip_grad, amp=self.amp, on_nan=self.on_nan,
+                           warmup_steps=self.warmup_steps, clip_grad=self.clip_grad, amp=amp, on_nan=self.on_nan,
                            seed=self.seed, log_every=self.log_every, checkpoint_every=self.checkpoint_every,
                            max_steps=self.max_steps, out_dir=self.out_dir).validate()
 
@@ -197,11 +202,30 @@ def build_run_model(config: RewindRunConfig, device=None, weights: str | None = 
     source = weights or config.init
     if source is None:
         encoder = image_encoder(config.encoder, device) if config.encoder else None
-        return build_model(config.model, encoder=encoder, llm=config.llm, seed=config.model_seed, device=device), []
-    record = read_weights_config(source)
-    if record["preset"] != config.model:
-        raise LongvidError(f"{source} holds {record['preset']} weights, not {config.model} (set model={record['preset']})")
-    return load_weights(source, encoder=config.encoder, llm=config.llm, device=device), list(record.get("stages", []))
+        model, stages = build_model(config.model, encoder=encoder, llm=config.llm, seed=config.model_seed, device=device), []
+    else:
+        record = read_weights_config(source)
+        if record["preset"] != config.model:
+            raise LongvidError(f"{source} holds {record['preset']} weights, not {config.model} (set model={record['preset']})")
+        model, stages = load_weights(source, encoder=config.encoder, llm=config.llm, device=device), list(record.get("stages", []))
+    return cast_frozen(model, getattr(torch, config.backbone_dtype)), stages
+
+
+def cast_frozen(model, dtype: torch.dtype):
+    """``model`` with its frozen encoder and LLM weights in ``dtype`` (LoRA adapters and every
+    trained part stay float32); returns it."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith(("encoder.", "llm.")) and "lora_" not in name and param.is_floating_point():
+                param.data = param.data.to(dtype)
+    return model
+
+
+def autocast(config: RewindRunConfig, device: torch.device):
+    """Evaluation's autocast: bf16 when the backbones are bfloat16 (their matmuls need it), else none."""
+    if config.backbone_dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def feature_files(config: RewindRunConfig, model) -> FeatureFiles:
@@ -483,7 +507,9 @@ def evaluate(config_name: str, overrides: Sequence[str] = (), checkpoint: str | 
         with open(predictions, "w", encoding="utf-8") as out:
             for first in range(0, len(data.items), config.batch_size):
                 batch = list(data.items[first : first + config.batch_size])
-                for row in _evaluate_batch(config, model, features, data.kind, batch):
+                with autocast(config, device):
+                    found = _evaluate_batch(config, model, features, data.kind, batch)
+                for row in found:
                     out.write(json.dumps(row) + "\n")
                     out.flush()
                     rows.append(row)
