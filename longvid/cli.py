@@ -305,8 +305,12 @@ def _check_stream_args(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from longvid.train import load_config
+    from longvid.train.lmm_run import is_lmm_preset, train_lmm
     from longvid.train.run import train
 
+    if is_lmm_preset(args.config):  # MA-LMM / ReWind runs: their own configs, logs and metrics
+        train_lmm(args.config, args.overrides, resume=args.resume, progress=not args.quiet)
+        return 0
     config = load_config(args.config, args.overrides)
     history = train(config, resume=args.resume, progress=not args.quiet)
     if history:
@@ -316,8 +320,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from longvid.train import load_config
+    from longvid.train.lmm_run import eval_lmm, is_lmm_preset
     from longvid.train.run import evaluate_checkpoint
 
+    if is_lmm_preset(args.config):  # writes out_dir/metrics.json and prints its table
+        metrics = eval_lmm(args.config, args.overrides, args.checkpoint, progress=not args.quiet, predictions=args.predictions)
+        if args.json:
+            print(json.dumps(metrics))
+        return 0
     config = load_config(args.config, args.overrides)
     metrics = evaluate_checkpoint(config, args.checkpoint or config.out_dir, args.pooling, progress=not args.quiet)
     print(json.dumps(metrics) if args.json else "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
@@ -566,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--checkpoint", help="checkpoint path or folder (default: the latest in out_dir)")
     sub.add_argument("--pooling", choices=("mean", "last"), default="mean", help="video score: mean of clip logits or the last clip's")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_argument("--predictions", help="MA-LMM/ReWind presets: write every sample's prediction to this JSONL file")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub = command("models", cmd_models, "List every model preset of every family, one line each.")

@@ -82,6 +82,10 @@ PRESETS: dict[str, MALMMConfig] = {
     "malmm_qa": MALMMConfig(),
     "malmm_cls": MALMMConfig(qformer=QFormerConfig(memory_bank_length=20), num_frames=100, max_txt_len=30, max_new_tokens=20, length_penalty=1.0),
     "malmm_caption": MALMMConfig(qformer=QFormerConfig(memory_bank_length=40), num_frames=80, max_new_tokens=50, length_penalty=1.0),
+    "malmm_nsa": MALMMConfig(
+        qformer=QFormerConfig(memory_bank_length=20, sparse=SparseMemoryConfig(block_slots=4, top_blocks=2, window_slots=4)),
+        num_frames=100, max_txt_len=30, max_new_tokens=20, length_penalty=1.0,
+    ),  # the MA-LMM study's native-sparse-attention Q-Former on the LVU setting
     "instructblip_qa": MALMMConfig(qformer=QFormerConfig(memory_bank_length=0)),
     # tiny self-contained models (random CLIP encoder, LLaMA LLM and word tokenizer built in memory)
     "malmm_tiny": _TINY,

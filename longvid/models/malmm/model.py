@@ -409,7 +409,8 @@ def load_malmm_weights(model: MALMM, path_or_state: str | os.PathLike | dict, st
 # -- building -------------------------------------------------------------------------------
 
 
-def build_model(name: str, encoder=None, llm=None, checkpoint: str | os.PathLike | None = None, seed: int = 0, device=None, **overrides) -> MALMM:
+def build_model(name: str, encoder=None, llm=None, checkpoint: str | os.PathLike | None = None, seed: int = 0, device=None,
+                pretrained: str | os.PathLike | None = None, **overrides) -> MALMM:
     """Preset ``name`` (fields replaced by ``overrides``, see :func:`get_config`) with its frozen parts.
 
     ``encoder`` / ``llm``: a path or hub id (replacing the preset's), or a ready
@@ -419,6 +420,8 @@ def build_model(name: str, encoder=None, llm=None, checkpoint: str | os.PathLike
     attached parts. Trainable weights are drawn from ``seed`` without touching the global
     RNG, then ``checkpoint`` (ours or a released ``.pth``) is loaded if given.
     """
+    if pretrained is not None:
+        raise LongvidError("pretrained= (an InstructBLIP checkpoint) is not supported yet")
     names = {k: v for k, v in (("encoder", encoder), ("llm", llm)) if isinstance(v, str)}
     config = get_config(name, **names, **overrides)
     vision = encoder if isinstance(encoder, nn.Module) else _load_encoder(config, seed, device)

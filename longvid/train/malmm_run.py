@@ -1,0 +1,381 @@
+"""MA-LMM runs from the command line: ``longvid train malmm_* ...`` and ``longvid eval malmm_* ...``.
+
+A run preset (:class:`MALMMRun`) names a model preset, one of MA-LMM's data sets
+(:mod:`longvid.data.lmm`) and the optimisation of the released training scripts. A run:
+
+1. reads the annotation files (unchanged) and finds every video under ``video_root``,
+   saying how many were found and missing, before any compute;
+2. builds the model (frozen encoder and LLM; Q-Former, query tokens, ``ln_vision``,
+   ``image_pe`` and ``llm_proj`` train), from an InstructBLIP checkpoint (``pretrained=``)
+   and/or MA-LMM weights (``weights=``) when given;
+3. samples ``num_frames`` frames uniformly over each video / window / segment and encodes
+   them once into a feature cache (``cache_dir``, default ``out_dir/features``);
+4. trains on the training core (:class:`~longvid.train.qa.QATask`: answer cross-entropy through
+   the frozen LLM, AdamW, warm-up + cosine, AMP, checkpoints, resume, ``log.jsonl``), then
+   evaluates on ``val_data``: generated answers (beam search), scored as MA-LMM scores them
+   (:mod:`longvid.eval.lmm_metrics`), ``out_dir/metrics.json`` written atomically and printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from longvid.data.lmm import LMMItem, find_videos, read_dataset
+from longvid.data.lmm.formats import LVU_TASKS
+from longvid.errors import LongvidError
+from longvid.fileio import write_lines_atomically, write_text_atomically
+from longvid.progress import progress as progress_bar
+from longvid.train import lmm_presets
+
+CLASSIFICATION = ("lvu", "breakfast", "coin")
+FIRST_WORD_QA = ("msrvtt_qa", "msvd_qa")  # MA-LMM keeps only the first generated word
+
+
+@dataclass(frozen=True)
+class MALMMRun:
+    """One MA-LMM run: model, data, sampling, optimisation (defaults: the released LVU script)."""
+
+    model: str = "malmm_cls"  # model preset (longvid models)
+    dataset: str = "lvu"  # lvu, breakfast, coin, msrvtt_qa, msvd_qa, activitynet_qa, youcook2
+    data: str | None = None  # training annotation file
+    val_data: str | None = None  # evaluation annotation file
+    video_root: str | None = None  # folder of the videos (named as the data set names them)
+    split: str = "train"  # COIN: the subset of the training file
+    val_split: str = "val"  # COIN: the subset of the evaluation file
+    lvu_tasks: str = "all"  # LVU: comma-separated tasks (the paper trains one model per task)
+    history: float = 100.0  # LVU window (s)
+    stride: float = 20.0  # LVU window step (s)
+    num_frames: int | None = None  # frames per sample (None: the model preset's)
+    memory_bank_length: int | None = None  # None: the model preset's
+    max_new_tokens: int | None = None
+    min_new_tokens: int | None = None
+    num_beams: int | None = None
+    length_penalty: float | None = None
+    pretrained: str | None = None  # transformers InstructBLIP checkpoint (folder or hub id)
+    weights: str | None = None  # MA-LMM / LAVIS .pth or longvid weights loaded on top
+    encoder: str | None = None  # override the preset's image encoder
+    llm: str | None = None  # override the preset's LLM
+    qformer_tokenizer: str | None = None
+    cache_dir: str | None = None  # encoder features (default out_dir/features)
+    skip_missing: bool = False  # leave out samples whose video is missing (default: an error)
+    batch_size: int = 16
+    eval_batch_size: int = 16
+    epochs: int = 20
+    max_steps: int | None = None  # run exactly this many steps (epochs repeat as needed); None: ``epochs``
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    warmup_steps: int = 1000
+    clip_grad: float | None = None
+    amp: str = "auto"
+    seed: int = 42
+    log_every: int = 10
+    checkpoint_every: int = 1000
+    out_dir: str = "runs/malmm"
+
+    def tasks(self) -> tuple[str, ...]:
+        if self.lvu_tasks == "all":
+            return LVU_TASKS
+        return tuple(t.strip() for t in self.lvu_tasks.split(",") if t.strip())
+
+    def model_overrides(self) -> dict:
+        names = ("num_frames", "memory_bank_length", "max_new_tokens", "min_new_tokens", "num_beams", "length_penalty",
+                 "encoder", "llm", "qformer_tokenizer")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def train_config(self):
+        from longvid.train.config import TrainConfig
+
+        return TrainConfig(
+            model=self.model, batch_size=self.batch_size, epochs=self.epochs, max_steps=self.max_steps, lr=self.lr,
+            min_lr=self.min_lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, clip_grad=self.clip_grad,
+            amp=self.amp, seed=self.seed, log_every=self.log_every, checkpoint_every=self.checkpoint_every, out_dir=self.out_dir,
+        ).validate()
+
+
+def _register_presets() -> None:
+    full = {
+        # the released run scripts (run_scripts/*/train.sh): per-GPU batch, 4 GPUs there
+        "malmm_lvu": MALMMRun(model="malmm_cls", dataset="lvu", max_new_tokens=5, epochs=20, batch_size=16),
+        "malmm_breakfast": MALMMRun(model="malmm_cls", dataset="breakfast", epochs=20, batch_size=16),
+        "malmm_coin": MALMMRun(model="malmm_cls", dataset="coin", epochs=20, batch_size=16),
+        "malmm_msrvtt_qa": MALMMRun(model="malmm_qa", dataset="msrvtt_qa", epochs=5, batch_size=32, eval_batch_size=32),
+        "malmm_msvd_qa": MALMMRun(model="malmm_qa", dataset="msvd_qa", epochs=5, batch_size=32, eval_batch_size=32),
+        "malmm_activitynet_qa": MALMMRun(model="malmm_qa", dataset="activitynet_qa", epochs=5, batch_size=32, eval_batch_size=32),
+        "malmm_youcook2": MALMMRun(model="malmm_caption", dataset="youcook2", epochs=10, batch_size=16, max_new_tokens=30,
+                                   min_new_tokens=2),
+        "malmm_nsa": MALMMRun(model="malmm_nsa", dataset="lvu", max_new_tokens=5, epochs=20, batch_size=16),
+    }
+    tiny = dict(num_frames=4, memory_bank_length=2, batch_size=2, eval_batch_size=2, epochs=1, lr=1e-3, warmup_steps=0,
+                log_every=1, checkpoint_every=2, seed=0)
+    for name, run in list(full.items()):
+        model = "malmm_tiny_nsa" if name == "malmm_nsa" else "malmm_tiny"
+        tiny_name = "malmm_tiny_nsa" if name == "malmm_nsa" else name.replace("malmm_", "malmm_tiny_")
+        full[tiny_name] = dataclasses.replace(run, model=model, history=4.0, stride=2.0, max_new_tokens=4, min_new_tokens=None, **tiny)
+    for name, run in full.items():
+        lmm_presets.register(name, "malmm", functools.partial(lambda r: r, run))
+
+
+_register_presets()
+
+
+def load_run(name: str, overrides: Sequence[str] = ()) -> MALMMRun:
+    """Run preset ``name`` with ``key=value`` overrides."""
+    from longvid.train.config import _coerce, _parse_value
+    import typing
+
+    preset = lmm_presets.PRESETS.get(name)
+    if preset is None or preset.family != "malmm":
+        raise LongvidError(f"unknown MA-LMM run preset {name!r}: choose from {', '.join(lmm_presets.names('malmm'))}")
+    run = preset.builder()
+    hints = typing.get_type_hints(MALMMRun)
+    fields = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise LongvidError(f"override {item!r} must look like key=value")
+        if key not in hints:
+            raise LongvidError(f"unknown field {key!r} for {name}: fields are {', '.join(sorted(hints))}")
+        raw = value.strip() if hints[key] in (str, str | None) else _parse_value(key, value.strip())
+        fields[key] = None if raw in ("null", "none", "None") and type(None) in typing.get_args(hints[key]) else _coerce(key, raw, hints[key])
+    run = dataclasses.replace(run, **fields)
+    _check(run)
+    return run
+
+
+def _check(run: MALMMRun) -> None:
+    checks = [
+        (run.batch_size >= 1 and run.eval_batch_size >= 1, "batch sizes must be >= 1"),
+        (run.num_frames is None or run.num_frames >= 1, f"num_frames must be >= 1, got {run.num_frames}"),
+        (run.history > 0 and run.stride > 0, "history and stride must be > 0"),
+        (not set(run.tasks()) - set(LVU_TASKS) and run.tasks(), f"lvu_tasks must be 'all' or among {', '.join(LVU_TASKS)}, got {run.lvu_tasks!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise LongvidError(f"config: {message}")
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+def read_items(run: MALMMRun, path: str | None, split: str, what: str, say=print) -> list[tuple[LMMItem, str]]:
+    """The samples of annotation file ``path`` with their video files; says found/missing."""
+    if not path:
+        raise LongvidError(f"give the {what} annotation file ({'data' if what == 'training' else 'val_data'}=FILE)")
+    if not run.video_root:
+        raise LongvidError("give the video folder: video_root=DIR")
+    items = read_dataset(run.dataset, path, split, run.tasks(), run.history, run.stride)
+    summary = find_videos(items, run.video_root)
+    say(summary.line(path))
+    if summary.missing and (not run.skip_missing or not summary.found):
+        hint = "; set skip_missing=true to leave their samples out" if summary.found else ""
+        raise LongvidError(f"{summary.line(path)} under {run.video_root}{hint}")
+    return [(item, summary.found[item.video]) for item in items if item.video in summary.found]
+
+
+def encoder_fingerprint(encoder) -> str:
+    """Identifies an encoder's weights for cache keys: its name and a hash of its first weights."""
+    first = next(encoder.parameters()).detach().float().cpu().contiguous()
+    return f"{encoder.name}|{hashlib.sha1(first.numpy().tobytes()).hexdigest()[:16]}"
+
+
+def _load_features(path: str) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(path)["features"]
+
+
+def cache_features(model, samples: list[tuple[LMMItem, str]], num_frames: int, cache_dir: str, progress: bool) -> list[str]:
+    """Encoder tokens ``(T, Nv, Cv)`` of every sample's ``num_frames`` uniform frames, computed once
+    into ``cache_dir``; returns each sample's feature file."""
+    from longvid.data.lmm import read_uniform_frames
+    from longvid.models.encoders import FeatureCache
+
+    encoder = model._need_encoder()
+    cache, fingerprint = FeatureCache(cache_dir), encoder_fingerprint(encoder)
+    paths, done = [], {}
+    bar = progress_bar(total=len(samples), desc="encode", unit="sample", enabled=progress)
+    for item, video in samples:
+        sampling = f"uniform:{num_frames}:{item.start}:{item.end}:{encoder.image_size}"
+        key = cache.key(video, fingerprint, sampling)
+        if key not in done:
+            def compute(video=video, item=item) -> torch.Tensor:
+                frames = read_uniform_frames(video, num_frames, encoder.image_size, item.start, item.end)  # (T, 3, S, S) uint8
+                return encoder.encode_frames(frames)  # (T, Nv, Cv)
+            cache.get_or_compute(key, compute)
+            done[key] = cache.path(key)
+        paths.append(done[key])
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return paths
+
+
+# -- model -----------------------------------------------------------------------------------
+
+
+def build_run_model(run: MALMMRun, device: torch.device):
+    from longvid.models.malmm import build_model
+
+    model = build_model(run.model, pretrained=run.pretrained, checkpoint=run.weights, seed=run.seed, **run.model_overrides())
+    return model.to(device)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate_answers(model, samples: list[tuple[LMMItem, str]], features: list[str], batch_size: int, progress: bool) -> list[str]:
+    """Each sample's generated answer: its frames through the memory, then beam search."""
+    model.eval()
+    device = model.llm_proj.weight.device
+    answers = []
+    bar = progress_bar(total=len(samples), desc="eval", unit="sample", enabled=progress)
+    for first in range(0, len(samples), batch_size):
+        chunk = samples[first : first + batch_size]
+        tokens = torch.stack([_load_features(p) for p in features[first : first + batch_size]]).to(device)  # (B, T, Nv, Cv)
+        prompts = [item.prompt for item, _ in chunk]
+        state = model.init_state(len(chunk), device, instructions=prompts)
+        _, state = model.step_tokens(tokens, state)
+        answers += model.answer(state, prompts)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return answers
+
+
+def score(dataset: str, items: Sequence[LMMItem], predictions: Sequence[str]) -> dict[str, float]:
+    """MA-LMM's metric for ``dataset`` (see :mod:`longvid.eval.lmm_metrics`)."""
+    from longvid.eval.lmm_metrics import answer_correct, caption_metrics, grouped_accuracy
+
+    if dataset == "youcook2":
+        refs: dict[str, list[str]] = {}
+        preds: dict[str, str] = {}
+        for item, prediction in zip(items, predictions):
+            refs.setdefault(item.key, []).extend(item.references)
+            preds.setdefault(item.key, prediction)
+        return caption_metrics(preds, refs)
+    correct = [answer_correct(p, item.answer, dataset in FIRST_WORD_QA) for item, p in zip(items, predictions)]
+    per_group = grouped_accuracy([item.group for item in items], correct)
+    if dataset == "lvu":
+        groups = {k: v for k, v in per_group.items() if k != "mean"}
+        return {**groups, "mean": sum(groups.values()) / len(groups)}
+    return {"top1" if dataset in CLASSIFICATION else "accuracy": per_group[dataset]}
+
+
+def write_metrics(out_dir: str, dataset: str, metrics: dict[str, float], samples: int) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "metrics.json")
+    write_text_atomically(path, json.dumps({"dataset": dataset, "samples": samples, **metrics}, indent=2) + "\n")
+    return path
+
+
+def metrics_table(metrics: dict[str, float]) -> str:
+    width = max(len(k) for k in metrics)
+    return "\n".join(f"{name:<{width}}  {value:6.2f}" for name, value in metrics.items())
+
+
+def _evaluate_model(run: MALMMRun, model, progress: bool, predictions: str | None, say=print) -> dict[str, float]:
+    samples = read_items(run, run.val_data, run.val_split, "evaluation", say)
+    num_frames = model.config.num_frames
+    features = cache_features(model, samples, num_frames, run.cache_dir or os.path.join(run.out_dir, "features"), progress)
+    answers = generate_answers(model, samples, features, run.eval_batch_size, progress)
+    items = [item for item, _ in samples]
+    metrics = score(run.dataset, items, answers)
+    if predictions:
+        rows = [json.dumps({"id": item.key, "group": item.group, "prompt": item.prompt, "prediction": answer, "answer": item.answer}) + "\n"
+                for item, answer in zip(items, answers)]
+        write_lines_atomically(predictions, rows)
+    path = write_metrics(run.out_dir, run.dataset, metrics, len(items))
+    say(metrics_table(metrics))
+    say(f"metrics of {len(items)} samples written to {path}")
+    return metrics
+
+
+def _load_trained(model, checkpoint: str, say=print) -> None:
+    from longvid.train import checkpoint as ckpt
+    from longvid.train.core import trainable_weights
+
+    tensors, _, base = ckpt.load_latest(checkpoint)
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    expected = set(trainable_weights(model))
+    if set(weights) != expected:
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        raise LongvidError(f"{base} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.load_state_dict(weights, strict=False)
+    say(f"loaded {base}")
+
+
+# -- entry points ----------------------------------------------------------------------------
+
+
+def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False, progress: bool = True) -> list[dict]:
+    """``longvid train <malmm preset> key=value ...``: train, then evaluate on ``val_data`` if given."""
+    from longvid.train.core import TaskTrainer
+    from longvid.train.distributed import DistInfo, barrier, cleanup, setup
+    from longvid.train.loop import seed_everything
+    from longvid.train.qa import QAExample, QATask
+
+    run = load_run(config_name, overrides)
+    config = run.train_config()
+    dist = setup()
+    say = print if dist.is_main else (lambda text: None)
+    try:
+        samples = read_items(run, run.data, run.split, "training", say)
+        if run.val_data:
+            read_items(run, run.val_data, run.val_split, "evaluation", lambda text: None)  # fail before compute
+        seed_everything(run.seed)
+        model = build_run_model(run, dist.device)
+        cache_dir = run.cache_dir or os.path.join(run.out_dir, "features")
+        if not dist.is_main:
+            barrier()
+        features = cache_features(model, samples, model.config.num_frames, cache_dir, progress and dist.is_main)
+        if dist.is_main:
+            barrier()
+        examples = [QAExample(functools.partial(_load_features, path), item.prompt, item.answer) for (item, _), path in zip(samples, features)]
+        task = QATask(examples, config.batch_size, config.seed, config.shuffle, dist.device, dist.rank, dist.world_size)
+        total = config.epochs * task.steps_per_epoch if config.max_steps is None else config.max_steps  # max_steps wins over epochs
+        if dist.is_main:
+            os.makedirs(run.out_dir, exist_ok=True)
+            write_text_atomically(os.path.join(run.out_dir, "run.json"), json.dumps({"preset": config_name, **dataclasses.asdict(run)}, indent=2) + "\n")
+        trainer = TaskTrainer(model, task, config, total, run.out_dir, DistInfo(dist.rank, dist.world_size, dist.local_rank, dist.device), log=say)
+        history = trainer.fit(resume=resume)
+        say(f"trained {trainer.step} steps on {len(examples)} samples; checkpoints in {run.out_dir}")
+        if run.val_data and dist.is_main:
+            _evaluate_model(run, model, progress, None, say)
+        return history
+    finally:
+        cleanup()
+
+
+def evaluate(config_name: str, overrides: Sequence[str] = (), checkpoint: str | None = None, progress: bool = True,
+             predictions: str | None = None) -> dict[str, float]:
+    """``longvid eval <malmm preset> val_data=FILE video_root=DIR ...``: the trained weights of
+    ``checkpoint`` (default: the latest in ``out_dir``; none there: the model as built, said so)."""
+    from longvid.train import checkpoint as ckpt
+
+    run = load_run(config_name, overrides)
+    read_items(run, run.val_data, run.val_split, "evaluation", lambda text: None)  # fail before building the model
+    model = build_run_model(run, _device())
+    if checkpoint is None and ckpt.list_checkpoints(run.out_dir):
+        checkpoint = run.out_dir
+    if checkpoint is not None:
+        _load_trained(model, checkpoint)
+    else:
+        print(f"no training checkpoint in {run.out_dir}: evaluating the model as built (pretrained=/weights= or its initial weights)")
+    return _evaluate_model(run, model, progress, predictions)
