@@ -61,6 +61,7 @@ class MALMMRun:
     length_penalty: float | None = None
     pretrained: str | None = None  # transformers InstructBLIP checkpoint (folder or hub id)
     weights: str | None = None  # MA-LMM / LAVIS .pth or longvid weights loaded on top
+    frozen_dtype: str = "auto"  # pretrained's frozen ViT and LLM: auto (float16 on CUDA, float32 on CPU), float16, bfloat16, float32
     encoder: str | None = None  # override the preset's image encoder
     llm: str | None = None  # override the preset's LLM
     qformer_tokenizer: str | None = None
@@ -224,10 +225,18 @@ def cache_features(model, samples: list[tuple[LMMItem, str]], num_frames: int, c
 # -- model -----------------------------------------------------------------------------------
 
 
-def build_run_model(run: MALMMRun, device: torch.device):
+def build_run_model(run: MALMMRun, device: torch.device, say=print):
+    """The run's model on ``device``, saying what each weights file gave (loaded / missing / unexpected)."""
     from longvid.models.malmm import build_model
 
-    model = build_model(run.model, pretrained=run.pretrained, checkpoint=run.weights, seed=run.seed, **run.model_overrides())
+    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    if run.frozen_dtype not in (*dtypes, "auto"):
+        raise LongvidError(f"frozen_dtype must be auto, {', '.join(dtypes)}; got {run.frozen_dtype!r}")
+    dtype = dtypes.get(run.frozen_dtype, torch.float16 if device.type == "cuda" else None)
+    model = build_model(run.model, pretrained=run.pretrained, checkpoint=run.weights, seed=run.seed, dtype=dtype,
+                        device=device if run.pretrained else None, **run.model_overrides())
+    for line in model.weight_reports:
+        say(line)
     return model.to(device)
 
 
@@ -340,7 +349,7 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
         if run.val_data:
             read_items(run, run.val_data, run.val_split, "evaluation", lambda text: None)  # fail before compute
         seed_everything(run.seed)
-        model = build_run_model(run, dist.device)
+        model = build_run_model(run, dist.device, say)
         cache_dir = run.cache_dir or os.path.join(run.out_dir, "features")
         if not dist.is_main:
             barrier()

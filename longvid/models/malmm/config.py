@@ -58,6 +58,7 @@ class MALMMConfig:
     max_num_frames: int = 120  # rows of image_pe; later frames reuse the last row
     num_frames: int = 20  # T frames sampled per video (offline protocol)
     max_txt_len: int = 128  # Q-Former instruction tokens (truncated from the left)
+    vision_layer_norm_eps: float = 1e-5  # ln_vision's eps (LAVIS: 1e-5; transformers' InstructBLIP: its vision config's)
     num_beams: int = 5
     max_new_tokens: int = 10
     min_new_tokens: int = 1
@@ -79,6 +80,7 @@ _TINY = MALMMConfig(
 
 PRESETS: dict[str, MALMMConfig] = {
     # paper / released settings (EVA ViT-g 1408-wide tokens, BERT-base Q-Former, Vicuna-7B)
+    "malmm": MALMMConfig(),  # the released model's defaults (= malmm_qa); start it from InstructBLIP with pretrained=
     "malmm_qa": MALMMConfig(),
     "malmm_cls": MALMMConfig(qformer=QFormerConfig(memory_bank_length=20), num_frames=100, max_txt_len=30, max_new_tokens=20, length_penalty=1.0),
     "malmm_caption": MALMMConfig(qformer=QFormerConfig(memory_bank_length=40), num_frames=80, max_new_tokens=50, length_penalty=1.0),
