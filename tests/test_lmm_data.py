@@ -76,7 +76,7 @@ def test_released_samples_read(dataset, name, prompt):
         if dataset.endswith("_qa"):
             assert item.prompt == f"Question: {process_question(entry['question'])} Short answer:"
             assert item.answer == process_question(entry["answer"])
-            assert item.video == ("v_" if dataset == "activitynet_qa" else "") + entry["video"]
+            assert item.video == entry["video"]
         if dataset == "breakfast":
             assert item.answer == entry["class_name"]
         if dataset == "youcook2":

@@ -50,9 +50,10 @@ def grouped_accuracy(groups: Sequence[str], correct: Sequence[bool]) -> dict[str
     return result
 
 
-def caption_metrics(predictions: dict[str, str], references: dict[str, Sequence[str]]) -> dict[str, float]:
+def caption_metrics(predictions: dict[str, str], references: dict[str, Sequence[str]], meteor: bool = True) -> dict[str, float]:
     """COCO caption metrics (pycocoevalcap) of ``predictions`` (id -> caption) against ``references``
-    (id -> captions), tokenised with its PTB tokenizer: CIDEr, BLEU-4, ROUGE-L, METEOR (when Java runs)."""
+    (id -> captions), tokenised with its PTB tokenizer (Java): CIDEr, BLEU-4, ROUGE-L and, with
+    ``meteor``, METEOR."""
     try:
         from pycocoevalcap.bleu.bleu import Bleu
         from pycocoevalcap.cider.cider import Cider
@@ -60,6 +61,10 @@ def caption_metrics(predictions: dict[str, str], references: dict[str, Sequence[
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     except ImportError:
         raise LongvidError("caption metrics need pycocoevalcap: pip install 'longvid[caption]'") from None
+    import shutil
+
+    if shutil.which("java") is None:
+        raise LongvidError("caption metrics need Java (pycocoevalcap's tokenizer and METEOR are Java programs)")
     ids = sorted(predictions)
     tokenizer = PTBTokenizer()
     res = tokenizer.tokenize({i: [{"caption": predictions[i]}] for i in ids})
@@ -68,10 +73,8 @@ def caption_metrics(predictions: dict[str, str], references: dict[str, Sequence[
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     rouge, _ = Rouge().compute_score(gts, res)
     metrics = {"CIDEr": 100.0 * cider, "BLEU-4": 100.0 * bleu[3], "ROUGE-L": 100.0 * rouge}
-    try:
+    if meteor:
         from pycocoevalcap.meteor.meteor import Meteor
 
         metrics["METEOR"] = 100.0 * Meteor().compute_score(gts, res)[0]
-    except (OSError, ValueError, RuntimeError, BrokenPipeError):
-        pass  # METEOR runs a Java program; without one the other metrics stand
     return metrics

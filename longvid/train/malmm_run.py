@@ -48,6 +48,8 @@ class MALMMRun:
     data: str | None = None  # training annotation file
     val_data: str | None = None  # evaluation annotation file
     video_root: str | None = None  # folder of the videos (named as the data set names them)
+    references: str | None = None  # captions: COCO-format reference file of val_data (MA-LMM's coco_gt/cap_<split>.json)
+    meteor: bool = True  # captions: also METEOR (a Java program, slow to start)
     split: str = "train"  # COIN: the subset of the training file
     val_split: str = "val"  # COIN: the subset of the evaluation file
     lvu_tasks: str = "all"  # LVU: comma-separated tasks (the paper trains one model per task)
@@ -175,12 +177,32 @@ def read_items(run: MALMMRun, path: str | None, split: str, what: str, say=print
     if not run.video_root:
         raise LongvidError("give the video folder: video_root=DIR")
     items = read_dataset(run.dataset, path, split, run.tasks(), run.history, run.stride)
-    summary = find_videos(items, run.video_root)
+    summary = find_videos(items, run.video_root, run.dataset)
     say(summary.line(path))
     if summary.missing and (not run.skip_missing or not summary.found):
         hint = "; set skip_missing=true to leave their samples out" if summary.found else ""
         raise LongvidError(f"{summary.line(path)} under {run.video_root}{hint}")
     return [(item, summary.found[item.video]) for item in items if item.video in summary.found]
+
+
+def caption_references(run: MALMMRun, items: Sequence[LMMItem]) -> dict[str, list[str]] | None:
+    """Caption runs: the reference captions of every evaluated segment (``references=`` file, or the
+    annotation's own captions); an error naming what lacks one. None for other data sets."""
+    from longvid.data.lmm.formats import read_coco_references
+
+    if run.dataset != "youcook2":
+        return None
+    if run.references:
+        references = read_coco_references(run.references)
+        lacking = [item.key for item in items if item.key not in references]
+        if lacking:
+            raise LongvidError(f"{run.references}: no reference caption for {len(lacking)} segment(s) of {run.val_data}, e.g. {lacking[0]}")
+        return references
+    empty = [item for item in items if not item.answer]
+    if empty:
+        raise LongvidError(f"{run.val_data}:{empty[0].line}: segment {empty[0].key!r} has an empty caption (MA-LMM's test files "
+                           f"keep captions in coco_gt/cap_<split>.json: give references=FILE)")
+    return {item.key: list(item.references) for item in items}
 
 
 def encoder_fingerprint(encoder) -> str:
@@ -268,23 +290,24 @@ def generate_answers(model, samples: list[tuple[LMMItem, str]], features: list[s
     return answers
 
 
-def score(dataset: str, items: Sequence[LMMItem], predictions: Sequence[str]) -> dict[str, float]:
-    """MA-LMM's metric for ``dataset`` (see :mod:`longvid.eval.lmm_metrics`)."""
+def score(dataset: str, items: Sequence[LMMItem], predictions: Sequence[str],
+          references: dict[str, list[str]] | None = None, meteor: bool = True) -> dict[str, float]:
+    """MA-LMM's metric for ``dataset`` (see :mod:`longvid.eval.lmm_metrics`); captions are scored
+    against ``references`` (id -> captions; None: each item's own caption), the first prediction per id."""
     from longvid.eval.lmm_metrics import answer_correct, caption_metrics, grouped_accuracy
 
     if dataset == "youcook2":
-        refs: dict[str, list[str]] = {}
         preds: dict[str, str] = {}
         for item, prediction in zip(items, predictions):
-            refs.setdefault(item.key, []).extend(item.references)
             preds.setdefault(item.key, prediction)
-        return caption_metrics(preds, refs)
+        refs = references if references is not None else {item.key: list(item.references) for item in items}
+        return caption_metrics(preds, {key: refs[key] for key in preds}, meteor)
     correct = [answer_correct(p, item.answer, dataset in FIRST_WORD_QA) for item, p in zip(items, predictions)]
     per_group = grouped_accuracy([item.group for item in items], correct)
     if dataset == "lvu":
         groups = {k: v for k, v in per_group.items() if k != "mean"}
         return {**groups, "mean": sum(groups.values()) / len(groups)}
-    return {"top1" if dataset in CLASSIFICATION else "accuracy": per_group[dataset]}
+    return {"top1" if dataset in CLASSIFICATION else "accuracy": 100.0 * sum(correct) / len(correct)}
 
 
 def write_metrics(out_dir: str, dataset: str, metrics: dict[str, float], samples: int) -> str:
@@ -301,15 +324,15 @@ def metrics_table(metrics: dict[str, float]) -> str:
 
 def _evaluate_model(run: MALMMRun, model, progress: bool, predictions: str | None, say=print) -> dict[str, float]:
     samples = read_items(run, run.val_data, run.val_split, "evaluation", say)
+    references = caption_references(run, [item for item, _ in samples])
     num_frames = model.config.num_frames
     features = cache_features(model, samples, num_frames, run.cache_dir or os.path.join(run.out_dir, "features"), progress)
     answers = generate_answers(model, samples, features, run.eval_batch_size, progress)
     items = [item for item, _ in samples]
-    metrics = score(run.dataset, items, answers)
-    if predictions:
-        rows = [json.dumps({"id": item.key, "group": item.group, "prompt": item.prompt, "prediction": answer, "answer": item.answer}) + "\n"
-                for item, answer in zip(items, answers)]
-        write_lines_atomically(predictions, rows)
+    metrics = score(run.dataset, items, answers, references, run.meteor)
+    rows = [json.dumps({"id": item.key, "group": item.group, "prompt": item.prompt, "prediction": answer, "answer": item.answer}) + "\n"
+            for item, answer in zip(items, answers)]
+    write_lines_atomically(predictions or os.path.join(run.out_dir, "predictions.jsonl"), rows)
     path = write_metrics(run.out_dir, run.dataset, metrics, len(items))
     say(metrics_table(metrics))
     say(f"metrics of {len(items)} samples written to {path}")
@@ -346,8 +369,11 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
     say = print if dist.is_main else (lambda text: None)
     try:
         samples = read_items(run, run.data, run.split, "training", say)
+        empty = next((item for item, _ in samples if not item.answer), None)
+        if empty is not None:
+            raise LongvidError(f"{run.data}:{empty.line}: sample {empty.key!r} has an empty target text: nothing to train on")
         if run.val_data:
-            read_items(run, run.val_data, run.val_split, "evaluation", lambda text: None)  # fail before compute
+            caption_references(run, [item for item, _ in read_items(run, run.val_data, run.val_split, "evaluation", lambda text: None)])
         seed_everything(run.seed)
         model = build_run_model(run, dist.device, say)
         cache_dir = run.cache_dir or os.path.join(run.out_dir, "features")
@@ -379,7 +405,7 @@ def evaluate(config_name: str, overrides: Sequence[str] = (), checkpoint: str | 
     from longvid.train import checkpoint as ckpt
 
     run = load_run(config_name, overrides)
-    read_items(run, run.val_data, run.val_split, "evaluation", lambda text: None)  # fail before building the model
+    caption_references(run, [item for item, _ in read_items(run, run.val_data, run.val_split, "evaluation", lambda text: None)])
     model = build_run_model(run, _device())
     if checkpoint is None and ckpt.list_checkpoints(run.out_dir):
         checkpoint = run.out_dir

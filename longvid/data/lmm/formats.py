@@ -14,7 +14,7 @@ data set       entry fields used                                     prompt -> t
 ``coin``       ``subset``, ``target`` (entries of the chosen split)   ``what is the activity in the video?``
 ``msrvtt_qa``  ``video``, ``question``, ``answer``                    ``Question: {q} Short answer:`` -> answer
 ``msvd_qa``    (same)
-``activitynet_qa`` (same; videos are ``v_<video>`` files)
+``activitynet_qa`` (same; video files ``<video>`` or ``v_<video>``)
 ``youcook2``   ``video``, ``start_time``, ``end_time``, ``caption``   ``what does the video describe?`` -> caption
 =============  ====================================================  ==========================================
 
@@ -196,15 +196,14 @@ def read_coin(path: str, split: str) -> list[LMMItem]:
     return items
 
 
-def read_qa(path: str, name: str, video_prefix: str = "") -> list[LMMItem]:
-    """Open-ended video QA (``{question_id: {video, question, answer, ...}}``), whole videos;
-    the video file is ``video_prefix + video`` (ActivityNet's are ``v_<id>``)."""
+def read_qa(path: str, name: str) -> list[LMMItem]:
+    """Open-ended video QA (``{question_id: {video, question, answer, ...}}``), whole videos."""
     items = []
     for key, entry, line in json_entries(path):
         video = _need(path, line, key, entry, "video", str)
         question = process_question(_need(path, line, key, entry, "question", str))
         answer = process_question(str(_need(path, line, key, entry, "answer", (str, int, float))))
-        items.append(LMMItem(key, video_prefix + video, QA_PROMPT.format(question), answer, name, line))
+        items.append(LMMItem(key, video, QA_PROMPT.format(question), answer, name, line))
     return items
 
 
@@ -233,10 +232,8 @@ def read_dataset(name: str, path: str, split: str = "train", lvu_tasks=LVU_TASKS
         items = read_breakfast(path)
     elif name == "coin":
         items = read_coin(path, split)
-    elif name in ("msrvtt_qa", "msvd_qa"):
+    elif name in ("msrvtt_qa", "msvd_qa", "activitynet_qa"):
         items = read_qa(path, name)
-    elif name == "activitynet_qa":
-        items = read_qa(path, name, video_prefix="v_")
     elif name == "youcook2":
         items = read_youcook2(path)
     else:
@@ -258,17 +255,67 @@ class VideoSummary:
         return f"{path}: {len(self.found)} videos found, {len(self.missing)} missing" + (f" ({shown})" if self.missing else "")
 
 
-def find_videos(items: list[LMMItem], video_root: str) -> VideoSummary:
-    """Look up each item's video as ``video_root/<name><ext>`` for the usual extensions
-    (or ``video_root/<name>`` when the name already has one)."""
+def video_candidates(dataset: str, name: str) -> list[str]:
+    """Where a data set's video ``name`` may be under the video root (relative paths without
+    extension), in the layouts the data sets are downloaded in: the name itself; ActivityNet's
+    ``v_<id>``; Breakfast's ``P03/cam01/P03_cereals`` for ``P03-cam01-P03_cereals``."""
+    found = [name]
+    if dataset == "activitynet_qa":
+        found.append("v_" + name)
+    if dataset == "breakfast":
+        found.append(name.replace("-", "/", 2))
+    return found
+
+
+def _video_files(root: str, max_depth: int = 3) -> dict[str, str]:
+    """Relative path without extension (and bare file stem) -> file, for the videos under ``root``."""
+    listing: dict[str, str] = {}
+    root = os.path.normpath(root)
+    for folder, subfolders, files in os.walk(root):
+        depth = 0 if folder == root else os.path.relpath(folder, root).count(os.sep) + 1
+        if depth >= max_depth:
+            subfolders[:] = []
+        for name in sorted(files):
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in VIDEO_EXTENSIONS:
+                path = os.path.join(folder, name)
+                relative = os.path.relpath(os.path.join(folder, stem), root).replace(os.sep, "/")
+                listing.setdefault(relative, path)
+                listing.setdefault(stem, path)
+    return listing
+
+
+def find_videos(items: list[LMMItem], video_root: str, dataset: str = "") -> VideoSummary:
+    """Look up each item's video under ``video_root`` (any video extension, up to 3 folders deep;
+    see :func:`video_candidates` for the names tried)."""
     if not os.path.isdir(video_root):
         raise LongvidError(f"video_root {video_root!r} is not a folder")
-    names = list(dict.fromkeys(item.video for item in items))
-    listing = {}
-    for entry in os.scandir(video_root):
-        stem, ext = os.path.splitext(entry.name)
-        if ext.lower() in VIDEO_EXTENSIONS:
-            listing.setdefault(stem, entry.path)
-            listing.setdefault(entry.name, entry.path)
-    found = {name: listing[name] for name in names if name in listing}
-    return VideoSummary(found, tuple(name for name in names if name not in found))
+    listing = _video_files(video_root)
+    found, missing = {}, []
+    for name in dict.fromkeys(item.video for item in items):
+        path = next((listing[c] for c in video_candidates(dataset, name) if c in listing), None)
+        if path is None:
+            missing.append(name)
+        else:
+            found[name] = path
+    return VideoSummary(found, tuple(missing))
+
+
+def read_coco_references(path: str) -> dict[str, list[str]]:
+    """Reference captions of a COCO caption file (MA-LMM's ``annotation/coco_gt/cap_<split>.json``:
+    ``{"annotations": [{"image_id", "caption", ...}], "images": [...]}``): image id -> captions."""
+    if not os.path.isfile(path):
+        raise AnnotationError(f"{path}: no such reference file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise AnnotationError(f"{path}: expected a COCO caption file with an 'annotations' list")
+    references: dict[str, list[str]] = {}
+    for i, row in enumerate(data["annotations"]):
+        if not isinstance(row, dict) or "image_id" not in row or not isinstance(row.get("caption"), str):
+            raise AnnotationError(f"{path}: annotation {i} needs 'image_id' and a 'caption' string")
+        references.setdefault(str(row["image_id"]), []).append(row["caption"])
+    return references
