@@ -131,3 +131,22 @@ def test_bad_input_fails_before_compute_with_one_line(lvu, monkeypatch):
     with pytest.raises(LongvidError, match="unknown field 'lr_x'"):
         malmm_run.train("malmm_tiny_lvu", ["lr_x=1"], progress=False)
     assert not os.path.exists("E/features") or not any(f.startswith("step_") for f in os.listdir("E"))
+
+
+def test_nsa_preset_trains_its_gates_on_both_memories(lvu, monkeypatch):
+    """malmm_tiny_nsa: the sparse Q-Former (query and visual memory) through the same train/eval path;
+    the branch gates and block pooling of both kinds of layer learn."""
+    import torch
+
+    from longvid.train.checkpoint import load_latest
+
+    monkeypatch.chdir(lvu)
+    malmm_run.train("malmm_tiny_nsa", ["data=train.json", "val_data=val.json", "video_root=videos", "max_steps=2",
+                                       "out_dir=N", "lr=0.01"], progress=False)  # fmt: skip
+    metrics = json.loads((lvu / "N" / "metrics.json").read_text())
+    assert set(metrics) == {"dataset", "samples", "director", "writer", "genre", "mean"}
+    tensors, _, _ = load_latest("N")
+    for name in ("qformer.layers.0.attention.gate.bias", "qformer.layers.0.crossattention.gate.bias",
+                 "qformer.layers.2.crossattention.block_pool"):
+        start = torch.full_like(tensors[f"model.{name}"], -np.log(2.0) if name.endswith("bias") else 0.5)
+        assert not torch.allclose(tensors[f"model.{name}"], start), name

@@ -118,8 +118,7 @@ def test_sparse_variant_reduces_to_dense_memory_attention_when_nothing_is_droppe
     dense = QFormer(tiny_config(3)).eval()
     sparse = QFormer(tiny_config(3, sparse=SparseMemoryConfig(block_slots=1, top_blocks=3, window_slots=3))).eval()
     sparse.load_state_dict(dense.state_dict(), strict=False)
-    for layer in sparse.layers:
-        torch.nn.init.constant_(layer.attention.gate.bias, -np.log(2.0))  # sigmoid = 1/3
+    assert all(layer.attention.gate.bias.eq(-np.log(2.0)).all() for layer in sparse.layers)  # gates start at 1/3
     frames = torch.randn(6, 2, 10, 48)
     ids = torch.randint(1, 120, (2, 4))
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
@@ -149,3 +148,25 @@ def test_load_rejects_wrong_shapes():
     qformer = QFormer(tiny_config(0))
     with pytest.raises(LongvidError, match="lacks"):
         load_qformer_state_dict(qformer, {"query_tokens": torch.zeros(1, 8, 64)})
+
+
+def test_sparse_attention_covers_the_visual_memory():
+    """With ``visual`` sparse only, the cross-attention layers read the visual bank through the gated
+    branches (the self-attention stays dense): identical to dense on the first frame, different once
+    blocks are dropped, and the visual bank stays at L slots."""
+    from longvid.models.malmm.qformer import SparseMemoryAttention
+
+    torch.manual_seed(0)
+    cfg = tiny_config(4, sparse=SparseMemoryConfig(block_slots=2, top_blocks=1, window_slots=1, query=False))
+    sparse = QFormer(cfg).eval()
+    assert all(isinstance(layer.crossattention, SparseMemoryAttention) for layer in sparse.layers[::2])
+    assert not any(isinstance(layer.attention, SparseMemoryAttention) for layer in sparse.layers)
+    dense = QFormer(tiny_config(4)).eval()
+    dense.load_state_dict(sparse.state_dict(), strict=False)
+    frames = torch.randn(7, 2, 10, 48)
+    ids = torch.randint(1, 120, (2, 3))
+    got, memory = run_frames(sparse, frames, ids)
+    want, _ = run_frames(dense, frames, ids)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-5)
+    assert not torch.allclose(got[-1], want[-1], atol=1e-3)
+    assert memory.visual.num_slots == 4

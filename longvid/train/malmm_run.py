@@ -123,6 +123,7 @@ def _register_presets() -> None:
         model = "malmm_tiny_nsa" if name == "malmm_nsa" else "malmm_tiny"
         tiny_name = "malmm_tiny_nsa" if name == "malmm_nsa" else name.replace("malmm_", "malmm_tiny_")
         full[tiny_name] = dataclasses.replace(run, model=model, history=4.0, stride=2.0, max_new_tokens=4, min_new_tokens=None, **tiny)
+    full["malmm_tiny_nsa"] = dataclasses.replace(full["malmm_tiny_nsa"], num_frames=6, memory_bank_length=4)  # blocks get dropped
     for name, run in full.items():
         lmm_presets.register(name, "malmm", functools.partial(lambda r: r, run))
 

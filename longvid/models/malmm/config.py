@@ -17,11 +17,13 @@ TINY = "tiny"  # an encoder / LLM / tokenizer built in memory from the config
 
 @dataclass(frozen=True)
 class SparseMemoryConfig:
-    """Native sparse attention over the query memory (blocks are runs of memory slots)."""
+    """Native sparse attention over the memory banks (blocks are runs of memory slots)."""
 
     block_slots: int = 2  # memory slots per block (compression and selection unit)
     top_blocks: int = 2  # blocks each query position selects
     window_slots: int = 2  # newest memory slots in the sliding-window branch
+    query: bool = True  # the query-memory self-attention is sparse
+    visual: bool = True  # the cross-attention to the visual memory is sparse
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class QFormerConfig:
     memory_bank_length: int = 0  # L; 0: no memory, every frame on its own
     visual_memory: bool = True
     query_memory: bool = True
-    sparse: SparseMemoryConfig | None = None  # native sparse attention over the query memory
+    sparse: SparseMemoryConfig | None = None  # native sparse attention over the memory banks
 
     @property
     def uses_memory(self) -> bool:
@@ -92,7 +94,7 @@ PRESETS: dict[str, MALMMConfig] = {
     # tiny self-contained models (random CLIP encoder, LLaMA LLM and word tokenizer built in memory)
     "malmm_tiny": _TINY,
     "malmm_tiny_nsa": replace(
-        _TINY, qformer=replace(_TINY_QFORMER, memory_bank_length=8, sparse=SparseMemoryConfig(block_slots=2, top_blocks=2, window_slots=2))
+        _TINY, qformer=replace(_TINY_QFORMER, memory_bank_length=8, sparse=SparseMemoryConfig(block_slots=2, top_blocks=1, window_slots=2))
     ),
     "instructblip_tiny": replace(_TINY, qformer=replace(_TINY_QFORMER, memory_bank_length=0)),
 }
@@ -119,7 +121,7 @@ def describe(name: str) -> str:
     c = PRESETS[name]
     q = c.qformer
     kind = "MA-LMM" if q.uses_memory else "InstructBLIP (no memory)"
-    memory = f"memory bank L={q.memory_bank_length}{', sparse query memory' if q.sparse else ''}, " if q.uses_memory else ""
+    memory = f"memory bank L={q.memory_bank_length}{', native sparse attention over the memory' if q.sparse else ''}, " if q.uses_memory else ""
     parts = "tiny random encoder and LLM built in memory" if c.encoder == TINY else "encoder and LLM attached by path or hub id"
     return (f"{kind}: Q-Former {q.num_layers}x{q.hidden_size}, {q.num_query_tokens} queries, {memory}"
             f"{q.encoder_width}-wide frames -> {c.llm_hidden}-wide LLM; {parts}")
