@@ -150,3 +150,12 @@ def test_nsa_preset_trains_its_gates_on_both_memories(lvu, monkeypatch):
                  "qformer.layers.2.crossattention.block_pool"):
         start = torch.full_like(tensors[f"model.{name}"], -np.log(2.0) if name.endswith("bias") else 0.5)
         assert not torch.allclose(tensors[f"model.{name}"], start), name
+
+
+def test_uncached_features_give_the_same_answers(lvu, monkeypatch):
+    monkeypatch.chdir(lvu)
+    args = ["val_data=val.json", "video_root=videos", "out_dir=U"]
+    cached = malmm_run.evaluate("malmm_tiny_lvu", args, progress=False, predictions="a.jsonl")
+    fresh = malmm_run.evaluate("malmm_tiny_lvu", args + ["feature_cache=false"], progress=False, predictions="b.jsonl")
+    assert cached == fresh and open("a.jsonl").read() == open("b.jsonl").read()
+    assert len(os.listdir("U/features")) == 4  # one file per (video, window), shared by the tasks: 2 videos x 2 windows

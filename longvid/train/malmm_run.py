@@ -9,7 +9,8 @@ A run preset (:class:`MALMMRun`) names a model preset, one of MA-LMM's data sets
    ``image_pe`` and ``llm_proj`` train), from an InstructBLIP checkpoint (``pretrained=``)
    and/or MA-LMM weights (``weights=``) when given;
 3. samples ``num_frames`` frames uniformly over each video / window / segment and encodes
-   them once into a feature cache (``cache_dir``, default ``out_dir/features``);
+   them once into a feature cache (``cache_dir``, default ``out_dir/features``; or at every
+   use with ``feature_cache=false``);
 4. trains on the training core (:class:`~longvid.train.qa.QATask`: answer cross-entropy through
    the frozen LLM, AdamW, warm-up + cosine, AMP, checkpoints, resume, ``log.jsonl``), then
    evaluates on ``val_data``: generated answers (beam search), scored as MA-LMM scores them
@@ -67,7 +68,9 @@ class MALMMRun:
     encoder: str | None = None  # override the preset's image encoder
     llm: str | None = None  # override the preset's LLM
     qformer_tokenizer: str | None = None
+    feature_cache: bool = True  # encode each sample's frames once into cache_dir (false: decode and encode at every use)
     cache_dir: str | None = None  # encoder features (default out_dir/features)
+    cache_dtype: str = "float16"  # the released ViT runs in float16 anyway; float32 doubles the cache
     skip_missing: bool = False  # leave out samples whose video is missing (default: an error)
     batch_size: int = 16
     eval_batch_size: int = 16
@@ -118,7 +121,7 @@ def _register_presets() -> None:
         "malmm_nsa": MALMMRun(model="malmm_nsa", dataset="lvu", max_new_tokens=5, epochs=20, batch_size=16),
     }
     tiny = dict(num_frames=4, memory_bank_length=2, batch_size=2, eval_batch_size=2, epochs=1, lr=1e-3, warmup_steps=0,
-                log_every=1, checkpoint_every=2, seed=0)
+                log_every=1, checkpoint_every=2, seed=0, cache_dtype="float32")
     for name, run in list(full.items()):
         model = "malmm_tiny_nsa" if name == "malmm_nsa" else "malmm_tiny"
         tiny_name = "malmm_tiny_nsa" if name == "malmm_nsa" else name.replace("malmm_", "malmm_tiny_")
@@ -161,6 +164,7 @@ def _check(run: MALMMRun) -> None:
         (run.batch_size >= 1 and run.eval_batch_size >= 1, "batch sizes must be >= 1"),
         (run.num_frames is None or run.num_frames >= 1, f"num_frames must be >= 1, got {run.num_frames}"),
         (run.history > 0 and run.stride > 0, "history and stride must be > 0"),
+        (run.cache_dtype in ("float16", "bfloat16", "float32"), f"cache_dtype must be float16, bfloat16 or float32, got {run.cache_dtype!r}"),
         (not set(run.tasks()) - set(LVU_TASKS) and run.tasks(), f"lvu_tasks must be 'all' or among {', '.join(LVU_TASKS)}, got {run.lvu_tasks!r}"),
     ]
     for ok, message in checks:
@@ -215,34 +219,42 @@ def encoder_fingerprint(encoder) -> str:
 def _load_features(path: str) -> torch.Tensor:
     from safetensors.torch import load_file
 
-    return load_file(path)["features"]
+    return load_file(path)["features"].float()
 
 
-def cache_features(model, samples: list[tuple[LMMItem, str]], num_frames: int, cache_dir: str, progress: bool) -> list[str]:
-    """Encoder tokens ``(T, Nv, Cv)`` of every sample's ``num_frames`` uniform frames, computed once
-    into ``cache_dir``; returns each sample's feature file."""
+def _encode(encoder, video: str, item: LMMItem, num_frames: int) -> torch.Tensor:
+    """Encoder tokens ``(T, Nv, Cv)`` of ``num_frames`` uniform frames of the item's video / segment."""
     from longvid.data.lmm import read_uniform_frames
+
+    frames = read_uniform_frames(video, num_frames, encoder.image_size, item.start, item.end)  # (T, 3, S, S) uint8
+    return encoder.encode_frames(frames)
+
+
+def feature_loaders(model, samples: list[tuple[LMMItem, str]], num_frames: int, run: MALMMRun, progress: bool) -> list:
+    """One function per sample returning its encoder tokens ``(T, Nv, Cv)``: with ``feature_cache``,
+    computed once into ``cache_dir`` (stored as ``cache_dtype``) and read back; without, decoded
+    and encoded at each use (what a data set too large to cache needs)."""
     from longvid.models.encoders import FeatureCache
 
     encoder = model._need_encoder()
-    cache, fingerprint = FeatureCache(cache_dir), encoder_fingerprint(encoder)
-    paths, done = [], {}
+    if not run.feature_cache:
+        return [functools.partial(_encode, encoder, video, item, num_frames) for item, video in samples]
+    store = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[run.cache_dtype]
+    cache = FeatureCache(run.cache_dir or os.path.join(run.out_dir, "features"))
+    fingerprint = encoder_fingerprint(encoder)
+    loaders, done = [], {}
     bar = progress_bar(total=len(samples), desc="encode", unit="sample", enabled=progress)
     for item, video in samples:
-        sampling = f"uniform:{num_frames}:{item.start}:{item.end}:{encoder.image_size}"
-        key = cache.key(video, fingerprint, sampling)
+        key = cache.key(video, fingerprint, f"uniform:{num_frames}:{item.start}:{item.end}:{encoder.image_size}:{run.cache_dtype}")
         if key not in done:
-            def compute(video=video, item=item) -> torch.Tensor:
-                frames = read_uniform_frames(video, num_frames, encoder.image_size, item.start, item.end)  # (T, 3, S, S) uint8
-                return encoder.encode_frames(frames)  # (T, Nv, Cv)
-            cache.get_or_compute(key, compute)
-            done[key] = cache.path(key)
-        paths.append(done[key])
+            cache.get_or_compute(key, lambda video=video, item=item: _encode(encoder, video, item, num_frames).to(store))
+            done[key] = functools.partial(_load_features, cache.path(key))
+        loaders.append(done[key])
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    return paths
+    return loaders
 
 
 # -- model -----------------------------------------------------------------------------------
@@ -271,7 +283,7 @@ def _device() -> torch.device:
 
 
 @torch.no_grad()
-def generate_answers(model, samples: list[tuple[LMMItem, str]], features: list[str], batch_size: int, progress: bool) -> list[str]:
+def generate_answers(model, samples: list[tuple[LMMItem, str]], features: list, batch_size: int, progress: bool) -> list[str]:
     """Each sample's generated answer: its frames through the memory, then beam search."""
     model.eval()
     device = model.llm_proj.weight.device
@@ -279,7 +291,7 @@ def generate_answers(model, samples: list[tuple[LMMItem, str]], features: list[s
     bar = progress_bar(total=len(samples), desc="eval", unit="sample", enabled=progress)
     for first in range(0, len(samples), batch_size):
         chunk = samples[first : first + batch_size]
-        tokens = torch.stack([_load_features(p) for p in features[first : first + batch_size]]).to(device)  # (B, T, Nv, Cv)
+        tokens = torch.stack([load() for load in features[first : first + batch_size]]).to(device)  # (B, T, Nv, Cv)
         prompts = [item.prompt for item, _ in chunk]
         state = model.init_state(len(chunk), device, instructions=prompts)
         _, state = model.step_tokens(tokens, state)
@@ -327,7 +339,7 @@ def _evaluate_model(run: MALMMRun, model, progress: bool, predictions: str | Non
     samples = read_items(run, run.val_data, run.val_split, "evaluation", say)
     references = caption_references(run, [item for item, _ in samples])
     num_frames = model.config.num_frames
-    features = cache_features(model, samples, num_frames, run.cache_dir or os.path.join(run.out_dir, "features"), progress)
+    features = feature_loaders(model, samples, num_frames, run, progress)
     answers = generate_answers(model, samples, features, run.eval_batch_size, progress)
     items = [item for item, _ in samples]
     metrics = score(run.dataset, items, answers, references, run.meteor)
@@ -377,13 +389,12 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
             caption_references(run, [item for item, _ in read_items(run, run.val_data, run.val_split, "evaluation", lambda text: None)])
         seed_everything(run.seed)
         model = build_run_model(run, dist.device, say)
-        cache_dir = run.cache_dir or os.path.join(run.out_dir, "features")
         if not dist.is_main:
             barrier()
-        features = cache_features(model, samples, model.config.num_frames, cache_dir, progress and dist.is_main)
+        features = feature_loaders(model, samples, model.config.num_frames, run, progress and dist.is_main)
         if dist.is_main:
             barrier()
-        examples = [QAExample(functools.partial(_load_features, path), item.prompt, item.answer) for (item, _), path in zip(samples, features)]
+        examples = [QAExample(load, item.prompt, item.answer) for (item, _), load in zip(samples, features)]
         task = QATask(examples, config.batch_size, config.seed, config.shuffle, dist.device, dist.rank, dist.world_size)
         total = config.epochs * task.steps_per_epoch if config.max_steps is None else config.max_steps  # max_steps wins over epochs
         if dist.is_main:
