@@ -403,11 +403,11 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
         trainer = TaskTrainer(model, task, config, total, run.out_dir, DistInfo(dist.rank, dist.world_size, dist.local_rank, dist.device), log=say)
         history = trainer.fit(resume=resume)
         say(f"trained {trainer.step} steps on {len(examples)} samples; checkpoints in {run.out_dir}")
-        if run.val_data and dist.is_main:
-            _evaluate_model(run, model, progress, None, say)
-        return history
     finally:
-        cleanup()
+        cleanup()  # before the evaluation: the other ranks leave instead of waiting at a barrier
+    if run.val_data and dist.is_main:
+        _evaluate_model(run, model, progress, None, say)
+    return history
 
 
 def evaluate(config_name: str, overrides: Sequence[str] = (), checkpoint: str | None = None, progress: bool = True,
