@@ -564,8 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", default="longvid-demo", help="output folder (default longvid-demo/)")
     sub.add_argument("--seconds", type=float, default=20.0)
 
-    sub = command("train", cmd_train, "Train a memory model on sequential clip streams (use torchrun for several processes).")
-    sub.add_argument("config", help="a training preset (see longvid.train.PRESETS) or a JSON file of config fields")
+    sub = command("train", cmd_train, "Train a memory model on sequential clip streams, or MA-LMM on its data sets (use torchrun for several processes).")
+    sub.add_argument("config", help="a training preset (see longvid.train.PRESETS), a JSON file of config fields, or an MA-LMM run preset (malmm_lvu, malmm_tiny_lvu, ...)")
     sub.add_argument("overrides", nargs="*", help="config fields as key=value, e.g. lr=0.01 progressive=1,2,3")
     sub.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -116,3 +116,25 @@ def test_released_key_names_map_to_the_model(instructblip):
             continue
         assert ours[_our_name(name)] == tuple(int(s) for s in shape.split("x")), name
     assert len(rows) - 1 == len(ours)  # every trainable tensor is named in the released layout
+
+
+def test_runs_start_from_instructblip_and_lavis_weights(instructblip, tmp_path, monkeypatch, capsys):
+    """``pretrained=`` / ``weights=`` through a run preset: the reports are printed, the run evaluates."""
+    import numpy as np
+
+    from longvid.train import malmm_run
+    from longvid.video import write_video
+
+    folder, blip = instructblip
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("videos")
+    write_video("videos/9t8iEpdabms.mp4", (np.full((32, 48, 3), 5 * i, np.uint8) for i in range(40)), fps=10)
+    with open("val.json", "w") as f:
+        json.dump({"9t8iEpdabms": {"subset": "val", "duration": 4, "num_frames": 40, "genre": "drama", "genre_answer": "(a)"}}, f)
+    lavis = {target: tensor for name, tensor in blip.state_dict().items() if (target := lavis_name(name)) is not None}
+    torch.save({"model": {**lavis, "image_pe.weight": torch.randn(16, 48)}}, "malmm.pth")
+    metrics = malmm_run.evaluate("malmm_tiny_lvu", ["val_data=val.json", "video_root=videos", "out_dir=R",
+                                                    f"pretrained={folder}", "weights=malmm.pth"], progress=False)  # fmt: skip
+    printed = capsys.readouterr().out
+    assert f"{folder}: loaded" in printed and "malmm.pth: loaded" in printed and "missing 0; unexpected 0" in printed
+    assert set(metrics) == {"genre", "mean"}

@@ -122,6 +122,6 @@ def describe(name: str) -> str:
     q = c.qformer
     kind = "MA-LMM" if q.uses_memory else "InstructBLIP (no memory)"
     memory = f"memory bank L={q.memory_bank_length}{', native sparse attention over the memory' if q.sparse else ''}, " if q.uses_memory else ""
-    parts = "tiny random encoder and LLM built in memory" if c.encoder == TINY else "encoder and LLM attached by path or hub id"
+    parts = "tiny random encoder and LLM built in memory" if c.encoder == TINY else "encoder and LLM by path or hub id, or all from InstructBLIP (pretrained=)"
     return (f"{kind}: Q-Former {q.num_layers}x{q.hidden_size}, {q.num_query_tokens} queries, {memory}"
             f"{q.encoder_width}-wide frames -> {c.llm_hidden}-wide LLM; {parts}")
