@@ -124,3 +124,32 @@ def test_uniform_frames_are_the_nearest_to_linspace(tmp_path):
         got = [int(round(float(f.float().mean()) / 3)) for f in frames]
         assert frames.shape == (count, 3, 16, 16)
         assert np.abs(np.array(got) - expected).max() <= 1 and got[0] == first and got[-1] == last
+
+
+def test_segment_times_draw_one_time_per_segment():
+    import torch
+
+    from longvid.data.lmm.frames import segment_times
+
+    times = segment_times(2.0, 12.0, 5, torch.Generator().manual_seed(0))
+    assert all(2.0 + 2 * i <= float(t) < 2.0 + 2 * (i + 1) for i, t in enumerate(times))
+    assert torch.equal(times, segment_times(2.0, 12.0, 5, torch.Generator().manual_seed(0)))
+    assert not torch.equal(times, segment_times(2.0, 12.0, 5, torch.Generator().manual_seed(1)))
+
+
+def test_random_resized_crop_is_one_crop_for_all_frames():
+    """Frame t = a pattern + 10 t: every output frame must be the first one + 10 t (same crop and flip)."""
+    import torch
+
+    from longvid.data.lmm.frames import random_resized_crop
+
+    pattern = torch.arange(36 * 64).view(36, 64) % 97
+    frames = torch.stack([(pattern + 10 * t).expand(3, 36, 64) for t in range(3)]).to(torch.uint8)
+    outputs = []
+    for seed in range(8):
+        out = random_resized_crop(frames, 16, generator=torch.Generator().manual_seed(seed))
+        assert out.shape == (3, 3, 16, 16)
+        assert all(torch.equal(out[t].int() - out[0].int(), torch.full((3, 16, 16), 10 * t)) for t in range(3))
+        assert torch.equal(out, random_resized_crop(frames, 16, generator=torch.Generator().manual_seed(seed)))
+        outputs.append(out)
+    assert len({tuple(o.flatten().tolist()) for o in outputs}) >= 4  # the crops differ between draws

@@ -159,3 +159,15 @@ def test_uncached_features_give_the_same_answers(lvu, monkeypatch):
     fresh = malmm_run.evaluate("malmm_tiny_lvu", args + ["feature_cache=false"], progress=False, predictions="b.jsonl")
     assert cached == fresh and open("a.jsonl").read() == open("b.jsonl").read()
     assert len(os.listdir("U/features")) == 4  # one file per (video, window), shared by the tasks: 2 videos x 2 windows
+
+
+def test_random_training_draws_are_seeded(lvu, monkeypatch):
+    """MA-LMM's training draw (a random frame per segment, random resized crop + flip) is fresh at every
+    use, never cached, and the same for the same seed."""
+    monkeypatch.chdir(lvu)
+    args = ["data=train.json", "video_root=videos", "max_steps=3", "train_sampling=random", "augment=true"]
+    a = malmm_run.train("malmm_tiny_lvu", args + ["out_dir=A"], progress=False)
+    b = malmm_run.train("malmm_tiny_lvu", args + ["out_dir=B"], progress=False)
+    c = malmm_run.train("malmm_tiny_lvu", args + ["out_dir=C", "seed=1"], progress=False)
+    assert [r["loss"] for r in a] == [r["loss"] for r in b] != [r["loss"] for r in c]
+    assert not os.path.exists("A/features")

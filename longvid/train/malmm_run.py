@@ -54,6 +54,8 @@ class MALMMRun:
     split: str = "train"  # COIN: the subset of the training file
     val_split: str = "val"  # COIN: the subset of the evaluation file
     lvu_tasks: str = "all"  # LVU: comma-separated tasks (the paper trains one model per task)
+    train_sampling: str = "random"  # "random": a random frame per segment (MA-LMM's training draw); "uniform": as in evaluation
+    augment: bool = True  # training: MA-LMM's random resized crop (area 0.5-1) + horizontal flip
     history: float = 100.0  # LVU window (s)
     stride: float = 20.0  # LVU window step (s)
     num_frames: int | None = None  # frames per sample (None: the model preset's)
@@ -110,7 +112,7 @@ class MALMMRun:
 def _register_presets() -> None:
     full = {
         # the released run scripts (run_scripts/*/train.sh): per-GPU batch, 4 GPUs there
-        "malmm_lvu": MALMMRun(model="malmm_cls", dataset="lvu", max_new_tokens=5, epochs=20, batch_size=16),
+        "malmm_lvu": MALMMRun(model="malmm_cls", dataset="lvu", max_new_tokens=5, epochs=20, batch_size=16, train_sampling="uniform"),
         "malmm_breakfast": MALMMRun(model="malmm_cls", dataset="breakfast", epochs=20, batch_size=16),
         "malmm_coin": MALMMRun(model="malmm_cls", dataset="coin", epochs=20, batch_size=16),
         "malmm_msrvtt_qa": MALMMRun(model="malmm_qa", dataset="msrvtt_qa", epochs=5, batch_size=32, eval_batch_size=32),
@@ -118,10 +120,10 @@ def _register_presets() -> None:
         "malmm_activitynet_qa": MALMMRun(model="malmm_qa", dataset="activitynet_qa", epochs=5, batch_size=32, eval_batch_size=32),
         "malmm_youcook2": MALMMRun(model="malmm_caption", dataset="youcook2", epochs=10, batch_size=16, max_new_tokens=30,
                                    min_new_tokens=2),
-        "malmm_nsa": MALMMRun(model="malmm_nsa", dataset="lvu", max_new_tokens=5, epochs=20, batch_size=16),
+        "malmm_nsa": MALMMRun(model="malmm_nsa", dataset="lvu", max_new_tokens=5, epochs=20, batch_size=16, train_sampling="uniform"),
     }
     tiny = dict(num_frames=4, memory_bank_length=2, batch_size=2, eval_batch_size=2, epochs=1, lr=1e-3, warmup_steps=0,
-                log_every=1, checkpoint_every=2, seed=0, cache_dtype="float32")
+                log_every=1, checkpoint_every=2, seed=0, cache_dtype="float32", train_sampling="uniform", augment=False)
     for name, run in list(full.items()):
         model = "malmm_tiny_nsa" if name == "malmm_nsa" else "malmm_tiny"
         tiny_name = "malmm_tiny_nsa" if name == "malmm_nsa" else name.replace("malmm_", "malmm_tiny_")
@@ -164,6 +166,7 @@ def _check(run: MALMMRun) -> None:
         (run.batch_size >= 1 and run.eval_batch_size >= 1, "batch sizes must be >= 1"),
         (run.num_frames is None or run.num_frames >= 1, f"num_frames must be >= 1, got {run.num_frames}"),
         (run.history > 0 and run.stride > 0, "history and stride must be > 0"),
+        (run.train_sampling in ("random", "uniform"), f"train_sampling must be 'random' or 'uniform', got {run.train_sampling!r}"),
         (run.cache_dtype in ("float16", "bfloat16", "float32"), f"cache_dtype must be float16, bfloat16 or float32, got {run.cache_dtype!r}"),
         (not set(run.tasks()) - set(LVU_TASKS) and run.tasks(), f"lvu_tasks must be 'all' or among {', '.join(LVU_TASKS)}, got {run.lvu_tasks!r}"),
     ]
@@ -230,13 +233,26 @@ def _encode(encoder, video: str, item: LMMItem, num_frames: int) -> torch.Tensor
     return encoder.encode_frames(frames)
 
 
-def feature_loaders(model, samples: list[tuple[LMMItem, str]], num_frames: int, run: MALMMRun, progress: bool) -> list:
+def _encode_training_draw(encoder, video: str, item: LMMItem, num_frames: int, sampling: str, augment: bool) -> torch.Tensor:
+    """Encoder tokens ``(T, Nv, Cv)`` of a fresh training draw (random frames / crop from the global RNG,
+    which training checkpoints save, so a resumed run draws the same)."""
+    from longvid.data.lmm.frames import read_training_frames
+
+    return encoder.encode_frames(read_training_frames(video, num_frames, encoder.image_size, item.start, item.end, sampling, augment))
+
+
+def feature_loaders(model, samples: list[tuple[LMMItem, str]], num_frames: int, run: MALMMRun, progress: bool,
+                    training: bool = False) -> list:
     """One function per sample returning its encoder tokens ``(T, Nv, Cv)``: with ``feature_cache``,
     computed once into ``cache_dir`` (stored as ``cache_dtype``) and read back; without, decoded
-    and encoded at each use (what a data set too large to cache needs)."""
+    and encoded at each use (what a data set too large to cache needs). Training draws that change
+    at every use (``train_sampling=random`` or ``augment``) are never cached."""
     from longvid.models.encoders import FeatureCache
 
     encoder = model._need_encoder()
+    if training and (run.train_sampling == "random" or run.augment):
+        return [functools.partial(_encode_training_draw, encoder, video, item, num_frames, run.train_sampling, run.augment)
+                for item, video in samples]
     if not run.feature_cache:
         return [functools.partial(_encode, encoder, video, item, num_frames) for item, video in samples]
     store = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[run.cache_dtype]
@@ -391,7 +407,7 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
         model = build_run_model(run, dist.device, say)
         if not dist.is_main:
             barrier()
-        features = feature_loaders(model, samples, model.config.num_frames, run, progress and dist.is_main)
+        features = feature_loaders(model, samples, model.config.num_frames, run, progress and dist.is_main, training=True)
         if dist.is_main:
             barrier()
         examples = [QAExample(load, item.prompt, item.answer) for (item, _), load in zip(samples, features)]
