@@ -24,6 +24,7 @@ import functools
 import hashlib
 import json
 import os
+import typing
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -139,7 +140,6 @@ _register_presets()
 def load_run(name: str, overrides: Sequence[str] = ()) -> MALMMRun:
     """Run preset ``name`` with ``key=value`` overrides."""
     from longvid.train.config import _coerce, _parse_value
-    import typing
 
     preset = lmm_presets.PRESETS.get(name)
     if preset is None or preset.family != "malmm":
@@ -249,7 +249,9 @@ def feature_loaders(model, samples: list[tuple[LMMItem, str]], num_frames: int, 
     at every use (``train_sampling=random`` or ``augment``) are never cached."""
     from longvid.models.encoders import FeatureCache
 
-    encoder = model._need_encoder()
+    encoder = model.encoder
+    if encoder is None:
+        raise LongvidError(f"{run.model} has no image encoder: give encoder=PATH or pretrained=INSTRUCTBLIP")
     if training and (run.train_sampling == "random" or run.augment):
         return [functools.partial(_encode_training_draw, encoder, video, item, num_frames, run.train_sampling, run.augment)
                 for item, video in samples]
