@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from longvid.data.lmm import read_dataset
 from longvid.errors import LongvidError
@@ -116,6 +117,13 @@ def test_resume_continues_the_same_run(lvu, monkeypatch):
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in whole[2:]], abs=1e-6)
     logged = [json.loads(line)["loss"] for line in open("B/log.jsonl")]
     assert logged == pytest.approx([r["loss"] for r in whole], abs=1e-6)
+    import longvid
+    from longvid.train.checkpoint import load_latest
+
+    model = longvid.build_model("malmm_tiny", checkpoint="A/weights.safetensors", num_frames=4, memory_bank_length=2)
+    tensors, _, _ = load_latest("A")  # the final training checkpoint
+    assert {k: v for k, v in model.trainable_state_dict().items()}.keys() == {k[6:] for k in tensors if k.startswith("model.")}
+    assert all(torch.equal(v, tensors["model." + k]) for k, v in model.trainable_state_dict().items())
 
 
 def test_bad_input_fails_before_compute_with_one_line(lvu, monkeypatch):

@@ -33,7 +33,7 @@ import torch
 from longvid.data.lmm import LMMItem, find_videos, read_dataset
 from longvid.data.lmm.formats import LVU_TASKS
 from longvid.errors import LongvidError
-from longvid.fileio import write_lines_atomically, write_text_atomically
+from longvid.fileio import write_atomically, write_lines_atomically, write_text_atomically
 from longvid.progress import progress as progress_bar
 from longvid.train import lmm_presets
 
@@ -384,6 +384,19 @@ def _load_trained(model, checkpoint: str, say=print) -> None:
     say(f"loaded {base}")
 
 
+def save_weights(model, out_dir: str) -> str:
+    """The trained part (longvid names, no optimizer state) as ``out_dir/weights.safetensors``: what
+    ``longvid ask --weights``, ``longvid stream --checkpoint`` and ``build_model(checkpoint=)`` load."""
+    from safetensors.torch import save_file
+
+    from longvid.train.core import trainable_weights
+
+    path = os.path.join(out_dir, "weights.safetensors")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_weights(model).items()}
+    write_atomically(path, lambda tmp: save_file(tensors, tmp))
+    return path
+
+
 # -- entry points ----------------------------------------------------------------------------
 
 
@@ -420,7 +433,10 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
             write_text_atomically(os.path.join(run.out_dir, "run.json"), json.dumps({"preset": config_name, **dataclasses.asdict(run)}, indent=2) + "\n")
         trainer = TaskTrainer(model, task, config, total, run.out_dir, DistInfo(dist.rank, dist.world_size, dist.local_rank, dist.device), log=say)
         history = trainer.fit(resume=resume)
-        say(f"trained {trainer.step} steps on {len(examples)} samples; checkpoints in {run.out_dir}")
+        if dist.is_main:
+            weights = save_weights(model, run.out_dir)
+            say(f"trained {trainer.step} steps on {len(examples)} samples; checkpoints in {run.out_dir}; "
+                f"weights for ask / stream / weights=: {weights}")
     finally:
         cleanup()  # before the evaluation: the other ranks leave instead of waiting at a barrier
     if run.val_data and dist.is_main:
