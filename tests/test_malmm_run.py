@@ -179,3 +179,21 @@ def test_random_training_draws_are_seeded(lvu, monkeypatch):
     c = malmm_run.train("malmm_tiny_lvu", args + ["out_dir=C", "seed=1"], progress=False)
     assert [r["loss"] for r in a] == [r["loss"] for r in b] != [r["loss"] for r in c]
     assert not os.path.exists("A/features")
+
+
+def test_best_validation_epoch_is_kept_and_evaluated(lvu, monkeypatch, capsys):
+    """eval_every_epoch: val after each epoch in log.jsonl, the best (first of equals) kept in
+    best.safetensors / best.json, and ``evaluate`` uses it by default."""
+    monkeypatch.chdir(lvu)
+    malmm_run.train("malmm_tiny_lvu", ["data=train.json", "val_data=val.json", "video_root=videos", "batch_size=3", "epochs=2",
+                                       "eval_every_epoch=true", "out_dir=V"], progress=False)  # fmt: skip
+    records = [json.loads(line) for line in open("V/log.jsonl")]
+    val = [r for r in records if "val" in r]
+    assert [(r["step"], r["epoch"]) for r in val] == [(2, 1), (4, 2)]
+    scores = [r["val"]["mean"] for r in val]
+    best = json.load(open("V/best.json"))
+    assert best["score"] == max(scores) and best["step"] == val[scores.index(max(scores))]["step"]
+    capsys.readouterr()
+    metrics = malmm_run.evaluate("malmm_tiny_lvu", ["val_data=val.json", "video_root=videos", "out_dir=V"], progress=False)
+    assert "V/best.safetensors (the best validation epoch" in capsys.readouterr().out
+    assert metrics == best["metrics"]

@@ -88,6 +88,7 @@ class MALMMRun:
     seed: int = 42
     log_every: int = 10
     checkpoint_every: int = 1000
+    eval_every_epoch: bool = True  # with val_data: evaluate after every epoch and keep the best weights (best.safetensors)
     out_dir: str = "runs/malmm"
 
     def tasks(self) -> tuple[str, ...]:
@@ -124,7 +125,8 @@ def _register_presets() -> None:
         "malmm_nsa": MALMMRun(model="malmm_nsa", dataset="lvu", max_new_tokens=5, epochs=20, batch_size=16, train_sampling="uniform"),
     }
     tiny = dict(num_frames=4, memory_bank_length=2, batch_size=2, eval_batch_size=2, epochs=1, lr=1e-3, warmup_steps=0,
-                log_every=1, checkpoint_every=2, seed=0, cache_dtype="float32", train_sampling="uniform", augment=False)
+                log_every=1, checkpoint_every=2, seed=0, cache_dtype="float32", train_sampling="uniform", augment=False,
+                eval_every_epoch=False)
     for name, run in list(full.items()):
         model = "malmm_tiny_nsa" if name == "malmm_nsa" else "malmm_tiny"
         tiny_name = "malmm_tiny_nsa" if name == "malmm_nsa" else name.replace("malmm_", "malmm_tiny_")
@@ -353,21 +355,90 @@ def metrics_table(metrics: dict[str, float]) -> str:
     return "\n".join(f"{name:<{width}}  {value:6.2f}" for name, value in metrics.items())
 
 
+class Validation:
+    """The evaluation samples of a run, read once; :meth:`run` evaluates a model on them, each rank of
+    a ``torchrun`` job answering every ``world``-th sample, rank 0 scoring all."""
+
+    def __init__(self, run: MALMMRun, say=print):
+        self.run = run
+        self.samples = read_items(run, run.val_data, run.val_split, "evaluation", say)
+        self.references = caption_references(run, [item for item, _ in self.samples])
+
+    def answers(self, model, progress: bool, rank: int = 0, world: int = 1) -> list[str]:
+        """Every sample's generated answer (on every rank)."""
+        from longvid.train.distributed import all_gather_objects
+
+        mine = self.samples[rank::world]
+        features = feature_loaders(model, mine, model.config.num_frames, self.run, progress and rank == 0)
+        answered = generate_answers(model, mine, features, self.run.eval_batch_size, progress and rank == 0)
+        shards = all_gather_objects(answered)  # world lists, rank r's holds samples r, r + world, ...
+        return [shards[i % world][i // world] for i in range(len(self.samples))]
+
+    def score(self, answers: list[str]) -> dict[str, float]:
+        return score(self.run.dataset, [item for item, _ in self.samples], answers, self.references, self.run.meteor)
+
+    def write(self, answers: list[str], metrics: dict[str, float], predictions: str | None, say=print) -> None:
+        """``out_dir/metrics.json`` and the predictions file (default ``out_dir/predictions.jsonl``), printed as a table."""
+        items = [item for item, _ in self.samples]
+        rows = [json.dumps({"id": item.key, "group": item.group, "prompt": item.prompt, "prediction": answer, "answer": item.answer}) + "\n"
+                for item, answer in zip(items, answers)]
+        write_lines_atomically(predictions or os.path.join(self.run.out_dir, "predictions.jsonl"), rows)
+        path = write_metrics(self.run.out_dir, self.run.dataset, metrics, len(items))
+        say(metrics_table(metrics))
+        say(f"metrics of {len(items)} samples written to {path}")
+
+
+def aggregate(dataset: str, metrics: dict[str, float]) -> float:
+    """The one number that picks the best epoch (MA-LMM's ``agg_metrics``): LVU's mean, top-1,
+    accuracy, or for captions CIDEr + BLEU-4 + METEOR + ROUGE-L."""
+    if dataset == "lvu":
+        return metrics["mean"]
+    if dataset == "youcook2":
+        return sum(metrics.get(k, 0.0) for k in ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L"))
+    return metrics["top1" if dataset in CLASSIFICATION else "accuracy"]
+
+
 def _evaluate_model(run: MALMMRun, model, progress: bool, predictions: str | None, say=print) -> dict[str, float]:
-    samples = read_items(run, run.val_data, run.val_split, "evaluation", say)
-    references = caption_references(run, [item for item, _ in samples])
-    num_frames = model.config.num_frames
-    features = feature_loaders(model, samples, num_frames, run, progress)
-    answers = generate_answers(model, samples, features, run.eval_batch_size, progress)
-    items = [item for item, _ in samples]
-    metrics = score(run.dataset, items, answers, references, run.meteor)
-    rows = [json.dumps({"id": item.key, "group": item.group, "prompt": item.prompt, "prediction": answer, "answer": item.answer}) + "\n"
-            for item, answer in zip(items, answers)]
-    write_lines_atomically(predictions or os.path.join(run.out_dir, "predictions.jsonl"), rows)
-    path = write_metrics(run.out_dir, run.dataset, metrics, len(items))
-    say(metrics_table(metrics))
-    say(f"metrics of {len(items)} samples written to {path}")
+    validation = Validation(run, say)
+    answers = validation.answers(model, progress)
+    metrics = validation.score(answers)
+    validation.write(answers, metrics, predictions, say)
     return metrics
+
+
+class BestEpoch:
+    """After every epoch, evaluates on the validation samples and keeps the best weights (by
+    :func:`aggregate`) in ``out_dir/best.safetensors`` with ``best.json`` (step, epoch, metrics),
+    as MA-LMM keeps its best validation epoch. Records go to the run log."""
+
+    def __init__(self, run: MALMMRun, validation: Validation, model, steps_per_epoch: int, is_main: bool, rank: int,
+                 world: int, say=print):
+        self.run, self.validation, self.model = run, validation, model
+        self.steps_per_epoch, self.is_main, self.rank, self.world, self.say = steps_per_epoch, is_main, rank, world, say
+        self.record_path = os.path.join(run.out_dir, "best.json")
+        self.best = -float("inf")
+        if os.path.exists(self.record_path):  # a resumed run keeps its best so far
+            with open(self.record_path, encoding="utf-8") as f:
+                self.best = json.load(f)["score"]
+        self.run_log = None
+
+    def __call__(self, record: dict) -> None:
+        step = record["step"]
+        if step % self.steps_per_epoch:
+            return
+        answers = self.validation.answers(self.model, progress=False, rank=self.rank, world=self.world)
+        if not self.is_main:
+            return
+        metrics = self.validation.score(answers)
+        value = aggregate(self.run.dataset, metrics)
+        epoch = step // self.steps_per_epoch
+        self.say(f"epoch {epoch} (step {step}) val: " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+        if self.run_log is not None:
+            self.run_log.write({"step": step, "epoch": epoch, "val": metrics})
+        if value > self.best:
+            self.best = value
+            save_weights(self.model, self.run.out_dir, "best.safetensors")
+            write_text_atomically(self.record_path, json.dumps({"step": step, "epoch": epoch, "score": value, "metrics": metrics}) + "\n")
 
 
 def _load_trained(model, checkpoint: str, say=print) -> None:
@@ -384,14 +455,14 @@ def _load_trained(model, checkpoint: str, say=print) -> None:
     say(f"loaded {base}")
 
 
-def save_weights(model, out_dir: str) -> str:
+def save_weights(model, out_dir: str, name: str = "weights.safetensors") -> str:
     """The trained part (longvid names, no optimizer state) as ``out_dir/weights.safetensors``: what
     ``longvid ask --weights``, ``longvid stream --checkpoint`` and ``build_model(checkpoint=)`` load."""
     from safetensors.torch import save_file
 
     from longvid.train.core import trainable_weights
 
-    path = os.path.join(out_dir, "weights.safetensors")
+    path = os.path.join(out_dir, name)
     tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_weights(model).items()}
     write_atomically(path, lambda tmp: save_file(tensors, tmp))
     return path
@@ -416,8 +487,7 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
         empty = next((item for item, _ in samples if not item.answer), None)
         if empty is not None:
             raise LongvidError(f"{run.data}:{empty.line}: sample {empty.key!r} has an empty target text: nothing to train on")
-        if run.val_data:
-            caption_references(run, [item for item, _ in read_items(run, run.val_data, run.val_split, "evaluation", lambda text: None)])
+        validation = Validation(run, say) if run.val_data else None  # read now: a bad file fails before compute
         seed_everything(run.seed)
         model = build_run_model(run, dist.device, say)
         if not dist.is_main:
@@ -431,32 +501,48 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
         if dist.is_main:
             os.makedirs(run.out_dir, exist_ok=True)
             write_text_atomically(os.path.join(run.out_dir, "run.json"), json.dumps({"preset": config_name, **dataclasses.asdict(run)}, indent=2) + "\n")
-        trainer = TaskTrainer(model, task, config, total, run.out_dir, DistInfo(dist.rank, dist.world_size, dist.local_rank, dist.device), log=say)
+        best = None
+        if validation is not None and run.eval_every_epoch:
+            best = BestEpoch(run, validation, model, task.steps_per_epoch, dist.is_main, dist.rank, dist.world_size, say)
+        trainer = TaskTrainer(model, task, config, total, run.out_dir, DistInfo(dist.rank, dist.world_size, dist.local_rank, dist.device),
+                              on_step=best, log=say)
+        if best is not None:
+            best.run_log = trainer.run_log
         history = trainer.fit(resume=resume)
         if dist.is_main:
             weights = save_weights(model, run.out_dir)
             say(f"trained {trainer.step} steps on {len(examples)} samples; checkpoints in {run.out_dir}; "
                 f"weights for ask / stream / weights=: {weights}")
+        if validation is not None:  # the final weights, every rank answering its share
+            answers = validation.answers(model, progress, dist.rank, dist.world_size)
+            if dist.is_main:
+                validation.write(answers, validation.score(answers), None, say)
+        return history
     finally:
-        cleanup()  # before the evaluation: the other ranks leave instead of waiting at a barrier
-    if run.val_data and dist.is_main:
-        _evaluate_model(run, model, progress, None, say)
-    return history
+        cleanup()
 
 
 def evaluate(config_name: str, overrides: Sequence[str] = (), checkpoint: str | None = None, progress: bool = True,
              predictions: str | None = None) -> dict[str, float]:
     """``longvid eval <malmm preset> val_data=FILE video_root=DIR ...``: the trained weights of
-    ``checkpoint`` (default: the latest in ``out_dir``; none there: the model as built, said so)."""
+    ``checkpoint`` (default: ``out_dir/best.safetensors``, the best validation epoch, when the run
+    kept one; else the latest checkpoint in ``out_dir``; none there: the model as built, said so)."""
     from longvid.train import checkpoint as ckpt
 
     run = load_run(config_name, overrides)
     caption_references(run, [item for item, _ in read_items(run, run.val_data, run.val_split, "evaluation", lambda text: None)])
     model = build_run_model(run, _device())
-    if checkpoint is None and ckpt.list_checkpoints(run.out_dir):
+    best = os.path.join(run.out_dir, "best.safetensors")
+    if checkpoint is None and os.path.exists(best):
+        from longvid.models.malmm.model import load_checkpoint
+
+        load_checkpoint(model, best)
+        with open(os.path.join(run.out_dir, "best.json"), encoding="utf-8") as f:
+            print(f"loaded {best} (the best validation epoch: {json.load(f)['epoch']})")
+    elif checkpoint is None and ckpt.list_checkpoints(run.out_dir):
         checkpoint = run.out_dir
     if checkpoint is not None:
         _load_trained(model, checkpoint)
-    else:
+    elif not os.path.exists(best):
         print(f"no training checkpoint in {run.out_dir}: evaluating the model as built (pretrained=/weights= or its initial weights)")
     return _evaluate_model(run, model, progress, predictions)
