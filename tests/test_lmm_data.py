@@ -96,6 +96,12 @@ def test_coin_reads_the_chosen_subset(tmp_path):
         read_dataset("coin", str(path), split="val")
 
 
+def test_breakfast_leaves_out_the_videos_malmm_skips(tmp_path):
+    path = tmp_path / "val.json"
+    path.write_text(json.dumps({"P28-cam01-P28_cereals": {"class_name": "cereal"}, "P03-cam01-P03_tea": {"class_name": "tea"}}))
+    assert [i.key for i in read_dataset("breakfast", str(path))] == ["P03-cam01-P03_tea"]
+
+
 def test_normalisation_is_lavis():
     assert process_question('What is "it" (here)?!  Now.') == "what is it here? now"  # LAVIS keeps "?"
     assert process_caption("Add the Salt; stir!") == "add the salt stir"

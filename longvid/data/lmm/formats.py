@@ -176,10 +176,14 @@ def read_lvu(path: str, tasks=LVU_TASKS, history: float = 100, stride: float = 2
     return items
 
 
+BREAKFAST_SKIPPED = ("P28-cam01-P28_cereals", "P27-stereo-P27_milk_ch0", "P28-cam02-P28_cereals")  # skipped by MA-LMM
+
+
 def read_breakfast(path: str) -> list[LMMItem]:
-    """Breakfast (``{video: {duration, frame_length, class_name, class_label}}``), whole videos."""
+    """Breakfast (``{video: {duration, frame_length, class_name, class_label}}``), whole videos
+    (the 3 videos MA-LMM's dataset skips are left out)."""
     return [LMMItem(key, key, BREAKFAST_PROMPT, process_caption(_need(path, line, key, entry, "class_name", str)), "breakfast", line)
-            for key, entry, line in json_entries(path)]
+            for key, entry, line in json_entries(path) if key not in BREAKFAST_SKIPPED]
 
 
 COIN_SKIPPED = ("AfiVmAjfTNs", "cjwtcDKTQM8")  # skipped by MA-LMM's COIN dataset
