@@ -356,8 +356,8 @@ def metrics_table(metrics: dict[str, float]) -> str:
 
 
 class Validation:
-    """The evaluation samples of a run, read once; :meth:`run` evaluates a model on them, each rank of
-    a ``torchrun`` job answering every ``world``-th sample, rank 0 scoring all."""
+    """The evaluation samples of a run, read once; :meth:`answers` runs a model on them, each rank of
+    a ``torchrun`` job answering every ``world``-th sample; :meth:`score` and :meth:`write` on rank 0."""
 
     def __init__(self, run: MALMMRun, say=print):
         self.run = run
@@ -412,12 +412,12 @@ class BestEpoch:
     as MA-LMM keeps its best validation epoch. Records go to the run log."""
 
     def __init__(self, run: MALMMRun, validation: Validation, model, steps_per_epoch: int, is_main: bool, rank: int,
-                 world: int, say=print):
+                 world: int, resume: bool, say=print):
         self.run, self.validation, self.model = run, validation, model
         self.steps_per_epoch, self.is_main, self.rank, self.world, self.say = steps_per_epoch, is_main, rank, world, say
         self.record_path = os.path.join(run.out_dir, "best.json")
         self.best = -float("inf")
-        if os.path.exists(self.record_path):  # a resumed run keeps its best so far
+        if resume and os.path.exists(self.record_path):  # a resumed run keeps its best so far
             with open(self.record_path, encoding="utf-8") as f:
                 self.best = json.load(f)["score"]
         self.run_log = None
@@ -503,7 +503,7 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
             write_text_atomically(os.path.join(run.out_dir, "run.json"), json.dumps({"preset": config_name, **dataclasses.asdict(run)}, indent=2) + "\n")
         best = None
         if validation is not None and run.eval_every_epoch:
-            best = BestEpoch(run, validation, model, task.steps_per_epoch, dist.is_main, dist.rank, dist.world_size, say)
+            best = BestEpoch(run, validation, model, task.steps_per_epoch, dist.is_main, dist.rank, dist.world_size, resume, say)
         trainer = TaskTrainer(model, task, config, total, run.out_dir, DistInfo(dist.rank, dist.world_size, dist.local_rank, dist.device),
                               on_step=best, log=say)
         if best is not None:
