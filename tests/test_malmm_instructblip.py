@@ -68,6 +68,17 @@ def test_one_frame_equals_instructblip(instructblip):
     assert not any(p.requires_grad for p in model.llm.parameters()) and not any(p.requires_grad for p in model.encoder.parameters())
 
 
+def test_float16_frozen_parts_leave_the_trainable_weights_as_stored(instructblip):
+    folder, blip = instructblip
+    model = longvid.build_model("malmm", pretrained=folder, dtype=torch.float16)
+    assert next(model.llm.parameters()).dtype == next(model.encoder.parameters()).dtype == torch.float16
+    assert model.qformer.query_tokens.dtype == torch.float32
+    stored = blip.state_dict()
+    torch.testing.assert_close(model.qformer.layers[0].crossattention.self.key.weight,
+                               stored["qformer.encoder.layer.0.crossattention.attention.key.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(model.llm_proj.weight, stored["language_projection.weight"], rtol=0, atol=0)
+
+
 def test_lavis_checkpoint_loads_on_top_with_a_report(instructblip, tmp_path):
     """A LAVIS-named MA-LMM .pth (as MA-LMM's trainer saves it: {"model": ...}) replaces the trainable weights."""
     folder, blip = instructblip

@@ -102,6 +102,39 @@ def _image_stats(path: str) -> tuple[int | None, tuple, tuple]:
     return side, tuple(processor.get("image_mean", CLIP_MEAN)), tuple(processor.get("image_std", CLIP_STD))
 
 
+def _stored_trainable_weights(path: str) -> dict[str, torch.Tensor] | None:
+    """The trainable tensors (LAVIS names, float32) read from the checkpoint's safetensors files as
+    stored, so a ``dtype=float16`` load of the frozen parts does not round them; None when the
+    checkpoint has no safetensors files."""
+    import json
+
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    def find(name: str) -> str | None:
+        try:
+            return cached_file(path, name, _raise_exceptions_for_missing_entries=False)
+        except OSError:
+            return None
+
+    index = find("model.safetensors.index.json")
+    if index:
+        with open(index, encoding="utf-8") as f:
+            files = [find(name) for name in sorted(set(json.load(f)["weight_map"].values()))]
+    else:
+        files = [find("model.safetensors")]
+    if not files or None in files:
+        return None
+    weights = {}
+    for file in files:
+        with safe_open(file, "pt") as handle:
+            for name in handle.keys():
+                target = lavis_name(name)
+                if target is not None:
+                    weights[target] = handle.get_tensor(name).float()
+    return weights
+
+
 def read_instructblip(path: str | os.PathLike, dtype: torch.dtype | None = None, device=None) -> InstructBlipParts:
     """The parts of InstructBLIP checkpoint ``path`` (folder or hub id); ``dtype`` applies to the
     frozen vision tower and LLM (the trainable weights are returned in float32)."""
@@ -123,6 +156,9 @@ def read_instructblip(path: str | os.PathLike, dtype: torch.dtype | None = None,
         target = lavis_name(name)
         if target is not None:
             weights[target] = tensor.detach().float().clone()
+    stored = _stored_trainable_weights(path)
+    if stored is not None and stored.keys() == weights.keys():  # as saved: not rounded through a float16 load
+        weights = stored
     vision = blip.vision_model
     vision.post_layernorm = nn.Identity()  # its weights are ln_vision's, applied by MA-LMM after the encoder
     side, mean, std = _image_stats(path)
