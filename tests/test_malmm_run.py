@@ -138,6 +138,14 @@ def test_bad_input_fails_before_compute_with_one_line(lvu, monkeypatch):
         malmm_run.train("malmm_tiny_lvu", ["data=bad.json", "video_root=videos"], progress=False)
     with pytest.raises(LongvidError, match="unknown field 'lr_x'"):
         malmm_run.train("malmm_tiny_lvu", ["lr_x=1"], progress=False)
+    with pytest.raises(LongvidError, match="config field augment expects bool, got 'maybe'"):
+        malmm_run.load_run("malmm_tiny_lvu", ["augment=maybe"])
+    with pytest.raises(LongvidError, match="config field max_steps expects int, got '1.5'"):
+        malmm_run.load_run("malmm_tiny_lvu", ["max_steps=1.5"])
+    run = malmm_run.load_run("malmm_tiny_lvu", ["pretrained=null", "max_steps=3", "lr=0.5", "augment=yes", "video_root=v 1"])
+    assert (run.pretrained, run.max_steps, run.lr, run.augment, run.video_root) == (None, 3, 0.5, True, "v 1")
+    with pytest.raises(LongvidError, match="config: lr must be a finite number > 0"):
+        malmm_run.train("malmm_tiny_lvu", ["lr=nan"], progress=False)
     assert not os.path.exists("E/features") or not any(f.startswith("step_") for f in os.listdir("E"))
 
 

@@ -24,7 +24,6 @@ import functools
 import hashlib
 import json
 import os
-import typing
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -141,24 +140,10 @@ _register_presets()
 
 def load_run(name: str, overrides: Sequence[str] = ()) -> MALMMRun:
     """Run preset ``name`` with ``key=value`` overrides."""
-    from longvid.train.config import _coerce, _parse_value
-
     preset = lmm_presets.PRESETS.get(name)
     if preset is None or preset.family != "malmm":
         raise LongvidError(f"unknown MA-LMM run preset {name!r}: choose from {', '.join(lmm_presets.names('malmm'))}")
-    run = preset.builder()
-    hints = typing.get_type_hints(MALMMRun)
-    fields = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep:
-            raise LongvidError(f"override {item!r} must look like key=value")
-        if key not in hints:
-            raise LongvidError(f"unknown field {key!r} for {name}: fields are {', '.join(sorted(hints))}")
-        raw = value.strip() if hints[key] in (str, str | None) else _parse_value(key, value.strip())
-        fields[key] = None if raw in ("null", "none", "None") and type(None) in typing.get_args(hints[key]) else _coerce(key, raw, hints[key])
-    run = dataclasses.replace(run, **fields)
+    run = lmm_presets.apply_overrides(preset.builder(), overrides, name)
     _check(run)
     return run
 
