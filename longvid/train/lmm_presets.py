@@ -52,7 +52,9 @@ def family_of(name: str) -> str | None:
     _load_families()
     if name in PRESETS:
         return PRESETS[name].family
-    return "rewind" if name.startswith("rewind_") else None
+    import os
+
+    return "rewind" if name.startswith("rewind_") and not os.path.exists(name) else None  # a config file keeps its path
 
 
 def names(family: str | None = None) -> list[str]:
