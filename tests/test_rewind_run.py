@@ -210,7 +210,7 @@ def test_missing_videos_are_counted_then_refused_or_skipped(work, tmp_path, caps
 
 
 @pytest.mark.parametrize("override, message", [
-    ("stage=3", "stage must be 1, 2 or grounding"), ("lr=0", "lr must be"), ("colour=red", "unknown config field colour"),
+    ("stage=3", "stage must be 1, 2 or grounding"), ("lr=0", "lr must be"), ("colour=red", "unknown field 'colour' for rewind_tiny"),
     ("grounding_prompt=when", "must contain {query}"), ("format=srt", "format must be auto or one of"),
     ("encoder=/no/such/tower", "encoder=/no/such/tower: no such file or folder"), ("init=w.json", "init must be a ReWind .safetensors"),
     ("model=rewind_paper", "model rewind_paper needs encoder= and llm="),

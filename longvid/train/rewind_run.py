@@ -21,14 +21,13 @@ apart; GPT-judged scores are out of scope) and one line per row to ``predictions
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import functools
 import json
 import math
 import os
 import re
 import string
 import sys
-import typing
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -134,30 +133,24 @@ PRESETS: dict[str, RewindRunConfig] = {
 }
 
 
-def is_rewind_preset(name: str) -> bool:
-    """Whether ``longvid train NAME`` / ``eval NAME`` is a ReWind run."""
-    return name in PRESETS
+def _register_presets() -> None:
+    """The run presets in the LMM preset table that ``longvid train`` / ``eval`` dispatch by."""
+    from longvid.train import lmm_presets
+
+    for name, config in PRESETS.items():
+        lmm_presets.register(name, "rewind", functools.partial(lambda c: c, config))
+
+
+_register_presets()
 
 
 def load_run_config(name: str, overrides: Sequence[str] = ()) -> RewindRunConfig:
     """Preset ``name`` with ``key=value`` overrides, validated."""
-    from longvid.train.config import _coerce, _parse_value
+    from longvid.train.lmm_presets import apply_overrides
 
     if name not in PRESETS:
         raise LongvidError(f"unknown ReWind run preset {name!r}: choose from {', '.join(sorted(PRESETS))}")
-    hints = typing.get_type_hints(RewindRunConfig)
-    fields = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep:
-            raise LongvidError(f"override {item!r} must look like key=value")
-        if key not in hints:
-            raise LongvidError(f"overrides: unknown config field {key} for {name}: fields are {', '.join(sorted(hints))}")
-        text = value.strip()
-        parsed = text if hints[key] in (str, str | None) and text != "null" else _parse_value(key, text)
-        fields[key] = _coerce(key, parsed, hints[key])
-    return dataclasses.replace(PRESETS[name], **fields).validate()
+    return apply_overrides(PRESETS[name], overrides, name).validate()
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -439,8 +432,8 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
         if dist.is_main:
             path = save_weights(model, os.path.join(config.out_dir, "rewind.safetensors"), config.model, config.encoder,
                                 config.llm, config.model_seed, [*stages, config.stage])
-            if log:
-                log(f"weights: {path} (+ {os.path.basename(path)[:-12]}.json), trained stages {', '.join([*stages, config.stage])}")
+            done = f"trained {history[-1]['step']} steps; last loss {history[-1]['loss']:.4f}; " if history else ""
+            print(f"{done}weights in {path} (+ rewind.json: trained stages {', '.join([*stages, config.stage])})")
         return history
     finally:
         cleanup()
@@ -520,7 +513,10 @@ def evaluate(config_name: str, overrides: Sequence[str] = (), checkpoint: str | 
             bar.close()
     metrics = summarize(data, rows)
     metrics.update({"data": path, "format": data.format, "weights": weights, "stages": stages})
-    write_text_atomically(os.path.join(config.out_dir, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
+    path = os.path.join(config.out_dir, "metrics.json")
+    write_text_atomically(path, json.dumps(metrics, indent=1) + "\n")
+    print("  ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
+    print(f"metrics of {len(rows)} rows written to {path}")
     return metrics
 
 
@@ -558,24 +554,3 @@ def summarize(data: VideoTexts, rows: list[dict]) -> dict:
             metrics[f"accuracy_{group}"] = 100.0 * sum(r["correct"] for r in picked) / len(picked)
             metrics[f"samples_{group}"] = len(picked)
     return metrics
-
-
-# -- the CLI hook ----------------------------------------------------------------------------
-
-
-def cli_train(args) -> int:
-    """``longvid train rewind_* ...``."""
-    history = train(args.config, args.overrides, resume=args.resume, progress=not args.quiet)
-    config = load_run_config(args.config, args.overrides)
-    if history and int(os.environ.get("RANK", "0")) == 0:
-        print(f"trained {history[-1]['step']} steps; last loss {history[-1]['loss']:.4f}; weights in "
-              f"{os.path.join(config.out_dir, 'rewind.safetensors')}")
-    return 0
-
-
-def cli_eval(args) -> int:
-    """``longvid eval rewind_* ...``."""
-    metrics = evaluate(args.config, args.overrides, args.checkpoint, progress=not args.quiet)
-    numbers = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    print(json.dumps(metrics) if args.json else "  ".join(f"{k} {v:.2f}" for k, v in numbers.items()))
-    return 0
