@@ -319,8 +319,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from longvid.train.run import evaluate_checkpoint
 
     config = load_config(args.config, args.overrides)
-    metrics = evaluate_checkpoint(config, args.checkpoint or config.out_dir, args.pooling, progress=not args.quiet)
-    print(json.dumps(metrics) if args.json else "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+    if args.predictions and not os.path.isdir(os.path.dirname(os.path.abspath(args.predictions))):
+        raise LongvidError(f"--predictions {args.predictions}: its folder does not exist")
+    metrics = evaluate_checkpoint(config, args.checkpoint or config.out_dir, args.pooling, progress=not args.quiet,
+                                  predictions=args.predictions)  # fmt: skip
+    if args.json:
+        print(json.dumps(metrics))
+        return 0
+    width = max(len(k) for k in metrics)
+    print(f"{'metric':<{width}}  value")
+    print("\n".join(f"{k:<{width}}  {v:6.2f}" for k, v in metrics.items()))
+    print(f"metrics written to {os.path.join(config.out_dir, 'metrics.json')}" + (f"; predictions to {args.predictions}" if args.predictions else ""))
     return 0
 
 
@@ -566,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--checkpoint", help="checkpoint path or folder (default: the latest in out_dir)")
     sub.add_argument("--pooling", choices=("mean", "last"), default="mean", help="video score: mean of clip logits or the last clip's")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_argument("--predictions", metavar="FILE", help="EPIC tasks: also write the challenge submission JSON to FILE")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub = command("models", cmd_models, "List every model preset of every family, one line each.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -37,9 +37,11 @@ class Sources:
     """A run's data: training and validation clips and, for files that name their
     classes, the class list that maps names to indices (index order)."""
 
-    train: ClipSource
+    train: ClipSource | None
     val: ClipSource | None
     classes: list[str] | None = None
+    actions: list[tuple[int, int]] | None = None  # epic_anticipation: the (verb, noun) of each action class
+    summary: list[str] = field(default_factory=list)  # one line per annotation file: what was found / missing
 
 
 def file_source(path: str, config: TrainConfig, classes: list[str] | None = None) -> tuple[FileVideos, list[str] | None]:
@@ -58,19 +60,43 @@ def file_source(path: str, config: TrainConfig, classes: list[str] | None = None
     return videos, names
 
 
-def build_sources(config: TrainConfig, saved_in: Sequence[str] = ()) -> Sources:
+def build_sources(config: TrainConfig, saved_in: Sequence[str] = (), need_train: bool = True) -> Sources:
     """Training and validation data for ``config.data`` / ``config.val_data``.
 
     Class names map to indices through one list, used for both files: ``config.classes``
     (a file) if given, else the first ``classes.json`` found in the ``saved_in`` folders
-    (what an earlier run saved), else the sorted names of the training file.
+    (what an earlier run saved), else the sorted names of the training file. EPIC tasks read
+    the official CSVs (:mod:`longvid.train.tasks`); without ``need_train`` (evaluation of a
+    saved run) only ``val_data`` is read when given.
     """
+    if config.task in ("epic_verb_noun", "epic_anticipation"):
+        return _epic_sources(config, saved_in, need_train)
     if config.data == "synthetic":
         return Sources(synthetic_source(config, config.seed), synthetic_source(config, config.seed + 1))
     classes = read_class_list(config.classes) if config.classes else _saved_classes(saved_in)
     train, classes = file_source(config.data, config, classes)
     val = file_source(config.val_data, config, classes)[0] if config.val_data else None
     return Sources(train, val, classes)
+
+
+def _epic_sources(config: TrainConfig, saved_in: Sequence[str], need_train: bool) -> Sources:
+    from longvid.train import tasks
+
+    read_train = need_train or not config.val_data
+    actions = tasks.saved_actions(saved_in) if config.task == "epic_anticipation" else None
+    train, lines = None, []
+    if read_train:
+        if config.task == "epic_anticipation" and actions is None:
+            actions = tasks.action_list(tasks.read_epic(config.data, config))
+        train, annotations = tasks.epic_source(config.data, config, actions, train=True)
+        lines.append(annotations.summary())
+    elif config.task == "epic_anticipation" and actions is None:
+        raise LongvidError(f"no {tasks.ACTIONS_FILE} in {', '.join(saved_in)}: the action classes come from the training run")
+    val = None
+    if config.val_data:
+        val, annotations = tasks.epic_source(config.val_data, config, actions, train=False)
+        lines.append(annotations.summary())
+    return Sources(train, val, None, actions, lines)
 
 
 def read_class_list(path: str) -> list[str]:
