@@ -8,7 +8,7 @@ across ranks and can save and restore its position exactly.
 
 from __future__ import annotations
 
-import math
+import heapq
 import random
 from dataclasses import dataclass
 from typing import Iterator
@@ -99,8 +99,13 @@ class StreamSampler:
         return all_segments[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        """Upper bound on this epoch's steps when every slot is busy: ceil(clips / B)."""
-        return math.ceil(sum(n for _, _, n in self.queue) / self.batch_size)
+        """This epoch's steps: each segment goes to the slot that frees first (lowest slot on
+        a tie), as :meth:`next_batch` deals them; exact when ``num_clips`` is."""
+        loads = [(0, slot) for slot in range(self.batch_size)]  # (steps taken, slot)
+        for _, _, length in self.queue:
+            steps, slot = heapq.heappop(loads)
+            heapq.heappush(loads, (steps + length, slot))
+        return max(steps for steps, _ in loads)
 
     def __iter__(self) -> Iterator[StreamBatch]:
         while True:
