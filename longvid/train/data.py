@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from longvid.data.kinetics import is_kinetics_csv, load_kinetics_csv
 from longvid.errors import LongvidError
 from longvid.fileio import write_text_atomically
 from longvid.train.config import TrainConfig
@@ -44,10 +45,16 @@ class Sources:
     summary: list[str] = field(default_factory=list)  # one line per annotation file: what was found / missing
 
 
-def file_source(path: str, config: TrainConfig, classes: list[str] | None = None) -> tuple[FileVideos, list[str] | None]:
-    """Clips of an annotation file or a ``root/<class>/<video>`` folder, every label
-    checked against ``config.num_classes``; and the class list used (None: integer labels)."""
-    if os.path.isdir(path):
+def file_source(path: str, config: TrainConfig, classes: list[str] | None = None, summary: list[str] | None = None) -> tuple[FileVideos, list[str] | None]:
+    """Clips of an annotation file (generic, or the official Kinetics CSV) or a
+    ``root/<class>/<video>`` folder, every label checked against ``config.num_classes``; and
+    the class list used (None: integer labels). ``summary`` collects one line per file."""
+    if is_kinetics_csv(path):
+        root = config.video_root or os.path.dirname(os.path.abspath(path))
+        annotations, line = load_kinetics_csv(path, root, classes, config.strict)
+        if summary is not None:
+            summary.append(line)
+    elif os.path.isdir(path):
         annotations = load_kinetics_folder(path, classes=classes)
     else:
         annotations = load_annotations(path, classes=classes, num_classes=config.num_classes, require_labels=True)
@@ -74,9 +81,12 @@ def build_sources(config: TrainConfig, saved_in: Sequence[str] = (), need_train:
     if config.data == "synthetic":
         return Sources(synthetic_source(config, config.seed), synthetic_source(config, config.seed + 1))
     classes = read_class_list(config.classes) if config.classes else _saved_classes(saved_in)
-    train, classes = file_source(config.data, config, classes)
-    val = file_source(config.val_data, config, classes)[0] if config.val_data else None
-    return Sources(train, val, classes)
+    lines: list[str] = []
+    if not need_train and config.val_data and (classes is not None or not os.path.exists(config.data)):
+        return Sources(None, file_source(config.val_data, config, classes, lines)[0], classes, summary=lines)
+    train, classes = file_source(config.data, config, classes, lines)
+    val = file_source(config.val_data, config, classes, lines)[0] if config.val_data else None
+    return Sources(train, val, classes, summary=lines)
 
 
 def _epic_sources(config: TrainConfig, saved_in: Sequence[str], need_train: bool) -> Sources:

@@ -51,10 +51,10 @@ def init_from(model: nn.Module, path: str) -> str:
     if report.mismatched:
         raise CheckpointError(f"init_from {path}: backbone tensors of another shape: {', '.join(report.mismatched[:4])}")
     reinit = [f"{k} {tuple(heads[k].shape)}->{tuple(target[k].shape)}" for k in heads if k in target and k not in fitting_heads]
-    reinit += [f"{k} (not in the checkpoint)" for k in report.missing if is_head(k)]
+    reinit += [f"{k} (not in the checkpoint)" for k in report.missing if is_head(k) and k not in heads]
     backbone_new = [k for k in report.missing if not is_head(k)]
     line = f"init_from {path}: loaded {len(report.loaded)} tensors"
-    line += f"; re-initialized heads: {', '.join(reinit)}" if reinit else "; every head fits"
+    line += f"; re-initialized heads: {', '.join(sorted(reinit))}" if reinit else "; every head fits"
     if backbone_new:
         line += f"; {len(backbone_new)} backbone tensors not in the checkpoint (fresh): {', '.join(backbone_new[:4])}"
     dropped = len(report.unexpected) + len([k for k in heads if k not in target])
