@@ -50,6 +50,7 @@ class TrainConfig:
     clip_frames: int = 8
     stride: int = 4
     size: int = 64  # short side and square center crop of file clips
+    augment: bool = False  # training clips: random short-side scale (size*256/224..size*340/224), random crop, flip
     synthetic_videos: int = 16
     synthetic_clips: int = 4
     batch_size: int = 4
@@ -158,14 +159,14 @@ PRESETS: dict[str, TrainConfig] = {
     # Kinetics-400 (paper 4.3, A.2): from scratch, SGD with cosine schedule, progressive 1..5-clip
     # stages, memory drop; the official train.csv / validate.csv (longvid.data.kinetics).
     "memvit16_16x4_k400": TrainConfig(
-        model="memvit16_16x4", task="classify", num_classes=400, data="train.csv", clip_frames=16, stride=4, size=224,
+        model="memvit16_16x4", task="classify", num_classes=400, data="train.csv", clip_frames=16, stride=4, size=224, augment=True,
         batch_size=8, epochs=50, progressive=(1, 2, 3, 4, 5), stage_epochs=10, optimizer="sgd", lr=0.1,
         weight_decay=1e-4, warmup_steps=1000, clip_grad=1.0,
     ),
     # EPIC-KITCHENS-100 verb/noun classification (paper A.3): fine-tuned from Kinetics (init_from=),
     # AdamW lr 2e-4, weight decay 0.05, 30 epochs, M = 4 (consecutive: the paper's sampler).
     "memvit16_16x4_epic": TrainConfig(
-        model="memvit16_16x4", task="epic_verb_noun", data="EPIC_100_train.csv", clip_frames=16, stride=4, size=224,
+        model="memvit16_16x4", task="epic_verb_noun", data="EPIC_100_train.csv", clip_frames=16, stride=4, size=224, augment=True,
         batch_size=8, epochs=30, optimizer="adamw", lr=2e-4, weight_decay=0.05, warmup_steps=1000,
         memory_len=4, sampler="consecutive",
     ),
@@ -173,23 +174,23 @@ PRESETS: dict[str, TrainConfig] = {
     # lambda = 0.003, tau_a = 1 s; fine-tuned from the classification model (init_from=).
     "memvit16_16x4_epic_anticipation": TrainConfig(
         model="memvit16_16x4_anticipation", task="epic_anticipation", data="EPIC_100_train.csv", clip_frames=16,
-        stride=4, size=224, batch_size=8, epochs=30, optimizer="adamw", lr=2e-4, weight_decay=0.05,
+        stride=4, size=224, augment=True, batch_size=8, epochs=30, optimizer="adamw", lr=2e-4, weight_decay=0.05,
         warmup_steps=1000, loss="eql", eql_lambda=0.003, tau_a=1.0, memory_len=4, sampler="consecutive",
     ),
     # Tiny versions of the recipes (seconds on a CPU; tests and smoke runs): 4x32x32 clips.
     "memvit_tiny_k400": TrainConfig(
-        model="memvit_tiny", task="classify", num_classes=400, data="train.csv", clip_frames=4, stride=2, size=32,
+        model="memvit_tiny", task="classify", num_classes=400, data="train.csv", clip_frames=4, stride=2, size=32, augment=True,
         batch_size=2, epochs=5, progressive=(1, 2, 3, 4, 5), stage_epochs=1, optimizer="sgd", lr=0.1,
         weight_decay=1e-4, warmup_steps=2, log_every=5,
     ),
     "memvit_tiny_epic": TrainConfig(
-        model="memvit_tiny", task="epic_verb_noun", data="EPIC_100_train.csv", clip_frames=4, stride=2, size=32,
+        model="memvit_tiny", task="epic_verb_noun", data="EPIC_100_train.csv", clip_frames=4, stride=2, size=32, augment=True,
         batch_size=2, epochs=1, optimizer="adamw", lr=2e-4, weight_decay=0.05, warmup_steps=2, log_every=5,
         memory_len=4, sampler="consecutive",
     ),
     "memvit_tiny_epic_anticipation": TrainConfig(
         model="memvit_tiny_causal", task="epic_anticipation", data="EPIC_100_train.csv", clip_frames=4, stride=2,
-        size=32, batch_size=2, epochs=1, optimizer="adamw", lr=2e-4, weight_decay=0.05, warmup_steps=2,
+        size=32, augment=True, batch_size=2, epochs=1, optimizer="adamw", lr=2e-4, weight_decay=0.05, warmup_steps=2,
         log_every=5, loss="eql", eql_lambda=0.003, tau_a=1.0, memory_len=4, sampler="consecutive",
     ),
 }  # fmt: skip

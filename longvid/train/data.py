@@ -12,6 +12,7 @@ import torch
 from longvid.data.kinetics import is_kinetics_csv, load_kinetics_csv
 from longvid.errors import LongvidError
 from longvid.fileio import write_text_atomically
+from longvid.train.augment import ClipAugment
 from longvid.train.config import TrainConfig
 from longvid.video.datasets import ClipSource, FileVideos, TensorVideos, load_annotations, load_kinetics_folder
 
@@ -45,10 +46,12 @@ class Sources:
     summary: list[str] = field(default_factory=list)  # one line per annotation file: what was found / missing
 
 
-def file_source(path: str, config: TrainConfig, classes: list[str] | None = None, summary: list[str] | None = None) -> tuple[FileVideos, list[str] | None]:
+def file_source(path: str, config: TrainConfig, classes: list[str] | None = None, summary: list[str] | None = None,
+                train: bool = False) -> tuple[FileVideos, list[str] | None]:  # fmt: skip
     """Clips of an annotation file (generic, or the official Kinetics CSV) or a
     ``root/<class>/<video>`` folder, every label checked against ``config.num_classes``; and
-    the class list used (None: integer labels). ``summary`` collects one line per file."""
+    the class list used (None: integer labels). ``summary`` collects one line per file;
+    ``train`` clips are augmented when ``config.augment``."""
     if is_kinetics_csv(path):
         root = config.video_root or os.path.dirname(os.path.abspath(path))
         annotations, line = load_kinetics_csv(path, root, classes, config.strict)
@@ -62,9 +65,15 @@ def file_source(path: str, config: TrainConfig, classes: list[str] | None = None
     if names is not None and len(names) > config.num_classes:
         raise LongvidError(f"{path}: {len(names)} classes but num_classes={config.num_classes}")
     videos = FileVideos(
-        annotations.samples, clip_frames=config.clip_frames, stride=config.stride, short_side=config.size, crop=config.size
-    )
+        annotations.samples, augment=training_augment(config) if train else None, clip_frames=config.clip_frames,
+        stride=config.stride, short_side=config.size, crop=config.size,
+    )  # fmt: skip
     return videos, names
+
+
+def training_augment(config: TrainConfig) -> ClipAugment | None:
+    """The training clips' augmentation (``config.augment``), scaled to ``config.size``."""
+    return ClipAugment(config.size) if config.augment else None
 
 
 def build_sources(config: TrainConfig, saved_in: Sequence[str] = (), need_train: bool = True) -> Sources:
@@ -84,7 +93,7 @@ def build_sources(config: TrainConfig, saved_in: Sequence[str] = (), need_train:
     lines: list[str] = []
     if not need_train and config.val_data and (classes is not None or not os.path.exists(config.data)):
         return Sources(None, file_source(config.val_data, config, classes, lines)[0], classes, summary=lines)
-    train, classes = file_source(config.data, config, classes, lines)
+    train, classes = file_source(config.data, config, classes, lines, train=True)
     val = file_source(config.val_data, config, classes, lines)[0] if config.val_data else None
     return Sources(train, val, classes, summary=lines)
 

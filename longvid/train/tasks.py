@@ -141,7 +141,10 @@ def epic_source(path: str, config: TrainConfig, actions, train: bool) -> tuple[W
         windows = [w for w in windows if w.targets["action"] >= 0]
     if not windows:
         raise LongvidError(f"{path}: no segment leaves a clip to read (anticipation: every segment starts within tau_a={config.tau_a} s of its video's start)")
-    source = WindowClips(windows, clip_frames=config.clip_frames, stride=config.stride, short_side=config.size, crop=config.size)
+    from longvid.train.data import training_augment
+
+    augment = training_augment(config) if train else None
+    source = WindowClips(windows, augment, clip_frames=config.clip_frames, stride=config.stride, short_side=config.size, crop=config.size)
     return source, annotations
 
 

@@ -68,13 +68,14 @@ class WindowClips:
     """A :class:`~longvid.video.datasets.ClipSource` over :class:`Window` items.
 
     ``scored(item, clip)``: whether clip ``clip`` of item ``item`` carries the loss and the
-    score (the clips after the context). ``transform(clips, item)`` (optional) maps each
-    item's clips ``(C, T, H, W)``; it is given the item index so one item keeps one view."""
+    score (the clips after the context). ``augment`` (a
+    :class:`~longvid.train.augment.ClipAugment`): one random view per ``clips()`` call (one
+    stream segment), else the readers' center crop."""
 
-    def __init__(self, windows: list[Window], transform=None, **reader_options):
+    def __init__(self, windows: list[Window], augment=None, **reader_options):
         self.windows = list(windows)
         self.reader_options = reader_options
-        self.transform = transform
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -89,12 +90,16 @@ class WindowClips:
         from longvid.video.reader import ClipReader
 
         window = self.windows[video]
-        reader = ClipReader(window.video, start=window.start, end=window.end, tail="pad", **self.reader_options)
+        options, view = self.reader_options, None
+        if self.augment is not None:
+            view = self.augment.draw()
+            options = self.augment.reader_options(options, view)
+        reader = ClipReader(window.video, start=window.start, end=window.end, tail="pad", **options)
         for clip in reader:
             if clip.index >= window.clips:
                 return
             if clip.index >= first:
-                yield clip.frames if self.transform is None else self.transform(clip.frames, video)
+                yield clip.frames if view is None else self.augment.apply(clip.frames, view)
 
     def targets(self, video: int) -> dict[str, torch.Tensor]:
         return {head: torch.tensor(value) for head, value in self.windows[video].targets.items()}
