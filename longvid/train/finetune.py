@@ -55,6 +55,8 @@ def init_from(model: nn.Module, path: str) -> str:
     backbone_new = [k for k in report.missing if not is_head(k)]
     line = f"init_from {path}: loaded {len(report.loaded)} tensors"
     line += f"; re-initialized heads: {', '.join(sorted(reinit))}" if reinit else "; every head fits"
+    if report.adapted:
+        line += f"; position tables adapted: {', '.join(report.adapted)}"
     if backbone_new:
         line += f"; {len(backbone_new)} backbone tensors not in the checkpoint (fresh): {', '.join(backbone_new[:4])}"
     dropped = len(report.unexpected) + len([k for k in heads if k not in target])
