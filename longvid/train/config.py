@@ -12,7 +12,7 @@ from typing import Sequence
 
 from longvid.errors import LongvidError
 
-TASKS = ("classify", "epic_verb_noun", "epic_anticipation")
+TASKS = ("classify", "epic_verb_noun", "epic_anticipation", "ava")
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -26,7 +26,7 @@ class TrainConfig:
     """
 
     model: str = "memvit_tiny"
-    task: str = "classify"  # classify | epic_verb_noun | epic_anticipation (see longvid.train.tasks)
+    task: str = "classify"  # classify | epic_verb_noun | epic_anticipation | ava (see longvid.train.tasks)
     num_classes: int = 10  # classify: classes of the linear head
     data: str = "synthetic"
     val_data: str | None = None
@@ -44,6 +44,11 @@ class TrainConfig:
     tail_nouns: str | None = None  # EPIC_100_tail_nouns.csv
     unseen_participants: str | None = None  # EPIC_100_unseen_participant_ids_validation.csv: the unseen split
     tau_a: float = 1.0  # anticipation time: the observed clip ends tau_a seconds before the segment starts
+    # AVA v2.2 (task ava)
+    action_list: str | None = None  # ava_action_list_v2.2_for_activitynet_2019.pbtxt: the evaluated classes (60)
+    excluded_timestamps: str | None = None  # ava_val_excluded_timestamps_v2.2.csv: keyframes left out of the evaluation
+    person_boxes: str | None = None  # detected person boxes (AVA CSV layout, 8th field the score): what evaluation scores
+    box_threshold: float = 0.8  # detections with a lower score are left out
     # fine-tuning
     init_from: str | None = None  # checkpoint (official .pyth or ours) whose backbone starts the run
     freeze: str = "none"  # none | backbone (train the heads only)
@@ -177,6 +182,12 @@ PRESETS: dict[str, TrainConfig] = {
         stride=4, size=224, augment=True, batch_size=8, epochs=30, optimizer="adamw", lr=2e-4, weight_decay=0.05,
         warmup_steps=1000, loss="eql", eql_lambda=0.003, tau_a=1.0, memory_len=4, sampler="consecutive",
     ),
+    # AVA v2.2 (paper A.2): fine-tuned from Kinetics (init_from=), SGD lr 0.6, weight decay 1e-8,
+    # 30 epochs, flip + short side 256-340 + crop 224, M = 2 (the released gap2 layout).
+    "memvit16_16x4_ava": TrainConfig(
+        model="memvit16_16x4_ava", task="ava", data="ava_train_v2.2.csv", clip_frames=16, stride=4, size=224, augment=True,
+        batch_size=8, epochs=30, optimizer="sgd", lr=0.6, weight_decay=1e-8, warmup_steps=1000, loss="bce",
+    ),
     # Tiny versions of the recipes (seconds on a CPU; tests and smoke runs): 4x32x32 clips.
     "memvit_tiny_k400": TrainConfig(
         model="memvit_tiny", task="classify", num_classes=400, data="train.csv", clip_frames=4, stride=2, size=32, augment=True,
@@ -192,6 +203,10 @@ PRESETS: dict[str, TrainConfig] = {
         model="memvit_tiny_causal", task="epic_anticipation", data="EPIC_100_train.csv", clip_frames=4, stride=2,
         size=32, augment=True, batch_size=2, epochs=1, optimizer="adamw", lr=2e-4, weight_decay=0.05, warmup_steps=2,
         log_every=5, loss="eql", eql_lambda=0.003, tau_a=1.0, memory_len=4, sampler="consecutive",
+    ),
+    "memvit_tiny_ava": TrainConfig(
+        model="memvit_tiny_ava", task="ava", data="ava_train_v2.2.csv", clip_frames=4, stride=1, size=32, augment=True,
+        batch_size=2, epochs=1, optimizer="sgd", lr=0.6, weight_decay=1e-8, warmup_steps=2, log_every=5, loss="bce",
     ),
 }  # fmt: skip
 

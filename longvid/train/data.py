@@ -87,6 +87,8 @@ def build_sources(config: TrainConfig, saved_in: Sequence[str] = (), need_train:
     """
     if config.task in ("epic_verb_noun", "epic_anticipation"):
         return _epic_sources(config, saved_in, need_train)
+    if config.task == "ava":
+        return _ava_sources(config, need_train)
     if config.data == "synthetic":
         return Sources(synthetic_source(config, config.seed), synthetic_source(config, config.seed + 1))
     classes = read_class_list(config.classes) if config.classes else _saved_classes(saved_in)
@@ -116,6 +118,20 @@ def _epic_sources(config: TrainConfig, saved_in: Sequence[str], need_train: bool
         val, annotations = tasks.epic_source(config.val_data, config, actions, train=False)
         lines.append(annotations.summary())
     return Sources(train, val, None, actions, lines)
+
+
+def _ava_sources(config: TrainConfig, need_train: bool) -> Sources:
+    from longvid.train.ava import ava_source, evaluated_classes
+
+    classes = evaluated_classes(config)
+    sources, lines = {}, []
+    for name, path in (("train", config.data if need_train or not config.val_data else None), ("val", config.val_data)):
+        if path:
+            source, truth, line = ava_source(path, config, name == "train", classes)
+            source.truth, source.classes = truth, classes
+            sources[name] = source
+            lines.append(line)
+    return Sources(sources.get("train"), sources.get("val"), summary=lines)
 
 
 def read_class_list(path: str) -> list[str]:

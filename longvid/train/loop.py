@@ -27,6 +27,7 @@ from longvid.train import checkpoint as ckpt
 from longvid.train.config import TrainConfig
 from longvid.train.core import Optimization, RunLog
 from longvid.train.distributed import DistInfo, all_gather_objects, all_reduce
+from longvid.train.ava import box_batch, box_loss
 from longvid.train.losses import head_outputs, stream_loss
 from longvid.train.sampler import StreamSampler
 from longvid.video.datasets import ClipSource
@@ -89,8 +90,8 @@ class Trainer:
         dist: rank / world / device (from :func:`longvid.train.distributed.setup`).
         on_step: called with each step's log record (tests, progress bars).
         log: console printer (rank 0 only); None for silence.
-        metrics: ``metrics(items, source)`` from :func:`collect_scores`' items (the task's
-            metrics); default: top-1/top-5 per head.
+        evaluator: ``evaluator(model, source) -> metrics`` (the task's evaluation); default:
+            top-1/top-5 per head of :func:`collect_scores`.
     """
 
     def __init__(
@@ -103,10 +104,10 @@ class Trainer:
         dist: DistInfo | None = None,
         on_step: Callable[[dict], None] | None = None,
         log: Callable[[str], None] | None = print,
-        metrics: Callable[[list, ClipSource], dict[str, float]] | None = None,
+        evaluator: Callable[[nn.Module, ClipSource], dict[str, float]] | None = None,
     ):
         self.config = config.validate()
-        self.metrics = metrics
+        self.evaluator = evaluator
         self.dist = dist or DistInfo()
         self.device = self.dist.device
         self.model = model.to(self.device)
@@ -177,14 +178,20 @@ class Trainer:
         clips = batch.clips.to(self.device, non_blocking=True)
         targets = {k: v.to(self.device) for k, v in batch.targets.items()}
         valid = self._loss_mask(batch).to(self.device)
+        box_labels = None
+        if batch.extras:  # AVA: every slot's person boxes go through the box head
+            kwargs["boxes"], box_labels = box_batch(batch.extras, batch.valid, self.device)
         if int(all_reduce(valid.sum().float())) == 0:  # no rank has a loss: the clips only write memory
             return self._memory_step(clips, state, kwargs, int(all_reduce(batch.valid.sum().float())))
         with self.optimization.autocast():
             out, new_state = self.net(clips, state, **kwargs)
-            loss = stream_loss(
-                out, targets, valid, kind=self.config.loss, label_smoothing=self.config.label_smoothing,
-                class_freq=self.class_freq, eql_lambda=self.config.eql_lambda,
-            )  # fmt: skip
+            if box_labels is not None:
+                loss = box_loss(out, box_labels)
+            else:
+                loss = stream_loss(
+                    out, targets, valid, kind=self.config.loss, label_smoothing=self.config.label_smoothing,
+                    class_freq=self.class_freq, eql_lambda=self.config.eql_lambda,
+                )  # fmt: skip
         lr = self.optimization.lr
         skipped = self.optimization.update(loss, f"step {self.step + 1} (epoch {self.epoch})")
         if skipped is not None:  # on_nan="skip": no update; the memory from before the step is kept
@@ -263,9 +270,9 @@ class Trainer:
         last clip's (``last``). Returns top-1/top-5 per head (verb/noun/action for
         EPIC heads), computed over all ranks' videos."""
         source = source or self.val_source
+        if self.evaluator is not None:
+            return self.evaluator(self.model, source)
         items = collect_scores(self.model, source, self.config.batch_size, self.device, pooling, self.dist)
-        if self.metrics is not None:
-            return self.metrics(items, source)
         return classification_metrics([(s, t) for _, s, t in items])
 
     # -- checkpoints -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from longvid.train import finetune, tasks
 from longvid.train.config import TrainConfig
 from longvid.train.data import build_sources, class_frequencies, save_class_list
 from longvid.train.distributed import cleanup, setup
-from longvid.train.loop import Trainer, collect_scores, seed_everything
+from longvid.train.loop import Trainer, seed_everything
 from longvid.train.toy import ToyMemoryModel
 
 
@@ -44,13 +44,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> l
         train_source, val_source = data.train, data.val
         num_classes = len(data.actions) if data.actions else config.num_classes
         freq = class_frequencies(train_source, num_classes) if config.loss == "eql" else None
-        metrics = lambda items, source: tasks.task_metrics(config, items, source, data.actions)  # noqa: E731
+        evaluator = lambda model, source: tasks.evaluate_task(config, model, source, dist, data.actions)[0]  # noqa: E731
         bar = progress_bar(desc="train", unit="step", enabled=dist.is_main and progress)
         on_step = None if bar is None else (lambda r: (bar.set_postfix(loss=f"{r['loss']:.4f}", lr=f"{r['lr']:.2e}"), bar.update(1)))
         log = print if bar is None else bar.write
         for line in notes if dist.is_main else ():
             log(line)
-        trainer = Trainer(model, config, train_source, val_source, freq, dist, on_step=on_step, log=log, metrics=metrics)
+        trainer = Trainer(model, config, train_source, val_source, freq, dist, on_step=on_step, log=log, evaluator=evaluator)
         if bar is not None:
             bar.total = min(config.max_steps, trainer.total_steps) if config.max_steps is not None else trainer.total_steps
         try:
@@ -70,8 +70,8 @@ def evaluate_checkpoint(config: TrainConfig, checkpoint: str, pooling: str = "me
     of every evaluated segment is written there."""
     dist = setup()
     try:
-        if predictions is not None and not tasks.is_epic(config):
-            raise LongvidError(f"--predictions writes the EPIC-KITCHENS challenge JSON: task {config.task!r} has no submission format")
+        if predictions is not None and not (tasks.is_epic(config) or config.task == "ava"):
+            raise LongvidError(f"--predictions writes the EPIC challenge JSON or the AVA detection CSV: task {config.task!r} has no submission format")
         folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
         data = build_sources(config, saved_in=[config.out_dir, folder], need_train=False)
         if dist.is_main:
@@ -83,17 +83,15 @@ def evaluate_checkpoint(config: TrainConfig, checkpoint: str, pooling: str = "me
         source = data.val or data.train
         bar = progress_bar(desc="eval", unit="step", enabled=dist.is_main and progress)
         try:
-            items = collect_scores(model, source, config.batch_size, dist.device, pooling, dist, bar)
+            metrics, results = tasks.evaluate_task(config, model, source, dist, data.actions, pooling, bar)
         finally:
             if bar is not None:
                 bar.close()
-        metrics = tasks.task_metrics(config, items, source, data.actions)
         if dist.is_main:
             os.makedirs(config.out_dir, exist_ok=True)
             write_text_atomically(os.path.join(config.out_dir, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
             if predictions is not None:
-                submission = tasks.epic_submission(config, items, source, data.actions)
-                write_text_atomically(predictions, json.dumps(submission) + "\n")
+                write_text_atomically(predictions, tasks.predictions_text(config, results, source, data.actions))
         return metrics
     finally:
         cleanup()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -29,6 +29,8 @@ class StreamBatch:
     targets:  head -> ``(B,)`` long or ``(B, K)`` float.
     video:    long ``(B,)`` source video index (-1 when not valid).
     clip:     long ``(B,)`` clip index in that video.
+    extras:   per slot, what a source with ``clip_extras(video, clip)`` gives for that clip
+              (AVA: its boxes and labels; None where not valid); empty for other sources.
     """
 
     clips: torch.Tensor
@@ -37,6 +39,7 @@ class StreamBatch:
     targets: dict[str, torch.Tensor]
     video: torch.Tensor
     clip: torch.Tensor
+    extras: list = field(default_factory=list)
 
 
 def segments(source: ClipSource, clips_per_video: int | None) -> list[tuple[int, int, int]]:
@@ -131,6 +134,8 @@ class StreamSampler:
             clip.append(index)
             is_first.append(first)
             valid.append(ok)
+        extras_of = getattr(self.source, "clip_extras", None)
+        extras = [extras_of(v, c) if ok else None for v, c, ok in zip(video, clip, valid)] if extras_of else []
         return StreamBatch(
             clips=torch.stack(clips),  # (B, C, T, H, W)
             is_first=torch.tensor(is_first),
@@ -138,6 +143,7 @@ class StreamSampler:
             targets={head: torch.stack(values) for head, values in targets.items()},
             video=torch.tensor(video),
             clip=torch.tensor(clip),
+            extras=extras,
         )
 
     def _next_clip(self, slot: int):

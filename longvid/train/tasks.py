@@ -6,6 +6,7 @@
 | ``classify`` | generic CSV/JSON, Kinetics CSV or class folders | linear | ``loss`` (CE/BCE/EQL) | top1, top5 |
 | ``epic_verb_noun`` | EPIC-100 action CSV | verb + noun | CE + CE | verb/noun/action top1/top5 (+ tail_, unseen_) |
 | ``epic_anticipation`` | EPIC-100 action CSV | one action head (causal model) | EQL | verb/noun/action class-mean recall@5 |
+| ``ava`` | AVA v2.2 CSV, action list, excluded timestamps, person boxes | box head | sigmoid BCE | frame-mAP@0.5, AP per class |
 
 EPIC items are clip windows (:mod:`longvid.train.windows`): the clips of each segment (or
 the clip ending ``tau_a`` before it) after ``context_clips`` clips of the same video that
@@ -59,6 +60,10 @@ def model_overrides(config: TrainConfig, actions: Sequence[tuple[int, int]] | No
         return {**out, "num_classes": config.num_classes, "head": "linear"}
     if config.task == "epic_verb_noun":
         return {**out, "num_classes": (config.num_verbs, config.num_nouns), "head": "verb_noun"}
+    if config.task == "ava":
+        from longvid.train.ava import evaluated_classes
+
+        return {**out, "num_classes": len(evaluated_classes(config)), "head": "ava"}
     if not actions:
         raise LongvidError("epic_anticipation needs the action list (actions.json of the training run)")
     return {**out, "num_classes": len(actions), "head": "anticipation"}
@@ -149,6 +154,34 @@ def epic_source(path: str, config: TrainConfig, actions, train: bool) -> tuple[W
 
 
 # -- scores -> metrics -----------------------------------------------------------------------
+
+
+def evaluate_task(config: TrainConfig, model, source, dist=None, actions=None, pooling: str = "mean", progress=None):
+    """Run ``model`` over ``source`` and score it as the task does: ``(metrics, results)`` where
+    results are the AVA detections or the per-item scores (for :func:`write_predictions`)."""
+    if config.task == "ava":
+        from longvid.train.ava import ava_metrics, collect_detections
+
+        device = next(model.parameters()).device
+        detections = collect_detections(model, source, config.batch_size, device, source.classes, dist, progress)
+        return ava_metrics(detections, source.truth, source.classes, config.excluded_timestamps), detections
+    from longvid.train.loop import collect_scores
+
+    device = next(model.parameters()).device
+    items = collect_scores(model, source, config.batch_size, device, pooling, dist, progress)
+    return task_metrics(config, items, source, actions), items
+
+
+def predictions_text(config: TrainConfig, results, source, actions=None) -> str:
+    """The official submission file: the EPIC challenge JSON or the AVA detection CSV."""
+    if config.task == "ava":
+        from longvid.train.ava import detection_csv
+
+        return detection_csv(results)
+    if not is_epic(config):
+        raise LongvidError(f"--predictions writes the EPIC challenge JSON or the AVA detection CSV: task {config.task!r} has neither")
+    return json.dumps(epic_submission(config, results, source, actions)) + "\n"
+
 
 
 def task_metrics(config: TrainConfig, items: list[tuple[int, dict, dict]], source, actions=None) -> dict[str, float]:
