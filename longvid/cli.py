@@ -305,8 +305,12 @@ def _check_stream_args(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from longvid.train import load_config
+    from longvid.train.lmm_run import is_lmm_preset, train_lmm
     from longvid.train.run import train
 
+    if is_lmm_preset(args.config):  # MA-LMM / ReWind runs: their own configs, logs and metrics
+        train_lmm(args.config, args.overrides, resume=args.resume, progress=not args.quiet)
+        return 0
     config = load_config(args.config, args.overrides)
     history = train(config, resume=args.resume, progress=not args.quiet)
     if history:
@@ -316,8 +320,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from longvid.train import load_config
+    from longvid.train.lmm_run import eval_lmm, is_lmm_preset
     from longvid.train.run import evaluate_checkpoint
 
+    if is_lmm_preset(args.config):  # writes out_dir/metrics.json and prints its table
+        metrics = eval_lmm(args.config, args.overrides, args.checkpoint, progress=not args.quiet, predictions=args.predictions)
+        if args.json:
+            print(json.dumps(metrics))
+        return 0
     config = load_config(args.config, args.overrides)
     if args.predictions and not os.path.isdir(os.path.dirname(os.path.abspath(args.predictions))):
         raise LongvidError(f"--predictions {args.predictions}: its folder does not exist")
@@ -563,8 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", default="longvid-demo", help="output folder (default longvid-demo/)")
     sub.add_argument("--seconds", type=float, default=20.0)
 
-    sub = command("train", cmd_train, "Train a memory model on sequential clip streams (use torchrun for several processes).")
-    sub.add_argument("config", help="a training preset (see longvid.train.PRESETS) or a JSON file of config fields")
+    sub = command("train", cmd_train, "Train a memory model on sequential clip streams, or MA-LMM on its data sets (use torchrun for several processes).")
+    sub.add_argument("config", help="a training preset (see longvid.train.PRESETS), a JSON file of config fields, or an MA-LMM run preset (malmm_lvu, malmm_tiny_lvu, ...)")
     sub.add_argument("overrides", nargs="*", help="config fields as key=value, e.g. lr=0.01 progressive=1,2,3")
     sub.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -575,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--checkpoint", help="checkpoint path or folder (default: the latest in out_dir)")
     sub.add_argument("--pooling", choices=("mean", "last"), default="mean", help="video score: mean of clip logits or the last clip's")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
-    sub.add_argument("--predictions", metavar="FILE", help="EPIC tasks: also write the challenge submission JSON to FILE")
+    sub.add_argument("--predictions", metavar="FILE", help="write the official submission file to FILE: EPIC challenge JSON, AVA detection CSV; "
+                     "MA-LMM/ReWind presets: every sample's prediction as JSONL")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub = command("models", cmd_models, "List every model preset of every family, one line each.")
