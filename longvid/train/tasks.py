@@ -200,7 +200,7 @@ def task_metrics(config: TrainConfig, items: list[tuple[int, dict, dict]], sourc
 def epic_classification_metrics(items, source: WindowClips, config: TrainConfig) -> dict[str, float]:
     """verb/noun/action top1/top5; with the official split files, the same on the tail
     classes (``tail_``: verbs in the tail-verb list, nouns in the tail-noun list, actions
-    with either, as the official evaluation) and the unseen participants (``unseen_``).
+    with either) and the unseen participants (``unseen_``).
     A split without segments is left out."""
     verb = torch.stack([s["verb"] for _, s, _ in items])  # (N, Kv)
     noun = torch.stack([s["noun"] for _, s, _ in items])  # (N, Kn)
