@@ -314,7 +314,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     history = train(config, resume=args.resume, progress=not args.quiet)
     if history:
-        print(f"trained {history[-1]['step']} steps; last loss {history[-1]['loss']:.4f}; checkpoints in {config.out_dir}")
+        losses = [r["loss"] for r in history if r["loss"] == r["loss"]]  # NaN: a step whose clips only built memory
+        last = f"last loss {losses[-1]:.4f}" if losses else "no loss yet (every clip so far only built memory)"
+        print(f"trained {history[-1]['step']} steps; {last}; checkpoints in {config.out_dir}")
     return 0
 
 
