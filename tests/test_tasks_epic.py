@@ -123,7 +123,7 @@ def test_train_and_eval_tiny_epic_from_the_official_files(epic_root, run_cli, tm
     val = ann / "EPIC_100_validation.csv"
     root = epic_root / "EPIC-KITCHENS"
     out = tmp_path / "run"
-    common = [f"val_data={val}", f"video_root={root}", f"video_info={ann / 'EPIC_100_video_info.csv'}", "stride=2", "context_clips=2"]
+    common = [f"val_data={val}", f"video_root={root}", f"video_info={ann / 'EPIC_100_video_info.csv'}", "stride=4", "context_clips=1"]
     code, text = run_cli("train", "memvit_tiny_epic", f"data={val}", *common, "max_steps=4", f"out_dir={out}")
     assert code == 0, text
     assert "EPIC_100_validation.csv: 12 segments in 1 videos" in text and "trained 4 steps; last loss " in text
@@ -147,7 +147,7 @@ def test_train_and_eval_tiny_anticipation(epic_root, run_cli, tmp_path, one_thre
     ann = epic_root / "annotations"
     val = ann / "EPIC_100_validation.csv"
     out = tmp_path / "run"
-    common = [f"val_data={val}", f"video_root={epic_root / 'EPIC-KITCHENS'}", "stride=2", "context_clips=2", "--quiet"]
+    common = [f"val_data={val}", f"video_root={epic_root / 'EPIC-KITCHENS'}", "stride=4", "context_clips=1", "--quiet"]
     code, text = run_cli("train", "memvit_tiny_epic_anticipation", f"data={val}", *common, "max_steps=3", f"out_dir={out}")
     assert code == 0, text
     assert json.loads((out / "actions.json").read_text())[0] == [0, 10]  # sorted (verb, noun) pairs of the training file
