@@ -353,7 +353,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     history = train(config, resume=args.resume, progress=not args.quiet)
     if history:
-        print(f"trained {history[-1]['step']} steps; last loss {history[-1]['loss']:.4f}; checkpoints in {config.out_dir}")
+        losses = [r["loss"] for r in history if r["loss"] == r["loss"]]  # NaN: a step whose clips only built memory
+        last = f"last loss {losses[-1]:.4f}" if losses else "no loss yet (every clip so far only built memory)"
+        print(f"trained {history[-1]['step']} steps; {last}; checkpoints in {config.out_dir}")
     return 0
 
 
@@ -368,8 +370,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(json.dumps(metrics))
         return 0
     config = load_config(args.config, args.overrides)
-    metrics = evaluate_checkpoint(config, args.checkpoint or config.out_dir, args.pooling, progress=not args.quiet)
-    print(json.dumps(metrics) if args.json else "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+    if args.predictions and not os.path.isdir(os.path.dirname(os.path.abspath(args.predictions))):
+        raise LongvidError(f"--predictions {args.predictions}: its folder does not exist")
+    metrics = evaluate_checkpoint(config, args.checkpoint or config.out_dir, args.pooling, progress=not args.quiet,
+                                  predictions=args.predictions)  # fmt: skip
+    if args.json:
+        print(json.dumps(metrics))
+        return 0
+    width = max(len(k) for k in metrics)
+    print(f"{'metric':<{width}}  value")
+    print("\n".join(f"{k:<{width}}  {v:6.2f}" for k, v in metrics.items()))
+    print(f"metrics written to {os.path.join(config.out_dir, 'metrics.json')}" + (f"; predictions to {args.predictions}" if args.predictions else ""))
     return 0
 
 
@@ -617,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--checkpoint", help="checkpoint path or folder (default: the latest in out_dir)")
     sub.add_argument("--pooling", choices=("mean", "last"), default="mean", help="video score: mean of clip logits or the last clip's")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
-    sub.add_argument("--predictions", help="MA-LMM/ReWind presets: write every sample's prediction to this JSONL file")
+    sub.add_argument("--predictions", metavar="FILE", help="write the official submission file to FILE: EPIC challenge JSON, AVA detection CSV; "
+                     "MA-LMM/ReWind presets: every sample's prediction as JSONL")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub = command("models", cmd_models, "List every model preset of every family, one line each.")
