@@ -7,7 +7,7 @@ import torch
 
 from longvid.bench.rewind import (
     RewindBenchSpec, _data, benchmark_words, format_table, grounding_loss, grounding_table, qa_loss, qa_schedule,
-    qa_table, reading, stage1_loss, tiny_rewind, uniform_loss, watch,
+    qa_table, qa_tables, reading, stage1_loss, tiny_rewind, uniform_loss, watch,
 )
 from longvid.errors import LongvidError
 from longvid.models.rewind.baselines import UniformFrames
@@ -126,14 +126,19 @@ def test_qa_schedule_explores_then_trains_selection(monkeypatch):
 
 def test_qa_table_averages_seeds(monkeypatch):
     runs = {0: 30.0, 1: 50.0}
-    monkeypatch.setattr("longvid.bench.rewind.qa_rows", lambda spec, log: [
+    monkeypatch.setattr("longvid.bench.rewind.qa_rows", lambda spec, log: ([
         {"model": "a", "accuracy": runs[spec.seed], "cue_frames": "", "llm_tokens": 65, "final_loss": 0.1234 + spec.seed},
-        {"model": "b", "accuracy": 1.0, "cue_frames": 4 + spec.seed, "llm_tokens": 57, "final_loss": 0.5}])
-    table = qa_table(dataclasses.replace(SMALL, qa_seeds=(0, 1)), log=None)
-    assert table == [
-        {"model": "a", "accuracy": 40.0, "cue_frames": "", "llm_tokens": 65, "final_loss": 0.623, "accuracy by seed": "30.0 / 50.0"},
-        {"model": "b", "accuracy": 1.0, "cue_frames": 4.5, "llm_tokens": 57, "final_loss": 0.5, "accuracy by seed": "1.0 / 1.0"},
+        {"model": "b", "accuracy": 1.0, "cue_frames": 4 + spec.seed, "llm_tokens": 57, "final_loss": 0.5}],
+        [{"vectors": "m", "probe cue": 90.0 + spec.seed, "probe balanced": 80.0, "within-video cosine": 0.5}]))
+    tables = qa_tables(dataclasses.replace(SMALL, qa_seeds=(0, 1)), log=None)
+    assert tables["qa"] == [
+        {"model": "a", "accuracy": 40.0, "cue_frames": "", "llm_tokens": 65, "final_loss": 0.623,
+         "accuracy by seed": "30.0 / 50.0"},
+        {"model": "b", "accuracy": 1.0, "cue_frames": 4.5, "llm_tokens": 57, "final_loss": 0.5,
+         "accuracy by seed": "1.0 / 1.0", "cue frames by seed": "4 / 5"},
     ]
+    assert tables["memory"] == [{"vectors": "m", "probe cue": 90.5, "probe balanced": 80.0, "within-video cosine": 0.5,
+                                 "probe balanced by seed": "80.0 / 80.0"}]
 
 
 def test_reference_readings_choose_cue_or_random_frames(grounding_data):

@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from longvid.bench.rewind_memory import cue_labels, probe_accuracy, within_video_cosine
 from longvid.bench.synth import Sample, SynthSpec, class_name, clip_times, make_sample, scene_clips
 from longvid.errors import LongvidError
 from longvid.eval.metrics import grounding_metrics
@@ -394,26 +395,64 @@ QA_ROWS = (  # (name, frames the LLM reads: see reading())
 )
 
 
-def qa_rows(spec: RewindBenchSpec, log=print) -> list[dict]:
+def qa_rows(spec: RewindBenchSpec, log=print) -> tuple[list[dict], list[dict]]:
     """The QA rows of one run (``spec.seed``): ReWind with dynamic frame selection (and the same
     trained model keeping its ``K_c`` most relevant frames without DPC-KNN), the same system
     reading ``K_c`` random frames or frames that show a cue instead, and ReWind without selected
     frames; accuracy overall and per question type, and ``cue_frames``: the share (%) of the
-    frames the LLM read that show a cue."""
-    rows = []
+    frames the LLM read that show a cue. Second, the rows of :func:`memory_rows` for the DFS model
+    before and after training."""
+    rows, memory = [], []
     encoder, make_llm, train, test = _data("qa", spec)
     for name, rule in QA_ROWS:
         model = tiny_rewind(spec, encoder, make_llm())
+        if rule == "dfs":
+            memory += memory_rows(model, train, test, spec, "memory tokens, untrained", features=True)
         selection = reading(rule, model.config.num_select, spec.seed)
         losses = train_rewind(model, train, qa_schedule(spec, selection), spec, spec.qa_stage2)
         if log:
             log(f"seed {spec.seed}, {name}: stage-2 loss {losses['stage2'][0]:.3f} -> {losses['stage2'][-1]:.3f}")
         rows.append(_qa_row(name, model, test, spec, losses, selection, show_cues=rule != "none"))
         if rule == "dfs":  # the ablation needs no training of its own: the same model, another selector
+            memory += memory_rows(model, train, test, spec, "memory tokens, trained (QA with DFS)")
             c = model.config
             no_dpc = DFS(c.top_l, c.num_select, c.dpc_k, dpc=False)
             rows.append(_qa_row(f"{name}, top-{c.num_select} relevance (no DPC-KNN)", model, test, spec, losses,
                                 lambda items: no_dpc))
+    return rows, memory
+
+
+@torch.no_grad()
+def frame_vectors(model: ReWind, items: Sequence[Item], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each frame's memory tokens, concatenated ``(V, N, N_W * D)``, and the frozen features'
+    mean over patches ``(V, N, D_v)``, of the videos ``items`` watched with their questions."""
+    memory = []
+    for first in range(0, len(items), batch_size):
+        state, _ = watch(model, items[first : first + batch_size])
+        memory += [state.memory.frame_tokens(b)[0].flatten(1) for b in range(state.batch_size)]
+    return torch.stack(memory).float(), torch.stack([item.features.mean(1) for item in items]).float()
+
+
+def memory_rows(model: ReWind, train: Sequence[Item], test: Sequence[Item], spec: RewindBenchSpec, name: str,
+                features: bool = False) -> list[dict]:
+    """What each frame's memory tokens say about the frame (:mod:`longvid.bench.rewind_memory`):
+    a linear probe to the frame's cue class fitted on ``train`` and scored on ``test`` (``probe
+    cue``: which class, on the frames that show a cue; ``probe balanced``: over the classes and
+    "no cue"), and the mean cosine between two frames of a video. ``features``: first a row for
+    the frozen encoder's features of the same frames (what the memory could carry at best)."""
+    classes = spec.synth.num_classes + 1  # the cue classes, then "no cue"
+
+    def labels(items: Sequence[Item]) -> torch.Tensor:
+        return torch.cat([cue_labels(i.times, i.cues, classes - 1) for i in items])
+
+    (train_memory, train_features), (test_memory, test_features) = (frame_vectors(model, items, spec.batch_size)
+                                                                     for items in (train, test))
+    sets = ([("frozen frame features", train_features, test_features)] if features else [])
+    rows = []
+    for row_name, train_x, test_x in sets + [(name, train_memory, test_memory)]:
+        probe = probe_accuracy(train_x.flatten(0, 1), labels(train), test_x.flatten(0, 1), labels(test), classes)
+        rows.append({"vectors": row_name, "probe cue": probe["cue"], "probe balanced": probe["balanced"],
+                     "within-video cosine": round(within_video_cosine(test_x), 3)})
     return rows
 
 
@@ -425,16 +464,32 @@ def _qa_row(name: str, model: ReWind, test: Sequence[Item], spec: RewindBenchSpe
             "cue_frames": cost["cue_frames"] if show_cues else "", "final_loss": round(losses["stage2"][-1], 3)}
 
 
-def qa_table(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> list[dict]:
-    """Rows of the QA table (held-out seeds, see :func:`qa_rows`), averaged over the runs of
-    ``spec.qa_seeds``; with several seeds ``accuracy by seed`` lists each run's accuracy."""
+def qa_tables(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> dict[str, list[dict]]:
+    """The QA table (held-out seeds, see :func:`qa_rows`) and the memory table (:func:`memory_rows`),
+    each averaged over the runs of ``spec.qa_seeds``; with several seeds, ``... by seed`` columns
+    list each run's accuracy, share of cue frames read and balanced probe accuracy."""
     runs = [qa_rows(dataclasses.replace(spec, seed=seed), log=log) for seed in spec.qa_seeds]
+    by_seed = ({"accuracy": "accuracy by seed", "cue_frames": "cue frames by seed"},
+               {"probe balanced": "probe balanced by seed"})
+    return {name: _average([run[part] for run in runs], by_seed[part]) for part, name in enumerate(("qa", "memory"))}
+
+
+def qa_table(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> list[dict]:
+    """The QA rows of :func:`qa_tables`."""
+    return qa_tables(spec, log)["qa"]
+
+
+def _average(runs: list[list[dict]], by_seed: dict[str, str]) -> list[dict]:
+    """Rows averaged over runs (:func:`_mean`), with a column listing each run's value of each
+    key of ``by_seed`` (when some run has one)."""
     if len(runs) == 1:
         return runs[0]
     table = []
     for rows in zip(*runs):
         row = {key: _mean([r[key] for r in rows], digits=3 if key == "final_loss" else 1) for key in rows[0]}
-        row["accuracy by seed"] = " / ".join(str(r["accuracy"]) for r in rows)
+        for key, column in by_seed.items():
+            if any(r.get(key, "") != "" for r in rows):
+                row[column] = " / ".join(str(r[key]) for r in rows)
         table.append(row)
     return table
 
@@ -453,7 +508,7 @@ def run_rewind_bench(spec: RewindBenchSpec = RewindBenchSpec(), out_dir: str = "
     from longvid.fileio import write_text_atomically
 
     os.makedirs(out_dir, exist_ok=True)
-    tables = {"grounding": grounding_table(spec, log=log), "qa": qa_table(spec, log=log)}
+    tables = {"grounding": grounding_table(spec, log=log), **qa_tables(spec, log=log)}
     markdown = "".join(f"## ReWind: {name}\n\n{format_table(rows)}\n\n" for name, rows in tables.items())
     write_text_atomically(os.path.join(out_dir, "rewind.json"),
                           json.dumps({"spec": dataclasses.asdict(spec), **tables}, indent=1, default=str))
