@@ -30,16 +30,20 @@ process-wide settings: the CLI (``longvid bench rewind``) runs it on one thread.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from longvid.bench.rewind_memory import cue_labels, probe_accuracy, within_video_cosine
-from longvid.bench.synth import Sample, SynthSpec, class_name, clip_times, make_sample, scene_clips
+from longvid.bench.synth import (
+    Sample, Scene, SynthSpec, class_name, clip_times, make_sample, recall_sample, render, scene_clips,
+)
 from longvid.errors import LongvidError
 from longvid.eval.metrics import grounding_metrics
 from longvid.models.llm import CausalLM
@@ -49,7 +53,8 @@ from longvid.models.rewind.grounding import best_span, frames_in, pointer_loss, 
 from longvid.models.rewind.selection import inside_intervals
 from longvid.train.rewind import StageConfig, train_stage
 
-QA_CANDIDATES = {"recall": "classes", "order": "classes", "count": ("0", "1", "2", "3")}
+QA_CANDIDATES = {"recall": "classes", "order": "classes", "count": ("0", "1", "2", "3"), "where": ("left", "right")}
+GENERIC_CAPTION = "an object flashes"  # stage 1: every frame that shows a cue, whatever its class
 
 
 @dataclass(frozen=True)
@@ -65,11 +70,13 @@ class RewindBenchSpec:
     test_seed: int = 1_000_000  # held-out seeds start here
     batch_size: int = 8
     uniform_frames: int = 8  # K frames the uniform baseline reads
+    top_l: int = 4  # DFS's L: 2 K_c (the preset's 8 is a third of a 24-frame video, where 2-6 frames show a cue)
     stage1: StageConfig = StageConfig(steps=30, lr=2e-3, warmup_steps=5)
     stage2: StageConfig = StageConfig(steps=150, lr=3e-3, warmup_steps=10)
     qa_stage2: StageConfig = StageConfig(steps=600, lr=3e-3, warmup_steps=10)
     qa_explore_steps: int = 200  # QA stage 2 with DFS: first steps read frames drawn at random, DFS projections still
     qa_policy_weight: float = 3.0  # then the REINFORCE term trains the DFS projections (ReWind.answer_loss)
+    caption_weight: float = 1.0  # QA stage 2 keeps the stage-1 caption loss on its frames, with this weight
     vision_width: int = 32
     llm_hidden: int = 64
     llm_layers: int = 2
@@ -107,13 +114,50 @@ class Item:
 
 def benchmark_words(spec: RewindBenchSpec) -> list[str]:
     """Every word of the benchmark's questions and answers (the tiny LLM's vocabulary)."""
-    texts = [class_name(c) for c in range(spec.synth.num_classes)] + ["flashes", "and", "flash"]
-    for task in ("recall", "count", "order", "grounding"):
-        for seed in range(20):
-            sample = make_sample(task, seed, spec.synth, spec.num_clips)
-            texts += [sample.question, sample.answer, sample.query]
+    texts = [class_name(c) for c in range(spec.synth.num_classes)] + ["flashes", "and", "flash", GENERIC_CAPTION]
+    for task in ("recall", "count", "order", "grounding", "qa"):
+        for seed in range(40):
+            sample = bench_sample(task, seed, spec)
+            texts += [sample.question, sample.answer, sample.query, *QA_CANDIDATES.get(sample.task, ())]
     texts += [str(n) for n in range(10)]
     return list(dict.fromkeys(w.lower() for t in texts for w in re.findall(r"\w+|[^\w\s]+", t)))
+
+
+def bench_sample(task: str, seed: int, spec: RewindBenchSpec) -> Sample:
+    """A video of ``task`` (:func:`longvid.bench.synth.make_sample`); for ``qa``, the questions are
+    worded with the words of the stage-1 captions ("the <class> flashes", "an object flashes"),
+    and a quarter of the videos ask ``where`` (left or right half) the one cue flashed: the
+    memory's captions say what flashed and when, only the frame itself shows where."""
+    if task != "qa":
+        return make_sample(task, seed, spec.synth, spec.num_clips)
+    if np.random.default_rng([seed, 4]).random() < 0.25:
+        return where_sample(seed, spec)
+    sample = make_sample("qa", seed, spec.synth, spec.num_clips)
+    names = [class_name(e.cls) for e in sample.scene.events]
+    if sample.task == "recall":
+        question = "which object flashes?"
+    elif sample.task == "count":
+        question = f"the {class_name(sample.meta['target_class'])} flashes how many times?"
+    else:  # order: the two names in the order the generator asked them
+        first, second = sorted(names, key=sample.question.index)
+        question = f"which flashes first, the {first} or the {second}?"
+    return dataclasses.replace(sample, question=question)
+
+
+def where_sample(seed: int, spec: RewindBenchSpec) -> Sample:
+    """One cue (as in ``recall``, 2 clips before the last); the answer is the half of the frame
+    ("left" or "right") that holds the centre of the cue, found by rendering the cue's frame
+    with and without it. The frames after the cue do not depend on the answer."""
+    recall = recall_sample(seed, spec.synth, spec.num_clips, distance=2)
+    start, end = recall.scene.event_interval(recall.scene.events[0], spec.synth)
+    size = spec.synth.size
+    shown, empty = (render(scene, spec.synth, [(start + end) / 2], size, size)[0]
+                    for scene in (recall.scene, Scene(recall.scene.seed, recall.scene.num_clips)))
+    columns = torch.nonzero((shown - empty).abs().sum(0) > 0.1)[:, 1].float()  # (pixels,) x of the cue's pixels
+    half = "left" if float(columns.mean()) < size / 2 else "right"
+    name = class_name(recall.label)
+    return dataclasses.replace(recall, task="where", label=int(half == "right"), question=f"the {name} flashes where?",
+                               answer=half)
 
 
 def build_backbones(spec: RewindBenchSpec, init_std: float) -> tuple[torch.nn.Module, Callable[[], CausalLM]]:
@@ -128,8 +172,8 @@ def build_backbones(spec: RewindBenchSpec, init_std: float) -> tuple[torch.nn.Mo
 
 
 def tiny_rewind(spec: RewindBenchSpec, encoder, llm: CausalLM) -> ReWind:
-    """``rewind_tiny`` on the benchmark's backbones, its own weights drawn from ``spec.seed``."""
-    return build_model("rewind_tiny", encoder=encoder, llm=llm, seed=spec.seed)
+    """``rewind_tiny`` on the benchmark's backbones with ``L = spec.top_l``, its own weights drawn from ``spec.seed``."""
+    return build_model("rewind_tiny", encoder=encoder, llm=llm, seed=spec.seed, top_l=spec.top_l)
 
 
 # A row's frame selection: ``items -> selector`` for a batch (None: the model's own, DFS).
@@ -164,7 +208,7 @@ def encode_items(task: str, seeds: Sequence[int], spec: RewindBenchSpec, encoder
     times = torch.tensor(clip_times(spec.synth, spec.num_clips).reshape(-1), dtype=torch.float64)
     items = []
     for seed in seeds:
-        sample = make_sample(task, seed, spec.synth, spec.num_clips)
+        sample = bench_sample(task, seed, spec)
         clips = scene_clips(sample.scene, spec.synth, normalize=False)  # (clips, 3, T, H, W) uint8
         frames = clips.permute(0, 2, 1, 3, 4).flatten(0, 1).float() / 255  # (N, 3, H, W)
         cues = [(e.cls, *sample.scene.event_interval(e, spec.synth)) for e in sample.scene.events]
@@ -198,50 +242,50 @@ def watch(model: ReWind, items: Sequence[Item]):
     return model.watch_features(features, times, state), questions
 
 
-def stage1_loss(model: ReWind, items: Sequence[Item]) -> torch.Tensor:
-    """SigLIP loss between sub-clips showing exactly one cue and the caption ``"the <class> flashes"``
-    (one sub-clip per class in the batch, so no two pairs share a caption)."""
-    features, times, questions = stack(items)
-    state = model.init_state(len(items), instructions=questions)
-    clip, total = model.config.clip_frames, features.shape[1]
-    written, valid, captions = [], [], {}
-    for start in range(0, total, clip):  # one sub-clip per step; the last one padded
-        frames = torch.arange(start, start + clip).clamp(max=total - 1)  # (F,)
-        real = (torch.arange(start, start + clip) < total).expand(len(items), -1)  # (B, F)
-        out, state = model.observe_features(features[:, frames], times[:, frames], state, real)
-        num_valid = real[0].sum()
-        for b, item in enumerate(items):
-            shown = item.cues_on(times[b, frames[real[b]]])
-            if len(shown) == 1 and shown[0] not in captions:
-                captions[shown[0]] = f"the {class_name(shown[0])} flashes"
-                written.append(out["memory_tokens"][b])
-                valid.append(num_valid)
-    if len(written) < 2:
-        raise LongvidError("stage 1 needs sub-clips of at least two cue classes in a batch: use larger batches")
-    caption_ids, caption_mask = model.tokenize(list(captions.values()))
-    return model.contrastive_loss(torch.stack(written), torch.stack(valid), caption_ids, caption_mask)
+def caption_loss(model: ReWind, items: Sequence[Item], state, num_classes: int) -> torch.Tensor:
+    """Frame-level SigLIP loss (:meth:`ReWind.frame_contrastive_loss`) of the frames of ``items``,
+    watched into ``state``: a frame that shows a cue matches "the <class> flashes" of its class
+    and :data:`GENERIC_CAPTION`; a frame that shows none matches no caption."""
+    tokens = torch.cat([state.memory.frame_tokens(b)[0] for b in range(len(items))])  # (frames, N_W, D)
+    labels = torch.cat([cue_labels(i.times, i.cues, num_classes) for i in items])  # (frames,)
+    captions = [f"the {class_name(c)} flashes" for c in range(num_classes)] + [GENERIC_CAPTION]
+    positives = labels[:, None] == torch.arange(num_classes)[None]  # (frames, classes)
+    positives = torch.cat([positives, positives.any(1, keepdim=True)], dim=1)  # (frames, classes + 1)
+    return model.frame_contrastive_loss(tokens, positives, *model.tokenize(captions))
+
+
+def stage1_loss(model: ReWind, items: Sequence[Item], num_classes: int) -> torch.Tensor:
+    """Stage 1: :func:`caption_loss` of the batch's videos, watched with their questions as instructions."""
+    state, _ = watch(model, items)
+    return caption_loss(model, items, state, num_classes)
 
 
 def qa_loss(model: ReWind, items: Sequence[Item], policy_weight: float | None = None,
-            selection: Selection = None) -> torch.Tensor:
+            selection: Selection = None, caption_weight: float = 0.0, num_classes: int = 0) -> torch.Tensor:
     """Stage 2 on QA: next-token cross-entropy of the answers with the frames of ``selection``
-    (``policy_weight``: see :meth:`ReWind.answer_loss`)."""
+    (``policy_weight``: see :meth:`ReWind.answer_loss`), plus ``caption_weight`` times the
+    stage-1 :func:`caption_loss` of the same frames (without it, the answer loss erases what the
+    memory tokens say about each frame: see the memory table)."""
     state, questions = watch(model, items)
-    return model.answer_loss(state, questions, [i.sample.answer for i in items], policy_weight=policy_weight,
+    loss = model.answer_loss(state, questions, [i.sample.answer for i in items], policy_weight=policy_weight,
                              selector=_selector(selection, items))
+    if caption_weight:
+        loss = loss + caption_weight * caption_loss(model, items, state, num_classes)
+    return loss
 
 
 def qa_schedule(spec: RewindBenchSpec, selection: Selection = None):
     """The QA stage-2 loss for :func:`train_stage` (called once per step): the first
-    ``spec.qa_explore_steps`` steps read frames drawn from the (still uniform) relevance softmax,
-    so the LLM learns to read frames of every kind; later steps add the REINFORCE term
-    (``spec.qa_policy_weight``) that trains the DFS projections. Rows whose selection is not
-    DFS read their own frames throughout."""
+    ``spec.qa_explore_steps`` steps read frames drawn from the relevance softmax (trained by
+    stage 1's captions), so the LLM learns to read the frames selection will bring; later steps
+    add the REINFORCE term (``spec.qa_policy_weight``) that trains the DFS projections on the
+    answers. Rows whose selection is not DFS read their own frames throughout. Every step adds
+    the caption loss (``spec.caption_weight``)."""
     steps = itertools.count()
 
     def loss(model: ReWind, items: Sequence[Item]) -> torch.Tensor:
         weight = 0.0 if next(steps) < spec.qa_explore_steps else spec.qa_policy_weight
-        return qa_loss(model, items, weight, selection)
+        return qa_loss(model, items, weight, selection, spec.caption_weight, spec.synth.num_classes)
 
     return loss
 
@@ -258,7 +302,8 @@ def train_rewind(model: ReWind, items: Sequence[Item], task_loss, spec: RewindBe
     """Stage 1 then stage 2 (``task_loss``, ``stage2`` or ``spec.stage2`` steps) on ``items``;
     returns each stage's losses."""
     model.set_stage(1)
-    first = train_stage(model, stage1_loss, batch_at(items, spec.batch_size, spec.seed), spec.stage1)
+    captions = functools.partial(stage1_loss, num_classes=spec.synth.num_classes)
+    first = train_stage(model, captions, batch_at(items, spec.batch_size, spec.seed), spec.stage1)
     model.set_stage(2)
     second = train_stage(model, task_loss, batch_at(items, spec.batch_size, spec.seed + 1), stage2 or spec.stage2)
     return {"stage1": first, "stage2": second}
@@ -387,21 +432,25 @@ def grounding_table(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> lis
     return rows
 
 
-QA_ROWS = (  # (name, frames the LLM reads: see reading())
+QA_ROWS = (  # (name, frames the LLM reads: see reading()), each row a model trained reading them
     ("rewind with DFS", "dfs"),
-    ("rewind, random frames", "random"),
-    ("rewind, cue frames (oracle)", "cue"),
     ("rewind without DFS", "none"),
+)
+DFS_MODEL_READINGS = (  # the model trained with DFS, reading other frames (no training of their own)
+    ("same model, top-2 relevance (no DPC-KNN)", "top"),
+    ("same model, DFS with the preset's L = 8", "preset"),
+    ("same model, 2 random frames", "random"),
+    ("same model, cue frames (oracle)", "cue"),
 )
 
 
 def qa_rows(spec: RewindBenchSpec, log=print) -> tuple[list[dict], list[dict]]:
-    """The QA rows of one run (``spec.seed``): ReWind with dynamic frame selection (and the same
-    trained model keeping its ``K_c`` most relevant frames without DPC-KNN), the same system
-    reading ``K_c`` random frames or frames that show a cue instead, and ReWind without selected
-    frames; accuracy overall and per question type, and ``cue_frames``: the share (%) of the
-    frames the LLM read that show a cue. Second, the rows of :func:`memory_rows` for the DFS model
-    before and after training."""
+    """The QA rows of one run (``spec.seed``): ReWind with dynamic frame selection and the same
+    trained model reading other frames (its ``K_c`` most relevant without DPC-KNN, DFS with the
+    preset's ``L``, ``K_c`` random frames, frames that show a cue), and ReWind trained and asked
+    without selected frames; accuracy overall and per question type, and ``cue_frames``: the
+    share (%) of the frames the LLM read that show a cue. Second, the rows of
+    :func:`memory_rows` for the DFS model before and after training."""
     rows, memory = [], []
     encoder, make_llm, train, test = _data("qa", spec)
     for name, rule in QA_ROWS:
@@ -413,12 +462,14 @@ def qa_rows(spec: RewindBenchSpec, log=print) -> tuple[list[dict], list[dict]]:
         if log:
             log(f"seed {spec.seed}, {name}: stage-2 loss {losses['stage2'][0]:.3f} -> {losses['stage2'][-1]:.3f}")
         rows.append(_qa_row(name, model, test, spec, losses, selection, show_cues=rule != "none"))
-        if rule == "dfs":  # the ablation needs no training of its own: the same model, another selector
-            memory += memory_rows(model, train, test, spec, "memory tokens, trained (QA with DFS)")
-            c = model.config
-            no_dpc = DFS(c.top_l, c.num_select, c.dpc_k, dpc=False)
-            rows.append(_qa_row(f"{name}, top-{c.num_select} relevance (no DPC-KNN)", model, test, spec, losses,
-                                lambda items: no_dpc))
+        if rule != "dfs":
+            continue
+        memory += memory_rows(model, train, test, spec, "memory tokens, trained (QA with DFS)")
+        c = model.config
+        other = {"top": lambda items: DFS(c.top_l, c.num_select, c.dpc_k, dpc=False),
+                 "preset": lambda items: DFS(8, c.num_select, c.dpc_k)}
+        for row_name, how in DFS_MODEL_READINGS:
+            rows.append(_qa_row(row_name, model, test, spec, losses, other.get(how) or reading(how, c.num_select, spec.seed)))
     return rows, memory
 
 
