@@ -260,6 +260,31 @@ def stage1_loss(model: ReWind, items: Sequence[Item], num_classes: int) -> torch
     return caption_loss(model, items, state, num_classes)
 
 
+def clip_stage1_loss(model: ReWind, items: Sequence[Item], num_classes: int) -> torch.Tensor:
+    """Stage 1 at sub-clip level (the paper's video-caption pairs; the grounding table's): SigLIP
+    loss between sub-clips showing exactly one cue and the caption ``"the <class> flashes"`` (one
+    sub-clip per class in the batch, so no two pairs share a caption)."""
+    features, times, questions = stack(items)
+    state = model.init_state(len(items), instructions=questions)
+    clip, total = model.config.clip_frames, features.shape[1]
+    written, valid, captions = [], [], {}
+    for start in range(0, total, clip):  # one sub-clip per step; the last one padded
+        frames = torch.arange(start, start + clip).clamp(max=total - 1)  # (F,)
+        real = (torch.arange(start, start + clip) < total).expand(len(items), -1)  # (B, F)
+        out, state = model.observe_features(features[:, frames], times[:, frames], state, real)
+        num_valid = real[0].sum()
+        for b, item in enumerate(items):
+            shown = item.cues_on(times[b, frames[real[b]]])
+            if len(shown) == 1 and shown[0] not in captions:
+                captions[shown[0]] = f"the {class_name(shown[0])} flashes"
+                written.append(out["memory_tokens"][b])
+                valid.append(num_valid)
+    if len(written) < 2:
+        raise LongvidError("stage 1 needs sub-clips of at least two cue classes in a batch: use larger batches")
+    caption_ids, caption_mask = model.tokenize(list(captions.values()))
+    return model.contrastive_loss(torch.stack(written), torch.stack(valid), caption_ids, caption_mask)
+
+
 def qa_loss(model: ReWind, items: Sequence[Item], policy_weight: float | None = None,
             selection: Selection = None, caption_weight: float = 0.0, num_classes: int = 0) -> torch.Tensor:
     """Stage 2 on QA: next-token cross-entropy of the answers with the frames of ``selection``
@@ -298,11 +323,11 @@ def grounding_loss(model: ReWind, items: Sequence[Item]) -> torch.Tensor:
 
 
 def train_rewind(model: ReWind, items: Sequence[Item], task_loss, spec: RewindBenchSpec,
-                 stage2: StageConfig | None = None) -> dict[str, list[float]]:
+                 stage2: StageConfig | None = None, stage1=stage1_loss) -> dict[str, list[float]]:
     """Stage 1 then stage 2 (``task_loss``, ``stage2`` or ``spec.stage2`` steps) on ``items``;
     returns each stage's losses."""
     model.set_stage(1)
-    captions = functools.partial(stage1_loss, num_classes=spec.synth.num_classes)
+    captions = functools.partial(stage1, num_classes=spec.synth.num_classes)
     first = train_stage(model, captions, batch_at(items, spec.batch_size, spec.seed), spec.stage1)
     model.set_stage(2)
     second = train_stage(model, task_loss, batch_at(items, spec.batch_size, spec.seed + 1), stage2 or spec.stage2)
@@ -413,7 +438,7 @@ def grounding_table(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> lis
     duration = spec.num_clips * spec.synth.clip_seconds
     rows = []
     rewind = tiny_rewind(spec, encoder, make_llm())
-    losses = train_rewind(rewind, train, grounding_loss, spec)
+    losses = train_rewind(rewind, train, grounding_loss, spec, stage1=clip_stage1_loss)
     predicted, cost = ground_rewind(rewind, test, spec.batch_size)
     rows.append(_grounding_row("rewind (memory + DFS)", predicted, test, **cost, final_loss=round(losses["stage2"][-1], 3)))
     if log:
