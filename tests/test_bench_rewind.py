@@ -23,7 +23,7 @@ torch.set_num_threads(1)
 
 SMALL = RewindBenchSpec(num_clips=4, train_videos=8, qa_train_videos=8, test_videos=4, qa_test_videos=4, batch_size=4,
                         stage1=StageConfig(steps=2, warmup_steps=1), stage2=StageConfig(steps=2, warmup_steps=1),
-                        qa_stage2=StageConfig(steps=2, warmup_steps=1), qa_explore_steps=1)  # both QA phases
+                        qa_stage2=StageConfig(steps=2, warmup_steps=1), qa_explore_steps=1)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +125,10 @@ def test_qa_schedule_explores_then_trains_selection(monkeypatch):
     for _ in range(4):
         loss(None, [])
     assert weights == [(0.0, selection, 1.0, 4), (0.0, selection, 1.0, 4), (3.0, selection, 1.0, 4), (3.0, selection, 1.0, 4)]
+    weights.clear()
+    loss = qa_schedule(SMALL, selection)  # the default: no REINFORCE, each row reads its own selection's frames
+    loss(None, [])
+    assert weights == [(None, selection, 1.0, 4)]
 
 
 def test_qa_table_averages_seeds(monkeypatch):
