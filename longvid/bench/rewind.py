@@ -13,17 +13,21 @@ instructions, ``watch_features`` / ``observe_features`` steps, ``select``, ``sco
   same LLM reading ``K`` uniformly sampled frames, and two trivial intervals (the whole
   video; a centred interval of the mean training length); R@0.3/0.5/0.7 and mIoU on
   held-out seeds.
-* :func:`qa_table`: ReWind with and without dynamic frame selection on the ``qa`` task
-  (recall / count / order), accuracy by closed-set scoring, with two reference rows that
-  bound what selection is worth: the same system reading ``K_c`` random frames
-  (:class:`~longvid.models.rewind.RandomSelector`), and reading frames that show a cue
-  (:class:`~longvid.models.rewind.OracleSelector` given the cue intervals); optionally
-  averaged over several seeds (``qa_seeds``).
+* :func:`qa_tables`: ReWind with and without dynamic frame selection on the ``qa`` task
+  (recall / count / order / where, worded with the stage-1 captions' words:
+  :func:`bench_sample`), accuracy by closed-set scoring, with reference rows that bound what
+  selection is worth: the DFS model reading ``K_c`` random frames
+  (:class:`~longvid.models.rewind.RandomSelector`) or frames that show a cue
+  (:class:`~longvid.models.rewind.OracleSelector` given the cue intervals); and the memory
+  table (:func:`memory_rows`: a linear probe from a frame's memory tokens to its cue class);
+  optionally averaged over several seeds (``qa_seeds``).
 
 Rows also report the LLM input length (tokens) and the state bytes per video (memory,
 instruction and stored frame features). ReWind is trained with
-:func:`longvid.train.rewind.train_stage`: stage 1 (SigLIP loss, Perceiver) then stage 2
-(answer cross-entropy for QA, pointer cross-entropy for grounding). Nothing here changes
+:func:`longvid.train.rewind.train_stage`: stage 1 (SigLIP loss between frames and their
+captions for QA, :func:`stage1_loss`; between sub-clips and theirs for grounding,
+:func:`clip_stage1_loss`) then stage 2 (answer cross-entropy plus the caption loss for QA,
+pointer cross-entropy for grounding). Nothing here changes
 process-wide settings: the CLI (``longvid bench rewind``) runs it on one thread.
 """
 
