@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 import json
 import math
 
@@ -7,7 +8,7 @@ import torch
 
 from longvid.bench.rewind import (
     RewindBenchSpec, _data, benchmark_words, format_table, grounding_loss, grounding_table, qa_loss, qa_schedule,
-    qa_table, reading, stage1_loss, tiny_rewind, uniform_loss, watch,
+    qa_table, qa_tables, reading, stage1_loss, tiny_rewind, uniform_loss, watch,
 )
 from longvid.errors import LongvidError
 from longvid.models.rewind.baselines import UniformFrames
@@ -16,13 +17,13 @@ from longvid.train.checkpoint import load_checkpoint
 from longvid.train.rewind import StageConfig, train_stage
 
 pytest.importorskip("transformers")
-QA_NAMES = ["rewind with DFS", "rewind with DFS, top-2 relevance (no DPC-KNN)", "rewind, random frames",
-            "rewind, cue frames (oracle)", "rewind without DFS"]
+QA_NAMES = ["rewind with DFS", "same model, top-2 relevance (no DPC-KNN)", "same model, DFS with the preset's L = 8",
+            "same model, 2 random frames", "same model, cue frames (oracle)", "rewind without DFS"]
 torch.set_num_threads(1)
 
 SMALL = RewindBenchSpec(num_clips=4, train_videos=8, qa_train_videos=8, test_videos=4, qa_test_videos=4, batch_size=4,
                         stage1=StageConfig(steps=2, warmup_steps=1), stage2=StageConfig(steps=2, warmup_steps=1),
-                        qa_stage2=StageConfig(steps=2, warmup_steps=1), qa_explore_steps=1)  # both QA phases
+                        qa_stage2=StageConfig(steps=2, warmup_steps=1), qa_explore_steps=1)
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +74,11 @@ def test_stage1_trains_only_the_perceiver(grounding_data):
     model = tiny_rewind(SMALL, encoder, make_llm())
     model.set_stage(1)
     before = model.memory_proj.weight.clone()
-    losses = train_stage(model, stage1_loss, lambda step: train[:4], StageConfig(steps=2, warmup_steps=1))
+    captions = functools.partial(stage1_loss, num_classes=SMALL.synth.num_classes)
+    losses = train_stage(model, captions, lambda step: train[:4], StageConfig(steps=2, warmup_steps=1))
     assert all(math.isfinite(x) for x in losses) and torch.equal(before, model.memory_proj.weight)
     with pytest.raises(LongvidError, match="nothing to train"):
-        train_stage(model.requires_grad_(False), stage1_loss, lambda step: train[:4], StageConfig(steps=1))
+        train_stage(model.requires_grad_(False), captions, lambda step: train[:4], StageConfig(steps=1))
 
 
 def test_uniform_baseline_points_at_sampled_frames(grounding_data):
@@ -106,34 +108,44 @@ def test_small_tables_have_the_right_structure(grounding_data):
     assert grounding[3]["R@0.3"] == 100 * sum(s >= 0.3 for s in shares) / len(shares)
     qa = qa_table(SMALL, log=None)
     assert [row["model"] for row in qa] == QA_NAMES
-    assert qa[0]["llm_tokens"] - qa[4]["llm_tokens"] == 2 * 4  # DFS adds K_c = 2 selected frames of 2x2 tokens
-    assert len({row["llm_tokens"] for row in qa[:4]}) == 1  # the ablation and references read as many frames
+    assert qa[0]["llm_tokens"] - qa[5]["llm_tokens"] == 2 * 4  # DFS adds K_c = 2 selected frames of 2x2 tokens
+    assert len({row["llm_tokens"] for row in qa[:5]}) == 1  # the ablations and references read as many frames
     assert all((row["accuracy"] * SMALL.qa_test_videos / 100).is_integer() for row in qa)  # counts of right answers
-    assert qa[3]["cue_frames"] > qa[2]["cue_frames"] and qa[4]["cue_frames"] == ""
+    assert qa[4]["cue_frames"] == 100.0 and qa[5]["cue_frames"] == ""
     assert "| model |" in format_table(qa)
 
 
 def test_qa_schedule_explores_then_trains_selection(monkeypatch):
     weights = []
     monkeypatch.setattr("longvid.bench.rewind.qa_loss",
-                        lambda model, items, weight, selection: weights.append((weight, selection)) or torch.zeros(()))
+                        lambda model, items, weight, selection, caption_weight, num_classes:
+                        weights.append((weight, selection, caption_weight, num_classes)) or torch.zeros(()))
     selection = reading("random", 2, 0)
     loss = qa_schedule(dataclasses.replace(SMALL, qa_explore_steps=2, qa_policy_weight=3.0), selection)
     for _ in range(4):
         loss(None, [])
-    assert weights == [(0.0, selection), (0.0, selection), (3.0, selection), (3.0, selection)]
+    assert weights == [(0.0, selection, 1.0, 4), (0.0, selection, 1.0, 4), (3.0, selection, 1.0, 4), (3.0, selection, 1.0, 4)]
+    weights.clear()
+    loss = qa_schedule(SMALL, selection)  # the default: no REINFORCE, each row reads its own selection's frames
+    loss(None, [])
+    assert weights == [(None, selection, 1.0, 4)]
 
 
 def test_qa_table_averages_seeds(monkeypatch):
     runs = {0: 30.0, 1: 50.0}
-    monkeypatch.setattr("longvid.bench.rewind.qa_rows", lambda spec, log: [
+    monkeypatch.setattr("longvid.bench.rewind.qa_rows", lambda spec, log: ([
         {"model": "a", "accuracy": runs[spec.seed], "cue_frames": "", "llm_tokens": 65, "final_loss": 0.1234 + spec.seed},
-        {"model": "b", "accuracy": 1.0, "cue_frames": 4 + spec.seed, "llm_tokens": 57, "final_loss": 0.5}])
-    table = qa_table(dataclasses.replace(SMALL, qa_seeds=(0, 1)), log=None)
-    assert table == [
-        {"model": "a", "accuracy": 40.0, "cue_frames": "", "llm_tokens": 65, "final_loss": 0.623, "accuracy by seed": "30.0 / 50.0"},
-        {"model": "b", "accuracy": 1.0, "cue_frames": 4.5, "llm_tokens": 57, "final_loss": 0.5, "accuracy by seed": "1.0 / 1.0"},
+        {"model": "b", "accuracy": 1.0, "cue_frames": 4 + spec.seed, "llm_tokens": 57, "final_loss": 0.5}],
+        [{"vectors": "m", "probe cue": 90.0 + spec.seed, "probe balanced": 80.0, "within-video cosine": 0.5}]))
+    tables = qa_tables(dataclasses.replace(SMALL, qa_seeds=(0, 1)), log=None)
+    assert tables["qa"] == [
+        {"model": "a", "accuracy": 40.0, "cue_frames": "", "llm_tokens": 65, "final_loss": 0.623,
+         "accuracy by seed": "30.0 / 50.0"},
+        {"model": "b", "accuracy": 1.0, "cue_frames": 4.5, "llm_tokens": 57, "final_loss": 0.5,
+         "accuracy by seed": "1.0 / 1.0", "cue frames by seed": "4 / 5"},
     ]
+    assert tables["memory"] == [{"vectors": "m", "probe cue": 90.5, "probe balanced": 80.0, "within-video cosine": 0.5,
+                                 "probe balanced by seed": "80.0 / 80.0"}]
 
 
 def test_reference_readings_choose_cue_or_random_frames(grounding_data):
@@ -171,3 +183,26 @@ def test_bench_rewind_writes_both_tables(tmp_path, monkeypatch, capsys):
     assert cli.main(["bench", "rewind", "--full"]) == 1
     assert cli.main(["bench", "rewind", "--seeds", "0,x"]) == 1
     assert cli.main(["bench", "malmm", "--seeds", "0"]) == 1
+
+
+def test_qa_questions_use_caption_words_and_where_reads_the_cue_half():
+    from longvid.bench.rewind import GENERIC_CAPTION, bench_sample
+    from longvid.bench.synth import Scene, class_name, clip_times, render
+
+    samples = [bench_sample("qa", seed, SMALL) for seed in range(60)]
+    assert {s.task for s in samples} == {"recall", "count", "order", "where"}
+    caption_words = set(GENERIC_CAPTION.split()) | {w for c in range(4) for w in f"the {class_name(c)} flashes".split()}
+    for s in samples:
+        words = set(s.question.replace("?", " ").replace(",", " ").split())
+        assert "flashes" in words and (s.task == "recall" or words & caption_words > {"the", "flashes"})
+    where = [s for s in samples if s.task == "where"]
+    assert {s.answer for s in where} == {"left", "right"}
+    times = clip_times(SMALL.synth, SMALL.num_clips).reshape(-1)
+    for s in where[:4]:
+        start, end = s.scene.event_interval(s.scene.events[0], SMALL.synth)
+        shown = render(s.scene, SMALL.synth, times, 32, 32)
+        empty = render(Scene(s.scene.seed, s.scene.num_clips), SMALL.synth, times, 32, 32)
+        inside = torch.from_numpy((times >= start) & (times < end))
+        assert torch.equal(shown[~inside], empty[~inside])  # no other frame depends on where the cue was
+        columns = torch.nonzero((shown[inside][0] - empty[inside][0]).abs().sum(0) > 0.1)[:, 1].float()  # naive: cue pixels
+        assert s.answer == ("left" if columns.mean() < 16 else "right")

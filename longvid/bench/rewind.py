@@ -13,32 +13,41 @@ instructions, ``watch_features`` / ``observe_features`` steps, ``select``, ``sco
   same LLM reading ``K`` uniformly sampled frames, and two trivial intervals (the whole
   video; a centred interval of the mean training length); R@0.3/0.5/0.7 and mIoU on
   held-out seeds.
-* :func:`qa_table`: ReWind with and without dynamic frame selection on the ``qa`` task
-  (recall / count / order), accuracy by closed-set scoring, with two reference rows that
-  bound what selection is worth: the same system reading ``K_c`` random frames
-  (:class:`~longvid.models.rewind.RandomSelector`), and reading frames that show a cue
-  (:class:`~longvid.models.rewind.OracleSelector` given the cue intervals); optionally
-  averaged over several seeds (``qa_seeds``).
+* :func:`qa_tables`: ReWind with and without dynamic frame selection on the ``qa`` task
+  (recall / count / order / where, worded with the stage-1 captions' words:
+  :func:`bench_sample`), accuracy by closed-set scoring, with reference rows that bound what
+  selection is worth: the DFS model reading ``K_c`` random frames
+  (:class:`~longvid.models.rewind.RandomSelector`) or frames that show a cue
+  (:class:`~longvid.models.rewind.OracleSelector` given the cue intervals); and the memory
+  table (:func:`memory_rows`: a linear probe from a frame's memory tokens to its cue class);
+  optionally averaged over several seeds (``qa_seeds``).
 
 Rows also report the LLM input length (tokens) and the state bytes per video (memory,
 instruction and stored frame features). ReWind is trained with
-:func:`longvid.train.rewind.train_stage`: stage 1 (SigLIP loss, Perceiver) then stage 2
-(answer cross-entropy for QA, pointer cross-entropy for grounding). Nothing here changes
+:func:`longvid.train.rewind.train_stage`: stage 1 (SigLIP loss between frames and their
+captions for QA, :func:`stage1_loss`; between sub-clips and theirs for grounding,
+:func:`clip_stage1_loss`) then stage 2 (answer cross-entropy plus the caption loss for QA,
+pointer cross-entropy for grounding). Nothing here changes
 process-wide settings: the CLI (``longvid bench rewind``) runs it on one thread.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
-from longvid.bench.synth import Sample, SynthSpec, class_name, clip_times, make_sample, scene_clips
+from longvid.bench.rewind_memory import cue_labels, probe_accuracy, within_video_cosine
+from longvid.bench.synth import (
+    Sample, Scene, SynthSpec, class_name, clip_times, make_sample, recall_sample, render, scene_clips,
+)
 from longvid.errors import LongvidError
 from longvid.eval.metrics import grounding_metrics
 from longvid.models.llm import CausalLM
@@ -48,7 +57,8 @@ from longvid.models.rewind.grounding import best_span, frames_in, pointer_loss, 
 from longvid.models.rewind.selection import inside_intervals
 from longvid.train.rewind import StageConfig, train_stage
 
-QA_CANDIDATES = {"recall": "classes", "order": "classes", "count": ("0", "1", "2", "3")}
+QA_CANDIDATES = {"recall": "classes", "order": "classes", "count": ("0", "1", "2", "3"), "where": ("left", "right")}
+GENERIC_CAPTION = "an object flashes"  # stage 1: every frame that shows a cue, whatever its class
 
 
 @dataclass(frozen=True)
@@ -64,11 +74,16 @@ class RewindBenchSpec:
     test_seed: int = 1_000_000  # held-out seeds start here
     batch_size: int = 8
     uniform_frames: int = 8  # K frames the uniform baseline reads
+    top_l: int = 4  # DFS's L: 2 K_c (the preset's 8 is a third of a 24-frame video, where 2-6 frames show a cue)
     stage1: StageConfig = StageConfig(steps=30, lr=2e-3, warmup_steps=5)
     stage2: StageConfig = StageConfig(steps=150, lr=3e-3, warmup_steps=10)
-    qa_stage2: StageConfig = StageConfig(steps=600, lr=3e-3, warmup_steps=10)
-    qa_explore_steps: int = 200  # QA stage 2 with DFS: first steps read frames drawn at random, DFS projections still
-    qa_policy_weight: float = 3.0  # then the REINFORCE term trains the DFS projections (ReWind.answer_loss)
+    qa_stage2: StageConfig = StageConfig(steps=1000, lr=3e-3, warmup_steps=10)  # 600: DFS 50.5 vs 56.8 at seed 4
+    # QA stage 2 with DFS reads the frames DFS selects (None; its relevance is trained by the captions). A number:
+    # the first qa_explore_steps read frames drawn from the relevance softmax, then the REINFORCE term of this
+    # weight trains the DFS projections on the answers (ReWind.answer_loss): QA 42.7 vs 62.5 with None at seed 0.
+    qa_explore_steps: int = 200
+    qa_policy_weight: float | None = None
+    caption_weight: float = 1.0  # QA stage 2 keeps the stage-1 caption loss on its frames, with this weight
     vision_width: int = 32
     llm_hidden: int = 64
     llm_layers: int = 2
@@ -106,13 +121,50 @@ class Item:
 
 def benchmark_words(spec: RewindBenchSpec) -> list[str]:
     """Every word of the benchmark's questions and answers (the tiny LLM's vocabulary)."""
-    texts = [class_name(c) for c in range(spec.synth.num_classes)] + ["flashes", "and", "flash"]
-    for task in ("recall", "count", "order", "grounding"):
-        for seed in range(20):
-            sample = make_sample(task, seed, spec.synth, spec.num_clips)
-            texts += [sample.question, sample.answer, sample.query]
+    texts = [class_name(c) for c in range(spec.synth.num_classes)] + ["flashes", "and", "flash", GENERIC_CAPTION]
+    for task in ("recall", "count", "order", "grounding", "qa"):
+        for seed in range(40):
+            sample = bench_sample(task, seed, spec)
+            texts += [sample.question, sample.answer, sample.query, *QA_CANDIDATES.get(sample.task, ())]
     texts += [str(n) for n in range(10)]
     return list(dict.fromkeys(w.lower() for t in texts for w in re.findall(r"\w+|[^\w\s]+", t)))
+
+
+def bench_sample(task: str, seed: int, spec: RewindBenchSpec) -> Sample:
+    """A video of ``task`` (:func:`longvid.bench.synth.make_sample`); for ``qa``, the questions are
+    worded with the words of the stage-1 captions ("the <class> flashes", "an object flashes"),
+    and a quarter of the videos ask ``where`` (left or right half) the one cue flashed: the
+    memory's captions say what flashed and when, only the frame itself shows where."""
+    if task != "qa":
+        return make_sample(task, seed, spec.synth, spec.num_clips)
+    if np.random.default_rng([seed, 4]).random() < 0.25:
+        return where_sample(seed, spec)
+    sample = make_sample("qa", seed, spec.synth, spec.num_clips)
+    names = [class_name(e.cls) for e in sample.scene.events]
+    if sample.task == "recall":
+        question = "which object flashes?"
+    elif sample.task == "count":
+        question = f"the {class_name(sample.meta['target_class'])} flashes how many times?"
+    else:  # order: the two names in the order the generator asked them
+        first, second = sorted(names, key=sample.question.index)
+        question = f"which flashes first, the {first} or the {second}?"
+    return dataclasses.replace(sample, question=question)
+
+
+def where_sample(seed: int, spec: RewindBenchSpec) -> Sample:
+    """One cue (as in ``recall``, 2 clips before the last); the answer is the half of the frame
+    ("left" or "right") that holds the centre of the cue, found by rendering the cue's frame
+    with and without it. The frames after the cue do not depend on the answer."""
+    recall = recall_sample(seed, spec.synth, spec.num_clips, distance=2)
+    start, end = recall.scene.event_interval(recall.scene.events[0], spec.synth)
+    size = spec.synth.size
+    shown, empty = (render(scene, spec.synth, [(start + end) / 2], size, size)[0]
+                    for scene in (recall.scene, Scene(recall.scene.seed, recall.scene.num_clips)))
+    columns = torch.nonzero((shown - empty).abs().sum(0) > 0.1)[:, 1].float()  # (pixels,) x of the cue's pixels
+    half = "left" if float(columns.mean()) < size / 2 else "right"
+    name = class_name(recall.label)
+    return dataclasses.replace(recall, task="where", label=int(half == "right"), question=f"the {name} flashes where?",
+                               answer=half)
 
 
 def build_backbones(spec: RewindBenchSpec, init_std: float) -> tuple[torch.nn.Module, Callable[[], CausalLM]]:
@@ -127,8 +179,8 @@ def build_backbones(spec: RewindBenchSpec, init_std: float) -> tuple[torch.nn.Mo
 
 
 def tiny_rewind(spec: RewindBenchSpec, encoder, llm: CausalLM) -> ReWind:
-    """``rewind_tiny`` on the benchmark's backbones, its own weights drawn from ``spec.seed``."""
-    return build_model("rewind_tiny", encoder=encoder, llm=llm, seed=spec.seed)
+    """``rewind_tiny`` on the benchmark's backbones with ``L = spec.top_l``, its own weights drawn from ``spec.seed``."""
+    return build_model("rewind_tiny", encoder=encoder, llm=llm, seed=spec.seed, top_l=spec.top_l)
 
 
 # A row's frame selection: ``items -> selector`` for a batch (None: the model's own, DFS).
@@ -163,7 +215,7 @@ def encode_items(task: str, seeds: Sequence[int], spec: RewindBenchSpec, encoder
     times = torch.tensor(clip_times(spec.synth, spec.num_clips).reshape(-1), dtype=torch.float64)
     items = []
     for seed in seeds:
-        sample = make_sample(task, seed, spec.synth, spec.num_clips)
+        sample = bench_sample(task, seed, spec)
         clips = scene_clips(sample.scene, spec.synth, normalize=False)  # (clips, 3, T, H, W) uint8
         frames = clips.permute(0, 2, 1, 3, 4).flatten(0, 1).float() / 255  # (N, 3, H, W)
         cues = [(e.cls, *sample.scene.event_interval(e, spec.synth)) for e in sample.scene.events]
@@ -197,9 +249,28 @@ def watch(model: ReWind, items: Sequence[Item]):
     return model.watch_features(features, times, state), questions
 
 
-def stage1_loss(model: ReWind, items: Sequence[Item]) -> torch.Tensor:
-    """SigLIP loss between sub-clips showing exactly one cue and the caption ``"the <class> flashes"``
-    (one sub-clip per class in the batch, so no two pairs share a caption)."""
+def caption_loss(model: ReWind, items: Sequence[Item], state, num_classes: int) -> torch.Tensor:
+    """Frame-level SigLIP loss (:meth:`ReWind.frame_contrastive_loss`) of the frames of ``items``,
+    watched into ``state``: a frame that shows a cue matches "the <class> flashes" of its class
+    and :data:`GENERIC_CAPTION`; a frame that shows none matches no caption."""
+    tokens = torch.cat([state.memory.frame_tokens(b)[0] for b in range(len(items))])  # (frames, N_W, D)
+    labels = torch.cat([cue_labels(i.times, i.cues, num_classes) for i in items])  # (frames,)
+    captions = [f"the {class_name(c)} flashes" for c in range(num_classes)] + [GENERIC_CAPTION]
+    positives = labels[:, None] == torch.arange(num_classes)[None]  # (frames, classes)
+    positives = torch.cat([positives, positives.any(1, keepdim=True)], dim=1)  # (frames, classes + 1)
+    return model.frame_contrastive_loss(tokens, positives, *model.tokenize(captions))
+
+
+def stage1_loss(model: ReWind, items: Sequence[Item], num_classes: int) -> torch.Tensor:
+    """Stage 1: :func:`caption_loss` of the batch's videos, watched with their questions as instructions."""
+    state, _ = watch(model, items)
+    return caption_loss(model, items, state, num_classes)
+
+
+def clip_stage1_loss(model: ReWind, items: Sequence[Item], num_classes: int) -> torch.Tensor:
+    """Stage 1 at sub-clip level (the paper's video-caption pairs; the grounding table's): SigLIP
+    loss between sub-clips showing exactly one cue and the caption ``"the <class> flashes"`` (one
+    sub-clip per class in the batch, so no two pairs share a caption)."""
     features, times, questions = stack(items)
     state = model.init_state(len(items), instructions=questions)
     clip, total = model.config.clip_frames, features.shape[1]
@@ -222,25 +293,31 @@ def stage1_loss(model: ReWind, items: Sequence[Item]) -> torch.Tensor:
 
 
 def qa_loss(model: ReWind, items: Sequence[Item], policy_weight: float | None = None,
-            selection: Selection = None) -> torch.Tensor:
+            selection: Selection = None, caption_weight: float = 0.0, num_classes: int = 0) -> torch.Tensor:
     """Stage 2 on QA: next-token cross-entropy of the answers with the frames of ``selection``
-    (``policy_weight``: see :meth:`ReWind.answer_loss`)."""
+    (``policy_weight``: see :meth:`ReWind.answer_loss`), plus ``caption_weight`` times the
+    stage-1 :func:`caption_loss` of the same frames (without it, the answer loss erases what the
+    memory tokens say about each frame: see the memory table)."""
     state, questions = watch(model, items)
-    return model.answer_loss(state, questions, [i.sample.answer for i in items], policy_weight=policy_weight,
+    loss = model.answer_loss(state, questions, [i.sample.answer for i in items], policy_weight=policy_weight,
                              selector=_selector(selection, items))
+    if caption_weight:
+        loss = loss + caption_weight * caption_loss(model, items, state, num_classes)
+    return loss
 
 
 def qa_schedule(spec: RewindBenchSpec, selection: Selection = None):
-    """The QA stage-2 loss for :func:`train_stage` (called once per step): the first
-    ``spec.qa_explore_steps`` steps read frames drawn from the (still uniform) relevance softmax,
-    so the LLM learns to read frames of every kind; later steps add the REINFORCE term
-    (``spec.qa_policy_weight``) that trains the DFS projections. Rows whose selection is not
-    DFS read their own frames throughout."""
+    """The QA stage-2 loss for :func:`train_stage` (called once per step): every row reads the
+    frames of its selection (DFS: the frames DFS selects), plus the caption loss
+    (``spec.caption_weight``). With a ``spec.qa_policy_weight``, DFS rows instead read frames drawn
+    from the relevance softmax for the first ``spec.qa_explore_steps`` steps, then add the
+    REINFORCE term of that weight (:meth:`ReWind.answer_loss`)."""
     steps = itertools.count()
 
     def loss(model: ReWind, items: Sequence[Item]) -> torch.Tensor:
-        weight = 0.0 if next(steps) < spec.qa_explore_steps else spec.qa_policy_weight
-        return qa_loss(model, items, weight, selection)
+        step = next(steps)
+        weight = None if spec.qa_policy_weight is None else 0.0 if step < spec.qa_explore_steps else spec.qa_policy_weight
+        return qa_loss(model, items, weight, selection, spec.caption_weight, spec.synth.num_classes)
 
     return loss
 
@@ -253,11 +330,12 @@ def grounding_loss(model: ReWind, items: Sequence[Item]) -> torch.Tensor:
 
 
 def train_rewind(model: ReWind, items: Sequence[Item], task_loss, spec: RewindBenchSpec,
-                 stage2: StageConfig | None = None) -> dict[str, list[float]]:
+                 stage2: StageConfig | None = None, stage1=stage1_loss) -> dict[str, list[float]]:
     """Stage 1 then stage 2 (``task_loss``, ``stage2`` or ``spec.stage2`` steps) on ``items``;
     returns each stage's losses."""
     model.set_stage(1)
-    first = train_stage(model, stage1_loss, batch_at(items, spec.batch_size, spec.seed), spec.stage1)
+    captions = functools.partial(stage1, num_classes=spec.synth.num_classes)
+    first = train_stage(model, captions, batch_at(items, spec.batch_size, spec.seed), spec.stage1)
     model.set_stage(2)
     second = train_stage(model, task_loss, batch_at(items, spec.batch_size, spec.seed + 1), stage2 or spec.stage2)
     return {"stage1": first, "stage2": second}
@@ -367,7 +445,7 @@ def grounding_table(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> lis
     duration = spec.num_clips * spec.synth.clip_seconds
     rows = []
     rewind = tiny_rewind(spec, encoder, make_llm())
-    losses = train_rewind(rewind, train, grounding_loss, spec)
+    losses = train_rewind(rewind, train, grounding_loss, spec, stage1=clip_stage1_loss)
     predicted, cost = ground_rewind(rewind, test, spec.batch_size)
     rows.append(_grounding_row("rewind (memory + DFS)", predicted, test, **cost, final_loss=round(losses["stage2"][-1], 3)))
     if log:
@@ -386,34 +464,78 @@ def grounding_table(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> lis
     return rows
 
 
-QA_ROWS = (  # (name, frames the LLM reads: see reading())
+QA_ROWS = (  # (name, frames the LLM reads: see reading()), each row a model trained reading them
     ("rewind with DFS", "dfs"),
-    ("rewind, random frames", "random"),
-    ("rewind, cue frames (oracle)", "cue"),
     ("rewind without DFS", "none"),
+)
+DFS_MODEL_READINGS = (  # the model trained with DFS, reading other frames (no training of their own)
+    ("same model, top-2 relevance (no DPC-KNN)", "top"),
+    ("same model, DFS with the preset's L = 8", "preset"),
+    ("same model, 2 random frames", "random"),
+    ("same model, cue frames (oracle)", "cue"),
 )
 
 
-def qa_rows(spec: RewindBenchSpec, log=print) -> list[dict]:
-    """The QA rows of one run (``spec.seed``): ReWind with dynamic frame selection (and the same
-    trained model keeping its ``K_c`` most relevant frames without DPC-KNN), the same system
-    reading ``K_c`` random frames or frames that show a cue instead, and ReWind without selected
-    frames; accuracy overall and per question type, and ``cue_frames``: the share (%) of the
-    frames the LLM read that show a cue."""
-    rows = []
+def qa_rows(spec: RewindBenchSpec, log=print) -> tuple[list[dict], list[dict]]:
+    """The QA rows of one run (``spec.seed``): ReWind with dynamic frame selection and the same
+    trained model reading other frames (its ``K_c`` most relevant without DPC-KNN, DFS with the
+    preset's ``L``, ``K_c`` random frames, frames that show a cue), and ReWind trained and asked
+    without selected frames; accuracy overall and per question type, and ``cue_frames``: the
+    share (%) of the frames the LLM read that show a cue. Second, the rows of
+    :func:`memory_rows` for the DFS model before and after training."""
+    rows, memory = [], []
     encoder, make_llm, train, test = _data("qa", spec)
     for name, rule in QA_ROWS:
         model = tiny_rewind(spec, encoder, make_llm())
+        if rule == "dfs":
+            memory += memory_rows(model, train, test, spec, "memory tokens, untrained", features=True)
         selection = reading(rule, model.config.num_select, spec.seed)
         losses = train_rewind(model, train, qa_schedule(spec, selection), spec, spec.qa_stage2)
         if log:
             log(f"seed {spec.seed}, {name}: stage-2 loss {losses['stage2'][0]:.3f} -> {losses['stage2'][-1]:.3f}")
         rows.append(_qa_row(name, model, test, spec, losses, selection, show_cues=rule != "none"))
-        if rule == "dfs":  # the ablation needs no training of its own: the same model, another selector
-            c = model.config
-            no_dpc = DFS(c.top_l, c.num_select, c.dpc_k, dpc=False)
-            rows.append(_qa_row(f"{name}, top-{c.num_select} relevance (no DPC-KNN)", model, test, spec, losses,
-                                lambda items: no_dpc))
+        if rule != "dfs":
+            continue
+        memory += memory_rows(model, train, test, spec, "memory tokens, trained (QA with DFS)")
+        c = model.config
+        other = {"top": lambda items: DFS(c.top_l, c.num_select, c.dpc_k, dpc=False),
+                 "preset": lambda items: DFS(8, c.num_select, c.dpc_k)}
+        for row_name, how in DFS_MODEL_READINGS:
+            rows.append(_qa_row(row_name, model, test, spec, losses, other.get(how) or reading(how, c.num_select, spec.seed)))
+    return rows, memory
+
+
+@torch.no_grad()
+def frame_vectors(model: ReWind, items: Sequence[Item], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each frame's memory tokens, concatenated ``(V, N, N_W * D)``, and the frozen features'
+    mean over patches ``(V, N, D_v)``, of the videos ``items`` watched with their questions."""
+    memory = []
+    for first in range(0, len(items), batch_size):
+        state, _ = watch(model, items[first : first + batch_size])
+        memory += [state.memory.frame_tokens(b)[0].flatten(1) for b in range(state.batch_size)]
+    return torch.stack(memory).float(), torch.stack([item.features.mean(1) for item in items]).float()
+
+
+def memory_rows(model: ReWind, train: Sequence[Item], test: Sequence[Item], spec: RewindBenchSpec, name: str,
+                features: bool = False) -> list[dict]:
+    """What each frame's memory tokens say about the frame (:mod:`longvid.bench.rewind_memory`):
+    a linear probe to the frame's cue class fitted on ``train`` and scored on ``test`` (``probe
+    cue``: which class, on the frames that show a cue; ``probe balanced``: over the classes and
+    "no cue"), and the mean cosine between two frames of a video. ``features``: first a row for
+    the frozen encoder's features of the same frames (what the memory could carry at best)."""
+    classes = spec.synth.num_classes + 1  # the cue classes, then "no cue"
+
+    def labels(items: Sequence[Item]) -> torch.Tensor:
+        return torch.cat([cue_labels(i.times, i.cues, classes - 1) for i in items])
+
+    (train_memory, train_features), (test_memory, test_features) = (frame_vectors(model, items, spec.batch_size)
+                                                                     for items in (train, test))
+    sets = ([("frozen frame features", train_features, test_features)] if features else [])
+    rows = []
+    for row_name, train_x, test_x in sets + [(name, train_memory, test_memory)]:
+        probe = probe_accuracy(train_x.flatten(0, 1), labels(train), test_x.flatten(0, 1), labels(test), classes)
+        rows.append({"vectors": row_name, "probe cue": probe["cue"], "probe balanced": probe["balanced"],
+                     "within-video cosine": round(within_video_cosine(test_x), 3)})
     return rows
 
 
@@ -425,16 +547,33 @@ def _qa_row(name: str, model: ReWind, test: Sequence[Item], spec: RewindBenchSpe
             "cue_frames": cost["cue_frames"] if show_cues else "", "final_loss": round(losses["stage2"][-1], 3)}
 
 
-def qa_table(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> list[dict]:
-    """Rows of the QA table (held-out seeds, see :func:`qa_rows`), averaged over the runs of
-    ``spec.qa_seeds``; with several seeds ``accuracy by seed`` lists each run's accuracy."""
+def qa_tables(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> dict[str, list[dict]]:
+    """The QA table (held-out seeds, see :func:`qa_rows`) and the memory table (:func:`memory_rows`),
+    each averaged over the runs of ``spec.qa_seeds``; with several seeds, ``... by seed`` columns
+    list each run's accuracy, share of cue frames read and balanced probe accuracy."""
     runs = [qa_rows(dataclasses.replace(spec, seed=seed), log=log) for seed in spec.qa_seeds]
+    by_seed = ({"accuracy": "accuracy by seed", "cue_frames": "cue frames by seed"},
+               {"probe balanced": "probe balanced by seed"})
+    return {name: _average([run[part] for run in runs], by_seed[part]) for part, name in enumerate(("qa", "memory"))}
+
+
+def qa_table(spec: RewindBenchSpec = RewindBenchSpec(), log=print) -> list[dict]:
+    """The QA rows of :func:`qa_tables`."""
+    return qa_tables(spec, log)["qa"]
+
+
+def _average(runs: list[list[dict]], by_seed: dict[str, str]) -> list[dict]:
+    """Rows averaged over runs (:func:`_mean`), with a column listing each run's value of each
+    key of ``by_seed`` (when some run has one)."""
     if len(runs) == 1:
         return runs[0]
     table = []
     for rows in zip(*runs):
-        row = {key: _mean([r[key] for r in rows], digits=3 if key == "final_loss" else 1) for key in rows[0]}
-        row["accuracy by seed"] = " / ".join(str(r["accuracy"]) for r in rows)
+        row = {key: _mean([r[key] for r in rows], digits=3 if key in ("final_loss", "within-video cosine") else 1)
+               for key in rows[0]}
+        for key, column in by_seed.items():
+            if any(r.get(key, "") != "" for r in rows):
+                row[column] = " / ".join(str(r[key]) for r in rows)
         table.append(row)
     return table
 
@@ -453,7 +592,7 @@ def run_rewind_bench(spec: RewindBenchSpec = RewindBenchSpec(), out_dir: str = "
     from longvid.fileio import write_text_atomically
 
     os.makedirs(out_dir, exist_ok=True)
-    tables = {"grounding": grounding_table(spec, log=log), "qa": qa_table(spec, log=log)}
+    tables = {"grounding": grounding_table(spec, log=log), **qa_tables(spec, log=log)}
     markdown = "".join(f"## ReWind: {name}\n\n{format_table(rows)}\n\n" for name, rows in tables.items())
     write_text_atomically(os.path.join(out_dir, "rewind.json"),
                           json.dumps({"spec": dataclasses.asdict(spec), **tables}, indent=1, default=str))

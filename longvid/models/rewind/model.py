@@ -17,12 +17,16 @@ are pooled to 32 tokens each; the LLM reads::
     [memory tokens (N_W * frames)] [separator (1)] [frames (K_c * 32)] [question]
 
 Frame relevance is the attention score between the pooled question and each frame's
-memory tokens through the DFS projections (``select_query``, ``select_key``).
+memory tokens through the DFS projections (``select_query``, ``select_key``): the scaled
+cosine of the two projections, the same score the frame-level stage-1 loss
+(:meth:`ReWind.frame_contrastive_loss`) trains to match frames with their captions.
 
 Training: stage 1 aligns the memory's Perceiver with captions through a SigLIP
-sigmoid contrastive loss (:meth:`ReWind.contrastive_loss`); stage 2 tunes memory,
-projections (DFS ones included), separator and LoRA with next-token cross-entropy on
-answers (:meth:`ReWind.answer_loss`). :meth:`ReWind.set_stage` freezes the rest.
+sigmoid contrastive loss (:meth:`ReWind.contrastive_loss` for sub-clips and their
+captions, :meth:`ReWind.frame_contrastive_loss` for frames and the captions of what each
+shows); stage 2 tunes memory, projections (DFS ones included), separator and LoRA with
+next-token cross-entropy on answers (:meth:`ReWind.answer_loss`). :meth:`ReWind.set_stage`
+freezes the rest.
 
 The hard top-``L`` choice passes no gradient to the DFS projections, and the paper does
 not say how its stage 2 trains them; here the cross-entropy reaches them through a
@@ -210,27 +214,23 @@ class ReWind(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))  # SigLIP init t' = log 10, b = -10
         self.bias = nn.Parameter(torch.tensor(-10.0))
         self.grounding = GroundingHead(config.llm_dim, config.ground_dim)
-        # DFS projections: relevance = <select_query(pooled instruction), select_key(memory token)>.
-        # The query starts at zero, so an untrained selection draws frames uniformly.
+        # DFS projections: relevance = exp(log_scale) * cos(select_query(pooled instruction),
+        # select_key(a frame's mean memory token)), trained by the frame-level stage-1 loss.
         self.select_query = nn.Linear(config.llm_dim, mem.dim)
         self.select_key = nn.Linear(mem.dim, mem.dim)
-        nn.init.zeros_(self.select_query.weight)
-        nn.init.zeros_(self.select_query.bias)
         self.selector = DFS(config.top_l, config.num_select, config.dpc_k) if selector is None else selector
 
     # -- training stages -------------------------------------------------------------
 
     def set_stage(self, stage: int) -> list[nn.Parameter]:
-        """Freeze everything but stage ``1`` (Perceiver + contrastive heads) or ``2``
-        (memory, projections, DFS projections, separator, grounding head, LoRA); returns the
-        trainable parameters."""
+        """Freeze everything but stage ``1`` (Perceiver, contrastive heads and DFS projections) or
+        ``2`` (memory, projections, DFS projections and their scale, separator, grounding head,
+        LoRA); returns the trainable parameters."""
         if stage not in (1, 2):
             raise LongvidError(f"ReWind has training stages 1 and 2, not {stage}")
         self.requires_grad_(False)
         if stage == 1:
-            trainable = [self.memory, self.video_head, self.text_head]
-            self.log_scale.requires_grad_(True)
-            self.bias.requires_grad_(True)
+            trainable = [self.memory, self.video_head, self.text_head, self.select_query, self.select_key]
         else:
             trainable = [self.memory, self.memory_proj, self.frame_proj, self.grounding, self.select_query, self.select_key]
             self.separator.requires_grad_(True)
@@ -238,6 +238,8 @@ class ReWind(nn.Module):
                 param.requires_grad_("lora_" in name)
         for module in trainable:
             module.requires_grad_(True)
+        self.log_scale.requires_grad_(True)
+        self.bias.requires_grad_(True)
         return [p for p in self.parameters() if p.requires_grad]
 
     # -- the stream contract -------------------------------------------------------------
@@ -327,13 +329,16 @@ class ReWind(nn.Module):
     # -- frame selection -------------------------------------------------------------------
 
     def instruction_query(self, ids: Tensor, mask: Tensor | None) -> Tensor:
-        """The DFS query: the pooled question embedding through ``select_query``, ``(B, L) -> (B, D)``."""
-        return self.select_query(self.pooled_text(ids, mask))
+        """The DFS query ``(B, L) -> (B, D)``: the pooled question embedding through ``select_query``,
+        unit length times ``exp(log_scale) * sqrt(D)`` (so that :func:`relevance_scores` against
+        :meth:`frame_keys` is the stage-1 logit without its bias)."""
+        query = F.normalize(self.select_query(self.pooled_text(ids, mask)), dim=-1)
+        return query * self.log_scale.exp() * math.sqrt(query.shape[-1])
 
     def frame_keys(self, frame_tokens: Tensor) -> Tensor:
-        """The DFS keys of memory tokens ``(n, N_W, D) -> (n, N_W, D)`` (``select_key``; the
-        memory itself gets no gradient from selection)."""
-        return self.select_key(frame_tokens.detach())
+        """The DFS key of each frame, ``(n, N_W, D) -> (n, 1, D)``: its mean memory token through
+        ``select_key``, unit length (the memory itself gets no gradient from selection)."""
+        return F.normalize(self.select_key(frame_tokens.detach().mean(1)), dim=-1)[:, None]
 
     def frame_candidates(self, state: RewindState, ids: Tensor, mask: Tensor | None, until: float | None = None) -> list[Candidates]:
         """What a selector chooses from, per stream: the frames in memory (up to ``until``), their
@@ -514,6 +519,24 @@ class ReWind(nn.Module):
         video = (written.mean(2) * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1)  # (B, D)
         text = self.pooled_text(caption_ids, caption_mask)  # (B, llm_dim)
         return sigmoid_contrastive_loss(self.video_head(video), self.text_head(text), self.log_scale, self.bias)
+
+
+    def frame_contrastive_loss(self, frame_tokens: Tensor, positives: Tensor, caption_ids: Tensor,
+                               caption_mask: Tensor) -> Tensor:
+        """Frame-level SigLIP loss: each frame's memory tokens against every caption, through the
+        DFS projections (so it trains the relevance that selection reads, and the memory).
+
+        ``frame_tokens (n, N_W, D)`` the tokens written for ``n`` frames, ``caption_ids / caption_mask
+        (C, L)`` the captions, ``positives (n, C)`` bool: which captions describe which frame (a
+        frame may match several captions, or none: then every caption is a negative for it).
+        The loss is ``-1/n * sum_ij log sigmoid(z_ij * (exp(log_scale) * <v_i, t_j> + bias))``
+        with ``z_ij = 1`` where ``positives`` and ``-1`` elsewhere.
+        """
+        video = F.normalize(self.select_key(frame_tokens.mean(1)), dim=-1)  # (n, D)
+        text = F.normalize(self.select_query(self.pooled_text(caption_ids, caption_mask)), dim=-1)  # (C, D)
+        logits = video @ text.T * self.log_scale.exp() + self.bias  # (n, C)
+        labels = 2 * positives.to(logits.dtype) - 1
+        return -F.logsigmoid(labels * logits).sum() / len(video)
 
 
 def _valid_count(valid: Tensor | None, shape: torch.Size, device) -> Tensor:
