@@ -224,6 +224,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     videos = expand_videos(args.videos)
     if not videos:
         raise LongvidError("no videos given")
+    live = _check_live_args(args, videos)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     device = args.device
     if device == "auto":
@@ -258,6 +259,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
             ask = None
             settings = settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size, topk=args.topk,
                                     aggregate=args.aggregate == "video", background=True)
+        if live:
+            return _stream_live(args, model, videos, labels, device, dtype, log)
         summary = run_stream(model, videos, out=args.out, settings=settings, labels=labels, batch_streams=args.batch_streams,
                              device=device, dtype=dtype, resume=args.resume, save_scores=args.save_scores,
                              progress=not args.quiet, log=log, ask=ask)
@@ -265,6 +268,71 @@ def cmd_stream(args: argparse.Namespace) -> int:
         done = f"{summary.answers} answers" if asks else f"{summary.clips} clips"
         log(f"{summary.done} videos done, {summary.failed} failed, {summary.skipped} skipped (already complete), "
             f"{done} in {summary.seconds:.1f} s")
+    return 1 if summary.failed else 0
+
+
+def _check_live_args(args: argparse.Namespace, videos: list[str]) -> bool:
+    """Whether the run is live (every input a live source); the live options checked."""
+    from longvid.video.live import is_live_source
+
+    live = [v for v in videos if is_live_source(v)]
+    if live and len(live) != len(videos):
+        raise LongvidError(f"{live[0]}: live sources cannot be mixed with video files in one run")
+    given = [flag for flag, value in (("--lag", args.lag), ("--queue-size", args.queue_size), ("--reconnect", args.reconnect),
+                                      ("--reset-on-reconnect", args.reset_on_reconnect or None),
+                                      ("--max-seconds", args.max_seconds)) if value is not None]
+    if not live:
+        if given:
+            raise LongvidError(f"{given[0]} is for live sources (udp://, rtsp://, http(s)://, -, /dev/videoN)")
+        return False
+    if videos.count("-") > 1:
+        raise LongvidError("- (stdin) can be given once")
+    if args.resume or args.save_scores or args.aggregate != "none" or args.at:
+        raise LongvidError("--resume/--save-scores/--aggregate/--at are for video files, not live sources")
+    for flag, value in (("--open-timeout", args.open_timeout), ("--read-timeout", args.read_timeout), ("--max-seconds", args.max_seconds)):
+        if value is not None and not value > 0:
+            raise LongvidError(f"{flag} must be > 0 seconds, got {value}")
+    for flag, value in (("--queue-size", args.queue_size), ("--reconnect", args.reconnect)):
+        if value is not None and value < (1 if flag == "--queue-size" else 0):
+            raise LongvidError(f"{flag} must be >= {1 if flag == '--queue-size' else 0}, got {value}")
+    if args.lag == "drop" and args.queue_size is not None:
+        raise LongvidError("--queue-size is for --lag queue (--lag drop keeps only the newest clip)")
+    return True
+
+
+def _stream_live(args: argparse.Namespace, model, sources: list[str], labels, device, dtype, log) -> int:
+    """``longvid stream`` on live sources: until they end, --max-seconds, or SIGINT/SIGTERM."""
+    import signal
+    import threading
+
+    from longvid.serve.engine import live_settings_for
+    from longvid.serve.live_stream import run_live
+
+    asks = hasattr(model, "answer")
+    capacity = 1 if (args.lag or "drop") == "drop" else (args.queue_size or 8)
+    settings = live_settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size,
+                                 fps=args.fps if asks else None, capacity=capacity, open_timeout=args.open_timeout,
+                                 read_timeout=args.read_timeout, reconnect=args.reconnect or 0)
+    stop = threading.Event()
+    caught = []
+
+    def on_signal(signum, frame):
+        caught.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = run_live(model, sources, settings, out=args.out, labels=labels, topk=args.topk, ask=tuple(args.ask or ()),
+                           every=args.every, reset_on_reconnect=args.reset_on_reconnect, max_seconds=args.max_seconds,
+                           device=device, dtype=dtype, stop=stop, log=log)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if log:
+        why = f" (stopped by {caught[0]})" if caught else ""
+        done = f"{summary.answers} answers" if asks else f"{summary.clips} clips"
+        log(f"{summary.done} live sources done, {summary.failed} failed{why}; {done}, {summary.dropped} clips dropped, "
+            f"max latency {summary.max_latency:.2f} s, in {summary.seconds:.1f} s")
     return 1 if summary.failed else 0
 
 
@@ -548,6 +616,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--fps", type=float, default=1.0, help="--ask: frames read per second of video (default 1)")
     sub.add_argument("--encoder", default=None, help="MA-LMM/ReWind: image encoder path or hub id (default: the preset's)")
     sub.add_argument("--llm", default=None, help="MA-LMM/ReWind: language model path or hub id (default: the preset's)")
+    sub.add_argument("--lag", choices=("drop", "queue"), default=None,
+                     help="live: when the model is behind, drop clips (keep the newest, default) or queue them (bounded, then drop)")
+    sub.add_argument("--queue-size", type=int, default=None, help="live, --lag queue: clips that may wait (default 8)")
+    sub.add_argument("--open-timeout", type=float, default=10.0, help="live: seconds to wait for a source to open (default 10)")
+    sub.add_argument("--read-timeout", type=float, default=5.0, help="live: seconds without data before a source counts as lost (default 5)")
+    sub.add_argument("--reconnect", type=int, default=None, metavar="N", help="live: reconnect up to N times after a loss, with backoff (default 0)")
+    sub.add_argument("--reset-on-reconnect", action="store_true", help="live: start the memory afresh after a reconnection (default: keep it)")
+    sub.add_argument("--max-seconds", type=float, default=None, help="live: stop after this many seconds of stream time")
     sub.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
     sub = command("demo", cmd_demo, "Write a demo video, print its info and stream its clips.")
