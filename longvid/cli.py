@@ -336,6 +336,54 @@ def _stream_live(args: argparse.Namespace, model, sources: list[str], labels, de
     return 1 if summary.failed else 0
 
 
+# -- serve -----------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+
+    from longvid.predict import DEFAULT_STREAM_PRESET, load_labels, load_stream_model, shipped_labels
+    from longvid.serve.app import ServeSettings
+    from longvid.serve.engine import LiveEngine, live_settings_for
+    from longvid.serve.run import TOKEN_VARIABLE, check_serve_options, serve
+
+    token = args.token or os.environ.get(TOKEN_VARIABLE) or None
+    schemes = [s.strip().lower() for s in args.allow_scheme.split(",") if s.strip()]
+    check_serve_options(args.host, token, schemes, args.allow_dir, args.state_dir, args.port, args.max_streams)
+    for flag, value in (("--open-timeout", args.open_timeout), ("--read-timeout", args.read_timeout), ("--save-every", args.save_every)):
+        if not value > 0:
+            raise LongvidError(f"{flag} must be > 0 seconds, got {value}")
+    for flag, value, least in (("--queue-size", args.queue_size, 1), ("--reconnect", args.reconnect, 0), ("--max-body", args.max_body, 256),
+                               ("-T/--clip-frames", args.clip_frames, 1), ("--tau", args.tau, 1), ("--size", args.size, 1),
+                               ("--topk", args.topk, 1), ("--threads", args.threads, 1)):
+        if value is not None and value < least:
+            raise LongvidError(f"{flag} must be >= {least}, got {value}")
+    if args.fps is not None and not args.fps > 0:
+        raise LongvidError(f"--fps must be > 0, got {args.fps}")
+    labels = load_labels(args.labels) if args.labels else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr, flush=True))
+    model, note = load_stream_model(args.model, args.checkpoint, encoder=args.encoder, llm=args.llm)
+    if labels is None and args.checkpoint is None and "shipped" in note:
+        labels = shipped_labels(args.model or DEFAULT_STREAM_PRESET)
+    asks = hasattr(model, "answer")
+    capacity = 1 if args.lag == "drop" else args.queue_size
+    settings = live_settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size,
+                                 fps=(args.fps or 1.0) if asks else None, capacity=capacity, open_timeout=args.open_timeout,
+                                 read_timeout=args.read_timeout, reconnect=args.reconnect)
+    engine = LiveEngine(model, settings, capacity=args.max_streams, labels=labels, topk=args.topk, device=args.device,
+                        reset_on_reconnect=args.reset_on_reconnect)
+    if log:
+        log(f"model {type(model).__name__} ({note}) on {args.device}")
+    serve_settings = ServeSettings(token=token, schemes=tuple(schemes), allow_dir=args.allow_dir, max_body=args.max_body,
+                                   state_dir=args.state_dir, save_every=args.save_every, model_name=args.model or DEFAULT_STREAM_PRESET)
+    serve(engine, serve_settings, host=args.host, port=args.port, log=log)
+    if log:
+        log(f"stopped: {engine.total_clips} clips, {engine.total_dropped} dropped")
+    return 0
+
+
 def _times(text: str | None) -> tuple[float, ...]:
     """``"20,40.5"`` -> ``(20.0, 40.5)``; a clear error for anything else."""
     if not text:
@@ -625,6 +673,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--reset-on-reconnect", action="store_true", help="live: start the memory afresh after a reconnection (default: keep it)")
     sub.add_argument("--max-seconds", type=float, default=None, help="live: stop after this many seconds of stream time")
     sub.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+
+    sub = command("serve", cmd_serve, "Serve one batched model for many live streams over HTTP (the serve extra: FastAPI + uvicorn).")
+    sub.add_argument("--model", default=None, help="model preset (default memvit_tiny_recall with its shipped demo weights)")
+    sub.add_argument("--checkpoint", default=None, help="weights: longvid .safetensors or official MeMViT .pyth")
+    sub.add_argument("--labels", default=None, help="class names: .txt (one a line), .csv or .json label map")
+    sub.add_argument("--encoder", default=None, help="MA-LMM/ReWind: image encoder path or hub id")
+    sub.add_argument("--llm", default=None, help="MA-LMM/ReWind: language model path or hub id")
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other needs a token)")
+    sub.add_argument("--port", type=int, default=8000)
+    sub.add_argument("--token", default=None, help="bearer token every API request must carry (or the LONGVID_TOKEN variable)")
+    sub.add_argument("--max-streams", type=int, default=8, help="live streams at once: the batch the model holds (default 8)")
+    sub.add_argument("--allow-scheme", default="udp,rtp,rtsp,rtsps,rtmp,rtmps,srt,http,https",
+                     help="comma-separated URL schemes a source may use (default: udp,rtp,rtsp,rtsps,rtmp,rtmps,srt,http,https)")
+    sub.add_argument("--allow-dir", default=None, help="local video files may be sources only under this folder (default: none)")
+    sub.add_argument("--state-dir", default=None, help="save each stream's memory here periodically; a restart resumes the streams")
+    sub.add_argument("--save-every", type=float, default=30.0, help="--state-dir: seconds between saves (default 30)")
+    sub.add_argument("--max-body", type=int, default=16384, help="request body limit in bytes (default 16384)")
+    sub.add_argument("--lag", choices=("drop", "queue"), default="drop", help="when the model is behind: keep the newest clip, or queue (bounded)")
+    sub.add_argument("--queue-size", type=int, default=8, help="--lag queue: clips that may wait per stream (default 8)")
+    sub.add_argument("--open-timeout", type=float, default=10.0, help="seconds to wait for a source to open (default 10)")
+    sub.add_argument("--read-timeout", type=float, default=5.0, help="seconds without data before a source counts as lost (default 5)")
+    sub.add_argument("--reconnect", type=int, default=3, metavar="N", help="reconnect up to N times after a loss (default 3)")
+    sub.add_argument("--reset-on-reconnect", action="store_true", help="start a stream's memory afresh after a reconnection")
+    sub.add_argument("-T", "--clip-frames", type=int, default=None, help="frames per clip (default: the model's)")
+    sub.add_argument("--tau", type=int, default=None, help="sampling stride in frames (default: the model's)")
+    sub.add_argument("--fps", type=float, default=None, help="LMMs: frames read per second (default 1)")
+    sub.add_argument("--size", type=int, default=None, help="short side and center crop (default: the model's)")
+    sub.add_argument("--topk", type=int, default=5, help="labels per clip (default 5)")
+    sub.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    sub.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sub.add_argument("--quiet", action="store_true", help="no log lines")
 
     sub = command("demo", cmd_demo, "Write a demo video, print its info and stream its clips.")
     sub.add_argument("--out", default="longvid-demo", help="output folder (default longvid-demo/)")

@@ -211,9 +211,9 @@ class LiveEngine:
     # -- streams join and leave ----------------------------------------------------------
 
     def add(self, source: str, ask: Sequence[str] = (), every: float | None = None, stream_id: str | None = None,
-            saved_state=None, settings: LiveSettings | None = None) -> LiveStream:
+            saved_state=None, resume: dict | None = None) -> LiveStream:
         """Open ``source`` (VideoError if it cannot be) and give it a row; it starts fresh,
-        or from ``saved_state`` (one row)."""
+        or from ``saved_state`` (one row) with ``resume``'s counts (written by :meth:`save`)."""
         if ask and not self.answers:
             raise LongvidError("questions need a model that answers (an MA-LMM or ReWind preset)")
         if every is not None and not (math.isfinite(every) and every > 0):
@@ -222,12 +222,22 @@ class LiveEngine:
             raise LongvidError("every says when to answer: give the questions too (ask)")
         if len(self.stepper.free) == 0:
             raise LongvidError(f"all {self.stepper.capacity} stream slots are taken")
-        buffer = ClipBuffer((settings or self.settings).capacity)
-        reader = LiveReader(source, settings or self.settings, buffer)
+        reader = LiveReader(source, self.settings, ClipBuffer(self.settings.capacity))
         reader.open()  # a bad source fails here, before it takes a row
-        row = self.stepper.join(saved_state)
+        try:
+            row = self.stepper.join(saved_state)
+        except LongvidError:
+            reader.close()
+            raise
         stream = LiveStream(stream_id or uuid.uuid4().hex[:12], source, reader, row, tuple(ask), every)
         stream.next_answer = every if every is not None else math.inf
+        if resume:
+            stream.clips = int(resume.get("clips", 0))
+            stream.stream_time = reader.offset = float(resume.get("stream_time", 0.0))
+            reader.clip_index = int(resume.get("next_clip", stream.clips))
+            if every is not None:
+                stream.next_answer = every * (math.floor(stream.stream_time / every + 1e-9) + 1)
+        buffer = reader.buffer
         with self._lock:
             self.streams[stream.id] = stream
         buffer.on_put = self._wake.set
@@ -262,6 +272,15 @@ class LiveEngine:
     def get(self, stream_id: str) -> LiveStream | None:
         with self._lock:
             return self.streams.get(stream_id) or self.finished.get(stream_id)
+
+    def is_live(self, stream_id: str) -> bool:
+        with self._lock:
+            return stream_id in self.streams
+
+    def ended(self) -> list[LiveStream]:
+        """Streams that ended, newest last (kept for their records, at most 256)."""
+        with self._lock:
+            return list(self.finished.values())
 
     def live(self) -> list[LiveStream]:
         with self._lock:
@@ -414,5 +433,5 @@ class LiveEngine:
 
         save_state(self.stepper.row_state(stream.row), os.path.join(folder, f"{stream.id}.safetensors"))
         meta = {"id": stream.id, "source": stream.source, "ask": list(stream.ask), "every": stream.every,
-                "clips": stream.clips, "stream_time": stream.stream_time}
+                "clips": stream.clips, "next_clip": stream.reader.clip_index, "stream_time": stream.stream_time}
         write_text_atomically(os.path.join(folder, f"{stream.id}.json"), json.dumps(meta) + "\n")

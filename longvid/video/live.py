@@ -34,6 +34,15 @@ from longvid.video.transforms import KINETICS_MEAN, KINETICS_STD, to_model_input
 NETWORK_SCHEMES = ("udp", "rtp", "tcp", "rtsp", "rtsps", "rtmp", "rtmps", "srt", "http", "https")
 
 
+# The FFmpeg protocols a network source may use (its own and those under it).
+PROTOCOLS = {
+    "udp": "udp", "rtp": "rtp,udp", "tcp": "tcp", "srt": "srt",
+    "rtsp": "rtsp,rtp,udp,tcp,tls", "rtsps": "rtsp,rtsps,rtp,udp,tcp,tls",
+    "rtmp": "rtmp,tcp", "rtmps": "rtmps,rtmp,tcp,tls",
+    "http": "http,https,tcp,tls,crypto,hls", "https": "http,https,tcp,tls,crypto,hls",
+}
+
+
 def is_live_source(source: str) -> bool:
     """Whether ``source`` names a live source (a network URL, ``-`` or a V4L2 device)."""
     source = os.fspath(source)
@@ -209,6 +218,8 @@ def open_source(source: str, settings: LiveSettings) -> av.container.InputContai
         kwargs["format"] = "v4l2"
     elif scheme == "udp":
         options.update(overrun_nonfatal="1", fifo_size="262144")  # a slow reader loses packets, not the stream
+    if scheme in PROTOCOLS:  # what a network source may pull in (an HLS playlist cannot name local files)
+        options["protocol_whitelist"] = PROTOCOLS[scheme]
     elif scheme == "file":
         if not os.path.isfile(source):
             raise VideoError(source, "no such file" if not os.path.exists(source) else "not a video file")
@@ -251,6 +262,12 @@ class LiveReader:
 
     def open(self) -> None:
         self._container = open_source(self.source, self.settings)
+
+    def close(self) -> None:
+        """Close a source opened but never started."""
+        if self._container is not None and self._thread is None:
+            self._container.close()
+            self._container = None
 
     def start(self) -> None:
         if self._container is None:
