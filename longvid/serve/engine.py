@@ -68,7 +68,9 @@ class BatchedStepper:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.dtype = dtype
         self.answers = asks_questions(model)
-        self.state = model.init_state(capacity, device=self.device, dtype=dtype)
+        self.state = model.init_state(capacity, device=self.device)
+        if dtype is not None:
+            self.state = self.state.to(dtype=dtype)
         self.free = list(range(capacity))
         self.lock = threading.Lock()  # one forward (or answer) at a time
 
@@ -162,6 +164,7 @@ class LiveStream:
     latency: float | None = None  # of the last clip
     stream_time: float = 0.0  # end of the last clip stepped
     next_answer: float = math.inf
+    answered_at: float | None = None  # stream time of the last answers
     reset_next: bool = False
     started: float = field(default_factory=time.monotonic)
     history: deque = field(default_factory=lambda: deque(maxlen=1000))  # (seq, record)
@@ -372,8 +375,9 @@ class LiveEngine:
             stream.next_answer += stream.every
 
     def _answer_now(self, stream: LiveStream, moment: float, clip: LiveClip | None = None) -> None:
-        if not stream.ask or not stream.clips:
+        if not stream.ask or not stream.clips or stream.answered_at == moment:
             return
+        stream.answered_at = moment
         for question, text in zip(stream.ask, self.stepper.answer(stream.row, stream.ask)):
             stream.answers += 1
             record = {"time": round(moment, 3), "question": question, "answer": text}
