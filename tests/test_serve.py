@@ -273,11 +273,19 @@ def test_serve_command_serves_and_stops_on_sigterm(tmp_path, camera_dir):
                     time.sleep(0.2)
             created = httpx.post(f"{url}/v1/streams", json={"source": "cam.ts"}, headers=AUTH, timeout=30)
             assert created.status_code == 201, log.read_text()
-            records = events(url, created.json()["id"])
-            assert [r for _, r in records if "clip" in r] and records[-1][1]["status"] == "done"
+            udp = f"udp://127.0.0.1:{free_udp_port()}"
+            with Pusher(f"{udp}?pkt_size=1316", seconds=30):
+                camera = httpx.post(f"{url}/v1/streams", json={"source": udp}, headers=AUTH, timeout=30).json()
+                records = events(url, created.json()["id"])
+                assert [r for _, r in records if "clip" in r] and records[-1][1]["status"] == "done"
+                assert [r for _, r in events(url, camera["id"], until_done=False, limit=2) if "clip" in r]
+                process.send_signal(signal.SIGTERM)  # the live camera's memory is saved on the way out
+                code = process.wait(timeout=60)
         finally:
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=60)
+            if process.poll() is None:
+                process.kill()
+    assert sorted(os.listdir(state)) == [f"{camera['id']}.json", f"{camera['id']}.safetensors"]
+    assert json.load(open(state / f"{camera['id']}.json"))["source"] == udp
     text = log.read_text()
     assert f"serving on http://127.0.0.1:{port}" in text and "Traceback" not in text, text
     assert code in (0, 128 + signal.SIGTERM)

@@ -197,7 +197,10 @@ class LiveEngine:
         self.streams: dict[str, LiveStream] = {}
         self.finished: dict[str, LiveStream] = {}  # ended streams, kept for their records (bounded)
         self._wake = threading.Event()
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards the stream tables
+        # Held through a whole step, and by joins and leaves: a row never changes hands
+        # between a step's choice of clips and its write-back.
+        self._step_lock = threading.RLock()
         # figures for /metrics
         self.total_clips = 0
         self.total_dropped = 0
@@ -227,12 +230,13 @@ class LiveEngine:
             raise LongvidError(f"all {self.stepper.capacity} stream slots are taken")
         reader = LiveReader(source, self.settings, ClipBuffer(self.settings.capacity))
         reader.open()  # a bad source fails here, before it takes a row
-        try:
-            row = self.stepper.join(saved_state)
-        except LongvidError:
-            reader.close()
-            raise
-        stream = LiveStream(stream_id or uuid.uuid4().hex[:12], source, reader, row, tuple(ask), every)
+        with self._step_lock:
+            try:
+                row = self.stepper.join(saved_state)
+            except LongvidError:
+                reader.close()
+                raise
+            stream = self._register(LiveStream(stream_id or uuid.uuid4().hex[:12], source, reader, row, tuple(ask), every))
         stream.next_answer = every if every is not None else math.inf
         if resume:
             stream.clips = int(resume.get("clips", 0))
@@ -240,21 +244,27 @@ class LiveEngine:
             reader.clip_index = int(resume.get("next_clip", stream.clips))
             if every is not None:
                 stream.next_answer = every * (math.floor(stream.stream_time / every + 1e-9) + 1)
-        buffer = reader.buffer
-        with self._lock:
-            self.streams[stream.id] = stream
-        buffer.on_put = self._wake.set
+        reader.buffer.on_put = self._wake.set
         reader.start()
         return stream
 
-    def remove(self, stream_id: str, status: str = "stopped") -> LiveStream | None:
+    def _register(self, stream: LiveStream) -> LiveStream:
         with self._lock:
-            stream = self.streams.pop(stream_id, None)
-        if stream is None:
-            return None
-        stream.reader.stop(wait=False)
-        self._close(stream, status)
+            if stream.id in self.streams:
+                self.stepper.leave(stream.row)
+                raise LongvidError(f"stream {stream.id} already exists")
+            self.streams[stream.id] = stream
         return stream
+
+    def remove(self, stream_id: str, status: str = "stopped") -> LiveStream | None:
+        with self._step_lock:
+            with self._lock:
+                stream = self.streams.pop(stream_id, None)
+            if stream is None:
+                return None
+            stream.reader.stop(wait=False)
+            self._close(stream, status)
+            return stream
 
     def _close(self, stream: LiveStream, status: str, error: str | None = None) -> None:
         stream.status = status
@@ -297,6 +307,10 @@ class LiveEngine:
         if not any(s.reader.buffer.peek_ready() for s in self.live()):
             self._wake.wait(timeout)
         self._wake.clear()
+        with self._step_lock:
+            return self._step()
+
+    def _step(self) -> int:
         clips: dict[int, tuple[LiveStream, LiveClip]] = {}
         for stream in self.live():
             clip = self._next_clip(stream)
