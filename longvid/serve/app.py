@@ -4,7 +4,8 @@ Endpoints (JSON unless said):
   ``POST /v1/streams {"source", "ask": [...], "every": s}`` -> ``{"id", ...}`` (201)
   ``GET /v1/streams`` -> ``{"streams": [...]}`` (status, clips, latency, dropped, last record)
   ``GET /v1/streams/{id}`` -> one stream
-  ``GET /v1/streams/{id}/events?since=N`` -> Server-Sent Events, one record each (``id:`` its number)
+  ``GET /v1/streams/{id}/events?since=N`` -> Server-Sent Events, one record each (``id:`` its number);
+      ``&follow=false``: the records kept now, then the reply ends
   ``POST /v1/streams/{id}/ask {"question"}`` -> the answer from the stream's memory now (LMMs)
   ``DELETE /v1/streams/{id}``
   ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /`` (a page: streams, labels, a question box)
@@ -329,7 +330,7 @@ def create_app(server: Server):
             raise HTTPProblem(400, str(err)) from None
 
     @app.get("/v1/streams/{stream_id}/events")
-    async def events(stream_id: str, request: Request, since: int = 0):
+    async def events(stream_id: str, request: Request, since: int = 0, follow: bool = True):
         authorize(request)
         stream_of(stream_id)
         last_seen = request.headers.get("last-event-id", "")
@@ -345,7 +346,7 @@ def create_app(server: Server):
                 for number, record in kept:
                     yield f"id: {number}\ndata: {json.dumps(record)}\n\n"
                     next_seq = number + 1
-                if not engine.is_live(stream_id) and next_seq >= end:
+                if not follow or (not engine.is_live(stream_id) and next_seq >= end):
                     return
                 if await request.is_disconnected():
                     return
