@@ -104,6 +104,9 @@ def test_create_follow_events_catch_up_and_delete(served):
         assert records[-1][1]["status"] == "done"
         # catching up from record 2 gives the same records from there
         assert events(url, replay["id"], since=2) == records[2:]
+        with httpx.stream("GET", f"{url}/v1/streams/{replay['id']}/events", headers={**AUTH, "Last-Event-ID": "1"}) as reply:
+            numbers = [int(line[4:]) for line in reply.iter_lines() if line.startswith("id: ")]
+        assert numbers == [n for n, _ in records[2:]]  # a reconnecting EventSource resumes after the last id it saw
         # the camera ran beside it in the same batch and goes on
         live = events(url, camera["id"], until_done=False, limit=3)
         assert [r["clip"] for _, r in live if "clip" in r]
