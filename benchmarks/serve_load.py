@@ -220,8 +220,9 @@ def run_saturated(model, processes: int, rows: int, seconds: float) -> dict:
 
 
 def saturated_comparison(args) -> None:
-    """One process stepping ``args.capacity`` streams batched vs one process per stream,
-    each with ``args.threads`` torch threads."""
+    """One process stepping ``args.capacity`` streams batched (``args.threads`` torch threads)
+    vs one process per stream (1 thread each: the naive way at its best, as more threads per
+    process would oversubscribe the cores)."""
     import torch
 
     import longvid
@@ -229,11 +230,16 @@ def saturated_comparison(args) -> None:
     torch.set_num_threads(args.threads)
     model = longvid.build_model(args.model).eval()
     fast = run_saturated(model, 1, args.capacity, args.saturate_seconds)
+    torch.set_num_threads(1)
     naive = run_saturated(model, args.capacity, 1, args.saturate_seconds)
-    for r, what in ((fast, f"1 process, batch of {args.capacity}"), (naive, f"{args.capacity} processes, 1 stream each")):
-        print(f"{what:>30} ({args.threads} thread{'s' if args.threads > 1 else ''}): {r['clips_per_s']:.1f} clips/s, "
+    cpus = os.cpu_count() or 1
+    fast_cores, naive_cores = min(args.threads, cpus), min(args.capacity, cpus)
+    for r, what, cores in ((fast, f"1 process, batch of {args.capacity}, {args.threads} thread(s)", fast_cores),
+                           (naive, f"{args.capacity} processes, 1 stream and 1 thread each", naive_cores)):
+        print(f"{what:>45}: {r['clips_per_s']:.1f} clips/s ({r['clips_per_s'] / cores:.1f} per core it can use), "
               f"RSS {r['rss_mb']:.0f} MB", flush=True)
-    print(f"# batched / one process per stream: {fast['clips_per_s'] / naive['clips_per_s']:.2f}x the clips/s, "
+    print(f"# batched / one process per stream: {fast['clips_per_s'] / naive['clips_per_s']:.2f}x the clips/s "
+          f"({fast['clips_per_s'] / fast_cores / (naive['clips_per_s'] / naive_cores):.2f}x per core), "
           f"{naive['rss_mb'] / max(fast['rss_mb'], 1e-9):.1f}x less memory", flush=True)
 
 
@@ -255,7 +261,7 @@ def main() -> None:
                         help="saturated comparison: one process stepping this many streams batched vs one process per stream (0: skip)")
     parser.add_argument("--live-processes", type=int, default=0, help="also run this many live cameras as one `longvid stream` process each")
     parser.add_argument("--model", default="memvit_tiny")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server and of each saturated process (default 1: on a busy machine more threads can be far slower)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server and of the batched process (default 1: on a busy machine more threads can be far slower)")
     parser.add_argument("--seconds", type=float, default=15.0, help="measuring window per live run (default 15)")
     parser.add_argument("--saturate-seconds", type=float, default=10.0, help="measuring window of the saturated runs (default 10)")
     parser.add_argument("--warmup", type=float, default=10.0, help="at most this long for every stream's first clip")

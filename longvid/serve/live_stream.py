@@ -52,7 +52,7 @@ def run_live(model, sources: Sequence[str], settings: LiveSettings, out: str | N
         sink_file.flush()
         summary.clips += "clip" in record
         summary.answers += "answer" in record
-        if "dropped" in record and "clip" not in record and "status" not in record:
+        if "from" in record:  # a gap
             summary.dropped += record["dropped"]
         if "latency" in record:
             summary.max_latency = max(summary.max_latency, record["latency"])

@@ -149,10 +149,6 @@ class ClipBuffer:
         with self._ready:
             return bool(self._items)
 
-    def wait(self, timeout: float) -> bool:
-        with self._ready:
-            return self._ready.wait_for(lambda: bool(self._items), timeout)
-
     def __len__(self) -> int:
         with self._ready:
             return len(self._items)
@@ -324,9 +320,9 @@ class LiveReader:
         self.buffer.put(StreamEvent("failed", reason, attempt=self.settings.reconnect, time=self.last_time or 0.0))
         return False
 
-    def _read(self, container) -> bool:
-        """Decode ``container`` into clips until it ends (True) or the stop flag (True);
-        raises VideoError when the connection fails (a read timeout, an I/O error)."""
+    def _read(self, container) -> None:
+        """Decode ``container`` into clips until it ends or the reader is stopped; raises
+        VideoError when the connection fails (a read timeout, an I/O error)."""
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -339,7 +335,7 @@ class LiveReader:
         try:
             for frame in container.decode(stream):
                 if self._stop.is_set():
-                    return True
+                    return
                 if frame.pts is not None and frame.time_base is not None:
                     if first_pts is None:
                         first_pts = frame.pts
@@ -350,21 +346,23 @@ class LiveReader:
                 if self.settings.pace and source_scheme(self.source) == "file":
                     self._stop.wait(max(0.0, paced_from + seconds - self.clock()))
                 moment = self._on_stream_clock(seconds)
-                for when in sampler.samples(moment):
-                    done = sampler.add(pixels(frame), when)
+                times = sampler.samples(moment)
+                fitted = pixels(frame) if times else None  # (H', W', 3), once however many samples it stands for
+                for when in times:
+                    done = sampler.add(fitted, when)
                     if done is not None:
                         self._emit(*done)
+                del fitted  # it may view the converter's buffer, which is reused only when no view of it is alive
         except av.ExitError:
             if self._stop.is_set():
-                return True
+                return
             raise VideoError(self.source, f"no data for {self.settings.read_timeout:g} s (read timeout)") from None
         except av.FFmpegError as err:
             if self._stop.is_set():
-                return True
+                return
             raise VideoError(self.source, f"connection lost ({_reason(err)})") from None
         if decoded == 0:
             raise VideoError(self.source, "no decodable video frames")
-        return True
 
     def _on_stream_clock(self, seconds: float) -> float:
         """Stream time of a frame ``seconds`` after this connection's first one. A
