@@ -10,12 +10,13 @@ import subprocess
 import threading
 import time
 
+import av
 import longvid
 import pytest
 import torch
 
 from conftest import longvid_script
-from live_sources import Pusher, SlowModel, free_udp_port, push_mpegts, write_mpegts
+from live_sources import Pusher, SlowModel, free_tcp_port, free_udp_port, push_mpegts, write_mpegts
 from longvid.serve.engine import LiveEngine
 from longvid.video.live import ClipBuffer, Gap, LiveClip, LiveReader, LiveSettings, StreamEvent, is_live_source
 
@@ -186,3 +187,57 @@ def test_reconnect_after_the_sender_restarts_keeps_the_memory():
     assert records[back]["memory"] == "kept" and records[back]["gap"] > 0.5
     assert after[0]["start"] > before[-1]["end"] + 0.5  # stream time went on through the outage
     assert [rows[0] for rows in model.is_first] == [True] + [False] * (len(model.is_first) - 1)
+
+
+def _read_all(source: str, settings: LiveSettings) -> list:
+    reader = LiveReader(source, settings)
+    reader.start()
+    items = []
+    while True:
+        item = reader.buffer.get(timeout=30)
+        assert item is not None, items
+        items.append(item)
+        if isinstance(item, StreamEvent) and item.kind in ("ended", "failed"):
+            return items
+
+
+def test_http_sources_progressive_mpegts_and_hls(tmp_path):
+    import functools
+    import http.server
+
+    write_mpegts(str(tmp_path / "cam.ts"), seconds=2)
+    with av.open(str(tmp_path / "live.m3u8"), "w", format="hls", options={"hls_time": "1", "hls_list_size": "0"}) as hls, \
+            av.open(str(tmp_path / "cam.ts")) as source:
+        video = source.streams.video[0]
+        output = hls.add_stream_from_template(video)
+        for packet in source.demux(video):
+            if packet.dts is not None:
+                packet.stream = output
+                hls.mux(packet)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = LiveSettings(clip_frames=4, stride=2, size=32, capacity=100, read_timeout=5)
+    try:
+        for name in ("cam.ts", "live.m3u8"):
+            items = _read_all(f"http://127.0.0.1:{server.server_address[1]}/{name}", settings)
+            clips = [i for i in items if isinstance(i, LiveClip)]
+            assert [c.index for c in clips] == [0, 1, 2, 3], (name, items)  # 2 s of 0.5 s clips
+            assert [c.start for c in clips] == pytest.approx([0.0, 0.5, 1.0, 1.5])
+            assert items[-1].kind == "ended"
+    finally:
+        server.shutdown()
+
+
+def test_unreadable_live_sources_fail_with_one_line():
+    from longvid.video.live import open_source
+    from longvid.video.reader import VideoError
+
+    with pytest.raises(VideoError, match="no such video device"):
+        open_source("/dev/video99", SMALL)
+    quick = LiveSettings(clip_frames=4, stride=2, size=32, open_timeout=0.5)
+    with pytest.raises(VideoError, match=r"nothing received within 0.5 s \(open timeout\)"):
+        open_source(f"udp://127.0.0.1:{free_udp_port()}", quick)
+    with pytest.raises(VideoError, match="cannot open"):
+        open_source(f"http://127.0.0.1:{free_tcp_port()}/none.ts", quick)
