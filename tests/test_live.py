@@ -241,3 +241,10 @@ def test_unreadable_live_sources_fail_with_one_line():
         open_source(f"udp://127.0.0.1:{free_udp_port()}", quick)
     with pytest.raises(VideoError, match="cannot open"):
         open_source(f"http://127.0.0.1:{free_tcp_port()}/none.ts", quick)
+    try:
+        av.open("srt://127.0.0.1:9", timeout=(0.5, 0.5))
+    except av.error.ProtocolNotFoundError:  # this PyAV's FFmpeg has no SRT: say so
+        with pytest.raises(VideoError, match=r"the bundled FFmpeg cannot read srt:// sources"):
+            open_source("srt://127.0.0.1:9", quick)
+    except av.FFmpegError:
+        pass

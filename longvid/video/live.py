@@ -224,6 +224,8 @@ def open_source(source: str, settings: LiveSettings) -> av.container.InputContai
         container = av.open(target, mode="r", options=options, **kwargs)
     except av.ExitError:
         raise VideoError(source, f"nothing received within {settings.open_timeout:g} s (open timeout)") from None
+    except av.error.ProtocolNotFoundError:
+        raise VideoError(source, f"the bundled FFmpeg cannot read {scheme}:// sources (protocol not found)") from None
     except av.FFmpegError as err:
         raise VideoError(source, f"cannot open ({_reason(err)})") from None
     if not container.streams.video:
