@@ -360,6 +360,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise LongvidError(f"{flag} must be >= {least}, got {value}")
     if args.fps is not None and not args.fps > 0:
         raise LongvidError(f"--fps must be > 0, got {args.fps}")
+    if args.ray:
+        return _serve_ray(args, token, schemes)
     labels = load_labels(args.labels) if args.labels else None
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -381,6 +383,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve(engine, serve_settings, host=args.host, port=args.port, log=log)
     if log:
         log(f"stopped: {engine.total_clips} clips, {engine.total_dropped} dropped")
+    return 0
+
+
+def _serve_ray(args: argparse.Namespace, token: str | None, schemes: list[str]) -> int:
+    """``longvid serve --ray``: the engine as Ray Serve replicas sharing ``--state-dir``."""
+    if args.state_dir is None:
+        raise LongvidError("--ray needs --state-dir FOLDER on storage every replica can reach (streams move through it)")
+    if args.replicas < 1:
+        raise LongvidError(f"--replicas must be >= 1, got {args.replicas}")
+    if args.labels or args.encoder or args.llm:
+        raise LongvidError("--ray serves a preset or --checkpoint with its own labels (no --labels/--encoder/--llm)")
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError:
+        raise LongvidError("longvid serve --ray needs Ray Serve: pip install 'longvid[ray]'") from None
+    from longvid.serve.ray_serve import run_ray
+
+    settings = {"capacity": 1 if args.lag == "drop" else args.queue_size, "open_timeout": args.open_timeout,
+                "read_timeout": args.read_timeout, "reconnect": args.reconnect}
+    settings.update({k: v for k, v in (("clip_frames", args.clip_frames), ("stride", args.tau), ("size", args.size),
+                                       ("fps", args.fps)) if v is not None})
+    options = {"model": args.model, "checkpoint": args.checkpoint, "settings": settings, "capacity": args.max_streams,
+               "state_dir": os.path.abspath(args.state_dir), "save_every": args.save_every, "threads": args.threads,
+               "reset_on_reconnect": args.reset_on_reconnect, "token": token, "schemes": schemes,
+               "allow_dir": args.allow_dir, "max_body": args.max_body}
+    log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr, flush=True))
+    run_ray(options, args.host, args.port, args.replicas, log=log)
     return 0
 
 
@@ -703,6 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--topk", type=int, default=5, help="labels per clip (default 5)")
     sub.add_argument("--device", default="cpu", help="torch device (default cpu)")
     sub.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sub.add_argument("--ray", action="store_true", help="run as a Ray Serve application (the ray extra; RAY_ADDRESS joins a cluster): "
+                     "replicas of the engine, streams pinned by id, moved through --state-dir when a replica goes away")
+    sub.add_argument("--replicas", type=int, default=2, help="--ray: engine replicas (default 2)")
     sub.add_argument("--quiet", action="store_true", help="no log lines")
 
     sub = command("demo", cmd_demo, "Write a demo video, print its info and stream its clips.")

@@ -251,6 +251,8 @@ def test_serve_refuses_public_addresses_without_a_token_and_bad_options(capsys, 
                           (["--max-streams", "0"], "--max-streams must be >= 1"), (["--read-timeout", "0"], "--read-timeout must be > 0")):
         assert main(["serve", *argv]) == 1
         assert message in capsys.readouterr().err
+    assert main(["serve", "--ray"]) == 1
+    assert "--ray needs --state-dir" in capsys.readouterr().err
     monkeypatch.setenv("LONGVID_TOKEN", "a-long-enough-token")
     assert main(["serve", "--host", "0.0.0.0", "--max-streams", "0"]) == 1  # the token is taken from the environment
     assert "--max-streams" in capsys.readouterr().err

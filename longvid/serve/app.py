@@ -101,11 +101,13 @@ class Server:
     thread: threading.Thread | None = None
     started: float = field(default_factory=time.monotonic)
     last_save: float = field(default_factory=time.monotonic)
+    resume_on_start: bool = True  # resume every stream of state_dir (a Ray replica loads its own on demand)
 
     def start(self) -> None:
         if self.settings.state_dir:
             os.makedirs(self.settings.state_dir, exist_ok=True)
-            self.resume()
+            if self.resume_on_start:
+                self.resume()
         self.thread = threading.Thread(target=self._loop, name="longvid-engine", daemon=True)
         self.thread.start()
 
