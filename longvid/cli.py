@@ -295,7 +295,7 @@ def _check_live_args(args: argparse.Namespace, videos: list[str]) -> bool:
     for flag, value in (("--queue-size", args.queue_size), ("--reconnect", args.reconnect)):
         if value is not None and value < (1 if flag == "--queue-size" else 0):
             raise LongvidError(f"{flag} must be >= {1 if flag == '--queue-size' else 0}, got {value}")
-    if args.lag == "drop" and args.queue_size is not None:
+    if (args.lag or "drop") == "drop" and args.queue_size is not None:
         raise LongvidError("--queue-size is for --lag queue (--lag drop keeps only the newest clip)")
     return True
 

@@ -116,22 +116,25 @@ def test_stream_from_a_pipe_with_a_queue_matches_the_same_video_read_as_a_file(t
     assert [r["clip"] for r in live] == [0, 1, 2, 3]  # 2 s of 0.5 s clips, none dropped with a long queue
     assert not [r for r in _records(out) if "dropped" in r and "clip" not in r and "status" not in r]
     assert _records(out)[-1]["status"] == "done"
-    code = subprocess.run([longvid_script(), "stream", video, "--out", str(out_file), "--size", "32", "--tau", "2",
-                           "--threads", "1", "--quiet"], timeout=120).returncode
-    assert code == 0
-    offline = [r for r in _records(out_file) if "clip" in r][:4]
+    from longvid.predict import load_stream_model, settings_for, shipped_labels, stream_predictions
+
+    model, _ = load_stream_model(None)
+    settings = settings_for(model, size=32, stride=2)
+    offline = [r for r in stream_predictions(model, video, settings, shipped_labels("memvit_tiny_recall")) if "clip" in r][:4]
     assert [(r["start"], r["end"], r["top"]) for r in live] == [(round(r["start"], 3), round(r["end"], 3), r["top"]) for r in offline]
 
 
-def test_live_options_are_checked_before_anything_runs(run_cli, videos, capsys):
+def test_live_options_are_checked_before_anything_runs(videos, capsys):
     from longvid.cli import main
 
-    assert main(["stream", videos["cfr"], "--lag", "drop"]) == 1
-    assert "--lag is for live sources" in capsys.readouterr().err
-    assert main(["stream", "udp://127.0.0.1:9", "--reconnect", "-1"]) == 1
-    assert "--reconnect must be >= 0" in capsys.readouterr().err
-    code, output = run_cli("stream", "udp://127.0.0.1:9", videos["cfr"])
-    assert code == 1 and "cannot be mixed with video files" in output and "Traceback" not in output
+    for argv, message in (([videos["cfr"], "--lag", "drop"], "--lag is for live sources"),
+                          (["udp://127.0.0.1:9", "--reconnect", "-1"], "--reconnect must be >= 0"),
+                          (["udp://127.0.0.1:9", videos["cfr"]], "cannot be mixed with video files"),
+                          (["udp://127.0.0.1:9", "--queue-size", "4"], "--queue-size is for --lag queue"),
+                          (["-", "-"], "- (stdin) can be given once"),
+                          (["udp://127.0.0.1:9", "--resume", "--out", "x.jsonl"], "are for video files, not live sources")):
+        assert main(["stream", *argv]) == 1
+        assert message in capsys.readouterr().err
 
 
 def _run_engine(engine: LiveEngine, until, timeout: float = 60.0) -> None:
@@ -248,3 +251,19 @@ def test_unreadable_live_sources_fail_with_one_line():
             open_source("srt://127.0.0.1:9", quick)
     except av.FFmpegError:
         pass
+
+
+def test_a_model_failing_on_a_clip_ends_that_stream_with_an_error_record(tmp_path):
+    class Broken(SlowModel):
+        def forward(self, inputs, state):
+            raise RuntimeError("shapes do not match")
+
+    video = str(tmp_path / "camera.ts")
+    write_mpegts(video, seconds=1)
+    records = []
+    engine = LiveEngine(Broken(longvid.build_model("memvit_tiny_recall")), SMALL, capacity=1,
+                        sink=lambda stream, record: records.append(record))
+    engine.add(video)
+    _run_engine(engine, until=lambda: False, timeout=30)
+    assert not engine.live() and engine.stepper.free == [0]
+    assert records[-1]["status"] == "error" and "the model failed on this stream's clip: shapes do not match" in records[-1]["error"]

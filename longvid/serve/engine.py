@@ -322,7 +322,13 @@ class LiveEngine:
             if stream.reset_next:
                 self.stepper.reset(stream.row)
                 stream.reset_next = False
-        outputs = self.stepper.step({row: clip for row, (_, clip) in clips.items()})
+        try:
+            outputs = self.stepper.step({row: clip for row, (_, clip) in clips.items()})
+        except (RuntimeError, ValueError, LongvidError) as err:  # e.g. a clip the model cannot take: those streams end
+            reason = " ".join(str(err).split())[:300]
+            for stream, _ in clips.values():
+                self._close(stream, "failed", f"the model failed on this stream's clip: {reason}")
+            return 0
         self.steps += 1
         for row, (stream, clip) in clips.items():
             self._stepped(stream, clip, outputs[row])
