@@ -118,6 +118,7 @@ def run_server(args, count: int, url: str, pid: int) -> dict:
                 break
             time.sleep(0.5)
         before = {s["id"]: s for s in http("GET", f"{url}/v1/streams")["streams"]}
+        rss_before = rss_mb(pid)
         started = time.monotonic()
         time.sleep(args.seconds)
         after = {s["id"]: s for s in http("GET", f"{url}/v1/streams")["streams"]}
@@ -133,7 +134,8 @@ def run_server(args, count: int, url: str, pid: int) -> dict:
             http("DELETE", f"{url}/v1/streams/{i}")
     return {"mode": "server", "streams": count, "clips_per_s": clips / elapsed, "clips": clips, "dropped": dropped,
             "latencies": len(latencies),
-            "p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "rss_mb": rss_mb(pid), "window_s": elapsed}
+            "p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "rss_mb": rss_mb(pid), "window_s": elapsed,
+            "rss_before_mb": rss_before}
 
 
 def run_processes(args, count: int, folder: str, deadline: float) -> dict | None:
@@ -314,9 +316,10 @@ def run_live_server(args, counts: list[int], deadline: float) -> list[dict]:
 
 
 def _row(r: dict) -> str:
-    return (f"{r['mode']:>9} streams={r['streams']:>2}  p50={r['p50']:.3f} s  p99={r['p99']:.3f} s ({r.get('latencies', r['clips'])} clips)  "
-            f"dropped={r['dropped']:>3}  "
-            f"clips/s={r['clips_per_s']:.2f} ({r['clips']} in {r['window_s']:.0f} s)  rss={r['rss_mb']:.0f} MB")
+    rss = f"{r['rss_before_mb']:.0f}->{r['rss_mb']:.0f}" if "rss_before_mb" in r else f"{r['rss_mb']:.0f}"
+    return (f"{r['mode']:>9} streams={r['streams']:>2}  p50={r['p50']:.3f} s  p99={r['p99']:.3f} s "
+            f"({r.get('latencies', r['clips'])} clips)  dropped={r['dropped']:>3}  "
+            f"clips/s={r['clips_per_s']:.2f} ({r['clips']} in {r['window_s']:.0f} s)  rss={rss} MB")
 
 
 if __name__ == "__main__":

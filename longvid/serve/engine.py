@@ -167,7 +167,7 @@ class LiveStream:
     answered_at: float | None = None  # stream time of the last answers
     reset_next: bool = False
     started: float = field(default_factory=time.monotonic)
-    history: deque = field(default_factory=lambda: deque(maxlen=1000))  # (seq, record)
+    history: deque = field(default_factory=deque)  # (seq, record), the engine's keep_records latest
     seq: int = 0
     last_record: dict | None = None
 
@@ -185,7 +185,7 @@ class LiveEngine:
     def __init__(self, model, settings: LiveSettings, capacity: int, labels: Sequence[str] | None = None,
                  topk: int = 5, device=None, dtype=None, reset_on_reconnect: bool = False,
                  max_seconds: float | None = None, sink: Callable[[LiveStream, dict], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, keep_records: int = 500):
         self.stepper = BatchedStepper(model, capacity, device, dtype)
         self.settings = settings
         self.labels = labels
@@ -194,6 +194,7 @@ class LiveEngine:
         self.max_seconds = max_seconds
         self.sink = sink
         self.clock = clock
+        self.keep_records = keep_records  # per stream, for catching up (0: the sink has them all)
         self.streams: dict[str, LiveStream] = {}
         self.finished: dict[str, LiveStream] = {}  # ended streams, kept for their records (bounded)
         self._wake = threading.Event()
@@ -205,7 +206,6 @@ class LiveEngine:
         self.total_clips = 0
         self.total_dropped = 0
         self.steps = 0
-        self.latencies: deque = deque(maxlen=10000)
         self.latency_buckets = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
         self.latency_counts = [0] * (len(self.latency_buckets) + 1)
         self.latency_sum = 0.0
@@ -236,7 +236,8 @@ class LiveEngine:
             except LongvidError:
                 reader.close()
                 raise
-            stream = self._register(LiveStream(stream_id or uuid.uuid4().hex[:12], source, reader, row, tuple(ask), every))
+            stream = self._register(LiveStream(stream_id or uuid.uuid4().hex[:12], source, reader, row, tuple(ask), every,
+                                               history=deque(maxlen=self.keep_records)))
         stream.next_answer = every if every is not None else math.inf
         if resume:
             stream.clips = int(resume.get("clips", 0))
@@ -422,7 +423,6 @@ class LiveEngine:
 
     def _latency(self, stream: LiveStream, latency: float) -> None:
         stream.latency = latency
-        self.latencies.append(latency)
         self.latency_sum += latency
         bucket = next((i for i, b in enumerate(self.latency_buckets) if latency <= b), len(self.latency_buckets))
         self.latency_counts[bucket] += 1

@@ -65,7 +65,8 @@ def run_live(model, sources: Sequence[str], settings: LiveSettings, out: str | N
 
     try:
         engine = LiveEngine(model, settings, capacity=len(sources), labels=labels, topk=topk, device=device,
-                            dtype=dtype, reset_on_reconnect=reset_on_reconnect, max_seconds=max_seconds, sink=sink)
+                            dtype=dtype, reset_on_reconnect=reset_on_reconnect, max_seconds=max_seconds, sink=sink,
+                            keep_records=0)  # every record is in the output: none kept in memory
         for source in sources:
             if stop.is_set():
                 break

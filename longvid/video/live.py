@@ -213,7 +213,9 @@ def open_source(source: str, settings: LiveSettings) -> av.container.InputContai
             raise VideoError(source, "no such video device")
         kwargs["format"] = "v4l2"
     elif scheme == "udp":
-        options.update(overrun_nonfatal="1", fifo_size="262144")  # a slow reader loses packets, not the stream
+        # FFmpeg's receive FIFO, in 188-byte packets: 8192 = 1.5 MB (RSS grows until it has all been
+        # written once, then stays); when it overruns, packets are lost, not the stream
+        options.update(overrun_nonfatal="1", fifo_size="8192")
     if scheme in PROTOCOLS:  # what a network source may pull in (an HLS playlist cannot name local files)
         options["protocol_whitelist"] = PROTOCOLS[scheme]
     elif scheme == "file":
