@@ -121,6 +121,15 @@ CASES: list[tuple[str, int]] = [
     (f"longvid ask v.mp4 'what color' {_REWIND} --allow-untrained --time 60 --max-new-tokens 2", 0),
     (f"longvid ask v.mp4 'what color' {_REWIND} --allow-untrained --keep-every 0", 1),
     (f"longvid ask v.mp4 'what color' {_MALMM} --allow-untrained --fps 0", 1),
+    # ReWind runs: the papers' annotation files, stages, untrained weights
+    ("longvid train rewind_tiny data=charades_bad.txt out_dir=runs/r", 1),
+    ("longvid train rewind_tiny data=charades_missing.txt out_dir=runs/r", 1),
+    ("longvid train rewind_tiny stage=2 data=charades_ok.txt out_dir=runs/r", 1),
+    ("longvid train rewind_tiny stage=2 data=moviechat_bad.json out_dir=runs/r", 1),
+    ("longvid train rewind_tiny data=charades_ok.txt stage=3", 1),
+    ("longvid train rewind_paper data=charades_ok.txt out_dir=runs/r", 1),
+    ("longvid eval rewind_tiny val_data=charades_ok.txt out_dir=runs/none", 1),
+    ("longvid stream v.mp4 --model rewind_tiny --ask 'what color' --out o.jsonl", 1),
 ]
 
 
@@ -137,6 +146,10 @@ def make_files(folder: str) -> None:
         "unterminated_quote.csv": 'video,label\na.mp4,0\n"a.mp4,1\na.mp4,2\n',
         "header_only.csv": "video,label\n",
         "mixed_labels.csv": "video,label\na.mp4,cut\na.mp4,2\n",
+        "charades_ok.txt": "a 0.0 1.0##a person sits.\n",
+        "charades_bad.txt": "a 0.0 1.0##a person sits.\na 1.0 x##a person stands.\n",
+        "charades_missing.txt": "a 0.0 1.0##a person sits.\nZZZ 0.0 1.0##gone.\n",
+        "moviechat_bad.json": '{"info": {"video_path": "a.mp4", "fps": 0}, "global": []}',
     }
     for name, text in annotations.items():
         with open(os.path.join(folder, name), "w") as f:

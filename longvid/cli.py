@@ -155,12 +155,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def _check_ask_args(args: argparse.Namespace) -> None:
     """Every ``ask`` option checked before an encoder or LLM loads."""
-    if not args.encoder or not args.llm:
+    if (not args.encoder or not args.llm) and _rewind_record(args) is None:
         raise LongvidError(f"ask --model {args.model} needs --encoder and --llm (local paths or hub ids)")
     if args.checkpoint is None and not args.allow_untrained:
         raise LongvidError(f"ask --model {args.model} needs trained weights (--weights FILE): without them the "
                            f"{TRAINED_PARTS[args.model]} are random and the answer is noise "
                            f"(--allow-untrained runs it anyway)")
+    if args.model == "rewind" and args.checkpoint is not None and not args.allow_untrained:
+        _check_trained("rewind_paper", args.checkpoint, False, "ask", "--weights FILE")
     for flag, value in (("--frames", args.frames), ("--keep-every", args.keep_every), ("--max-new-tokens", args.max_new_tokens)):
         if value < 1:
             raise LongvidError(f"{flag} must be >= 1, got {value}")
@@ -170,12 +172,48 @@ def _check_ask_args(args: argparse.Namespace) -> None:
         raise LongvidError(f"--time must be >= 0 seconds, got {args.time:g}")
 
 
+def _check_trained(preset: str | None, checkpoint: str | None, allow_untrained: bool, command: str, flag: str) -> None:
+    """An MA-LMM or ReWind preset answers only with trained weights: a ``checkpoint``, and (ReWind
+    weights with their JSON record) one that went through a training stage; else a one-line error
+    unless ``allow_untrained``."""
+    from longvid.models.registry import family_of
+
+    if allow_untrained or preset is None or family_of(preset) == "memvit":
+        return
+    family = family_of(preset)
+    if checkpoint is None:
+        raise LongvidError(f"{command} --model {preset} needs trained weights ({flag}): without them the "
+                           f"{TRAINED_PARTS[family]} are random and the answers are noise (--allow-untrained runs it anyway)")
+    if family == "rewind":
+        from longvid.models.rewind.weights import trained_stages
+
+        if trained_stages(checkpoint) == []:
+            raise LongvidError(f"{checkpoint}: its record says these ReWind weights were never trained (no stage); "
+                               f"--allow-untrained runs them anyway")
+
+
+def _rewind_record(args: argparse.Namespace) -> dict | None:
+    """The JSON record beside ``ask --model rewind --weights FILE`` (its preset, encoder and LLM), if any."""
+    from longvid.models.rewind.weights import config_path, read_weights_config
+
+    if args.model != "rewind" or args.checkpoint is None or not os.path.isfile(config_path(args.checkpoint)):
+        return None
+    record = read_weights_config(args.checkpoint)
+    if args.preset is not None and args.preset != record["preset"]:
+        raise LongvidError(f"{args.checkpoint} holds {record['preset']} weights, not --preset {args.preset}")
+    return record
+
+
 def _ask_rewind(args: argparse.Namespace) -> int:
     from longvid.ask import ask_rewind
     from longvid.models.rewind import build_model
+    from longvid.models.rewind.weights import load_weights
 
-    model = build_model(args.preset or "rewind_paper", encoder=args.encoder, llm=args.llm, checkpoint=args.checkpoint,
-                        device=args.device)
+    if _rewind_record(args) is not None:  # the frozen parts it names, unless --encoder/--llm give local copies
+        model = load_weights(args.checkpoint, encoder=args.encoder, llm=args.llm, device=args.device)
+    else:
+        model = build_model(args.preset or "rewind_paper", encoder=args.encoder, llm=args.llm, checkpoint=args.checkpoint,
+                            device=args.device)
     answer = ask_rewind(args.video, args.question, model, until=args.time, keep_every=args.keep_every,
                         spill_dir=args.spill_dir, max_new_tokens=args.max_new_tokens)
     if args.json:
@@ -360,6 +398,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise LongvidError(f"{flag} must be >= {least}, got {value}")
     if args.fps is not None and not args.fps > 0:
         raise LongvidError(f"--fps must be > 0, got {args.fps}")
+    _check_trained(args.model, args.checkpoint, args.allow_untrained, "serve", "--checkpoint FILE")
     if args.ray:
         return _serve_ray(args, token, schemes)
     labels = load_labels(args.labels) if args.labels else None
@@ -442,6 +481,7 @@ def _check_stream_args(args: argparse.Namespace) -> None:
         raise LongvidError("--every/--at say when to answer: give the question with --ask")
     if args.ask:
         AskSettings(tuple(args.ask), every=args.every, at=_times(args.at), fps=args.fps)  # checks them
+        _check_trained(args.model, args.checkpoint, args.allow_untrained, "stream", "--checkpoint FILE")
         if args.save_scores or args.aggregate != "none":
             raise LongvidError("--save-scores/--aggregate are for classification models, not --ask")
 
@@ -451,22 +491,43 @@ def _check_stream_args(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from longvid.train import load_config
+    from longvid.train.lmm_run import is_lmm_preset, train_lmm
     from longvid.train.run import train
 
+    if is_lmm_preset(args.config):  # MA-LMM / ReWind runs: their own configs, logs and metrics
+        train_lmm(args.config, args.overrides, resume=args.resume, progress=not args.quiet)
+        return 0
     config = load_config(args.config, args.overrides)
     history = train(config, resume=args.resume, progress=not args.quiet)
     if history:
-        print(f"trained {history[-1]['step']} steps; last loss {history[-1]['loss']:.4f}; checkpoints in {config.out_dir}")
+        losses = [r["loss"] for r in history if r["loss"] == r["loss"]]  # NaN: a step whose clips only built memory
+        last = f"last loss {losses[-1]:.4f}" if losses else "no loss yet (every clip so far only built memory)"
+        print(f"trained {history[-1]['step']} steps; {last}; checkpoints in {config.out_dir}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from longvid.train import load_config
+    from longvid.train.lmm_run import eval_lmm, is_lmm_preset
     from longvid.train.run import evaluate_checkpoint
 
+    if is_lmm_preset(args.config):  # writes out_dir/metrics.json and prints its table
+        metrics = eval_lmm(args.config, args.overrides, args.checkpoint, progress=not args.quiet, predictions=args.predictions)
+        if args.json:
+            print(json.dumps(metrics))
+        return 0
     config = load_config(args.config, args.overrides)
-    metrics = evaluate_checkpoint(config, args.checkpoint or config.out_dir, args.pooling, progress=not args.quiet)
-    print(json.dumps(metrics) if args.json else "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+    if args.predictions and not os.path.isdir(os.path.dirname(os.path.abspath(args.predictions))):
+        raise LongvidError(f"--predictions {args.predictions}: its folder does not exist")
+    metrics = evaluate_checkpoint(config, args.checkpoint or config.out_dir, args.pooling, progress=not args.quiet,
+                                  predictions=args.predictions)  # fmt: skip
+    if args.json:
+        print(json.dumps(metrics))
+        return 0
+    width = max(len(k) for k in metrics)
+    print(f"{'metric':<{width}}  value")
+    print("\n".join(f"{k:<{width}}  {v:6.2f}" for k, v in metrics.items()))
+    print(f"metrics written to {os.path.join(config.out_dir, 'metrics.json')}" + (f"; predictions to {args.predictions}" if args.predictions else ""))
     return 0
 
 
@@ -702,6 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--reconnect", type=int, default=None, metavar="N", help="live: reconnect up to N times after a loss, with backoff (default 0)")
     sub.add_argument("--reset-on-reconnect", action="store_true", help="live: start the memory afresh after a reconnection (default: keep it)")
     sub.add_argument("--max-seconds", type=float, default=None, help="live: stop after this many seconds of stream time")
+    sub.add_argument("--allow-untrained", action="store_true",
+                     help="--ask: run an MA-LMM/ReWind preset without trained weights (its answers are noise)")
     sub.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
     sub = command("serve", cmd_serve, "Serve one batched model for many live streams over HTTP (the serve extra: FastAPI + uvicorn).")
@@ -733,6 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--topk", type=int, default=5, help="labels per clip (default 5)")
     sub.add_argument("--device", default="cpu", help="torch device (default cpu)")
     sub.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sub.add_argument("--allow-untrained", action="store_true",
+                     help="serve an MA-LMM/ReWind preset without trained weights (its answers are noise)")
     sub.add_argument("--ray", action="store_true", help="run as a Ray Serve application (the ray extra; RAY_ADDRESS joins a cluster): "
                      "replicas of the engine, streams pinned by id, moved through --state-dir when a replica goes away")
     sub.add_argument("--replicas", type=int, default=2, help="--ray: engine replicas (default 2)")
@@ -742,8 +807,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", default="longvid-demo", help="output folder (default longvid-demo/)")
     sub.add_argument("--seconds", type=float, default=20.0)
 
-    sub = command("train", cmd_train, "Train a memory model on sequential clip streams (use torchrun for several processes).")
-    sub.add_argument("config", help="a training preset (see longvid.train.PRESETS) or a JSON file of config fields")
+    sub = command("train", cmd_train, "Train a memory model on sequential clip streams, or MA-LMM on its data sets (use torchrun for several processes).")
+    sub.add_argument("config", help="a training preset (see longvid.train.PRESETS), a JSON file of config fields, or an MA-LMM run preset (malmm_lvu, malmm_tiny_lvu, ...)")
     sub.add_argument("overrides", nargs="*", help="config fields as key=value, e.g. lr=0.01 progressive=1,2,3")
     sub.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -754,6 +819,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--checkpoint", help="checkpoint path or folder (default: the latest in out_dir)")
     sub.add_argument("--pooling", choices=("mean", "last"), default="mean", help="video score: mean of clip logits or the last clip's")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_argument("--predictions", metavar="FILE", help="write the official submission file to FILE: EPIC challenge JSON, AVA detection CSV; "
+                     "MA-LMM/ReWind presets: every sample's prediction as JSONL")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub = command("models", cmd_models, "List every model preset of every family, one line each.")

@@ -113,7 +113,7 @@ def test_bad_settings(change, message):
 def test_stream_asks_a_tiny_lmm_as_a_user_types_it(clips, run_cli, tmp_path):
     out = tmp_path / "answers.jsonl"
     code, printed = run_cli("stream", clips[0], "--model", "malmm_tiny", "--ask", "what is happening?", "--ask", "what color?",
-                            "--every", "2", "--fps", "2", "--out", out)
+                            "--every", "2", "--fps", "2", "--out", out, "--allow-untrained")
     assert code == 0, printed
     assert "Traceback" not in printed and "\r" not in printed and "RANDOM trainable weights" in printed
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -125,6 +125,8 @@ def test_stream_asks_a_tiny_lmm_as_a_user_types_it(clips, run_cli, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
+    (["--ask", "q", "--model", "rewind_tiny"], "needs trained weights (--checkpoint FILE)"),
+    (["--ask", "q", "--model", "malmm_tiny"], "needs trained weights (--checkpoint FILE)"),
     (["--every", "5"], "give the question with --ask"),
     (["--ask", "q", "--every", "0"], "--every must be > 0"),
     (["--ask", "q", "--at", "1,x"], "--at takes comma-separated seconds"),

@@ -67,8 +67,9 @@ def naive_attention(attn, x, thw, memory=None):
                 pooled = F.conv3d(_grid(tokens[1:], k_thw)[None], conv.weight, stride=conv.stride, padding=conv.padding, groups=conv.groups)[0]
                 return norm(torch.cat([tokens[:1], pooled.flatten(1).t()])), tuple(pooled.shape[1:])
 
-            newest_k, mem_thw = compress(memory.keys.raw[b], attn.compress_k, attn.norm_compress_k)
-            newest_v, _ = compress(memory.values.raw[b], attn.compress_v, attn.norm_compress_v)
+            n_raw = memory.keys.raw.shape[1] // spec.raw_len  # raw holds clips t-gap .. t-1; t-gap is read now
+            newest_k, mem_thw = compress(memory.keys.raw[b, :n_raw], attn.compress_k, attn.norm_compress_k)
+            newest_v, _ = compress(memory.values.raw[b, :n_raw], attn.compress_v, attn.norm_compress_v)
             entries_k = list(memory.keys.compressed[b]) + [newest_k]
             entries_v = list(memory.values.compressed[b]) + [newest_v]
             tc = mem_thw[0]
@@ -132,7 +133,7 @@ def _memory(attn, spec, valid, batch=2):
     n_raw, n_comp = 1 + 8 * 3 * 3, 1 + 2 * 2 * 2
 
     def cache():
-        return LayerCache(torch.randn(batch, n_raw, 8, generator=g, dtype=torch.float64), torch.randn(batch, spec.cache_len - 1, n_comp, 8, generator=g, dtype=torch.float64))
+        return LayerCache(torch.randn(batch, spec.raw_len * n_raw, 8, generator=g, dtype=torch.float64), torch.randn(batch, spec.compressed_len, n_comp, 8, generator=g, dtype=torch.float64))
 
     return LayerMemory(cache(), cache(), valid, spec)
 

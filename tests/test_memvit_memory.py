@@ -86,7 +86,7 @@ def test_memory_step_follows_released_cache_algorithm(sampler, memory_len):
     cache (compress the previous entry on append, keep (A-1)*N entries, sample, drop)."""
     spec = KVMemorySpec(memory_len, sampler)
     compress = lambda t: t * 10  # marks compressed entries  # noqa: E731
-    cache = LayerCache(torch.zeros(1, 1, 1), torch.zeros(1, spec.cache_len - 1, 1, 1))
+    cache = LayerCache(torch.zeros(1, spec.raw_len, 1), torch.zeros(1, spec.compressed_len, 1, 1))
     official = []  # list of (clip id, compressed?)
     keep_max_len = spec.cache_len + 1
     for step in range(9):
@@ -127,9 +127,11 @@ def _clips(n, batch=1, seed=0, size=(8, 32, 32)):
     return [torch.randn(batch, 3, *size, generator=g) for _ in range(n)]
 
 
-def test_gradients_reach_compression_with_consecutive_sampler_only():
-    clips = _clips(3)
-    for sampler, expect_grad in (("consecutive", True), ("gap2", False)):
+def test_gradients_reach_compression_with_every_sampler():
+    """Entries are compressed at the step where they are first read, so the released gap
+    samplers train fK/fV too (the released code compresses them a step after caching)."""
+    clips = _clips(5)
+    for sampler, expect_grad in (("consecutive", True), ("gap2", True)):
         torch.manual_seed(0)
         model = build_model("memvit_tiny", sampler=sampler, num_frames=8, crop_size=32)
         outs, _ = _stream(model, clips)

@@ -73,3 +73,10 @@ def test_sampler_state_resumes_exactly():
     assert [(b.clips.flatten().tolist(), b.is_first.tolist(), b.valid.tolist()) for b in head] + rest == full
     with pytest.raises(Exception, match="same number of processes"):
         StreamSampler(source, 2, rank=0, world_size=2).load_state_dict(state)
+
+
+@pytest.mark.parametrize("lengths, batch", [([3, 1, 2, 2], 2), ([7, 1, 1, 1, 5, 2, 9, 1], 3), ([1] * 5, 2), ([4], 3)])
+def test_len_is_the_number_of_steps(lengths, batch):
+    for shuffle in (False, True):
+        sampler = StreamSampler(numbered_videos(lengths), batch_size=batch, shuffle=shuffle, seed=3)
+        assert len(sampler) == len(play(StreamSampler(numbered_videos(lengths), batch_size=batch, shuffle=shuffle, seed=3)))

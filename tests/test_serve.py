@@ -253,6 +253,8 @@ def test_serve_refuses_public_addresses_without_a_token_and_bad_options(capsys, 
         assert message in capsys.readouterr().err
     assert main(["serve", "--ray"]) == 1
     assert "--ray needs --state-dir" in capsys.readouterr().err
+    assert main(["serve", "--model", "rewind_tiny"]) == 1
+    assert "needs trained weights" in capsys.readouterr().err
     monkeypatch.setenv("LONGVID_TOKEN", "a-long-enough-token")
     assert main(["serve", "--host", "0.0.0.0", "--max-streams", "0"]) == 1  # the token is taken from the environment
     assert "--max-streams" in capsys.readouterr().err

@@ -16,14 +16,23 @@ peak memory and time per clip (batch 1, memory full) and the peak memory of one
 training step (batch 1, AdamW). Temporal support is ``(reach + 1) x T x stride / fps``
 with reach ``M`` clips (consecutive) or ``M x G`` clips (``gapG``): the span the cached
 clips come from.
+
+The paper's Figure 4 (``compression`` rows): training memory and time of one step vs the
+memory length ``M`` (consecutive sampler, full memory) for pipelined compression (each
+past clip compressed once, when it is first read; the training graph holds one
+compression per layer) and naive compression (every past clip kept raw and the whole
+memory re-compressed, with gradient, every step).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable
+from unittest import mock
 
 import torch
 
@@ -32,12 +41,15 @@ from longvid.errors import LongvidError
 from longvid.progress import progress as progress_bar
 from longvid.flops import count_gflops
 from longvid.models.memvit import MeMViT, get_config
+from longvid.models.memvit import attention as memvit_attention
+from longvid.models.memvit.memory import KVMemorySpec, LayerCache
 
 FPS = 30.0  # Kinetics-style source frame rate
 STRIDE = 4  # sampling stride of the 16x4 presets (frames)
 BASELINE_FRAMES = (16, 32, 64, 128)
 MEMORY_LENGTHS = (1, 2, 3, 4)
 GAPS = (2, 4, 8)  # M = 2 clips every G-th clip: reach 2G
+COMPRESSION_LENGTHS = (1, 2, 4, 8)  # Figure 4: memory lengths M
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,105 @@ def measure_row(preset: str, row: ScalingRow, size: int) -> dict:
     }
 
 
+# -- Figure 4: naive vs pipelined compression ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NaiveSpec(KVMemorySpec):
+    """Naive compression's cache: every past clip raw, nothing stored compressed."""
+
+    @property
+    def raw_len(self) -> int:
+        return self.cache_len
+
+    @property
+    def compressed_len(self) -> int:
+        return 0
+
+
+def naive_memory_step(cache: LayerCache, current: torch.Tensor, spec: KVMemorySpec, compress) -> tuple[torch.Tensor, LayerCache]:
+    """``memory_step`` of naive compression: compress every read clip from its raw tokens,
+    with gradient, every step (same values as pipelined compression, M compressions in the graph)."""
+    b, n, c = current.shape
+    raw = cache.raw.view(b, spec.cache_len, n, c)  # (B, M, N, C): clips t-M .. t-1
+    read = torch.stack([compress(raw[:, spec.cache_len - d]) for d in spec.read_distances], dim=1)  # (B, M, Nc, C)
+    new_raw = torch.cat([raw[:, 1:], current[:, None]], dim=1).flatten(1, 2)
+    return read, LayerCache(new_raw.detach(), cache.compressed)
+
+
+@contextlib.contextmanager
+def compression_mode(model: MeMViT, naive: bool):
+    """Run ``model`` with naive compression inside the block (pipelined: unchanged)."""
+    if not naive:
+        yield model
+        return
+    pipelined = model.memory_spec
+    model.memory_spec = NaiveSpec(pipelined.memory_len, pipelined.sampler)
+    try:
+        with mock.patch.object(memvit_attention, "memory_step", naive_memory_step):
+            yield model
+    finally:
+        model.memory_spec = pipelined
+
+
+def train_step_cost(model: MeMViT, clip: torch.Tensor, naive: bool, repeats: int = 2) -> tuple[float, float]:
+    """(peak MB, median seconds) of one training step (forward, backward, AdamW) with full
+    memory: parameters, memory state, activations, gradients and optimizer state alive at once
+    (the memory is filled beforehand, outside the count)."""
+    with compression_mode(model, naive):
+        model.train()
+        labels = torch.zeros(clip.shape[0], dtype=torch.long)
+        with torch.no_grad():
+            state = model.init_state(clip.shape[0])
+            for _ in range(model.memory_spec.cache_len):
+                _, state = model(clip, state)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step() -> None:
+            logits, _ = model(clip, state)
+            torch.nn.functional.cross_entropy(logits, labels).backward()
+
+        tracker = measure.PeakMemory()
+        tracker.track([*model.parameters(), *model.buffers(), *state.state_dict().values()])
+        with tracker:
+            step()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        times = []
+        for _ in range(repeats + 1):
+            started = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - started)
+        model.zero_grad(set_to_none=True)
+    return tracker.peak / 2**20, sorted(times[1:])[len(times[1:]) // 2]
+
+
+def measure_compression(preset: str, size: int, lengths=COMPRESSION_LENGTHS) -> list[dict]:
+    """Figure 4 rows: training peak memory and step time, pipelined vs naive, per ``M``."""
+    rows = []
+    frames = get_config(preset).num_frames
+    clip = torch.randn(1, 3, frames, size, size, generator=torch.Generator().manual_seed(0))
+    for m in lengths:
+        model = build(preset, ScalingRow("MeMViT", frames, m), size)
+        row = {"memory_len": m}
+        for kind in ("pipelined", "naive"):
+            row[f"{kind}_train_mem_mb"], seconds = train_step_cost(model, clip, naive=kind == "naive")
+            row[f"{kind}_train_ms"] = 1000.0 * seconds
+        rows.append(row)
+    return rows
+
+
+def format_compression(results: dict) -> str:
+    s = results["size"]
+    head = ["M", f"pipelined train mem@{s} (MB)", f"naive train mem@{s} (MB)", f"pipelined train ms@{s}", f"naive train ms@{s}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results["compression"]:
+        lines.append(f"| {r['memory_len']} | {r['pipelined_train_mem_mb']:.1f} | {r['naive_train_mem_mb']:.1f} | "
+                     f"{r['pipelined_train_ms']:.0f} | {r['naive_train_ms']:.0f} |")  # fmt: skip
+    return "\n".join(lines) + (f"\n\nFigure 4: one training step (batch 1, AdamW, memory full, consecutive sampler) of "
+                               f"{results['preset']} at {s}x{s}; naive re-compresses the whole memory with gradient every step.")
+
+
 def run_scaling(preset: str = "memvit16_16x4", size: int | None = None, out_dir: str = "bench-results", log: Callable[[str], None] | None = print, progress: bool = True) -> dict:
     """Measure every :func:`scaling_rows` configuration of ``preset``; write
     ``scaling.json``, ``scaling.md`` and ``scaling.png`` under ``out_dir``."""
@@ -131,9 +242,11 @@ def run_scaling(preset: str = "memvit16_16x4", size: int | None = None, out_dir:
     if bar is not None:
         bar.close()
     results = {"preset": preset, "crop_size": base.crop_size, "size": size, "fps": FPS, "stride": STRIDE, "threads": torch.get_num_threads(), "rows": measured}
+    results["compression"] = measure_compression(preset, size)
     write_scaling(results, out_dir)
     if log:
         log(format_scaling(results))
+        log("\n" + format_compression(results))
         log(f"\nwrote {os.path.join(out_dir, 'scaling.json')}, {os.path.join(out_dir, 'scaling.md')}, {os.path.join(out_dir, 'scaling.png')}")
     return results
 
@@ -160,6 +273,8 @@ def write_scaling(results: dict, out_dir: str) -> None:
         json.dump(results, f, indent=1)
     with open(os.path.join(out_dir, "scaling.md"), "w", encoding="utf-8") as f:
         f.write(f"# longvid bench scaling: {results['preset']}\n\n" + format_scaling(results) + "\n\n![Figure 3](scaling.png)\n")
+        if results.get("compression"):
+            f.write("\n## Naive vs pipelined compression (Figure 4)\n\n" + format_compression(results) + "\n")
     plot_scaling(results, os.path.join(out_dir, "scaling.png"))
 
 

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from longvid.errors import LongvidError
 
+TASKS = ("classify", "epic_verb_noun", "epic_anticipation", "ava")
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -25,13 +26,36 @@ class TrainConfig:
     """
 
     model: str = "memvit_tiny"
-    num_classes: int = 10
+    task: str = "classify"  # classify | epic_verb_noun | epic_anticipation | ava (see longvid.train.tasks)
+    num_classes: int = 10  # classify: classes of the linear head
     data: str = "synthetic"
     val_data: str | None = None
     classes: str | None = None  # class list file (names, index order) for files that name classes
+    video_root: str | None = None  # folder of the videos an annotation file names (default: the file's folder)
+    strict: bool = False  # a video an annotation file names is missing: error (else skipped and counted)
+    memory_len: int | None = None  # MeMViT memory length M (None: the model preset's)
+    sampler: str | None = None  # MeMViT memory sampler: consecutive | gapN (None: the model preset's)
+    context_clips: int | None = None  # EPIC: clips before each segment's clips that build memory (None: the model's reach)
+    # EPIC-KITCHENS-100 (tasks epic_verb_noun, epic_anticipation)
+    num_verbs: int = 97
+    num_nouns: int = 300
+    video_info: str | None = None  # EPIC_100_video_info.csv (fps and duration; default: read from each video)
+    tail_verbs: str | None = None  # EPIC_100_tail_verbs.csv: adds the tail-class metrics
+    tail_nouns: str | None = None  # EPIC_100_tail_nouns.csv
+    unseen_participants: str | None = None  # EPIC_100_unseen_participant_ids_validation.csv: the unseen split
+    tau_a: float = 1.0  # anticipation time: the observed clip ends tau_a seconds before the segment starts
+    # AVA v2.2 (task ava)
+    action_list: str | None = None  # ava_action_list_v2.2_for_activitynet_2019.pbtxt: the evaluated classes (60)
+    excluded_timestamps: str | None = None  # ava_val_excluded_timestamps_v2.2.csv: keyframes left out of the evaluation
+    person_boxes: str | None = None  # detected person boxes (AVA CSV layout, 8th field the score): what evaluation scores
+    box_threshold: float = 0.8  # detections with a lower score are left out
+    # fine-tuning
+    init_from: str | None = None  # checkpoint (official .pyth or ours) whose backbone starts the run
+    freeze: str = "none"  # none | backbone (train the heads only)
     clip_frames: int = 8
     stride: int = 4
     size: int = 64  # short side and square center crop of file clips
+    augment: bool = False  # training clips: random short-side scale (size*256/224..size*340/224), random crop, flip
     synthetic_videos: int = 16
     synthetic_clips: int = 4
     batch_size: int = 4
@@ -77,6 +101,12 @@ class TrainConfig:
     def _checks(self) -> list[tuple[bool, str]]:
         finite = math.isfinite
         return [
+            (self.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {self.task!r}"),
+            (self.num_verbs >= 1 and self.num_nouns >= 1, f"num_verbs and num_nouns must be >= 1, got {self.num_verbs}, {self.num_nouns}"),
+            (finite(self.tau_a) and self.tau_a >= 0, f"tau_a must be >= 0 seconds, got {self.tau_a}"),
+            (self.context_clips is None or self.context_clips >= 0, f"context_clips must be >= 0, got {self.context_clips}"),
+            (self.memory_len is None or self.memory_len >= 0, f"memory_len must be >= 0, got {self.memory_len}"),
+            (self.freeze in ("none", "backbone"), f"freeze must be 'none' or 'backbone', got {self.freeze!r}"),
             (self.num_classes >= 1, f"num_classes must be >= 1, got {self.num_classes}"),
             (self.clip_frames >= 1, f"clip_frames must be >= 1, got {self.clip_frames}"),
             (self.stride >= 1, f"stride must be >= 1, got {self.stride}"),
@@ -129,6 +159,54 @@ PRESETS: dict[str, TrainConfig] = {
         model="memvit16_16x4", num_classes=400, data="annotations.csv", clip_frames=16, stride=4, size=224,
         batch_size=8, epochs=30, progressive=(1, 2, 3, 4, 5), stage_epochs=6, optimizer="adamw", lr=1e-4,
         weight_decay=0.05, warmup_steps=1000, label_smoothing=0.1,
+    ),
+    # -- the MeMViT paper's tasks on their official files (docs/training.md; sources in the comments) --
+    # Kinetics-400 (paper 4.3, A.2): from scratch, SGD with cosine schedule, progressive 1..5-clip
+    # stages, memory drop; the official train.csv / validate.csv (longvid.data.kinetics).
+    "memvit16_16x4_k400": TrainConfig(
+        model="memvit16_16x4", task="classify", num_classes=400, data="train.csv", clip_frames=16, stride=4, size=224, augment=True,
+        batch_size=8, epochs=50, progressive=(1, 2, 3, 4, 5), stage_epochs=10, optimizer="sgd", lr=0.1,
+        weight_decay=1e-4, warmup_steps=1000, clip_grad=1.0,
+    ),
+    # EPIC-KITCHENS-100 verb/noun classification (paper A.3): fine-tuned from Kinetics (init_from=),
+    # AdamW lr 2e-4, weight decay 0.05, 30 epochs, M = 4 (consecutive: the paper's sampler).
+    "memvit16_16x4_epic": TrainConfig(
+        model="memvit16_16x4", task="epic_verb_noun", data="EPIC_100_train.csv", clip_frames=16, stride=4, size=224, augment=True,
+        batch_size=8, epochs=30, optimizer="adamw", lr=2e-4, weight_decay=0.05, warmup_steps=1000,
+        memory_len=4, sampler="consecutive",
+    ),
+    # EPIC-100 anticipation (paper A.4): the causal variant, one action head, equalization loss
+    # lambda = 0.003, tau_a = 1 s; fine-tuned from the classification model (init_from=).
+    "memvit16_16x4_epic_anticipation": TrainConfig(
+        model="memvit16_16x4_anticipation", task="epic_anticipation", data="EPIC_100_train.csv", clip_frames=16,
+        stride=4, size=224, augment=True, batch_size=8, epochs=30, optimizer="adamw", lr=2e-4, weight_decay=0.05,
+        warmup_steps=1000, loss="eql", eql_lambda=0.003, tau_a=1.0, memory_len=4, sampler="consecutive",
+    ),
+    # AVA v2.2 (paper A.2): fine-tuned from Kinetics (init_from=), SGD lr 0.6, weight decay 1e-8,
+    # 30 epochs, flip + short side 256-340 + crop 224, M = 2 (the released gap2 layout).
+    "memvit16_16x4_ava": TrainConfig(
+        model="memvit16_16x4_ava", task="ava", data="ava_train_v2.2.csv", clip_frames=16, stride=4, size=224, augment=True,
+        batch_size=8, epochs=30, optimizer="sgd", lr=0.6, weight_decay=1e-8, warmup_steps=1000, loss="bce",
+    ),
+    # Tiny versions of the recipes (seconds on a CPU; tests and smoke runs): 4x32x32 clips.
+    "memvit_tiny_k400": TrainConfig(
+        model="memvit_tiny", task="classify", num_classes=400, data="train.csv", clip_frames=4, stride=2, size=32, augment=True,
+        batch_size=2, epochs=5, progressive=(1, 2, 3, 4, 5), stage_epochs=1, optimizer="sgd", lr=0.1,
+        weight_decay=1e-4, warmup_steps=2, log_every=5,
+    ),
+    "memvit_tiny_epic": TrainConfig(
+        model="memvit_tiny", task="epic_verb_noun", data="EPIC_100_train.csv", clip_frames=4, stride=2, size=32, augment=True,
+        batch_size=2, epochs=1, optimizer="adamw", lr=2e-4, weight_decay=0.05, warmup_steps=2, log_every=5,
+        memory_len=4, sampler="consecutive",
+    ),
+    "memvit_tiny_epic_anticipation": TrainConfig(
+        model="memvit_tiny_causal", task="epic_anticipation", data="EPIC_100_train.csv", clip_frames=4, stride=2,
+        size=32, augment=True, batch_size=2, epochs=1, optimizer="adamw", lr=2e-4, weight_decay=0.05, warmup_steps=2,
+        log_every=5, loss="eql", eql_lambda=0.003, tau_a=1.0, memory_len=4, sampler="consecutive",
+    ),
+    "memvit_tiny_ava": TrainConfig(
+        model="memvit_tiny_ava", task="ava", data="ava_train_v2.2.csv", clip_frames=4, stride=1, size=32, augment=True,
+        batch_size=2, epochs=1, optimizer="sgd", lr=0.6, weight_decay=1e-8, warmup_steps=2, log_every=5, loss="bce",
     ),
 }  # fmt: skip
 

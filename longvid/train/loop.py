@@ -12,6 +12,7 @@ all memory. Any model with ``out, state = model(clip, state, memory_keep=...)``,
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import resource
 import time
@@ -26,7 +27,8 @@ from longvid.train import checkpoint as ckpt
 from longvid.train.config import TrainConfig
 from longvid.train.core import Optimization, RunLog
 from longvid.train.distributed import DistInfo, all_gather_objects, all_reduce
-from longvid.train.losses import stream_loss
+from longvid.train.ava import box_batch, box_loss
+from longvid.train.losses import head_outputs, stream_loss
 from longvid.train.sampler import StreamSampler
 from longvid.video.datasets import ClipSource
 
@@ -88,6 +90,8 @@ class Trainer:
         dist: rank / world / device (from :func:`longvid.train.distributed.setup`).
         on_step: called with each step's log record (tests, progress bars).
         log: console printer (rank 0 only); None for silence.
+        evaluator: ``evaluator(model, source) -> metrics`` (the task's evaluation); default:
+            top-1/top-5 per head of :func:`collect_scores`.
     """
 
     def __init__(
@@ -100,8 +104,10 @@ class Trainer:
         dist: DistInfo | None = None,
         on_step: Callable[[dict], None] | None = None,
         log: Callable[[str], None] | None = print,
+        evaluator: Callable[[nn.Module, ClipSource], dict[str, float]] | None = None,
     ):
         self.config = config.validate()
+        self.evaluator = evaluator
         self.dist = dist or DistInfo()
         self.device = self.dist.device
         self.model = model.to(self.device)
@@ -172,14 +178,20 @@ class Trainer:
         clips = batch.clips.to(self.device, non_blocking=True)
         targets = {k: v.to(self.device) for k, v in batch.targets.items()}
         valid = self._loss_mask(batch).to(self.device)
+        box_labels = None
+        if batch.extras:  # AVA: every slot's person boxes go through the box head
+            kwargs["boxes"], box_labels = box_batch(batch.extras, batch.valid, self.device)
         if int(all_reduce(valid.sum().float())) == 0:  # no rank has a loss: the clips only write memory
             return self._memory_step(clips, state, kwargs, int(all_reduce(batch.valid.sum().float())))
         with self.optimization.autocast():
             out, new_state = self.net(clips, state, **kwargs)
-            loss = stream_loss(
-                out, targets, valid, kind=self.config.loss, label_smoothing=self.config.label_smoothing,
-                class_freq=self.class_freq, eql_lambda=self.config.eql_lambda,
-            )  # fmt: skip
+            if box_labels is not None:
+                loss = box_loss(out, box_labels)
+            else:
+                loss = stream_loss(
+                    out, targets, valid, kind=self.config.loss, label_smoothing=self.config.label_smoothing,
+                    class_freq=self.class_freq, eql_lambda=self.config.eql_lambda,
+                )  # fmt: skip
         lr = self.optimization.lr
         skipped = self.optimization.update(loss, f"step {self.step + 1} (epoch {self.epoch})")
         if skipped is not None:  # on_nan="skip": no update; the memory from before the step is kept
@@ -192,7 +204,14 @@ class Trainer:
 
     def _loss_mask(self, batch) -> torch.Tensor:
         """Bool ``(B,)``: slots whose clip carries a loss (``loss_clips="last"``: only the
-        last clip of its video; the earlier clips only build memory)."""
+        last clip of its video; a source with ``scored(video, clip)``: the clips it scores;
+        the other clips only build memory)."""
+        scored = getattr(self.train_source, "scored", None)
+        if scored is not None:
+            mask = batch.valid & torch.tensor([v >= 0 and scored(int(v), int(c)) for v, c in zip(batch.video, batch.clip)])
+            if self.config.loss_clips == "all":
+                return mask
+            batch = dataclasses.replace(batch, valid=mask)
         if self.config.loss_clips == "all":
             return batch.valid
         last = torch.tensor([self.train_source.num_clips(int(v)) - 1 if v >= 0 else -1 for v in batch.video])
@@ -250,7 +269,11 @@ class Trainer:
         memory kept; a video's scores are its clips' logits averaged (``mean``) or its
         last clip's (``last``). Returns top-1/top-5 per head (verb/noun/action for
         EPIC heads), computed over all ranks' videos."""
-        return evaluate(self.model, source or self.val_source, self.config.batch_size, self.device, pooling, self.dist)
+        source = source or self.val_source
+        if self.evaluator is not None:
+            return self.evaluator(self.model, source)
+        items = collect_scores(self.model, source, self.config.batch_size, self.device, pooling, self.dist)
+        return classification_metrics([(s, t) for _, s, t in items])
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -327,9 +350,29 @@ def evaluate(
     """Evaluate a memory model on whole videos streamed in order (see :meth:`Trainer.evaluate`).
 
     ``progress``: a :func:`longvid.progress.progress` reporter, advanced once per batch."""
+    items = collect_scores(model, source, batch_size, device, pooling, dist, progress)
+    return classification_metrics([(s, t) for _, s, t in items])
+
+
+@torch.no_grad()
+def collect_scores(
+    model: nn.Module,
+    source: ClipSource,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    pooling: str = "mean",
+    dist: DistInfo | None = None,
+    progress=None,
+) -> list[tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """Stream every video of ``source`` in order with all memory kept; returns, over all
+    ranks, ``(video index, scores per head, targets per head)`` sorted by video. A video's
+    scores are its scored clips' logits averaged (``mean``) or its last scored clip's
+    (``last``); a source with ``scored(video, clip)`` scores only those clips (the others
+    build memory), else every clip."""
     dist = dist or DistInfo()
     model.eval()
     sampler = StreamSampler(source, batch_size, None, shuffle=False, rank=dist.rank, world_size=dist.world_size)
+    scored = getattr(source, "scored", None)
     scores: dict[int, dict[str, torch.Tensor]] = {}
     counts: dict[int, int] = {}
     targets: dict[int, dict[str, torch.Tensor]] = {}
@@ -341,9 +384,11 @@ def evaluate(
             progress.update(1)
         state = state.reset(batch.is_first.to(device))
         out, state = model(batch.clips.to(device), state)
-        out = out if isinstance(out, dict) else {next(iter(batch.targets)): out}
+        out = head_outputs(out, batch.targets)
         for slot in torch.nonzero(batch.valid).flatten().tolist():
             video = int(batch.video[slot])
+            if scored is not None and not scored(video, int(batch.clip[slot])):
+                continue
             logits = {h: o[slot].float().cpu() for h, o in out.items()}
             if video not in scores or pooling == "last":
                 scores[video], counts[video] = logits, 1
@@ -351,9 +396,9 @@ def evaluate(
                 scores[video] = {h: scores[video][h] + logits[h] for h in logits}
                 counts[video] += 1
             targets[video] = {h: t[slot] for h, t in batch.targets.items()}
-    local = [({h: s / counts[v] for h, s in scores[v].items()}, targets[v]) for v in scores]
+    local = [(v, {h: s / counts[v] for h, s in scores[v].items()}, targets[v]) for v in scores]
     gathered = [item for part in all_gather_objects(local) for item in part]
-    return classification_metrics(gathered)
+    return sorted(gathered, key=lambda item: item[0])
 
 
 def classification_metrics(items: list[tuple[dict, dict]]) -> dict[str, float]:

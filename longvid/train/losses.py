@@ -42,17 +42,29 @@ def head_loss(
     return F.cross_entropy(logits.float(), target, reduction="none", label_smoothing=label_smoothing)
 
 
+def head_outputs(out, heads) -> dict[str, torch.Tensor]:
+    """The model's logits for each target head: a single tensor (or a dict's ``logits``, as
+    the anticipation head gives) is the only head's; other outputs (``frame_logits``) are left out."""
+    heads = list(heads)
+    if not isinstance(out, dict):
+        if len(heads) != 1:
+            raise ValueError(f"the model gives one output but the data has heads {sorted(heads)}")
+        return {heads[0]: out}
+    if len(heads) == 1 and heads[0] not in out and "logits" in out:
+        return {heads[0]: out["logits"]}
+    missing = [h for h in heads if h not in out]
+    if missing:
+        raise ValueError(f"the model gives outputs {sorted(out)} but the data has heads {sorted(heads)}")
+    return {h: out[h] for h in heads}
+
+
 def stream_loss(out, targets: dict[str, torch.Tensor], valid: torch.Tensor, **options) -> torch.Tensor:
     """Mean loss over the valid slots, summed over heads.
 
     out: logits ``(B, K)`` or a dict head -> logits; targets: head -> ``(B,)`` or
-    ``(B, K)``; valid: bool ``(B,)``. A single tensor output is matched to the only
-    target head.
+    ``(B, K)``; valid: bool ``(B,)``. Outputs are matched to heads by :func:`head_outputs`.
     """
-    if not isinstance(out, dict):
-        if len(targets) != 1:
-            raise ValueError(f"the model gives one output but the data has heads {sorted(targets)}")
-        out = {next(iter(targets)): out}
+    out = head_outputs(out, targets)
     weights = valid.float() / valid.float().sum().clamp(min=1.0)  # (B,)
     total = 0.0
     for head, logits in out.items():

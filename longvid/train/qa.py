@@ -29,19 +29,24 @@ from longvid.train.distributed import DistInfo
 @dataclass
 class QAExample:
     """One video with its question: ``frames`` ``(T, ...)`` (e.g. encoder tokens ``(T, N, C)``;
-    every example of a run has the same shape), the prompt and the answer text."""
+    every example of a run has the same shape), or a function that loads them (e.g. from a
+    feature cache, so a run holds only its batch), the prompt and the answer text."""
 
-    frames: torch.Tensor
+    frames: torch.Tensor | Callable[[], torch.Tensor]
     prompt: str
     answer: str
+
+    def frame_tensor(self) -> torch.Tensor:
+        return self.frames() if callable(self.frames) else self.frames
 
 
 def stack_examples(examples: Sequence[QAExample]) -> tuple[torch.Tensor, list[str], list[str]]:
     """Examples -> frames ``(B, T, ...)``, prompts and answers."""
-    shapes = {tuple(e.frames.shape) for e in examples}
+    frames = [e.frame_tensor() for e in examples]
+    shapes = {tuple(f.shape) for f in frames}
     if len(shapes) != 1:
         raise LongvidError(f"all examples of a batch need the same frame shape, got {sorted(shapes)}")
-    return torch.stack([e.frames for e in examples]), [e.prompt for e in examples], [e.answer for e in examples]
+    return torch.stack(frames), [e.prompt for e in examples], [e.answer for e in examples]
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:

@@ -8,9 +8,9 @@ across ranks and can save and restore its position exactly.
 
 from __future__ import annotations
 
-import math
+import heapq
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -29,6 +29,8 @@ class StreamBatch:
     targets:  head -> ``(B,)`` long or ``(B, K)`` float.
     video:    long ``(B,)`` source video index (-1 when not valid).
     clip:     long ``(B,)`` clip index in that video.
+    extras:   per slot, what a source with ``clip_extras(video, clip)`` gives for that clip
+              (AVA: its boxes and labels; None where not valid); empty for other sources.
     """
 
     clips: torch.Tensor
@@ -37,6 +39,7 @@ class StreamBatch:
     targets: dict[str, torch.Tensor]
     video: torch.Tensor
     clip: torch.Tensor
+    extras: list = field(default_factory=list)
 
 
 def segments(source: ClipSource, clips_per_video: int | None) -> list[tuple[int, int, int]]:
@@ -99,8 +102,13 @@ class StreamSampler:
         return all_segments[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        """Upper bound on this epoch's steps when every slot is busy: ceil(clips / B)."""
-        return math.ceil(sum(n for _, _, n in self.queue) / self.batch_size)
+        """This epoch's steps: each segment goes to the slot that frees first (lowest slot on
+        a tie), as :meth:`next_batch` deals them; exact when ``num_clips`` is."""
+        loads = [(0, slot) for slot in range(self.batch_size)]  # (steps taken, slot)
+        for _, _, length in self.queue:
+            steps, slot = heapq.heappop(loads)
+            heapq.heappush(loads, (steps + length, slot))
+        return max(steps for steps, _ in loads)
 
     def __iter__(self) -> Iterator[StreamBatch]:
         while True:
@@ -126,6 +134,8 @@ class StreamSampler:
             clip.append(index)
             is_first.append(first)
             valid.append(ok)
+        extras_of = getattr(self.source, "clip_extras", None)
+        extras = [extras_of(v, c) if ok else None for v, c, ok in zip(video, clip, valid)] if extras_of else []
         return StreamBatch(
             clips=torch.stack(clips),  # (B, C, T, H, W)
             is_first=torch.tensor(is_first),
@@ -133,6 +143,7 @@ class StreamSampler:
             targets={head: torch.stack(values) for head, values in targets.items()},
             video=torch.tensor(video),
             clip=torch.tensor(clip),
+            extras=extras,
         )
 
     def _next_clip(self, slot: int):

@@ -506,22 +506,25 @@ class FileVideos:
     Single-label heads give long class indices; with ``multilabel`` (e.g. LVU
     genre), targets are multi-hot vectors of ``num_classes[head]``.
     ``reader_options`` go to ClipReader (clip_frames, stride, fps, short_side, crop...).
+    ``augment`` (:class:`longvid.train.augment.ClipAugment`): one random scale, crop and
+    flip per ``clips()`` call (one stream segment), else the reader's center crop.
     """
 
-    def __init__(self, samples: Sequence[Sample], multilabel: dict[str, int] | None = None, **reader_options):
+    def __init__(self, samples: Sequence[Sample], multilabel: dict[str, int] | None = None, augment=None, **reader_options):
         self.samples = list(samples)
         self.multilabel = multilabel or {}
         self.reader_options = reader_options
+        self.augment = augment
         self._num_clips: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _reader(self, video: int):
+    def _reader(self, video: int, options: dict | None = None):
         from longvid.video.reader import ClipReader
 
         sample = self.samples[video]
-        return ClipReader(sample.video, start=sample.start or 0.0, end=sample.end, **self.reader_options)
+        return ClipReader(sample.video, start=sample.start or 0.0, end=sample.end, **(options or self.reader_options))
 
     def num_clips(self, video: int) -> int:
         """Clips of the sample's time range, from the container header (may over-estimate)."""
@@ -535,9 +538,13 @@ class FileVideos:
         return self._num_clips[video]
 
     def clips(self, video: int, first: int = 0) -> Iterator[torch.Tensor]:
-        for clip in self._reader(video):
+        options, view = None, None
+        if self.augment is not None:
+            view = self.augment.draw()
+            options = self.augment.reader_options(self.reader_options, view)
+        for clip in self._reader(video, options):
             if clip.index >= first:
-                yield clip.frames
+                yield clip.frames if view is None else self.augment.apply(clip.frames, view)
 
     def targets(self, video: int) -> dict[str, torch.Tensor]:
         out = {}

@@ -17,11 +17,13 @@ TINY = "tiny"  # an encoder / LLM / tokenizer built in memory from the config
 
 @dataclass(frozen=True)
 class SparseMemoryConfig:
-    """Native sparse attention over the query memory (blocks are runs of memory slots)."""
+    """Native sparse attention over the memory banks (blocks are runs of memory slots)."""
 
     block_slots: int = 2  # memory slots per block (compression and selection unit)
     top_blocks: int = 2  # blocks each query position selects
     window_slots: int = 2  # newest memory slots in the sliding-window branch
+    query: bool = True  # the query-memory self-attention is sparse
+    visual: bool = True  # the cross-attention to the visual memory is sparse
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class QFormerConfig:
     memory_bank_length: int = 0  # L; 0: no memory, every frame on its own
     visual_memory: bool = True
     query_memory: bool = True
-    sparse: SparseMemoryConfig | None = None  # native sparse attention over the query memory
+    sparse: SparseMemoryConfig | None = None  # native sparse attention over the memory banks
 
     @property
     def uses_memory(self) -> bool:
@@ -58,6 +60,7 @@ class MALMMConfig:
     max_num_frames: int = 120  # rows of image_pe; later frames reuse the last row
     num_frames: int = 20  # T frames sampled per video (offline protocol)
     max_txt_len: int = 128  # Q-Former instruction tokens (truncated from the left)
+    vision_layer_norm_eps: float = 1e-5  # ln_vision's eps (LAVIS: 1e-5; transformers' InstructBLIP: its vision config's)
     num_beams: int = 5
     max_new_tokens: int = 10
     min_new_tokens: int = 1
@@ -79,14 +82,19 @@ _TINY = MALMMConfig(
 
 PRESETS: dict[str, MALMMConfig] = {
     # paper / released settings (EVA ViT-g 1408-wide tokens, BERT-base Q-Former, Vicuna-7B)
+    "malmm": MALMMConfig(),  # the released model's defaults (= malmm_qa); start it from InstructBLIP with pretrained=
     "malmm_qa": MALMMConfig(),
     "malmm_cls": MALMMConfig(qformer=QFormerConfig(memory_bank_length=20), num_frames=100, max_txt_len=30, max_new_tokens=20, length_penalty=1.0),
     "malmm_caption": MALMMConfig(qformer=QFormerConfig(memory_bank_length=40), num_frames=80, max_new_tokens=50, length_penalty=1.0),
+    "malmm_nsa": MALMMConfig(
+        qformer=QFormerConfig(memory_bank_length=20, sparse=SparseMemoryConfig(block_slots=4, top_blocks=2, window_slots=4)),
+        num_frames=100, max_txt_len=30, max_new_tokens=20, length_penalty=1.0,
+    ),  # the MA-LMM study's native-sparse-attention Q-Former on the LVU setting
     "instructblip_qa": MALMMConfig(qformer=QFormerConfig(memory_bank_length=0)),
     # tiny self-contained models (random CLIP encoder, LLaMA LLM and word tokenizer built in memory)
     "malmm_tiny": _TINY,
     "malmm_tiny_nsa": replace(
-        _TINY, qformer=replace(_TINY_QFORMER, memory_bank_length=8, sparse=SparseMemoryConfig(block_slots=2, top_blocks=2, window_slots=2))
+        _TINY, qformer=replace(_TINY_QFORMER, memory_bank_length=8, sparse=SparseMemoryConfig(block_slots=2, top_blocks=1, window_slots=2))
     ),
     "instructblip_tiny": replace(_TINY, qformer=replace(_TINY_QFORMER, memory_bank_length=0)),
 }
@@ -113,7 +121,7 @@ def describe(name: str) -> str:
     c = PRESETS[name]
     q = c.qformer
     kind = "MA-LMM" if q.uses_memory else "InstructBLIP (no memory)"
-    memory = f"memory bank L={q.memory_bank_length}{', sparse query memory' if q.sparse else ''}, " if q.uses_memory else ""
-    parts = "tiny random encoder and LLM built in memory" if c.encoder == TINY else "encoder and LLM attached by path or hub id"
+    memory = f"memory bank L={q.memory_bank_length}{', native sparse attention over the memory' if q.sparse else ''}, " if q.uses_memory else ""
+    parts = "tiny random encoder and LLM built in memory" if c.encoder == TINY else "encoder and LLM by path or hub id, or all from InstructBLIP (pretrained=)"
     return (f"{kind}: Q-Former {q.num_layers}x{q.hidden_size}, {q.num_query_tokens} queries, {memory}"
             f"{q.encoder_width}-wide frames -> {c.llm_hidden}-wide LLM; {parts}")

@@ -186,7 +186,7 @@ class MALMM(nn.Module):
         super().__init__()
         self.config = config
         q = config.qformer
-        self.ln_vision = nn.LayerNorm(q.encoder_width, eps=1e-5)
+        self.ln_vision = nn.LayerNorm(q.encoder_width, eps=config.vision_layer_norm_eps)
         self.image_pe = nn.Embedding(config.max_num_frames, q.encoder_width)
         nn.init.zeros_(self.image_pe.weight)
         self.qformer = QFormer(q)
@@ -409,31 +409,68 @@ def load_malmm_weights(model: MALMM, path_or_state: str | os.PathLike | dict, st
 # -- building -------------------------------------------------------------------------------
 
 
-def build_model(name: str, encoder=None, llm=None, checkpoint: str | os.PathLike | None = None, seed: int = 0, device=None, **overrides) -> MALMM:
+def build_model(name: str, encoder=None, llm=None, checkpoint: str | os.PathLike | None = None, seed: int = 0, device=None,
+                pretrained: str | os.PathLike | None = None, dtype: torch.dtype | None = None, **overrides) -> MALMM:
     """Preset ``name`` (fields replaced by ``overrides``, see :func:`get_config`) with its frozen parts.
 
-    ``encoder`` / ``llm``: a path or hub id (replacing the preset's), or a ready
+    ``pretrained``: a ``transformers`` InstructBLIP checkpoint (folder or hub id) giving the
+    vision tower, Q-Former, query tokens, ``ln_vision``, ``llm_proj``, LLM, tokenizers and image
+    statistics (:mod:`longvid.models.malmm.instructblip`; ``dtype`` for its frozen parts); the
+    preset then sets only the memory, sampling and decoding. Otherwise ``encoder`` / ``llm``: a
+    path or hub id (replacing the preset's), or a ready
     :class:`~longvid.models.encoders.FrozenImageEncoder` / :class:`~longvid.models.llm.CausalLM`;
     by default the preset's (``"tiny"``: random tiny ones built in memory from ``seed``;
     None: none attached). The Q-Former's ``encoder_width`` and ``llm_hidden`` follow the
     attached parts. Trainable weights are drawn from ``seed`` without touching the global
-    RNG, then ``checkpoint`` (ours or a released ``.pth``) is loaded if given.
+    RNG, then ``checkpoint`` (ours, or a released MA-LMM / LAVIS ``.pth``) is loaded if given.
+    What each weights file gave is in ``model.weight_reports`` (missing / unexpected tensors).
     """
-    names = {k: v for k, v in (("encoder", encoder), ("llm", llm)) if isinstance(v, str)}
-    config = get_config(name, **names, **overrides)
-    vision = encoder if isinstance(encoder, nn.Module) else _load_encoder(config, seed, device)
-    language = llm if isinstance(llm, nn.Module) else _load_llm(config, seed, device)
-    if vision is not None:
-        config = replace(config, qformer=replace(config.qformer, encoder_width=vision.width))
-    if language is not None:
-        config = replace(config, llm_hidden=language.hidden_size)
-    tokenizer = _load_qformer_tokenizer(config)
+    from longvid.models.malmm.instructblip import read_instructblip
+
+    parts = read_instructblip(pretrained, dtype=dtype, device=device) if pretrained is not None else None
+    if parts is not None:
+        config = get_config(name, **{**parts.config_fields, "encoder": os.fspath(pretrained), "llm": os.fspath(pretrained),
+                                     "qformer_tokenizer": os.fspath(pretrained), **overrides})
+        vision, language, tokenizer = parts.encoder, parts.llm, parts.qformer_tokenizer
+    else:
+        names = {k: v for k, v in (("encoder", encoder), ("llm", llm)) if isinstance(v, str)}
+        config = get_config(name, **names, **overrides)
+        vision = encoder if isinstance(encoder, nn.Module) else _load_encoder(config, seed, device)
+        language = llm if isinstance(llm, nn.Module) else _load_llm(config, seed, device)
+        if vision is not None:
+            config = replace(config, qformer=replace(config.qformer, encoder_width=vision.width))
+        if language is not None:
+            config = replace(config, llm_hidden=language.hidden_size)
+        tokenizer = _load_qformer_tokenizer(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MALMM(config, vision, language, tokenizer)
+    model.weight_reports = []
+    if parts is not None:
+        model.weight_reports.append(_load_lavis(model, parts.weights).line(os.fspath(pretrained)))
     if checkpoint:
-        load_malmm_weights(model, checkpoint)
+        model.weight_reports.append(load_checkpoint(model, checkpoint))
     return model.to(device) if device else model
+
+
+def _load_lavis(model: MALMM, state: dict[str, torch.Tensor]):
+    from longvid.models.malmm.instructblip import load_lavis_weights
+
+    return load_lavis_weights(model, state)
+
+
+def load_checkpoint(model: MALMM, path: str | os.PathLike) -> str:
+    """Load weights file ``path`` into ``model``: a released MA-LMM / LAVIS ``.pth`` (names
+    ``Qformer.bert.*`` ...: loaded where they fit, see
+    :func:`~longvid.models.malmm.instructblip.load_lavis_weights`) or longvid's own (all
+    trainable tensors required). Returns a one-line report of loaded / missing / unexpected tensors."""
+    from longvid.checkpoints import read_state_dict
+
+    state = read_state_dict(path)
+    if any(k.startswith("Qformer.") for k in state):
+        return _load_lavis(model, state).line(os.fspath(path))
+    load_malmm_weights(model, state)
+    return f"{os.fspath(path)}: loaded {len(state)} tensors; missing 0; unexpected 0"
 
 
 def _load_encoder(config: MALMMConfig, seed: int, device):

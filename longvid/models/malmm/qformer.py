@@ -21,9 +21,11 @@ MA-LMM memory (``memory_bank_length`` L > 0) is explicit per-stream state
 Both are stored detached and compressed to L slots with
 :func:`longvid.models.malmm.bank.compress_memory_bank` after each frame.
 
-With ``sparse`` set, the query-memory self-attention becomes native sparse attention:
-three gated branches over the memory (compressed block summaries, top-k selected
-blocks, a sliding window of the newest slots), each also seeing the current frame.
+With ``sparse`` set, the attention over each memory bank becomes native sparse attention
+(:class:`SparseMemoryAttention`): the query-memory self-attention and the cross-attention
+to the visual memory (``SparseMemoryConfig.query`` / ``.visual``) each get three gated
+branches over their bank (compressed block summaries, top-k selected blocks, a sliding
+window of the newest slots), each also seeing the current frame.
 """
 
 from __future__ import annotations
@@ -133,71 +135,81 @@ class Attention(nn.Module):
 
 
 class SparseMemoryAttention(Attention):
-    """Self-attention over ``[query memory ; current]`` as gated native sparse attention.
+    """Attention over ``[memory bank ; current]`` as gated native sparse attention (NSA).
 
-    Branches (each attends to its memory keys plus the current frame's keys):
-    compressed (one learned weighted pooling of each block of ``block_slots`` memory slots,
-    per token position; blocks are counted back from the newest slot and empty slots pool
-    as zeros, so a stream's blocks are the same alone or behind a batch's empty slots), selected (the full-resolution slots of the ``top_blocks`` blocks
-    with the highest compressed-attention mass, chosen per query position and shared by
-    all heads), and window (the ``window_slots`` newest slots). Outputs are mixed by
-    per-head sigmoid gates computed from the query position's hidden state.
+    Used for the query-memory self-attention (keys from the layer's own hidden states, the
+    bank holds past layer inputs) and for the cross-attention to the visual memory (keys
+    from frame tokens, the bank holds past frames' tokens). Branches, each attending to its
+    memory keys plus the current keys:
+
+    - compressed: one learned weighted pooling of each block of ``block_slots`` memory slots,
+      per token position (blocks are counted back from the newest slot and empty slots pool
+      as zeros, so a stream's blocks are the same alone or behind a batch's empty slots);
+    - selected: the full-resolution slots of the ``top_blocks`` blocks with the highest
+      compressed-attention mass, chosen per query position and shared by all heads;
+    - window: the ``window_slots`` newest slots.
+
+    Outputs are mixed by per-head sigmoid gates computed from the query position's hidden
+    state; the gates start at 1/3 each, so with nothing dropped (blocks of one slot, every
+    block selected, a window over the whole bank) the layer starts as dense memory attention.
     """
 
-    def __init__(self, config: QFormerConfig, sparse: SparseMemoryConfig):
-        super().__init__(config, config.hidden_size)
+    def __init__(self, config: QFormerConfig, sparse: SparseMemoryConfig, kv_width: int):
+        super().__init__(config, kv_width)
         self.sparse = sparse
         self.block_pool = nn.Parameter(torch.full((2, sparse.block_slots), 1.0 / sparse.block_slots))  # key, value weights
         self.gate = nn.Linear(config.hidden_size, 3 * config.num_heads)
         nn.init.zeros_(self.gate.weight)
-        nn.init.zeros_(self.gate.bias)
+        nn.init.constant_(self.gate.bias, -math.log(2.0))  # sigmoid = 1/3: the branches start as an average
 
-    def forward_with_memory(self, hidden: torch.Tensor, token_mask: torch.Tensor, bank: MemoryBank) -> torch.Tensor:
-        """hidden ``(B, N, H)``, token_mask ``(B, N)``, bank slots ``(B, S, N, H)`` -> ``(B, N, H)``."""
+    def forward_with_memory(self, hidden: torch.Tensor, now: torch.Tensor, now_mask: torch.Tensor | None,
+                            bank: MemoryBank) -> torch.Tensor:
+        """hidden ``(B, N, H)`` (query positions) attends to the current keys ``now`` ``(B, M, W)``
+        (``now_mask`` ``(B, M)`` bool, None: all valid) and to ``bank`` slots ``(B, S, M, W)``
+        -> ``(B, N, H)``."""
         heads, sp = self.self.num_heads, self.sparse
         B, N, H = hidden.shape
-        S = bank.num_slots
+        S, M, d = bank.num_slots, now.shape[1], H // heads
+        now_mask = torch.ones(B, M, dtype=torch.bool, device=hidden.device) if now_mask is None else now_mask
         q = _split_heads(self.self.query(hidden), heads)  # (B, h, N, d)
-        k_now = _split_heads(self.self.key(hidden), heads)  # (B, h, N, d)
-        v_now = _split_heads(self.self.value(hidden), heads)
-        k_mem = self.self.key(bank.slots).view(B, S, N, heads, H // heads).permute(0, 3, 1, 2, 4)  # (B, h, S, N, d)
-        v_mem = self.self.value(bank.slots).view(B, S, N, heads, H // heads).permute(0, 3, 1, 2, 4)
-        mem_valid = bank.slot_mask[:, :, None] & token_mask[:, None, :]  # (B, S, N)
-        now_mask = token_mask[:, None, None, :]  # (B, 1, 1, N)
+        k_now = _split_heads(self.self.key(now), heads)  # (B, h, M, d)
+        v_now = _split_heads(self.self.value(now), heads)
+        k_mem = self.self.key(bank.slots).view(B, S, M, heads, d).permute(0, 3, 1, 2, 4)  # (B, h, S, M, d)
+        v_mem = self.self.value(bank.slots).view(B, S, M, heads, d).permute(0, 3, 1, 2, 4)
+        mem_valid = bank.slot_mask[:, :, None] & now_mask[:, None, :]  # (B, S, M)
+        now_keys = now_mask[:, None, None, :]  # (B, 1, 1, M)
         dropout = self.attention_dropout if self.training else 0.0
 
-        # compressed branch: blocks of slots pooled per token position. Blocks are counted from
-        # the newest slot back and empty slots pool as zeros, so a stream's blocks do not depend
-        # on how many empty slots its batch puts in front of its memory.
+        # compressed branch: blocks of slots pooled per token position
         pad = (-S) % sp.block_slots
         num_blocks = (S + pad) // sp.block_slots
         empty = ~bank.slot_mask[:, None, :, None, None]  # (B, 1, S, 1, 1)
-        def pool(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:  # (B, h, S, N, d) -> (B, h, nb, N, d)
-            x = F.pad(x.masked_fill(empty, 0), (0, 0, 0, 0, pad, 0)).view(B, heads, num_blocks, sp.block_slots, N, H // heads)
+        def pool(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:  # (B, h, S, M, d) -> (B, h, nb, M, d)
+            x = F.pad(x.masked_fill(empty, 0), (0, 0, 0, 0, pad, 0)).view(B, heads, num_blocks, sp.block_slots, M, d)
             return torch.einsum("bhjsnd,s->bhjnd", x, weights)
         k_cmp, v_cmp = pool(k_mem, self.block_pool[0]), pool(v_mem, self.block_pool[1])
-        block_valid = F.pad(mem_valid, (0, 0, pad, 0)).view(B, num_blocks, sp.block_slots, N).any(2)  # (B, nb, N)
-        cmp_mask = torch.cat([block_valid.flatten(1)[:, None, None, :].expand(B, 1, 1, -1), now_mask], -1)
-        k_all = torch.cat([k_cmp.flatten(2, 3), k_now], 2)  # (B, h, nb*N + N, d)
+        block_valid = F.pad(mem_valid, (0, 0, pad, 0)).view(B, num_blocks, sp.block_slots, M).any(2)  # (B, nb, M)
+        cmp_mask = torch.cat([block_valid.flatten(1)[:, None, None, :], now_keys], -1)  # (B, 1, 1, nb*M + M)
+        k_all = torch.cat([k_cmp.flatten(2, 3), k_now], 2)  # (B, h, nb*M + M, d)
         v_all = torch.cat([v_cmp.flatten(2, 3), v_now], 2)
-        scores = (q @ k_all.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, h, N, nb*N + N)
+        scores = (q @ k_all.transpose(-1, -2)) / math.sqrt(d)  # (B, h, N, nb*M + M)
         probs = scores.masked_fill(~cmp_mask, float("-inf")).softmax(-1)
         out_cmp = F.dropout(probs, dropout, self.training) @ v_all  # (B, h, N, d)
 
-        # selected branch: top-k blocks by compressed attention mass (summed over heads and positions)
-        block_score = probs[..., : num_blocks * N].reshape(B, heads, N, num_blocks, N).sum((1, 4))  # (B, N, nb)
+        # selected branch: top-k blocks by compressed attention mass (summed over heads and tokens)
+        block_score = probs[..., : num_blocks * M].reshape(B, heads, N, num_blocks, M).sum((1, 4))  # (B, N, nb)
         top = block_score.topk(min(sp.top_blocks, num_blocks), dim=-1).indices if num_blocks else block_score.long()
         chosen = torch.zeros(B, N, num_blocks, dtype=torch.bool, device=hidden.device).scatter_(-1, top, True)
         slot_chosen = chosen.repeat_interleave(sp.block_slots, -1)[..., pad:]  # (B, N, S)
-        sel_mask = slot_chosen[:, :, :, None] & mem_valid[:, None]  # (B, N, S, N)
-        sel_mask = torch.cat([sel_mask.flatten(2)[:, None], now_mask.expand(B, 1, N, N)], -1)  # (B, 1, N, S*N + N)
-        k_full = torch.cat([k_mem.flatten(2, 3), k_now], 2)  # (B, h, S*N + N, d)
+        sel_mask = slot_chosen[:, :, :, None] & mem_valid[:, None]  # (B, N, S, M)
+        sel_mask = torch.cat([sel_mask.flatten(2)[:, None], now_keys.expand(B, 1, N, M)], -1)  # (B, 1, N, S*M + M)
+        k_full = torch.cat([k_mem.flatten(2, 3), k_now], 2)  # (B, h, S*M + M, d)
         v_full = torch.cat([v_mem.flatten(2, 3), v_now], 2)
         out_sel = _attend(q, k_full, v_full, sel_mask, dropout)
 
         # window branch: the newest slots
         in_window = torch.arange(S, device=hidden.device) >= S - sp.window_slots  # (S,)
-        win_mask = torch.cat([(mem_valid & in_window[None, :, None]).flatten(1)[:, None, None, :], now_mask], -1)
+        win_mask = torch.cat([(mem_valid & in_window[None, :, None]).flatten(1)[:, None, None, :], now_keys], -1)
         out_win = _attend(q, k_full, v_full, win_mask, dropout)
 
         gates = torch.sigmoid(self.gate(hidden)).view(B, N, 3, heads).permute(2, 0, 3, 1)[..., None]  # (3, B, h, N, 1)
@@ -231,11 +243,17 @@ class QFormerLayer(nn.Module):
     def __init__(self, config: QFormerConfig, has_cross_attention: bool):
         super().__init__()
         self.num_queries = config.num_query_tokens
-        if config.sparse is not None and config.query_memory and config.memory_bank_length > 0:
-            self.attention = SparseMemoryAttention(config, config.sparse)
+        sparse, memory = config.sparse, config.memory_bank_length > 0
+        if sparse is not None and sparse.query and config.query_memory and memory:
+            self.attention = SparseMemoryAttention(config, sparse, config.hidden_size)
         else:
             self.attention = Attention(config, config.hidden_size)
-        self.crossattention = Attention(config, config.encoder_width) if has_cross_attention else None
+        if not has_cross_attention:
+            self.crossattention = None
+        elif sparse is not None and sparse.visual and config.visual_memory and memory:
+            self.crossattention = SparseMemoryAttention(config, sparse, config.encoder_width)
+        else:
+            self.crossattention = Attention(config, config.encoder_width)
         self.intermediate = Intermediate(config)
         self.output = Output(config)
         self.intermediate_query = Intermediate(config)
@@ -248,20 +266,25 @@ class QFormerLayer(nn.Module):
         visual: torch.Tensor,
         visual_mask: torch.Tensor | None,
         bank: MemoryBank | None,
+        visual_memory: tuple[MemoryBank, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """hidden ``(B, Q + Lt, H)``, token_mask ``(B, Q + Lt)`` bool, visual ``(B, M, Cv)``,
-        bank slots ``(B, S, Q + Lt, H)`` or None -> ``(B, Q + Lt, H)``."""
+        """hidden ``(B, Q + Lt, H)``, token_mask ``(B, Q + Lt)`` bool, visual ``(B, M, Cv)`` (bank slots
+        and the current frame, flattened), bank slots ``(B, S, Q + Lt, H)`` or None; visual_memory:
+        the visual bank and the current frame ``(B, Nv, Cv)`` apart (for the sparse cross-attention)
+        -> ``(B, Q + Lt, H)``."""
         if bank is None:
             attended = self.attention(hidden, hidden, token_mask)
         elif isinstance(self.attention, SparseMemoryAttention):
-            attended = self.attention.forward_with_memory(hidden, token_mask, bank)
+            attended = self.attention.forward_with_memory(hidden, hidden, token_mask, bank)
         else:
             memory_mask = bank.slot_mask[:, :, None] & token_mask[:, None, :]  # (B, S, Q + Lt)
             kv_input = torch.cat([bank.slots.flatten(1, 2), hidden], 1)  # (B, (S + 1) * (Q + Lt), H)
             attended = self.attention(hidden, kv_input, torch.cat([memory_mask.flatten(1), token_mask], 1))
         Q = self.num_queries
         queries = attended[:, :Q]
-        if self.crossattention is not None:
+        if isinstance(self.crossattention, SparseMemoryAttention) and visual_memory is not None:
+            queries = self.crossattention.forward_with_memory(queries, visual_memory[1], None, visual_memory[0])
+        elif self.crossattention is not None:
             queries = self.crossattention(queries, visual, visual_mask)
         out = self.output_query(self.intermediate_query(queries), queries)
         if attended.shape[1] > Q:
@@ -347,20 +370,21 @@ class QFormer(nn.Module):
         if memory is None:
             memory = self.init_memory(B, N, frame_tokens.shape[1], frame_tokens.device, frame_tokens.dtype)
         self._check_memory(memory, B, N)
-        visual, visual_mask = frame_tokens, None
+        visual, visual_mask, visual_memory = frame_tokens, None, None
         if memory.visual is not None:
             Nv = frame_tokens.shape[1]
             bank = memory.visual.with_tokens(Nv)  # a fresh stream's bank learns Nv from its first frame
             memory = QFormerMemory(bank, memory.query)
             visual = torch.cat([bank.slots.flatten(1, 2), frame_tokens], 1)  # (B, (S + 1) * Nv, Cv)
             visual_mask = torch.cat([bank.slot_mask.repeat_interleave(Nv, 1), token_mask.new_ones(B, Nv)], 1)
+            visual_memory = (bank, frame_tokens)
         L = cfg.memory_bank_length
         query_banks = []
         for i, layer in enumerate(self.layers):
             bank = memory.query[i] if memory.query else None
             if bank is not None:
                 query_banks.append(bank.append(hidden.detach()).compress_to(L))
-            hidden = layer(hidden, token_mask, visual, visual_mask, bank)
+            hidden = layer(hidden, token_mask, visual, visual_mask, bank, visual_memory)
         new_visual = None if memory.visual is None else memory.visual.append(frame_tokens.detach()).compress_to(L)
         return hidden, QFormerMemory(new_visual, tuple(query_banks))
 

@@ -154,7 +154,7 @@ PRESETS: dict[str, MeMViTConfig] = {
         sampler="consecutive", memory_blocks=(3,), compress_stride=(2, 1, 1),
     ),
     "memvit_tiny_causal": dataclasses.replace(_MEMVIT_TINY, head="anticipation", causal=True),
-    "memvit_tiny_ava": dataclasses.replace(_MEMVIT_TINY, head="ava", num_classes=10, max_boxes=8, spatial_scale=1 / 32),
+    "memvit_tiny_ava": dataclasses.replace(_MEMVIT_TINY, head="ava", num_classes=10, max_boxes=8, spatial_scale=1 / 16),  # features at 1/16 of the input
 }
 
 

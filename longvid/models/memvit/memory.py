@@ -2,21 +2,23 @@
 
 A MeMViT attention layer caches the pooled, *un-projected* keys and values of every clip
 (cls token included) and, at later clips, attends to ``[selected memory ; current]``.
-Only the previous clip's entry is kept uncompressed; at the next step it is compressed
-once by the layer's learnable pooling (fK / fV: depthwise Conv3d + LayerNorm, trained
-through that step, paper Algorithm 1) and older entries are the cached compressed form.
+Each entry is compressed once, by the layer's learnable pooling (fK / fV: depthwise
+Conv3d + LayerNorm, paper Algorithm 1), *at the step where it is first read*, with
+gradient into fK / fV through that step; older entries are the cached compressed form.
 Memory is stop-gradient.
 
 Samplers (which past clips a step reads, oldest first, as distances back from the
 current clip ``t``):
 
 - ``consecutive`` (the paper's; ``all`` is the released code's name for it): clips
-  ``t-M .. t-1``. The newest entry is compressed *this* step, so fK/fV get gradients.
+  ``t-M .. t-1``. The entry of ``t-1`` is compressed this step.
 - ``gapN`` (the released configs, e.g. ``gap2``): clips ``t-N*M, .., t-2N, t-N``. The
-  clip compressed at step ``t`` is first read at ``t+N-1``, so fK/fV get no gradient.
+  entry of ``t-N`` is compressed this step (the released code compresses every entry one
+  step after it is cached, ``N - 1`` steps before it is first read, so fK/fV never get a
+  gradient there; the values read are the same, the step where fK/fV run differs).
 
-Every layer holds ``cache_len = M * N`` past clips: the raw entry of ``t-1`` plus
-``cache_len - 1`` compressed ones. Streams that have seen fewer clips since their video
+Every layer holds ``cache_len = M * N`` past clips: the ``N`` newest raw (uncompressed,
+``t-N .. t-1``) plus ``cache_len - N`` compressed ones. Streams that have seen fewer clips since their video
 started read fewer: an entry at distance ``d`` is valid iff ``d <= num_seen``. Invalid
 entries stay in the tensors (fixed shapes, batchable) and are excluded from the softmax
 with ``-inf`` by the attention.
@@ -69,13 +71,23 @@ class KVMemorySpec:
         return self.memory_len * self.gap
 
     @property
+    def raw_len(self) -> int:
+        """Past clips a layer keeps uncompressed (``t-N .. t-1``): the sampler's gap N."""
+        return self.gap
+
+    @property
+    def compressed_len(self) -> int:
+        """Past clips a layer keeps compressed (``t-cache_len+1 .. t-N-1``)."""
+        return self.cache_len - self.gap
+
+    @property
     def read_distances(self) -> tuple[int, ...]:
         """Distances back from the current clip of the entries read, oldest first."""
         return tuple(self.gap * (self.memory_len - m) for m in range(self.memory_len))
 
     @property
     def read_slots(self) -> tuple[int, ...]:
-        """Indices of the read entries in ``cat([compressed cache, compressed t-1])``."""
+        """Indices of the read entries in ``cat([compressed cache, compressed t-N])``."""
         return tuple(self.cache_len - d for d in self.read_distances)
 
 
@@ -119,8 +131,9 @@ def compress_tokens(tokens: Tensor, thw: Sequence[int], conv: Callable[[Tensor],
 class LayerCache:
     """One attention layer's cached keys (or values) for B streams.
 
-    ``raw``: (B, N, C) the previous clip's pooled tokens, uncompressed.
-    ``compressed``: (B, cache_len - 1, Nc, C) older clips, compressed, oldest first.
+    ``raw``: (B, gap * N, C) the pooled tokens of the ``gap`` newest past clips
+        (``t-gap .. t-1``, N tokens each, oldest first), uncompressed.
+    ``compressed``: (B, cache_len - gap, Nc, C) older clips, compressed, oldest first.
     """
 
     raw: Tensor
@@ -130,22 +143,27 @@ class LayerCache:
 def memory_step(cache: LayerCache, current: Tensor, spec: KVMemorySpec, compress: Callable[[Tensor], Tensor]) -> tuple[Tensor, LayerCache]:
     """One step of pipelined compression for keys or values.
 
-    Compresses the raw entry of clip t-1 (with gradient into ``compress``), selects the
-    entries the sampler reads and rolls the cache forward with the current clip.
+    Compresses the raw entry of clip ``t - gap`` (the newest entry the sampler reads,
+    read for the first time now) with gradient into ``compress``, selects the entries the
+    sampler reads and rolls the cache forward with the current clip.
 
     Args:
         cache: the layer's cache before this clip.
         current: (B, N, C) this clip's pooled tokens (the attention's own keys/values).
         compress: maps (B, N, C) -> (B, Nc, C), e.g. ``compress_tokens`` bound to fK.
     Returns:
-        read: (B, M, Nc, C) entries to attend to, oldest first (the newest may carry
+        read: (B, M, Nc, C) entries to attend to, oldest first (the newest carries
             gradient into ``compress``; older ones are stored detached).
-        new cache: raw = ``current`` detached, compressed = entries t-cache_len+1 .. t-1, detached.
+        new cache: raw = clips t-gap+1 .. t (``current`` last), compressed = entries
+            t-cache_len+1 .. t-gap, all detached.
     """
-    newest = compress(cache.raw)  # (B, Nc, C), compressed clip t-1
-    entries = torch.cat([cache.compressed, newest[:, None]], dim=1)  # (B, cache_len, Nc, C)
+    b, n, c = current.shape
+    raw = cache.raw.view(b, spec.raw_len, n, c)  # (B, gap, N, C), clips t-gap .. t-1
+    newest = compress(raw[:, 0])  # (B, Nc, C), compressed clip t-gap
+    entries = torch.cat([cache.compressed, newest[:, None]], dim=1)  # (B, cache_len - gap + 1, Nc, C)
     read = entries[:, list(spec.read_slots)]  # (B, M, Nc, C)
-    new_cache = LayerCache(raw=current.detach(), compressed=entries[:, 1:].detach())
+    new_raw = torch.cat([raw[:, 1:], current[:, None]], dim=1).flatten(1, 2)  # (B, gap * N, C)
+    new_cache = LayerCache(raw=new_raw.detach(), compressed=entries[:, 1:].detach())
     return read, new_cache
 
 

@@ -138,16 +138,18 @@ class MeMViT(nn.Module):
     # -- memory state ----------------------------------------------------------------
 
     def memory_shapes(self, clip_size: tuple[int, int, int] | None = None) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-        """Per memory layer: ((N_raw, C), (N_compressed, C)) token counts for a clip size (T, H, W)."""
+        """Per memory layer: ((raw tokens, C), (N_compressed, C)) for a clip size (T, H, W); the raw
+        cache holds the sampler's ``gap`` newest clips side by side (``gap * N_raw`` tokens)."""
         layout = block_layout(self.config, clip_size) if clip_size else self.layout
+        raw_len = self.memory_spec.raw_len if self.memory_spec else 1
         shapes = []
         for i in self.reading_blocks:
             b = layout[i]
             compressed = self.blocks[i].attn.compressed_size(b.kv_size)
-            shapes.append(((self.n_cls + math.prod(b.kv_size), b.dim), (self.n_cls + math.prod(compressed), b.dim)))
+            shapes.append(((raw_len * (self.n_cls + math.prod(b.kv_size)), b.dim), (self.n_cls + math.prod(compressed), b.dim)))
         if self.config.head == "ava" and self.memory_spec is not None:
             dim = layout[-1].dim_out
-            shapes += [((self.config.max_boxes, dim), (self.config.max_boxes, dim))] * self.config.box_depth
+            shapes += [((raw_len * self.config.max_boxes, dim), (self.config.max_boxes, dim))] * self.config.box_depth
         return shapes
 
     def dummy_inputs(self, batch_size: int, seed: int = 0) -> Tensor:
@@ -168,7 +170,7 @@ class MeMViT(nn.Module):
         ref = next(self.parameters())
         device = ref.device if device is None else device
         dtype = ref.dtype if dtype is None else dtype
-        slots = self.memory_spec.cache_len - 1 if self.memory_spec else 0
+        slots = self.memory_spec.compressed_len if self.memory_spec else 0
 
         def caches() -> list[LayerCache]:
             return [

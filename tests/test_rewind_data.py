@@ -1,0 +1,112 @@
+"""ReWind's data sets read from their official layouts (entries written as the publishers ship them)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from longvid.train.rewind_data import load_json_lines, read_data
+from longvid.video.datasets import AnnotationError
+
+# charades_sta_train.txt as released (Gao et al., TALL): "<video> <start> <end>##<sentence>"
+CHARADES = "AO8RW 0.0 6.9##a person is putting a book on a shelf.\n3MSZA 24.3 30.4##person turn a light on.\n"
+
+# LocalizingMoments data/train_data.json (Hendricks et al.): 5-second segment indices per annotator
+DIDEMO = """[{"description": "the man in striped shirt looks away.", "reference_description": null,
+  "times": [[0, 0], [3, 3], [0, 0], [0, 1]], "video": "12090392@N02_13482799053_87ef417396.mov",
+  "annotation_id": 20931, "num_segments": 6, "dl_link": "https://www.flickr.com/video_download.gne?id=13482799053"},
+ {"description": "baby close-up", "reference_description": null, "times": [[1, 2], [1, 2], [1, 1], [2, 2]],
+  "video": "21574226@N00_2952305418_f51d7c8b2a.mov", "annotation_id": 30105, "num_segments": 6,
+  "dl_link": "https://www.flickr.com/video_download.gne?id=2952305418"}]
+"""
+
+# ActivityNet Captions train.json (Krishna et al.)
+ACTIVITYNET = """{"v_QOlSCBRmfWY": {"duration": 82.73,
+  "timestamps": [[0.83, 19.86], [17.37, 60.81], [56.26, 85.0]],
+  "sentences": ["A young woman is seen standing in a room and leads into her dancing.",
+                " The girl dances around the room while the camera captures her movements.",
+                " She continues dancing around the room and ends by laying on the floor."]}}
+"""
+
+# MovieChat-1K test annotation: one JSON per video; breakpoint "time" is a frame index at info.fps
+MOVIECHAT = {"info": {"video_path": "1.mp4", "url": "https://www.youtube.com/watch?v=abc", "class": "documentary",
+                      "num_frame": 9000, "fps": 30, "w": 1280, "h": 720},
+             "global": [{"question": "How many people appear in the video?", "answer": "Two."},
+                        {"question": "Is it day or night?", "answer": "Day."}],
+             "breakpoint": [{"time": 1500, "question": "What is the man holding?", "answer": "A cup."}],
+             "caption": "Two people talk at a table."}
+
+# Video-ChatGPT VideoInstruct_Dataset.json (ActivityNet videos)
+VIDEOCHATGPT = """[{"q": "What are the main activities that take place in the video?",
+  "a": "The main activities that take place in the video are the preparation of camera equipment by a man.",
+  "video_id": "v_k_ZXmr8pmrs"}]
+"""
+
+
+def write(path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_each_official_layout_reads_with_its_times_and_lines(tmp_path):
+    charades = read_data(write(tmp_path / "charades_sta_train.txt", CHARADES), "V")
+    assert charades.format == "charades_sta" and charades.kind == "grounding"
+    assert [(i.video, i.interval, i.text, i.where) for i in charades.items] == [
+        ("V/AO8RW.mp4", (0.0, 6.9), "a person is putting a book on a shelf.", f"{tmp_path}/charades_sta_train.txt:1"),
+        ("V/3MSZA.mp4", (24.3, 30.4), "person turn a light on.", f"{tmp_path}/charades_sta_train.txt:2")]
+
+    didemo = read_data(write(tmp_path / "train_data.json", DIDEMO), "V")
+    assert didemo.format == "didemo"
+    # the most common annotator pair, segments of 5 s: [0, 0] -> 0-5 s, [1, 2] -> 5-15 s
+    assert [(i.interval, i.where.rsplit(":", 1)[1]) for i in didemo.items] == [((0.0, 5.0), "1"), ((5.0, 15.0), "4")]
+    assert didemo.items[0].video == "V/12090392@N02_13482799053_87ef417396.mov"
+
+    anet = read_data(write(tmp_path / "train.json", ACTIVITYNET), "V")
+    assert anet.format == "activitynet" and len(anet.items) == 3
+    assert anet.items[2].interval == (56.26, 82.73)  # the end is cut to the duration
+    assert anet.items[1].text.startswith("The girl") and anet.items[0].video == "V/v_QOlSCBRmfWY.mp4"
+
+    folder = tmp_path / "moviechat"
+    folder.mkdir()
+    (folder / "1.json").write_text(json.dumps(MOVIECHAT, indent=1))
+    movie = read_data(str(folder), "V")
+    assert movie.format == "moviechat" and movie.kind == "qa"
+    assert [(i.group, i.until, i.answer) for i in movie.items] == [("global", None, "Two."), ("global", None, "Day."),
+                                                                   ("breakpoint", 50.0, "A cup.")]
+    assert read_data(str(folder / "1.json"), "V").items == movie.items  # one video's file alone too
+
+    chat = read_data(write(tmp_path / "VideoInstruct_Dataset.json", VIDEOCHATGPT), "V")
+    assert chat.format == "videochatgpt" and chat.items[0].video == "V/v_k_ZXmr8pmrs.mp4"
+    assert chat.items[0].answer.startswith("The main activities")
+
+    captions = read_data(write(tmp_path / "captions.json", '[{"video": "a.mp4", "caption": "a dog", "start": 1, "end": 4}]'))
+    assert captions.format == "captions" and captions.items[0].interval == (1.0, 4.0)
+    assert captions.items[0].video == str(tmp_path / "a.mp4")  # videos default to the annotation's folder
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("charades_sta_train.txt", "AO8RW 0.0 6.9##ok\nAO8RW 1.0 a##bad\n", "charades_sta_train.txt:2: start and end must be seconds"),
+    ("charades_sta_train.txt", "AO8RW 0.0 6.9 no separator\n", "charades_sta_train.txt:1: expected '<video> <start> <end>##<sentence>'"),
+    ("charades_sta_train.txt", "\nAO8RW 5.0 2.0##backwards\n", "charades_sta_train.txt:2: the interval must have 0 <= start < end"),
+    ("train_data.json", '[{"video": "a.mov", "description": "x", "times": [[0, 0]]},\n {"video": "b.mov", "times": [[1, 1]]}]',
+     "train_data.json:2: missing field 'description'"),
+    ("train_data.json", '[{"video": "a.mov",\n "description": "x",\n "times": [[0, 0]],}]', "train_data.json:3: invalid JSON"),
+    ("VideoInstruct_Dataset.json", '[{"q": "a?", "a": "b"}]', "cannot tell its format"),
+])
+def test_bad_rows_are_named_by_file_and_line(tmp_path, name, text, message):
+    with pytest.raises(AnnotationError, match=message.replace("?", r"\?").replace("(", r"\(").replace("[", r"\[")):
+        read_data(write(tmp_path / name, text))
+
+
+def test_moviechat_without_fps_is_named(tmp_path):
+    bad = {**MOVIECHAT, "info": {"video_path": "1.mp4", "fps": 0}}
+    with pytest.raises(AnnotationError, match=r"1.json:2: info.fps must be > 0"):
+        read_data(write(tmp_path / "1.json", json.dumps(bad, indent=1)))
+
+
+def test_json_lines_match_plain_json(tmp_path):
+    text = json.dumps([{"a": [1, 2.5, {"b": None}], "c": "x\ny"}, [], {}, True], indent=2)
+    parsed = load_json_lines(write(tmp_path / "f.json", text))
+    assert parsed == json.loads(text)
+    assert parsed.line == 1 and parsed[0].line == 2 and parsed[0]["a"][2].line == 6

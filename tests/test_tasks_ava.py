@@ -1,0 +1,177 @@
+"""AVA v2.2 from files in the published layouts (CSV, action-list pbtxt, excluded timestamps,
+person boxes) on a generated movie: boxes through the box head, frame-mAP@0.5 against a naive
+per-class AP loop, training and evaluation through the installed ``longvid`` script."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from longvid.data.ava import load_action_list, load_excluded, load_keyframes
+from longvid.errors import LongvidError
+from longvid.eval.metrics import Box
+from longvid.train.ava import AvaClips, ava_metrics
+from longvid.train.augment import View
+from longvid.video import write_video
+
+PBTXT = """item {
+  name: "bend/bow (at the waist)"
+  id: 1
+}
+item {
+  name: "crawl"
+  id: 3
+}
+item {
+  name: "stand"
+  id: 12
+}
+"""
+PBTXT_FULL = 'label {\n  name: "bend/bow (at the waist)"\n  label_id: 1\n  label_type: PERSON_MOVEMENT\n}\n'
+# video_id, middle_frame_timestamp, x1, y1, x2, y2, action_id, person_id
+TRAIN = """movieA0001,0902,0.100,0.200,0.500,0.900,12,0
+movieA0001,0902,0.100,0.200,0.500,0.900,1,0
+movieA0001,0902,0.550,0.100,0.950,0.950,3,1
+movieA0001,0903,0.120,0.200,0.520,0.900,12,0
+movieA0001,0904,0.140,0.200,0.540,0.900,12,0
+movieA0001,0904,0.140,0.200,0.540,0.900,80,0
+movieGone01,0902,0.1,0.1,0.2,0.2,12,0
+"""
+BOXES = """movieA0001,0902,0.101,0.199,0.500,0.900,,0.98
+movieA0001,0902,0.550,0.100,0.950,0.950,,0.91
+movieA0001,0902,0.000,0.000,0.100,0.100,,0.30
+movieA0001,0903,0.120,0.200,0.520,0.900,,0.95
+movieA0001,0904,0.140,0.200,0.540,0.900,,0.97
+"""
+
+
+@pytest.fixture(scope="module")
+def ava(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ava")
+    movies = root / "movies"
+    movies.mkdir()
+    write_video(str(movies / "movieA0001.mkv"), (np.full((24, 32, 3), (7 * i) % 250, np.uint8) for i in range(907)), fps=1, options={"g": "4"})
+    (root / "ava_train_v2.2.csv").write_text(TRAIN)
+    (root / "ava_val_v2.2.csv").write_text(TRAIN)
+    (root / "ava_action_list_v2.2_for_activitynet_2019.pbtxt").write_text(PBTXT)
+    (root / "ava_val_excluded_timestamps_v2.2.csv").write_text("movieA0001,0903\n")
+    (root / "ava_val_predicted_boxes.csv").write_text(BOXES)
+    return root
+
+
+def test_files_in_the_published_layouts(ava, tmp_path):
+    assert load_action_list(str(ava / "ava_action_list_v2.2_for_activitynet_2019.pbtxt")) == {1: "bend/bow (at the waist)", 3: "crawl", 12: "stand"}
+    (tmp_path / "full.pbtxt").write_text(PBTXT_FULL)
+    assert load_action_list(str(tmp_path / "full.pbtxt")) == {1: "bend/bow (at the waist)"}
+    assert load_excluded(str(ava / "ava_val_excluded_timestamps_v2.2.csv")) == {("movieA0001", 903)}
+    frames = load_keyframes(str(ava / "ava_train_v2.2.csv"), [1, 3, 12])
+    first = frames[0]
+    assert (first.video_id, first.timestamp, first.boxes.shape) == ("movieA0001", 902, (2, 4))
+    assert first.labels.tolist() == [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]  # one box, two actions merged
+    assert frames[2].actions == [[12, 80]] and frames[2].labels.tolist() == [[0.0, 0.0, 1.0]]  # 80: not evaluated
+    dets = load_keyframes(str(ava / "ava_val_predicted_boxes.csv"), [1, 3, 12], detections=True, threshold=0.8)
+    assert [d.boxes.shape[0] for d in dets] == [2, 1, 1]  # the 0.30 box is below the threshold
+    (tmp_path / "bad.csv").write_text("movieA0001,0902,0.5,0.2,0.1,0.9,12,0\n")
+    with pytest.raises(LongvidError, match=r"bad.csv:1: box .* is not normalized"):
+        load_keyframes(str(tmp_path / "bad.csv"), [12])
+
+
+def naive_frame_map(detections, truths, classes, excluded):
+    """Per class: detections by descending score, each matched to its best-IoU ground truth of
+    the same keyframe (a true positive at IoU >= 0.5 when that one is still free); VOC AP as the
+    area under the precision envelope; the mean over classes with ground truth."""
+
+    def iou(a, b):
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+        return w * h / union if union > 0 else 0.0
+
+    aps = {}
+    for c in classes:
+        gts = [t for t in truths if t.label == c and t.frame not in excluded]
+        if not gts:
+            continue
+        dets = sorted((d for d in detections if d.label == c and d.frame not in excluded), key=lambda d: -d.score)
+        used, tp = set(), []
+        for d in dets:
+            best, best_iou = None, -1.0
+            for j, g in enumerate(gts):
+                if g.frame == d.frame and iou(d.box, g.box) > best_iou:
+                    best, best_iou = j, iou(d.box, g.box)
+            hit = best is not None and best_iou >= 0.5 and best not in used
+            if hit:
+                used.add(best)
+            tp.append(hit)
+        precisions, recalls, hits = [], [], 0
+        for i, hit in enumerate(tp):
+            hits += hit
+            precisions.append(hits / (i + 1))
+            recalls.append(hits / len(gts))
+        ap, previous = 0.0, 0.0
+        for i in range(len(tp)):
+            if recalls[i] > previous:
+                ap += (recalls[i] - previous) * max(precisions[i:])
+                previous = recalls[i]
+        aps[c] = 100.0 * ap
+    return sum(aps.values()) / len(aps), aps
+
+
+def test_frame_map_equals_a_naive_per_class_loop():
+    frame = lambda t: ("m", t)  # noqa: E731
+    truths = [Box(frame(902), (0.1, 0.1, 0.5, 0.5), 1), Box(frame(902), (0.6, 0.6, 0.9, 0.9), 1),
+              Box(frame(903), (0.1, 0.1, 0.5, 0.5), 1), Box(frame(903), (0.1, 0.1, 0.5, 0.5), 3),
+              Box(frame(904), (0.2, 0.2, 0.4, 0.4), 3), Box(frame(905), (0.0, 0.0, 1.0, 1.0), 12)]  # fmt: skip
+    dets = [Box(frame(902), (0.1, 0.1, 0.5, 0.52), 1, 0.9), Box(frame(902), (0.1, 0.1, 0.5, 0.5), 1, 0.8),  # duplicate: FP
+            Box(frame(902), (0.6, 0.6, 0.9, 0.9), 1, 0.3), Box(frame(906), (0.1, 0.1, 0.5, 0.5), 1, 0.95),  # no GT frame: FP
+            Box(frame(903), (0.3, 0.3, 0.7, 0.7), 3, 0.7), Box(frame(904), (0.2, 0.2, 0.4, 0.4), 3, 0.6),
+            Box(frame(903), (0.1, 0.1, 0.5, 0.5), 1, 0.99)]  # fmt: skip
+    from longvid.eval.metrics import frame_map
+    from longvid.data.ava import Keyframe
+
+    for excluded in (set(), {frame(903)}):
+        expected, per_class = naive_frame_map(dets, truths, [1, 3, 12], excluded)
+        keep = lambda b: b.frame not in excluded  # noqa: E731
+        result = frame_map([d for d in dets if keep(d)], [t for t in truths if keep(t)], 0.5, [1, 3, 12])
+        assert result["mAP"] == pytest.approx(expected)
+        assert result["per_class"] == pytest.approx(per_class)
+    assert per_class[12] == 0.0 and 0 < expected < 100
+    # ava_metrics leaves the excluded keyframes out of both sides
+    truth_frames = [Keyframe("m", t.frame[1], torch.tensor([t.box]), actions=[[t.label]]) for t in truths]
+    path = "/tmp/longvid-test-excluded.csv"
+    with open(path, "w") as f:
+        f.write("m,903\n")
+    metrics = ava_metrics(dets, truth_frames, [1, 3, 12], path)
+    assert metrics["map"] == pytest.approx(expected) and metrics["ap/12"] == 0.0
+    os.remove(path)
+
+
+def test_boxes_follow_the_crop_and_the_flip(tmp_path):
+    path = str(tmp_path / "wide.mkv")
+    write_video(path, (np.zeros((24, 48, 3), np.uint8) for _ in range(4)), fps=4)
+    source = AvaClips([(path, [])], clip_frames=2, stride=1, size=16)
+    boxes = torch.tensor([[0.25, 0.5, 0.5, 1.0]])
+    # short side 24 -> 24x48, center 16 crop at top 4, left 16
+    expected = torch.tensor([[12 - 16, 12 - 4, 24 - 16, 24 - 4]]).float().clamp(0, 16)
+    assert torch.equal(source.box_pixels(boxes, 0), expected)
+    flipped = source.box_pixels(boxes, 0, View(24, 0.0, 0.0, True))  # crop at 0, 0, then mirrored
+    assert torch.equal(flipped, torch.tensor([[16 - 16, 12.0, 16 - 12, 16.0]]))  # x 12..24 clipped to 12..16, mirrored
+
+
+def test_train_and_eval_tiny_ava(ava, run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny model: threads only contend
+    files = [f"action_list={ava / 'ava_action_list_v2.2_for_activitynet_2019.pbtxt'}", f"video_root={ava / 'movies'}"]
+    out = tmp_path / "run"
+    code, text = run_cli("train", "memvit_tiny_ava", f"data={ava / 'ava_train_v2.2.csv'}", *files, "max_steps=2", f"out_dir={out}")
+    assert code == 0, text
+    assert "ava_train_v2.2.csv: 3 keyframes in 1 movies; 1 movies missing (skipped)" in text
+    code, text = run_cli("eval", "memvit_tiny_ava", f"val_data={ava / 'ava_val_v2.2.csv'}", *files, f"out_dir={out}",
+                         f"person_boxes={ava / 'ava_val_predicted_boxes.csv'}",
+                         f"excluded_timestamps={ava / 'ava_val_excluded_timestamps_v2.2.csv'}", "--predictions", tmp_path / "dets.csv")  # fmt: skip
+    assert code == 0, text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"map", "ap/1", "ap/3", "ap/12"} and 0 <= metrics["map"] <= 100
+    rows = (tmp_path / "dets.csv").read_text().splitlines()
+    assert len(rows) == 4 * 3 and rows[0].startswith("movieA0001,0902,0.101,0.199,0.500,0.900,1,")  # 4 boxes x 3 classes

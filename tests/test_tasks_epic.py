@@ -1,0 +1,171 @@
+"""EPIC-KITCHENS-100 from the official files (rows copied unchanged from the published CSVs)
+on generated videos in the download layout: reading, windows, training and evaluation
+through the installed ``longvid`` script, metrics and the challenge JSON."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from longvid.cli import main
+from longvid.data.epic import find_video, load_epic_actions, load_video_info
+from longvid.errors import LongvidError
+from longvid.train import load_config
+from longvid.train.tasks import anticipation_metrics, marginals
+from longvid.train.windows import Window, WindowClips, anticipation_window, classification_window
+from longvid.video import write_video
+
+FORMATS = "/work/shared/reference/formats"
+SAMPLE = os.path.join(FORMATS, "EPIC_100_validation.sample.csv")
+FPS = 15
+
+
+def _frames(count, seed=0):
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        yield np.full((24, 32, 3), (8 + 3 * i) % 250, np.uint8) + rng.integers(0, 4, (24, 32, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def epic_root(tmp_path_factory):
+    """``EPIC-KITCHENS/P03/videos/P03_21.MP4`` (31 s, the length of the real P03_21) and the annotation files."""
+    root = tmp_path_factory.mktemp("epic")
+    videos = root / "EPIC-KITCHENS" / "P03" / "videos"
+    videos.mkdir(parents=True)
+    write_video(str(videos / "P03_21.MP4"), _frames(31 * FPS), fps=FPS, options={"g": "8"})  # short GOPs: windows seek
+    annotations = root / "annotations"
+    annotations.mkdir()
+    shutil.copy(SAMPLE, annotations / "EPIC_100_validation.csv")
+    (annotations / "EPIC_100_video_info.csv").write_text(f"video_id,duration,fps,resolution\nP03_21,31.0,{FPS},32x24\n")
+    (annotations / "EPIC_100_tail_verbs.csv").write_text("verb\n9\n4\n")
+    (annotations / "EPIC_100_tail_nouns.csv").write_text("noun\n183\n")
+    (annotations / "EPIC_100_unseen_participant_ids_validation.csv").write_text("participant_id\nP03\n")
+    return root
+
+
+def test_reader_finds_both_layouts_and_counts_missing_videos(epic_root, tmp_path):
+    root = str(epic_root / "EPIC-KITCHENS")
+    ann = load_epic_actions(SAMPLE, root)
+    assert len(ann.segments) == 12 and ann.missing_videos == []
+    assert ann.segments[0].verb == 3 and ann.segments[0].noun == 3 and ann.segments[0].start == pytest.approx(3.45)
+    assert ann.summary() == "EPIC_100_validation.sample.csv: 12 segments in 1 videos"
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(os.path.join(root, "P03", "videos", "P03_21.MP4"), flat / "P03_21.MP4")
+    assert find_video(str(flat), "P03", "P03_21") == str(flat / "P03_21.MP4")
+    # a row of another video that is not there: skipped and counted, or an error naming the line
+    extra = tmp_path / "more.csv"
+    extra.write_text(open(SAMPLE).read() + "P01_11_0,P01,P01_11,00:00:01.00,00:00:00.50,00:00:02.00,30,120,take plate,take,0,plate,2,['plate'],[2]\n")
+    ann = load_epic_actions(str(extra), root)
+    assert len(ann.segments) == 12 and ann.missing_videos == ["P01_11"] and ann.skipped_segments == 1
+    assert ann.summary().endswith("; 1 videos missing (1 segments skipped)")
+    with pytest.raises(LongvidError, match=r"more.csv:14: video P01_11 not found"):
+        load_epic_actions(str(extra), root, strict=True)
+
+
+def test_reader_errors_name_file_and_line(tmp_path):
+    rows = open(SAMPLE).read().splitlines()
+    for bad, message in (
+        (rows[3].replace(",1,juice,183,", ",1,juice,300,"), r"bad.csv:4: noun_class 300 is outside \[0, 300\)"),
+        (rows[3].replace("00:00:26.25", "00:00:28.25"), r"bad.csv:4: stop_timestamp 00:00:27.50 is before"),
+        (rows[3].replace("00:00:26.25", "26.25"), r"bad.csv:4: bad timestamp"),
+    ):
+        path = tmp_path / "bad.csv"
+        path.write_text("\n".join(rows[:3] + [bad] + rows[4:]) + "\n")
+        with pytest.raises(LongvidError, match=message):
+            load_epic_actions(str(path), str(tmp_path), check_videos=False)
+    info = load_video_info(os.path.join(FORMATS, "EPIC_100_video_info.sample.csv"))
+    assert info["P03_21"] == pytest.approx(59.9400599400599)
+
+
+def test_windows_hold_context_then_segment_clips():
+    window = classification_window("v.mp4", 10.0, 11.2, span=0.5, context=3, duration=60.0, targets={"verb": 1})
+    assert (window.clips, window.context) == (5, 3)  # 2 clips inside the 1.2 s segment after 3 of memory
+    assert window.start == pytest.approx(10.1 - 3 * 0.5) and window.end == pytest.approx(11.1)
+    early = classification_window("v.mp4", 0.2, 0.6, span=0.5, context=3, duration=60.0, targets={})
+    assert (early.clips, early.context) == (1, 0) and early.start == pytest.approx(0.15)  # nothing before the start
+    ant = anticipation_window("v.mp4", 5.0, tau_a=1.0, span=0.5, context=2, targets={"action": 0})
+    assert ant.end == 4.0 and ant.start == pytest.approx(3.5 - 1.0) and (ant.clips, ant.context) == (3, 2)
+    assert anticipation_window("v.mp4", 0.8, tau_a=1.0, span=0.5, context=2, targets={}) is None
+    source = WindowClips([Window("v.mp4", 0, 1, 3, 2, {"verb": 1})])
+    assert [source.scored(0, c) for c in range(3)] == [False, False, True]
+
+
+def test_marginals_and_recall_against_loops():
+    torch.manual_seed(0)
+    actions = [(0, 1), (0, 2), (1, 1), (2, 0)]
+    scores = torch.randn(6, 4)
+    verb, noun = marginals(scores, actions, 3, 3)
+    probs = scores.softmax(1)
+    for i in range(6):
+        for v in range(3):
+            assert verb[i, v] == pytest.approx(sum(float(probs[i, a]) for a, (av, _) in enumerate(actions) if av == v), abs=1e-6)
+        for n in range(3):
+            assert noun[i, n] == pytest.approx(sum(float(probs[i, a]) for a, (_, an) in enumerate(actions) if an == n), abs=1e-6)
+    windows = [Window("v", 0, 1, 1, 0, {}, meta={"verb": actions[a][0], "noun": actions[a][1]}) for a in (0, 1, 2, 3, 0, 2)]
+    items = [(i, {"action": scores[i]}, {"action": torch.tensor(a)}) for i, a in enumerate((0, 1, 2, 3, 0, 2))]
+    metrics = anticipation_metrics(items, WindowClips(windows), actions)
+    assert set(metrics) == {"verb_recall5", "noun_recall5", "action_recall5"}
+    assert metrics["action_recall5"] == 100.0  # 4 actions: all in the top 5
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """Tiny models in the CLI processes: one thread each (threads only contend on a shared CPU)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def test_train_and_eval_tiny_epic_from_the_official_files(epic_root, run_cli, tmp_path, one_thread):
+    ann = epic_root / "annotations"
+    val = ann / "EPIC_100_validation.csv"
+    root = epic_root / "EPIC-KITCHENS"
+    out = tmp_path / "run"
+    common = [f"val_data={val}", f"video_root={root}", f"video_info={ann / 'EPIC_100_video_info.csv'}", "stride=4", "context_clips=1"]
+    code, text = run_cli("train", "memvit_tiny_epic", f"data={val}", *common, "max_steps=4", f"out_dir={out}")
+    assert code == 0, text
+    assert "EPIC_100_validation.csv: 12 segments in 1 videos" in text and "trained 4 steps; last loss " in text
+    splits = [f"tail_verbs={ann / 'EPIC_100_tail_verbs.csv'}", f"tail_nouns={ann / 'EPIC_100_tail_nouns.csv'}",
+              f"unseen_participants={ann / 'EPIC_100_unseen_participant_ids_validation.csv'}"]  # fmt: skip
+    code, text = run_cli("eval", "memvit_tiny_epic", *common, *splits, f"out_dir={out}", "--predictions", tmp_path / "sub.json")
+    assert code == 0, text
+    metrics = json.loads((out / "metrics.json").read_text())
+    for prefix in ("", "tail_", "unseen_"):
+        for key in ("verb_top1", "verb_top5", "noun_top1", "noun_top5", "action_top1", "action_top5"):
+            assert 0 <= metrics[prefix + key] <= 100, prefix + key
+            assert f"{prefix + key} " in text  # the printed table
+    submission = json.loads((tmp_path / "sub.json").read_text())
+    assert submission["challenge"] == "action_recognition" and len(submission["results"]) == 12
+    first = submission["results"]["P03_21_0"]
+    assert len(first["verb"]) == 97 and len(first["noun"]) == 300
+    assert sum(first["verb"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_train_and_eval_tiny_anticipation(epic_root, run_cli, tmp_path, one_thread):
+    ann = epic_root / "annotations"
+    val = ann / "EPIC_100_validation.csv"
+    out = tmp_path / "run"
+    common = [f"val_data={val}", f"video_root={epic_root / 'EPIC-KITCHENS'}", "stride=4", "context_clips=1", "--quiet"]
+    code, text = run_cli("train", "memvit_tiny_epic_anticipation", f"data={val}", *common, "max_steps=3", f"out_dir={out}")
+    assert code == 0, text
+    assert json.loads((out / "actions.json").read_text())[0] == [0, 10]  # sorted (verb, noun) pairs of the training file
+    code, text = run_cli("eval", "memvit_tiny_epic_anticipation", *common, f"out_dir={out}", "--predictions", tmp_path / "sub.json")
+    assert code == 0, text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"verb_recall5", "noun_recall5", "action_recall5"}
+    submission = json.loads((tmp_path / "sub.json").read_text())
+    assert submission["challenge"] == "action_anticipation"
+    assert all(len(r["action"]) == 10 for r in submission["results"].values())  # 10 actions in the file
+
+
+def test_bad_epic_input_is_one_line(epic_root, tmp_path, capsys):
+    val = epic_root / "annotations" / "EPIC_100_validation.csv"
+    assert main(["train", "memvit_tiny_epic", f"data={val}", f"video_root={tmp_path}", f"out_dir={tmp_path / 'r'}"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "none of the 1 videos was found" in err, err
+    assert main(["train", "memvit_tiny_epic", "task=ava_or_what", f"out_dir={tmp_path / 'r'}"]) == 1
+    assert "task must be one of" in capsys.readouterr().err
+    assert main(["eval", "memvit_tiny_synthetic", f"out_dir={tmp_path / 'r'}", "--predictions", str(tmp_path / "x.json")]) == 1
+    assert "has no submission format" in capsys.readouterr().err
