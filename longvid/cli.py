@@ -262,6 +262,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     videos = expand_videos(args.videos)
     if not videos:
         raise LongvidError("no videos given")
+    live = _check_live_args(args, videos)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     device = args.device
     if device == "auto":
@@ -296,6 +297,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
             ask = None
             settings = settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size, topk=args.topk,
                                     aggregate=args.aggregate == "video", background=True)
+        if live:
+            return _stream_live(args, model, videos, labels, device, dtype, log)
         summary = run_stream(model, videos, out=args.out, settings=settings, labels=labels, batch_streams=args.batch_streams,
                              device=device, dtype=dtype, resume=args.resume, save_scores=args.save_scores,
                              progress=not args.quiet, log=log, ask=ask)
@@ -304,6 +307,150 @@ def cmd_stream(args: argparse.Namespace) -> int:
         log(f"{summary.done} videos done, {summary.failed} failed, {summary.skipped} skipped (already complete), "
             f"{done} in {summary.seconds:.1f} s")
     return 1 if summary.failed else 0
+
+
+def _check_live_args(args: argparse.Namespace, videos: list[str]) -> bool:
+    """Whether the run is live (every input a live source); the live options checked."""
+    from longvid.video.live import is_live_source
+
+    live = [v for v in videos if is_live_source(v)]
+    if live and len(live) != len(videos):
+        raise LongvidError(f"{live[0]}: live sources cannot be mixed with video files in one run")
+    given = [flag for flag, value in (("--lag", args.lag), ("--queue-size", args.queue_size), ("--reconnect", args.reconnect),
+                                      ("--reset-on-reconnect", args.reset_on_reconnect or None),
+                                      ("--max-seconds", args.max_seconds)) if value is not None]
+    if not live:
+        if given:
+            raise LongvidError(f"{given[0]} is for live sources (udp://, rtsp://, http(s)://, -, /dev/videoN)")
+        return False
+    if videos.count("-") > 1:
+        raise LongvidError("- (stdin) can be given once")
+    if args.resume or args.save_scores or args.aggregate != "none" or args.at:
+        raise LongvidError("--resume/--save-scores/--aggregate/--at are for video files, not live sources")
+    for flag, value in (("--open-timeout", args.open_timeout), ("--read-timeout", args.read_timeout), ("--max-seconds", args.max_seconds)):
+        if value is not None and not value > 0:
+            raise LongvidError(f"{flag} must be > 0 seconds, got {value}")
+    for flag, value in (("--queue-size", args.queue_size), ("--reconnect", args.reconnect)):
+        if value is not None and value < (1 if flag == "--queue-size" else 0):
+            raise LongvidError(f"{flag} must be >= {1 if flag == '--queue-size' else 0}, got {value}")
+    if (args.lag or "drop") == "drop" and args.queue_size is not None:
+        raise LongvidError("--queue-size is for --lag queue (--lag drop keeps only the newest clip)")
+    return True
+
+
+def _stream_live(args: argparse.Namespace, model, sources: list[str], labels, device, dtype, log) -> int:
+    """``longvid stream`` on live sources: until they end, --max-seconds, or SIGINT/SIGTERM."""
+    import signal
+    import threading
+
+    from longvid.serve.engine import live_settings_for
+    from longvid.serve.live_stream import run_live
+
+    asks = hasattr(model, "answer")
+    capacity = 1 if (args.lag or "drop") == "drop" else (args.queue_size or 8)
+    settings = live_settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size,
+                                 fps=args.fps if asks else None, capacity=capacity, open_timeout=args.open_timeout,
+                                 read_timeout=args.read_timeout, reconnect=args.reconnect or 0)
+    stop = threading.Event()
+    caught = []
+
+    def on_signal(signum, frame):
+        caught.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = run_live(model, sources, settings, out=args.out, labels=labels, topk=args.topk, ask=tuple(args.ask or ()),
+                           every=args.every, reset_on_reconnect=args.reset_on_reconnect, max_seconds=args.max_seconds,
+                           device=device, dtype=dtype, stop=stop, log=log)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if log:
+        why = f" (stopped by {caught[0]})" if caught else ""
+        done = f"{summary.answers} answers" if asks else f"{summary.clips} clips"
+        log(f"{summary.done} live sources done, {summary.failed} failed{why}; {done}, {summary.dropped} clips dropped, "
+            f"max latency {summary.max_latency:.2f} s, in {summary.seconds:.1f} s")
+    return 1 if summary.failed else 0
+
+
+# -- serve -----------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+
+    from longvid.predict import DEFAULT_STREAM_PRESET, load_labels, load_stream_model, shipped_labels
+    from longvid.serve.app import ServeSettings
+    from longvid.serve.engine import LiveEngine, live_settings_for
+    from longvid.serve.run import TOKEN_VARIABLE, check_serve_options, serve
+
+    token = args.token or os.environ.get(TOKEN_VARIABLE) or None
+    schemes = [s.strip().lower() for s in args.allow_scheme.split(",") if s.strip()]
+    check_serve_options(args.host, token, schemes, args.allow_dir, args.state_dir, args.port, args.max_streams)
+    for flag, value in (("--open-timeout", args.open_timeout), ("--read-timeout", args.read_timeout), ("--save-every", args.save_every)):
+        if not value > 0:
+            raise LongvidError(f"{flag} must be > 0 seconds, got {value}")
+    for flag, value, least in (("--queue-size", args.queue_size, 1), ("--reconnect", args.reconnect, 0), ("--max-body", args.max_body, 256),
+                               ("-T/--clip-frames", args.clip_frames, 1), ("--tau", args.tau, 1), ("--size", args.size, 1),
+                               ("--topk", args.topk, 1), ("--threads", args.threads, 1)):
+        if value is not None and value < least:
+            raise LongvidError(f"{flag} must be >= {least}, got {value}")
+    if args.fps is not None and not args.fps > 0:
+        raise LongvidError(f"--fps must be > 0, got {args.fps}")
+    _check_trained(args.model, args.checkpoint, args.allow_untrained, "serve", "--checkpoint FILE")
+    if args.ray:
+        return _serve_ray(args, token, schemes)
+    labels = load_labels(args.labels) if args.labels else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr, flush=True))
+    model, note = load_stream_model(args.model, args.checkpoint, encoder=args.encoder, llm=args.llm)
+    if labels is None and args.checkpoint is None and "shipped" in note:
+        labels = shipped_labels(args.model or DEFAULT_STREAM_PRESET)
+    asks = hasattr(model, "answer")
+    capacity = 1 if args.lag == "drop" else args.queue_size
+    settings = live_settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size,
+                                 fps=(args.fps or 1.0) if asks else None, capacity=capacity, open_timeout=args.open_timeout,
+                                 read_timeout=args.read_timeout, reconnect=args.reconnect)
+    engine = LiveEngine(model, settings, capacity=args.max_streams, labels=labels, topk=args.topk, device=args.device,
+                        reset_on_reconnect=args.reset_on_reconnect)
+    if log:
+        log(f"model {type(model).__name__} ({note}) on {args.device}")
+    serve_settings = ServeSettings(token=token, schemes=tuple(schemes), allow_dir=args.allow_dir, max_body=args.max_body,
+                                   state_dir=args.state_dir, save_every=args.save_every, model_name=args.model or DEFAULT_STREAM_PRESET)
+    serve(engine, serve_settings, host=args.host, port=args.port, log=log)
+    if log:
+        log(f"stopped: {engine.total_clips} clips, {engine.total_dropped} dropped")
+    return 0
+
+
+def _serve_ray(args: argparse.Namespace, token: str | None, schemes: list[str]) -> int:
+    """``longvid serve --ray``: the engine as Ray Serve replicas sharing ``--state-dir``."""
+    if args.state_dir is None:
+        raise LongvidError("--ray needs --state-dir FOLDER on storage every replica can reach (streams move through it)")
+    if args.replicas < 1:
+        raise LongvidError(f"--replicas must be >= 1, got {args.replicas}")
+    if args.labels or args.encoder or args.llm:
+        raise LongvidError("--ray serves a preset or --checkpoint with its own labels (no --labels/--encoder/--llm)")
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError:
+        raise LongvidError("longvid serve --ray needs Ray Serve: pip install 'longvid[ray]'") from None
+    from longvid.serve.ray_serve import run_ray
+
+    settings = {"capacity": 1 if args.lag == "drop" else args.queue_size, "open_timeout": args.open_timeout,
+                "read_timeout": args.read_timeout, "reconnect": args.reconnect}
+    settings.update({k: v for k, v in (("clip_frames", args.clip_frames), ("stride", args.tau), ("size", args.size),
+                                       ("fps", args.fps)) if v is not None})
+    options = {"model": args.model, "checkpoint": args.checkpoint, "settings": settings, "capacity": args.max_streams,
+               "state_dir": os.path.abspath(args.state_dir), "save_every": args.save_every, "threads": args.threads,
+               "reset_on_reconnect": args.reset_on_reconnect, "token": token, "schemes": schemes,
+               "allow_dir": args.allow_dir, "max_body": args.max_body}
+    log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr, flush=True))
+    run_ray(options, args.host, args.port, args.replicas, log=log)
+    return 0
 
 
 def _times(text: str | None) -> tuple[float, ...]:
@@ -608,9 +755,53 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--fps", type=float, default=1.0, help="--ask: frames read per second of video (default 1)")
     sub.add_argument("--encoder", default=None, help="MA-LMM/ReWind: image encoder path or hub id (default: the preset's)")
     sub.add_argument("--llm", default=None, help="MA-LMM/ReWind: language model path or hub id (default: the preset's)")
+    sub.add_argument("--lag", choices=("drop", "queue"), default=None,
+                     help="live: when the model is behind, drop clips (keep the newest, default) or queue them (bounded, then drop)")
+    sub.add_argument("--queue-size", type=int, default=None, help="live, --lag queue: clips that may wait (default 8)")
+    sub.add_argument("--open-timeout", type=float, default=10.0, help="live: seconds to wait for a source to open (default 10)")
+    sub.add_argument("--read-timeout", type=float, default=5.0, help="live: seconds without data before a source counts as lost (default 5)")
+    sub.add_argument("--reconnect", type=int, default=None, metavar="N", help="live: reconnect up to N times after a loss, with backoff (default 0)")
+    sub.add_argument("--reset-on-reconnect", action="store_true", help="live: start the memory afresh after a reconnection (default: keep it)")
+    sub.add_argument("--max-seconds", type=float, default=None, help="live: stop after this many seconds of stream time")
     sub.add_argument("--allow-untrained", action="store_true",
                      help="--ask: run an MA-LMM/ReWind preset without trained weights (its answers are noise)")
     sub.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+
+    sub = command("serve", cmd_serve, "Serve one batched model for many live streams over HTTP (the serve extra: FastAPI + uvicorn).")
+    sub.add_argument("--model", default=None, help="model preset (default memvit_tiny_recall with its shipped demo weights)")
+    sub.add_argument("--checkpoint", default=None, help="weights: longvid .safetensors or official MeMViT .pyth")
+    sub.add_argument("--labels", default=None, help="class names: .txt (one a line), .csv or .json label map")
+    sub.add_argument("--encoder", default=None, help="MA-LMM/ReWind: image encoder path or hub id")
+    sub.add_argument("--llm", default=None, help="MA-LMM/ReWind: language model path or hub id")
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other needs a token)")
+    sub.add_argument("--port", type=int, default=8000)
+    sub.add_argument("--token", default=None, help="bearer token every API request must carry (or the LONGVID_TOKEN variable)")
+    sub.add_argument("--max-streams", type=int, default=8, help="live streams at once: the batch the model holds (default 8)")
+    sub.add_argument("--allow-scheme", default="udp,rtp,rtsp,rtsps,rtmp,rtmps,srt,http,https",
+                     help="comma-separated URL schemes a source may use (default: udp,rtp,rtsp,rtsps,rtmp,rtmps,srt,http,https)")
+    sub.add_argument("--allow-dir", default=None, help="local video files may be sources only under this folder (default: none)")
+    sub.add_argument("--state-dir", default=None, help="save each stream's memory here periodically; a restart resumes the streams")
+    sub.add_argument("--save-every", type=float, default=30.0, help="--state-dir: seconds between saves (default 30)")
+    sub.add_argument("--max-body", type=int, default=16384, help="request body limit in bytes (default 16384)")
+    sub.add_argument("--lag", choices=("drop", "queue"), default="drop", help="when the model is behind: keep the newest clip, or queue (bounded)")
+    sub.add_argument("--queue-size", type=int, default=8, help="--lag queue: clips that may wait per stream (default 8)")
+    sub.add_argument("--open-timeout", type=float, default=10.0, help="seconds to wait for a source to open (default 10)")
+    sub.add_argument("--read-timeout", type=float, default=5.0, help="seconds without data before a source counts as lost (default 5)")
+    sub.add_argument("--reconnect", type=int, default=3, metavar="N", help="reconnect up to N times after a loss (default 3)")
+    sub.add_argument("--reset-on-reconnect", action="store_true", help="start a stream's memory afresh after a reconnection")
+    sub.add_argument("-T", "--clip-frames", type=int, default=None, help="frames per clip (default: the model's)")
+    sub.add_argument("--tau", type=int, default=None, help="sampling stride in frames (default: the model's)")
+    sub.add_argument("--fps", type=float, default=None, help="LMMs: frames read per second (default 1)")
+    sub.add_argument("--size", type=int, default=None, help="short side and center crop (default: the model's)")
+    sub.add_argument("--topk", type=int, default=5, help="labels per clip (default 5)")
+    sub.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    sub.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sub.add_argument("--allow-untrained", action="store_true",
+                     help="serve an MA-LMM/ReWind preset without trained weights (its answers are noise)")
+    sub.add_argument("--ray", action="store_true", help="run as a Ray Serve application (the ray extra; RAY_ADDRESS joins a cluster): "
+                     "replicas of the engine, streams pinned by id, moved through --state-dir when a replica goes away")
+    sub.add_argument("--replicas", type=int, default=2, help="--ray: engine replicas (default 2)")
+    sub.add_argument("--quiet", action="store_true", help="no log lines")
 
     sub = command("demo", cmd_demo, "Write a demo video, print its info and stream its clips.")
     sub.add_argument("--out", default="longvid-demo", help="output folder (default longvid-demo/)")

@@ -317,12 +317,17 @@ def _dense(pairs: dict[int, str], path: str) -> list[str]:
 
 
 def expand_videos(items: Sequence[str]) -> list[str]:
-    """Video paths from paths, glob patterns, and ``.txt`` files listing paths (one a line)."""
+    """Video paths from paths, glob patterns, and ``.txt`` files listing paths (one a line);
+    live sources (URLs, ``-``, ``/dev/videoN``) are kept as they are."""
     import glob
+
+    from longvid.video.live import is_live_source
 
     videos: list[str] = []
     for item in items:
-        if item.endswith(".txt") and os.path.isfile(item):
+        if is_live_source(item):
+            videos.append(item)
+        elif item.endswith(".txt") and os.path.isfile(item):
             folder = os.path.dirname(item)
             with open(item, encoding="utf-8") as f:
                 for line in f:
@@ -356,7 +361,7 @@ def _parse_record(line: str, where: str) -> dict:
         record = json.loads(line, parse_constant=_refuse_constant)
     except json.JSONDecodeError as err:
         raise LongvidError(f"{where}: not a longvid stream output (bad JSON: {err.msg})") from None
-    kinds = ("clip", "status", "aggregate", "answer")
+    kinds = ("clip", "status", "aggregate", "answer", "dropped")
     if not (isinstance(record, dict) and isinstance(record.get("video"), str) and any(k in record for k in kinds)):
         raise LongvidError(f"{where}: not a longvid stream record (want an object with \"video\" and one of "
                            f"{', '.join(kinds)}): {line.strip()[:80]}")

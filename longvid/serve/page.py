@@ -1,0 +1,73 @@
+"""The single page at ``/``: the live streams with their latest labels or answers, a form
+to add a stream and a box to ask a question (plain HTML and JavaScript, no build step).
+It talks to the same JSON API; with a token it asks for it once (kept in the tab's
+sessionStorage) and sends it as a bearer token."""
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>longvid serve</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font:14px system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
+table{border-collapse:collapse;width:100%}th,td{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}
+th{background:#f4f4f4}code{font-size:12px}.err{color:#b00}.muted{color:#777}input[type=text]{width:28em}
+</style></head><body>
+<h1>longvid serve</h1>
+<p class="muted" id="health">connecting...</p>
+<form id="add"><input type="text" id="source" placeholder="udp://127.0.0.1:5000 or rtsp://camera/stream">
+<input type="text" id="questions" placeholder="questions, separated by ; (LMM models)" style="width:18em">
+<button>add stream</button> <span id="add-error" class="err"></span></form>
+<table><thead><tr><th>stream</th><th>source</th><th>status</th><th>clips</th><th>dropped</th><th>latency</th><th>latest</th><th>ask</th><th></th></tr></thead>
+<tbody id="streams"></tbody></table>
+<script>
+"use strict";
+let token = sessionStorage.getItem("longvid-token") || "";
+const answers = {};  // stream id -> the last answer asked from this page
+function headers(){ const h = {"Content-Type": "application/json"}; if (token) h["Authorization"] = "Bearer " + token; return h; }
+async function api(method, path, body){
+  const r = await fetch(path, {method, headers: headers(), body: body ? JSON.stringify(body) : undefined});
+  if (r.status === 401){ token = prompt("bearer token") || ""; sessionStorage.setItem("longvid-token", token); }
+  const data = await r.json().catch(() => ({error: r.statusText}));
+  if (!r.ok) throw new Error(data.error || r.statusText);
+  return data;
+}
+function text(value){ const span = document.createElement("span"); span.textContent = value; return span; }
+function latest(record){
+  if (!record) return "";
+  if (record.answer !== undefined) return record.question + " \\u2192 " + record.answer;
+  if (Array.isArray(record.top)) return record.top.slice(0, 3).map(t => t.label + " " + t.score.toFixed(2)).join(", ");
+  return JSON.stringify(record.top);
+}
+async function refresh(){
+  try {
+    const health = await api("GET", "/healthz");
+    document.getElementById("health").textContent = `model ${health.model}, ${health.streams}/${health.capacity} streams` + (health.answers ? ", answers questions" : "");
+    const data = await api("GET", "/v1/streams");
+    if (document.activeElement && document.activeElement.closest("#streams")) return;  // typing a question
+    const body = document.getElementById("streams");
+    body.replaceChildren(...data.streams.map(s => {
+      const row = document.createElement("tr");
+      for (const value of [s.id, s.source, s.status, s.clips, s.dropped, s.latency === null ? "" : s.latency.toFixed(2) + " s", latest(s.last)]){
+        const cell = document.createElement("td"); cell.append(text(String(value))); row.append(cell);
+      }
+      const askCell = document.createElement("td");
+      const input = document.createElement("input"); input.type = "text"; input.placeholder = "question"; input.style.width = "12em";
+      const answer = document.createElement("div"); answer.textContent = answers[s.id] || "";
+      input.addEventListener("keydown", async e => { if (e.key === "Enter"){ try { const a = await api("POST", `/v1/streams/${s.id}/ask`, {question: input.value}); answers[s.id] = a.question + " \u2192 " + a.answer; } catch (err){ answers[s.id] = err.message; } input.blur(); refresh(); } });
+      askCell.append(input, answer); row.append(askCell);
+      const stop = document.createElement("button"); stop.textContent = "stop";
+      stop.onclick = () => api("DELETE", `/v1/streams/${s.id}`).then(refresh);
+      const stopCell = document.createElement("td"); stopCell.append(stop); row.append(stopCell);
+      return row;
+    }));
+  } catch (err){ document.getElementById("health").textContent = err.message; }
+}
+document.getElementById("add").addEventListener("submit", async e => {
+  e.preventDefault();
+  const questions = document.getElementById("questions").value.split(";").map(q => q.trim()).filter(Boolean);
+  try { await api("POST", "/v1/streams", {source: document.getElementById("source").value, ask: questions});
+        document.getElementById("add-error").textContent = ""; refresh(); }
+  catch (err){ document.getElementById("add-error").textContent = err.message; }
+});
+refresh(); setInterval(refresh, 1000);
+</script></body></html>
+"""
