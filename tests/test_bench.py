@@ -56,7 +56,7 @@ def test_quick_run_rows_are_sane(quick):
     assert short["gflops"] <= mem2["gflops"] < 1.1 * short["gflops"]
     assert base3["train_mem_mb"] > mem2["train_mem_mb"] > 0
     assert base3["state_bytes"] > mem2["state_bytes"] > short["state_bytes"]  # 2 buffered clips > 2 clips of memory
-    for name in ("MA-LMM L=4", "ReWind"):
+    for name in ("MA-LMM L=5", "ReWind"):
         lmm = rows[name]
         assert lmm["reach_clips"] is None and lmm["support_s"] == cfg.num_clips * cfg.spec.clip_seconds
         assert lmm["gflops"] > 0 and lmm["llm_gflops_per_answer"] > 0 and lmm["llm_params"] > 0
@@ -74,12 +74,12 @@ def test_trained_memory_beats_the_short_term_model_on_held_out_videos(quick):
     saved, _, _ = quick
     rows = {r["model"]: r for r in saved["rows"]}
     chance = saved["chance"]
-    for name in ("MeMViT M=1", "MeMViT M=2", "MViT 3x frames", "MA-LMM L=4", "ReWind"):
+    for name in ("MeMViT M=2", "MViT 3x frames", "MA-LMM L=5", "ReWind"):
         row = rows[name]
-        for d, accuracy in row["accuracy"].items():
-            if row["reach_clips"] is None or int(d) <= row["reach_clips"]:
-                assert accuracy >= chance + 50, (name, d, accuracy)  # short-term: exactly chance
-    assert rows["MeMViT M=1"]["accuracy"]["2"] == pytest.approx(chance, abs=10)  # beyond its reach
+        for d, accuracy in row["accuracy"].items():  # every quick distance is within these rows' reach
+            assert accuracy >= chance + 25, (name, d, accuracy)  # short-term: exactly chance (above)
+    for d in map(str, bench.MODES["quick"].distances):  # the memory model beats the short-term one
+        assert rows["MeMViT M=2"]["accuracy"][d] >= rows["MViT short-term"]["accuracy"][d] + 50
 
 
 def test_demo_weights_round_trip(quick):

@@ -24,8 +24,7 @@ distance is within their reach. Compute per clip counts the image encoder and th
 
 from __future__ import annotations
 
-import os
-import tempfile
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -56,17 +55,19 @@ class LMMRow:
     llm_init_std: float = 0.5
 
     def with_(self, **changes) -> "LMMRow":
-        from dataclasses import replace
-
-        return replace(self, **changes)
+        return dataclasses.replace(self, **changes)
 
 
 def malmm() -> LMMRow:
-    return LMMRow("MA-LMM L=4", "MA-LMM", "malmm_tiny", train_videos=256, epochs=6)
+    """``malmm_tiny``: memory banks of L = 5 slots, so a 10-frame video is compressed 5 times."""
+    from longvid.models.malmm import get_config
+
+    length = get_config("malmm_tiny").qformer.memory_bank_length
+    return LMMRow(f"MA-LMM L={length}", "MA-LMM", "malmm_tiny", train_videos=512, epochs=6)
 
 
 def rewind() -> LMMRow:
-    return LMMRow("ReWind", "ReWind", "rewind_tiny", train_videos=512, epochs=16)
+    return LMMRow("ReWind", "ReWind", "rewind_tiny", train_videos=1024, epochs=8)
 
 
 # -- inputs ------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from longvid.bench import measure, recall_lmm
 from longvid.bench.recall_lmm import LMMRow
 from longvid.bench.synth import SynthSpec, normalize_frames, recall_sample, scene_clips
 from longvid.errors import LongvidError
+from longvid.progress import is_terminal
 from longvid.progress import progress as progress_bar
 from longvid.train import Trainer, TrainConfig, seed_everything
 from longvid.train.loop import evaluate
@@ -117,7 +118,7 @@ MODES: dict[str, BenchConfig] = {
     "quick": BenchConfig(
         distances=(1, 2), train_scenes=512, eval_scenes=8, epochs=12,
         variants=(short_term(), baseline(3), memvit(2)),
-        lmm_rows=(recall_lmm.malmm().with_(train_videos=128, epochs=6), recall_lmm.rewind().with_(train_videos=256, epochs=10)),
+        lmm_rows=(recall_lmm.malmm().with_(train_videos=256, epochs=6), recall_lmm.rewind().with_(train_videos=512, epochs=5)),
     ),
     "default": BenchConfig(),
     "full": BenchConfig(
@@ -344,7 +345,8 @@ def run_bench(cfg: BenchConfig, seeds: Sequence[int] | None = None, out_dir: str
         f"held-out: {cfg.eval_scenes} scenes x {cfg.spec.num_classes} classes x {len(cfg.distances)} distances")  # fmt: skip
     started = time.perf_counter()
     runs, models, data_seconds = [], {}, {}
-    bar = progress_bar(len(jobs) * len(seeds), desc="bench", unit="model", enabled=progress, leave=False)
+    # a bar on a terminal only; elsewhere the one line per finished model is the progress
+    bar = progress_bar(len(jobs) * len(seeds), desc="bench", unit="model", enabled=progress and is_terminal(sys.stderr), leave=False)
     for seed in seeds:
         seed_cfg = dataclasses.replace(cfg, seed=seed)
         data = RunData.generate(seed_cfg)
@@ -361,18 +363,18 @@ def run_bench(cfg: BenchConfig, seeds: Sequence[int] | None = None, out_dir: str
                 bar.write(line)
                 bar.update(1)
         runs.append({"seed": seed, "rows": [rows[name] for name in order], "data_cpu_seconds": data.seconds})
+        results = {
+            "config": _config_json(cfg),
+            "seeds": [run["seed"] for run in runs],
+            "chance": 100.0 / cfg.spec.num_classes,
+            "rows": combine_runs(runs, cfg),
+            "runs": runs,
+            "workers": workers,
+            "wall_seconds": time.perf_counter() - started,
+        }
+        write_results(results, out_dir)  # after every seed: a stopped run keeps the seeds it finished
     if bar is not None:
         bar.close()
-    results = {
-        "config": _config_json(cfg),
-        "seeds": list(seeds),
-        "chance": 100.0 / cfg.spec.num_classes,
-        "rows": combine_runs(runs, cfg),
-        "runs": runs,
-        "workers": workers,
-        "wall_seconds": time.perf_counter() - started,
-    }
-    write_results(results, out_dir)
     say(format_table(results))
     say("\n" + format_time_split(results))
     say(f"\nwrote {os.path.join(out_dir, 'results.json')}, {os.path.join(out_dir, 'results.md')}, {os.path.join(out_dir, 'bench.png')}")
