@@ -338,7 +338,7 @@ def run_bench(cfg: BenchConfig, seeds: Sequence[int] | None = None, out_dir: str
     os.makedirs(out_dir, exist_ok=True)
     say = log or (lambda text: None)
     workers = workers or default_workers()
-    jobs = sorted(cfg.variants + cfg.lmm_rows, key=_expected_cost, reverse=True)  # longest first: balanced workers
+    jobs = sorted(cfg.variants + cfg.lmm_rows, key=lambda job: _expected_cost(job, cfg), reverse=True)  # longest first: balanced workers
     order = [j.name for j in cfg.variants + cfg.lmm_rows]
     say(f"longvid bench: {len(order)} models x {len(seeds)} seed(s) on {workers} worker process(es); "
         f"{cfg.train_scenes} training videos of {cfg.num_clips} clips of {cfg.spec.clip_seconds:g} s, "
@@ -398,11 +398,13 @@ def _map_jobs(cfg: BenchConfig, data: RunData, out_dir: str, jobs, workers: int)
         _JOB_DATA.clear()
 
 
-def _expected_cost(job) -> float:
-    """A rough training cost, to start the longest rows first."""
+def _expected_cost(job, cfg: BenchConfig) -> float:
+    """Rough CPU milliseconds of a row's training (measured per step on this project's CPU), to
+    start the longest rows first."""
     if isinstance(job, LMMRow):
-        return 2.0 * job.train_videos * job.epochs
-    return (job.memory_len + 1) * (1.0 + 0.8 * (job.clips - 1)) * 100
+        return job.train_videos * job.epochs / job.batch_size * (250.0 if job.family == "MA-LMM" else 115.0)
+    updates = cfg.epochs * cfg.train_scenes / cfg.batch_size
+    return updates * (62.0 * job.clips + 14.0 * job.memory_len)
 
 
 def _row_summary(row: dict, cfg: BenchConfig) -> str:
