@@ -595,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("what", nargs="?", choices=("recall", "scaling", "malmm", "rewind"), default="recall",
                      help="recall (default), scaling, malmm (MA-LMM vs no memory on QA recall), or rewind "
                           "(ReWind: grounding vs uniform frames, QA with vs without frame selection)")
-    sub.add_argument("--quick", action="store_true", help="recall, malmm, rewind: a ~2-minute smoke run")
+    sub.add_argument("--quick", action="store_true", help="recall: a smaller run (d = 1, 2; fewer models); malmm, rewind: a ~2-minute smoke run")
     sub.add_argument("--full", action="store_true", help="recall: the thorough run (longer distances, more data)")
     sub.add_argument("--out", default="bench-results", help="results folder (default bench-results/)")
     sub.add_argument("--save-weights", default=None, metavar="PATH", help="recall: save the MeMViT with the longest reach (first seed) as PATH (.safetensors)")
