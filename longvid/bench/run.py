@@ -27,6 +27,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -392,10 +393,17 @@ def _map_jobs(cfg: BenchConfig, data: RunData, out_dir: str, jobs, workers: int)
             finally:
                 torch.set_num_threads(threads)
             return
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_quiet_worker) as pool:
             yield from pool.imap_unordered(_run_job, jobs)
     finally:
         _JOB_DATA.clear()
+
+
+def _quiet_worker() -> None:
+    """A worker leaves signals to the parent: Ctrl-C is the parent's to handle, and the pool's
+    SIGTERM at the end just ends it (not the CLI's handler it inherited, which would raise)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _expected_cost(job, cfg: BenchConfig) -> float:
