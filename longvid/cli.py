@@ -589,8 +589,12 @@ def cmd_flops(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    if args.seeds is not None and args.what != "rewind":
-        raise LongvidError("--seeds is an option of bench rewind only")
+    if args.seeds is not None and args.what not in ("recall", "rewind"):
+        raise LongvidError("--seeds is an option of bench (recall) and bench rewind only")
+    if args.seed is not None and (args.what != "recall" or args.seeds is not None):
+        raise LongvidError("--seed is an option of bench (recall), without --seeds")
+    if args.workers is not None and args.what != "recall":
+        raise LongvidError("--workers is an option of bench (recall) only")
     torch.set_num_threads(1)  # tiny tensors, one model at a time: one thread is much faster than two busy ones (and the recorded figures are single-threaded)
     if args.what == "scaling":
         from longvid.bench.scaling import run_scaling
@@ -605,8 +609,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.quick and args.full:
         raise LongvidError("choose one of --quick and --full")
+    if args.workers is not None and args.workers < 1:
+        raise LongvidError(f"--workers must be >= 1, got {args.workers}")
+    seeds = _seed_list(args.seeds) if args.seeds is not None else (args.seed or 0,)
+    if args.seed is not None and args.seed < 0:
+        raise LongvidError(f"--seed must be >= 0, got {args.seed}")
     mode = "quick" if args.quick else "full" if args.full else "default"
-    results = run_bench(MODES[mode], out_dir=args.out, progress=not args.quiet)
+    results = run_bench(MODES[mode], seeds=seeds, out_dir=args.out, progress=not args.quiet, workers=args.workers)
     if args.save_weights:
         path = save_demo_weights(results, args.save_weights)
         print(f"saved {path}")
@@ -841,14 +850,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("what", nargs="?", choices=("recall", "scaling", "malmm", "rewind"), default="recall",
                      help="recall (default), scaling, malmm (MA-LMM vs no memory on QA recall), or rewind "
                           "(ReWind: grounding vs uniform frames, QA with vs without frame selection)")
-    sub.add_argument("--quick", action="store_true", help="recall, malmm, rewind: a ~2-minute smoke run")
+    sub.add_argument("--quick", action="store_true", help="recall: a smaller run (d = 1, 2; fewer models); malmm, rewind: a ~2-minute smoke run")
     sub.add_argument("--full", action="store_true", help="recall: the thorough run (longer distances, more data)")
     sub.add_argument("--out", default="bench-results", help="results folder (default bench-results/)")
-    sub.add_argument("--save-weights", default=None, metavar="PATH", help="recall: save the MeMViT M=4 model as PATH (.safetensors)")
+    sub.add_argument("--save-weights", default=None, metavar="PATH", help="recall: save the MeMViT with the longest reach (first seed) as PATH (.safetensors)")
     sub.add_argument("--preset", default="memvit16_16x4", help="scaling: model preset (default memvit16_16x4)")
     sub.add_argument("--size", type=int, default=None, help="scaling: spatial size (default: the preset's crop size)")
+    sub.add_argument("--seed", type=int, default=None, metavar="S", help="recall: the run's seed (default 0)")
     sub.add_argument("--seeds", default=None, metavar="LIST",
-                     help="rewind: QA table averaged over these runs, e.g. 0,1,2 (default 0)")
+                     help="recall: run every seed, e.g. 0,1,2, and report mean and min per cell; "
+                          "rewind: QA table averaged over these runs (default 0)")
+    sub.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="recall: rows trained at once in separate processes (default: 2 if 2 cores are free to use, else 1)")
     sub.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 

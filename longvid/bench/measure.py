@@ -53,7 +53,8 @@ class PeakMemory(TorchDispatchMode):
         return out
 
 
-def _tracked_peak_mb(run, *modules: nn.Module) -> float:
+def peak_mb(run, *modules: nn.Module) -> float:
+    """Peak MB of the tensors alive while ``run()`` runs, the ``modules``' parameters and buffers included."""
     tracker = PeakMemory()
     tracker.track([t for m in modules for t in list(m.parameters()) + list(m.buffers())])
     with tracker:
@@ -77,7 +78,7 @@ def inference_peak_mb(model: nn.Module, clip: torch.Tensor) -> float:
             for _ in range(stream_clips(model)):
                 _, state = model(clip, state)
 
-    return _tracked_peak_mb(run, model)
+    return peak_mb(run, model)
 
 
 def train_peak_mb(model: nn.Module, clip: torch.Tensor, num_classes: int) -> float:
@@ -97,7 +98,7 @@ def train_peak_mb(model: nn.Module, clip: torch.Tensor, num_classes: int) -> flo
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    peak = _tracked_peak_mb(run, model)
+    peak = peak_mb(run, model)
     model.zero_grad(set_to_none=True)
     return peak
 
@@ -125,3 +126,17 @@ def gflops_per_clip(model: nn.Module) -> float:
 
 def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def stream_state_bytes(model: nn.Module, clip: torch.Tensor, clips_per_input: int = 1) -> int:
+    """Bytes one stream carries between steps at steady state: the model's state once its
+    memory is full (``clip`` (1, C, T, H, W)), plus, for a model whose input spans
+    ``clips_per_input`` clips, the ``clips_per_input - 1`` previous clips it must keep
+    (``clip``'s last ``1 / clips_per_input`` of frames each, float32 as the model reads them)."""
+    model.eval()
+    with torch.no_grad():
+        state = model.init_state(1)
+        for _ in range(stream_clips(model)):
+            _, state = model(clip, state)
+    buffered = (clips_per_input - 1) * clip.numel() // clips_per_input * clip.element_size()
+    return state.nbytes + buffered

@@ -134,6 +134,11 @@ class MeMViT(nn.Module):
         for name, p in self.named_parameters():
             if "rel_pos" in name or name == "cls_token":
                 nn.init.trunc_normal_(p, std=0.02)
+        if cfg.compress_init == "average":
+            for block in self.blocks:
+                for conv in (getattr(block.attn, "compress_k", None), getattr(block.attn, "compress_v", None)):
+                    if conv is not None:
+                        nn.init.constant_(conv.weight, 1.0 / math.prod(conv.kernel_size))
 
     # -- memory state ----------------------------------------------------------------
 
