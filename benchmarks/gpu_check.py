@@ -165,7 +165,8 @@ def main() -> None:
     if setup.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (roofline and model alike)
         torch.backends.cudnn.allow_tf32 = False
-    rates = roofline.gemm_roofline(setup.gemm_n, setup.device)
+    short = {} if setup.device.type == "cuda" else {"repeats": 3, "min_seconds": 0.05}  # CPU fallback: a short budget
+    rates = roofline.gemm_roofline(setup.gemm_n, setup.device, **short)
     print(roofline.describe(rates), flush=True)
     gmacs = model_cost(setup.preset, clip_frames=setup.frames, size=setup.size).gflops  # per clip
     print(f"{setup.preset} {setup.frames}x{setup.size}x{setup.size}: {2 * gmacs:.2f} GFLOP per clip (eval), x{TRAIN_STEP_FACTOR} per training clip", flush=True)
