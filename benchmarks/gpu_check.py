@@ -54,7 +54,7 @@ def pick_setup(args: argparse.Namespace) -> tuple[Setup, str]:
         setup = Setup(device, "memvit16_16x4", 16, 224, (1, 16), 8, 5, args.seconds or 10.0, args.gemm_n or 2048)
         return setup, f"GPU: {torch.cuda.get_device_name(device)}"
     reason = "no GPU: CPU fallback" if not torch.cuda.is_available() else "--tiny: CPU fallback"
-    setup = Setup(torch.device("cpu"), "memvit_tiny", 16, 64, (1, 4), 2, 2, args.seconds or 1.0, args.gemm_n or 256)
+    setup = Setup(torch.device("cpu"), "memvit_tiny", 16, 64, (1, 4), 2, 2, args.seconds or 1.0, args.gemm_n or 1024)
     return setup, f"{reason} ({setup.preset}, {torch.get_num_threads()} thread(s))"
 
 
@@ -157,7 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="run the CPU fallback (memvit_tiny on CPU) even with a GPU")
     parser.add_argument("--seconds", type=float, default=None, help="time budget per measurement (GPU 10, CPU 1)")
-    parser.add_argument("--gemm-n", type=int, default=None, help="roofline matmul size (GPU 2048, CPU 256)")
+    parser.add_argument("--gemm-n", type=int, default=None, help="roofline matmul size (GPU 2048, CPU 1024)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     setup, where = pick_setup(args)
