@@ -162,6 +162,9 @@ def main() -> None:
     args = parser.parse_args()
     setup, where = pick_setup(args)
     print(where, flush=True)
+    if setup.device.type == "cpu":
+        native, reason = roofline.cpu_bf16_support()
+        print(f"bf16: {'native' if native else 'NOT native on this CPU: bf16 autocast runs emulated and slow'} ({reason})", flush=True)
     if setup.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (roofline and model alike)
         torch.backends.cudnn.allow_tf32 = False

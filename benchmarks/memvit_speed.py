@@ -59,8 +59,8 @@ def main() -> None:
     torch.manual_seed(0)
 
     native_bf16, bf16_reason = roofline.cpu_bf16_support()
-    if args.dtype == "bfloat16" and not native_bf16:
-        print(f"note: this CPU has no native bf16 ({bf16_reason}); bf16 autocast runs emulated and slow")
+    if args.dtype == "bfloat16" and not args.json:
+        print(f"bf16: {'native' if native_bf16 else 'NOT native on this CPU: bf16 autocast runs emulated and slow'} ({bf16_reason})")
     rates = roofline.gemm_roofline(args.gemm_n)
     dtypes = ["float32"] + (["bfloat16"] if args.dtype == "bfloat16" else [])
 

@@ -37,7 +37,8 @@ def test_gpu_check_cpu_fallback():
     out = run_script("gpu_check.py", "--tiny", "--seconds", "0.01", "--gemm-n", "64", "--json")
     lines = out.strip().splitlines()
     assert "CPU fallback" in lines[0] and ("no GPU" in lines[0]) == (not torch.cuda.is_available())
-    assert lines[1].startswith("GEMM roofline (64^3 matmul, CPU")
+    assert lines[1].startswith("bf16: ") and "CPU capability" in lines[1]
+    assert lines[2].startswith("GEMM roofline (64^3 matmul, CPU")
     report = json.loads(lines[-1])
     assert report["preset"] == "memvit_tiny" and set(report["gemm_gflops_per_s"]) == {"float32", "bfloat16"}
     assert [e["batch"] for e in report["eval"]] == [1, 4]
