@@ -15,7 +15,7 @@ process CPU time (median), and the memory's overhead from each.
 and prints the speedup and the agreement with fp32 over every clip run (top-1 agreement,
 max |prob diff|).
 
-    python benchmarks/memvit_speed.py [--rounds 5] [--threads 2] [--dtype float32|bfloat16] [--json]
+    python benchmarks/memvit_speed.py [--rounds 5] [--threads 2] [--dtype float32|bfloat16] [--seed 0] [--json]
 """
 
 from __future__ import annotations
@@ -53,10 +53,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16: also time a bf16-autocast stream per model and compare it with fp32")
     parser.add_argument("--gemm-n", type=int, default=2048, help="matmul size of the roofline (default 2048)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and clips (default 0)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
 
     native_bf16, bf16_reason = roofline.cpu_bf16_support()
     if args.dtype == "bfloat16" and not args.json:
