@@ -1,9 +1,10 @@
 """CPU seconds per clip at steady state: MViT-16 vs MeMViT-16, against the GEMM roofline.
 
 Batch 1, 16x224x224, eval, ``torch.inference_mode()``, 2 threads (default). The same run
-first measures the machine's GEMM throughput (fp32 and bf16 2048^3 matmuls, same thread
-count) and prints each model's achieved GFLOP/s (2 x its multiply-adds per clip from
-``longvid.flops``, over the min wall time) as a fraction of it. Each model first runs
+measures the machine's GEMM throughput (fp32 and bf16 2048^3 matmuls, same thread count;
+once before the models and once per round, keeping the best) and prints each model's
+achieved GFLOP/s (2 x its multiply-adds per clip from ``longvid.flops``, over the min wall
+time) as a fraction of it. Each model first runs
 ``cache_len + 1`` clips so its memory is full (steady state); then the models are timed in
 alternating rounds (one clip each per round, a fresh random clip per round) so that load
 changes on a shared machine hit all alike. Prints per clip the wall time (min and median:
@@ -83,6 +84,8 @@ def main() -> None:
                     run["wall"].append(time.perf_counter() - wall)
                     run["cpu"].append(time.process_time() - cpu)
                 run["probs"].append(logits.float().softmax(-1))
+            if step >= warmup:  # GEMM timings interleaved with the rounds: a load burst hits both
+                rates = roofline.faster(rates, roofline.gemm_roofline(args.gemm_n, repeats=1))
 
     results = {}
     for (name, dtype), r in runs.items():

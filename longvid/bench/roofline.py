@@ -73,6 +73,11 @@ def gemm_roofline(n: int = 2048, device: str | torch.device = "cpu", dtypes: tup
     return {dtype: measure_gemm(dtype, n, device, **kwargs) for dtype in dtypes}
 
 
+def faster(rates: dict[str, GemmRate], more: dict[str, GemmRate]) -> dict[str, GemmRate]:
+    """Per dtype, the faster of two measurements (load only ever slows a run down)."""
+    return {dtype: max(rate, more[dtype], key=lambda r: r.gflops_per_s) for dtype, rate in rates.items()}
+
+
 def achieved_gflops_per_s(multiply_adds_g: float, seconds: float) -> float:
     """GFLOP/s of work worth ``multiply_adds_g`` G multiply-adds (2 FLOPs each) done in ``seconds``."""
     return 2 * multiply_adds_g / seconds
