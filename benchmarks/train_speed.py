@@ -3,7 +3,10 @@
 Prints clips/s (steady state, after warm-up steps) and the process's peak
 resident memory for ``memvit_tiny`` (memory_len 2) and ``mvit_tiny`` (no memory),
 trained by the engine on generated clips. Each configuration runs in its own
-subprocess so peak memory is not shared.
+subprocess so peak memory is not shared. The same run measures the machine's GEMM
+throughput (fp32 and bf16 2048^3 matmuls, same thread count) and prints each model's
+achieved GFLOP/s as a fraction of it; a training step is counted as 3x the forward
+multiply-adds of ``longvid.flops`` (backward ~ 2x forward), 2 FLOPs each.
 
     python benchmarks/train_speed.py [--steps 12] [--batch 4] [--frames 8] [--size 64] [--threads 1]
 """
@@ -17,12 +20,15 @@ import subprocess
 import sys
 import tempfile
 
+TRAIN_STEP_FACTOR = 3  # forward + backward (grads of inputs and weights) ~ 3x forward
+
 
 def measure(model: str, args: argparse.Namespace) -> dict:
     """Run ``args.warmup + args.steps`` training steps of ``model``; clips/s over the last ``steps``."""
     import torch
 
     import longvid
+    from longvid.flops import model_cost
     from longvid.train import Trainer, TrainConfig, seed_everything
     from longvid.train.data import synthetic_source
 
@@ -38,8 +44,10 @@ def measure(model: str, args: argparse.Namespace) -> dict:
     history = Trainer(net, cfg, synthetic_source(cfg, 0), log=None).fit()
     steady = history[args.warmup :]
     seconds = sum(args.batch / r["clips_per_s"] for r in steady)
+    gmacs = model_cost(model, clip_frames=args.frames, size=args.size, num_classes=10).gflops
     return {
         "model": model,
+        "train_gmacs_per_clip": TRAIN_STEP_FACTOR * gmacs,
         "memory_len": net.config.memory_len,
         "clips_per_s": len(steady) * args.batch / seconds,
         "peak_rss_mb": max(r["peak_mem_mb"] for r in history),
@@ -54,6 +62,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8, help="frames per clip (default 8)")
     parser.add_argument("--size", type=int, default=64, help="crop size (default 64)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--gemm-n", type=int, default=2048, help="matmul size of the roofline (default 2048)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
     args = parser.parse_args()
     if args.one:
@@ -61,13 +70,22 @@ def main() -> None:
         return
     print(f"training on CPU, batch {args.batch} x clip (3, {args.frames}, {args.size}, {args.size}), "
           f"{args.threads} thread(s), {args.steps} timed steps after {args.warmup}")  # fmt: skip
-    print(f"{'model':<14}{'memory':>8}{'clips/s':>10}{'peak RSS MB':>14}")
+    import torch
+
+    from longvid.bench import roofline
+
+    torch.set_num_threads(args.threads)
+    rates = roofline.gemm_roofline(args.gemm_n)
+    print(roofline.describe(rates))
+    print(f"{'model':<14}{'memory':>8}{'clips/s':>10}{'peak RSS MB':>14}{'GFLOP/s':>10}{'% fp32 GEMM':>13}{'% bf16 GEMM':>13}")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for model in ("memvit_tiny", "mvit_tiny"):
         cmd = [sys.executable, os.path.abspath(__file__), "--one", model] + sys.argv[1:]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=root))
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{r['model']:<14}{('M=' + str(r['memory_len'])):>8}{r['clips_per_s']:>10.1f}{r['peak_rss_mb']:>14.0f}")
+        achieved = roofline.achieved_gflops_per_s(r["train_gmacs_per_clip"] * r["clips_per_s"], 1.0)
+        fractions = [100 * roofline.roofline_fraction(achieved, rates[d]) for d in ("float32", "bfloat16")]
+        print(f"{r['model']:<14}{('M=' + str(r['memory_len'])):>8}{r['clips_per_s']:>10.1f}{r['peak_rss_mb']:>14.0f}{achieved:>10.1f}{fractions[0]:>12.1f}%{fractions[1]:>12.1f}%")
 
 
 if __name__ == "__main__":
