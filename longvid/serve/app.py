@@ -66,6 +66,26 @@ class HTTPProblem(Exception):
         super().__init__(message)
 
 
+def check_token(request: Request, token: str | None) -> None:
+    """HTTPProblem 401 unless the request carries ``Bearer token`` (no token: nothing to check)."""
+    if token is None:
+        return
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise HTTPProblem(401, "a bearer token is required (Authorization: Bearer TOKEN)")
+
+
+async def json_object(request: Request) -> dict:
+    """The request body as a JSON object, or HTTPProblem 400 saying why not."""
+    try:
+        data = json.loads(await request.body() or b"null")
+    except ValueError:
+        raise HTTPProblem(400, "request body is not JSON") from None
+    if not isinstance(data, dict):
+        raise HTTPProblem(400, "request body must be a JSON object")
+    return data
+
+
 def check_source(source, settings: ServeSettings) -> str:
     """The source as it will be opened, or HTTPProblem (400/403/404) saying why not."""
     if not isinstance(source, str) or not source.strip():
@@ -235,20 +255,7 @@ def create_app(server: Server):
         return JSONResponse({"error": str(err.detail)}, status_code=err.status_code)
 
     def authorize(request: Request) -> None:
-        if settings.token is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
-            raise HTTPProblem(401, "a bearer token is required (Authorization: Bearer TOKEN)")
-
-    async def body_of(request: Request) -> dict:
-        try:
-            data = json.loads(await request.body() or b"null")
-        except ValueError:
-            raise HTTPProblem(400, "request body is not JSON") from None
-        if not isinstance(data, dict):
-            raise HTTPProblem(400, "request body must be a JSON object")
-        return data
+        check_token(request, settings.token)
 
     def stream_of(stream_id: str) -> LiveStream:
         stream = engine.get(stream_id)
@@ -274,7 +281,7 @@ def create_app(server: Server):
     @app.post("/v1/streams", status_code=201)
     async def create(request: Request):
         authorize(request)
-        data = await body_of(request)
+        data = await json_object(request)
         unknown = sorted(set(data) - {"source", "ask", "every"})
         if unknown:
             raise HTTPProblem(400, f"unknown fields: {', '.join(unknown)} (want source, ask, every)")
@@ -322,7 +329,7 @@ def create_app(server: Server):
     async def ask(stream_id: str, request: Request):
         authorize(request)
         stream_of(stream_id)
-        data = await body_of(request)
+        data = await json_object(request)
         question = data.get("question")
         if not isinstance(question, str) or not question.strip() or len(question) > settings.max_question:
             raise HTTPProblem(400, f"question must be a non-empty string of at most {settings.max_question} characters")

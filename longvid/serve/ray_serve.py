@@ -28,7 +28,7 @@ def deployments(options: dict):
     threads, token, schemes, allow_dir, max_body, touch_every)."""
     from ray import serve
 
-    from longvid.serve.app import BodyLimit, HTTPProblem, ServeSettings, check_source
+    from longvid.serve.app import BodyLimit, HTTPProblem, ServeSettings, check_source, check_token, json_object
 
     guard = ServeSettings(token=options.get("token"), schemes=tuple(options["schemes"]), allow_dir=options.get("allow_dir"),
                           max_body=options["max_body"])
@@ -133,11 +133,7 @@ def deployments(options: dict):
             return reply
 
         def _authorize(self, request: Request) -> None:
-            import hmac
-
-            if guard.token and not hmac.compare_digest(request.headers.get("authorization", "").encode(),
-                                                       f"Bearer {guard.token}".encode()):
-                raise HTTPProblem(401, "a bearer token is required (Authorization: Bearer TOKEN)")
+            check_token(request, guard.token)
 
         def _known(self, stream_id: str) -> None:
             if stream_id not in self.ids:
@@ -150,12 +146,7 @@ def deployments(options: dict):
         @app.post("/v1/streams", status_code=201)
         async def create(self, request: Request):
             self._authorize(request)
-            try:
-                data = json.loads(await request.body() or b"null")
-            except ValueError:
-                raise HTTPProblem(400, "request body is not JSON") from None
-            if not isinstance(data, dict):
-                raise HTTPProblem(400, "request body must be a JSON object")
+            data = await json_object(request)
             source = check_source(data.get("source"), guard)
             ask = data.get("ask") or []
             if isinstance(ask, str) or not isinstance(ask, list) or not all(isinstance(q, str) and q.strip() for q in ask):
