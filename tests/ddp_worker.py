@@ -38,10 +38,6 @@ def main(out_dir: str, batch_size: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
-    # Leave without the interpreter's teardown: under load, torch 2.13's gloo backend can
-    # abort in a C++ destructor at exit ("terminate called without an active exception",
-    # no Python frame) after all work is done and the process group is destroyed.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    from ddp_exit import run_and_leave
+
+    run_and_leave(main, sys.argv[1], int(sys.argv[2]))
