@@ -188,27 +188,22 @@ PRESETS: dict[str, TrainConfig] = {
         model="memvit16_16x4_ava", task="ava", data="ava_train_v2.2.csv", clip_frames=16, stride=4, size=224, augment=True,
         batch_size=8, epochs=30, optimizer="sgd", lr=0.6, weight_decay=1e-8, warmup_steps=1000, loss="bce",
     ),
-    # Tiny versions of the recipes (seconds on a CPU; tests and smoke runs): 4x32x32 clips.
-    "memvit_tiny_k400": TrainConfig(
-        model="memvit_tiny", task="classify", num_classes=400, data="train.csv", clip_frames=4, stride=2, size=32, augment=True,
-        batch_size=2, epochs=5, progressive=(1, 2, 3, 4, 5), stage_epochs=1, optimizer="sgd", lr=0.1,
-        weight_decay=1e-4, warmup_steps=2, log_every=5,
-    ),
-    "memvit_tiny_epic": TrainConfig(
-        model="memvit_tiny", task="epic_verb_noun", data="EPIC_100_train.csv", clip_frames=4, stride=2, size=32, augment=True,
-        batch_size=2, epochs=1, optimizer="adamw", lr=2e-4, weight_decay=0.05, warmup_steps=2, log_every=5,
-        memory_len=4, sampler="consecutive",
-    ),
-    "memvit_tiny_epic_anticipation": TrainConfig(
-        model="memvit_tiny_causal", task="epic_anticipation", data="EPIC_100_train.csv", clip_frames=4, stride=2,
-        size=32, augment=True, batch_size=2, epochs=1, optimizer="adamw", lr=2e-4, weight_decay=0.05, warmup_steps=2,
-        log_every=5, loss="eql", eql_lambda=0.003, tau_a=1.0, memory_len=4, sampler="consecutive",
-    ),
-    "memvit_tiny_ava": TrainConfig(
-        model="memvit_tiny_ava", task="ava", data="ava_train_v2.2.csv", clip_frames=4, stride=1, size=32, augment=True,
-        batch_size=2, epochs=1, optimizer="sgd", lr=0.6, weight_decay=1e-8, warmup_steps=2, log_every=5, loss="bce",
-    ),
 }  # fmt: skip
+
+
+def _tiny_recipe(recipe: str, model: str, **changes) -> TrainConfig:
+    """A paper recipe at a size that trains in seconds on a CPU (tests and smoke runs): the same
+    task, optimizer, learning rate, loss, sampler and memory, on 4x32x32 clips of a tiny model."""
+    small = dict(model=model, clip_frames=4, stride=2, size=32, batch_size=2, epochs=1, warmup_steps=2, log_every=5)
+    return dataclasses.replace(PRESETS[recipe], **{**small, **changes})
+
+
+PRESETS.update(
+    memvit_tiny_k400=_tiny_recipe("memvit16_16x4_k400", "memvit_tiny", epochs=5, stage_epochs=1),
+    memvit_tiny_epic=_tiny_recipe("memvit16_16x4_epic", "memvit_tiny"),
+    memvit_tiny_epic_anticipation=_tiny_recipe("memvit16_16x4_epic_anticipation", "memvit_tiny_causal"),
+    memvit_tiny_ava=_tiny_recipe("memvit16_16x4_ava", "memvit_tiny_ava", stride=1),
+)
 
 
 def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> TrainConfig:
