@@ -14,14 +14,16 @@ th{background:#f4f4f4}code{font-size:12px}.err{color:#b00}.muted{color:#777}inpu
 <h1>longvid serve</h1>
 <p class="muted" id="health">connecting...</p>
 <form id="add"><input type="text" id="source" placeholder="udp://127.0.0.1:5000 or rtsp://camera/stream">
-<input type="text" id="questions" placeholder="questions, separated by ; (LMM models)" style="width:18em">
+<span id="lmm" hidden><input type="text" id="questions" placeholder="questions to answer, separated by ;" style="width:18em">
+every <input type="number" id="every" min="0.1" step="any" value="10" style="width:4em"> s</span>
 <button>add stream</button> <span id="add-error" class="err"></span></form>
-<table><thead><tr><th>stream</th><th>source</th><th>status</th><th>clips</th><th>dropped</th><th>latency</th><th>latest</th><th>ask</th><th></th></tr></thead>
+<table><thead><tr><th>stream</th><th>source</th><th>status</th><th>clips</th><th>dropped</th><th>latency</th><th>latest</th><th id="ask-head" hidden>ask</th><th></th></tr></thead>
 <tbody id="streams"></tbody></table>
 <script>
 "use strict";
 let token = sessionStorage.getItem("longvid-token") || "";
 const answers = {};  // stream id -> the last answer asked from this page
+let asks = false;  // the model answers questions (an LMM): the page shows the question boxes
 function headers(){ const h = {"Content-Type": "application/json"}; if (token) h["Authorization"] = "Bearer " + token; return h; }
 async function api(method, path, body){
   const r = await fetch(path, {method, headers: headers(), body: body ? JSON.stringify(body) : undefined});
@@ -34,13 +36,28 @@ function text(value){ const span = document.createElement("span"); span.textCont
 function latest(record){
   if (!record) return "";
   if (record.answer !== undefined) return record.question + " \\u2192 " + record.answer;
-  if (Array.isArray(record.top)) return record.top.slice(0, 3).map(t => t.label + " " + t.score.toFixed(2)).join(", ");
+  if (Array.isArray(record.top)) return record.top.slice(0, 3).map(t => t.label + " (" + t.score.toFixed(2) + ")").join(", ");
   return JSON.stringify(record.top);
+}
+function askCell(id){  // a question box; the reply (answer or error) shows under it
+  const cell = document.createElement("td");
+  const input = document.createElement("input"); input.type = "text"; input.placeholder = "question"; input.style.width = "12em";
+  const answer = document.createElement("div"); answer.textContent = answers[id] || "";
+  input.addEventListener("keydown", async e => {
+    if (e.key !== "Enter") return;
+    try { const a = await api("POST", `/v1/streams/${id}/ask`, {question: input.value}); answers[id] = a.question + " \u2192 " + a.answer; }
+    catch (err){ answers[id] = err.message; }
+    input.blur(); refresh();
+  });
+  cell.append(input, answer);
+  return cell;
 }
 async function refresh(){
   try {
     const health = await api("GET", "/healthz");
-    document.getElementById("health").textContent = `model ${health.model}, ${health.streams}/${health.capacity} streams` + (health.answers ? ", answers questions" : "");
+    asks = Boolean(health.answers);
+    document.getElementById("health").textContent = `model ${health.model}, ${health.streams}/${health.capacity} streams` + (asks ? ", answers questions" : ", labels clips");
+    document.getElementById("lmm").hidden = document.getElementById("ask-head").hidden = !asks;
     const data = await api("GET", "/v1/streams");
     if (document.activeElement && document.activeElement.closest("#streams")) return;  // typing a question
     const body = document.getElementById("streams");
@@ -49,11 +66,7 @@ async function refresh(){
       for (const value of [s.id, s.source, s.status, s.clips, s.dropped, s.latency === null ? "" : s.latency.toFixed(2) + " s", latest(s.last)]){
         const cell = document.createElement("td"); cell.append(text(String(value))); row.append(cell);
       }
-      const askCell = document.createElement("td");
-      const input = document.createElement("input"); input.type = "text"; input.placeholder = "question"; input.style.width = "12em";
-      const answer = document.createElement("div"); answer.textContent = answers[s.id] || "";
-      input.addEventListener("keydown", async e => { if (e.key === "Enter"){ try { const a = await api("POST", `/v1/streams/${s.id}/ask`, {question: input.value}); answers[s.id] = a.question + " \u2192 " + a.answer; } catch (err){ answers[s.id] = err.message; } input.blur(); refresh(); } });
-      askCell.append(input, answer); row.append(askCell);
+      if (asks) row.append(askCell(s.id));
       const stop = document.createElement("button"); stop.textContent = "stop";
       stop.onclick = () => api("DELETE", `/v1/streams/${s.id}`).then(refresh);
       const stopCell = document.createElement("td"); stopCell.append(stop); row.append(stopCell);
@@ -64,8 +77,12 @@ async function refresh(){
 document.getElementById("add").addEventListener("submit", async e => {
   e.preventDefault();
   const questions = document.getElementById("questions").value.split(";").map(q => q.trim()).filter(Boolean);
-  try { await api("POST", "/v1/streams", {source: document.getElementById("source").value, ask: questions});
-        document.getElementById("add-error").textContent = ""; refresh(); }
+  const every = Number(document.getElementById("every").value);
+  const stream = {source: document.getElementById("source").value};
+  if (questions.length) Object.assign(stream, {ask: questions}, every > 0 ? {every} : {});
+  try { await api("POST", "/v1/streams", stream);
+        document.getElementById("add-error").textContent = "";
+        document.getElementById("source").value = document.getElementById("questions").value = ""; refresh(); }
   catch (err){ document.getElementById("add-error").textContent = err.message; }
 });
 refresh(); setInterval(refresh, 1000);
