@@ -446,6 +446,7 @@ def _serve_ray(args: argparse.Namespace, token: str | None, schemes: list[str]) 
                                        ("fps", args.fps)) if v is not None})
     options = {"model": args.model, "checkpoint": args.checkpoint, "settings": settings, "capacity": args.max_streams,
                "state_dir": os.path.abspath(args.state_dir), "save_every": args.save_every, "threads": args.threads,
+               "workers": args.workers,
                "reset_on_reconnect": args.reset_on_reconnect, "token": token, "schemes": schemes,
                "allow_dir": args.allow_dir, "max_body": args.max_body}
     log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr, flush=True))

@@ -278,7 +278,8 @@ def test_serve_refuses_public_addresses_without_a_token_and_bad_options(capsys, 
     monkeypatch.delenv("LONGVID_TOKEN", raising=False)
     for argv, message in ((["--host", "0.0.0.0"], "give a bearer token"), (["--token", "short"], "at least 8 characters"),
                           (["--allow-scheme", "file"], "unknown scheme 'file'"), (["--allow-dir", str(tmp_path / "no")], "no such folder"),
-                          (["--max-streams", "0"], "--max-streams must be >= 1"), (["--read-timeout", "0"], "--read-timeout must be > 0")):
+                          (["--max-streams", "0"], "--max-streams must be >= 1"), (["--read-timeout", "0"], "--read-timeout must be > 0"),
+                          (["--workers", "0"], "--workers must be >= 1")):
         assert main(["serve", *argv]) == 1
         assert message in capsys.readouterr().err
     assert main(["serve", "--ray"]) == 1
@@ -296,7 +297,7 @@ def test_serve_command_serves_and_stops_on_sigterm(tmp_path, camera_dir):
     env = {k: v for k, v in os.environ.items() if k != "LONGVID_TOKEN"}
     state = tmp_path / "state"
     with open(log, "w") as out:
-        process = subprocess.Popen([longvid_script(), "serve", "--port", str(port), "--size", "32", "--tau", "2", "--threads", "1",
+        process = subprocess.Popen([longvid_script(), "serve", "--port", str(port), "--size", "32", "--tau", "2", "--workers", "2",
                                     "--allow-dir", str(camera_dir), "--state-dir", str(state), "--token", TOKEN],
                                    stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
