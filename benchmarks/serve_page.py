@@ -17,12 +17,12 @@ check fails. Not part of CI (it needs node and a Chromium); about a minute per p
 
 Chromium comes from the npm registry (no browser download at install time): a folder with
 
-    npm install @sparticuz/chromium puppeteer-core      # e.g. in /work/tools/chromium
+    npm install @sparticuz/chromium puppeteer-core      # in a folder outside the repository, e.g. ~/chromium
 
 (@sparticuz/chromium ships a compressed headless Chromium in the package and unpacks it
 to /tmp when it starts). Then:
 
-    python benchmarks/serve_page.py --node-modules /work/tools/chromium/node_modules --out page
+    python benchmarks/serve_page.py --node-modules ~/chromium/node_modules --out page
     python benchmarks/serve_page.py --node-modules ... --models rewind_tiny
     python benchmarks/serve_page.py --node-modules ... --chromium /usr/bin/chromium   # any Chromium
 """
