@@ -227,9 +227,10 @@ def saturated_comparison(args) -> None:
     way ``longvid stream`` runs one camera), each way with every thread setting that uses
     the cores: the batched process with 1 torch thread, with one per core, and with one
     worker (a part of the batch, one torch thread) per core; the processes with 1 thread
-    each (their best: more would oversubscribe the cores) and with torch's default (one per
-    core each: what ``longvid stream`` does without ``--threads``). The settings take turns,
-    ``args.rounds`` times; figures are the mean (and worst) over the rounds."""
+    each (their best: more would oversubscribe the cores) and, with --naive-default-threads,
+    with torch's default (one per core each: what ``longvid stream`` does without
+    ``--threads``; slow to measure, as its threads wait on each other). The settings take
+    turns, ``args.rounds`` times; figures are the mean (and worst) over the rounds."""
     import torch
 
     import longvid
@@ -242,8 +243,9 @@ def saturated_comparison(args) -> None:
     settings = [("batched", f"1 process, batch of {n}, 1 thread", 1, n, 1, 1),
                 ("batched", f"1 process, batch of {n}, {cpus} threads", 1, n, cpus, 1),
                 ("batched", f"1 process, batch of {n}, {cpus} workers x 1 thread", 1, n, 1, cpus),
-                ("naive", f"{n} processes, 1 stream and 1 thread each", n, 1, 1, 1),
-                ("naive", f"{n} processes, 1 stream and {default_threads} threads each (torch default)", n, 1, default_threads, 1)]
+                ("naive", f"{n} processes, 1 stream and 1 thread each", n, 1, 1, 1)]
+    if args.naive_default_threads:
+        settings.append(("naive", f"{n} processes, 1 stream and {default_threads} threads each (torch default)", n, 1, default_threads, 1))
     results: dict[str, list[dict]] = {}
     for _ in range(args.rounds):
         for kind, what, processes, rows, threads, workers in settings:
@@ -282,6 +284,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="the server's --workers (default 1)")
     parser.add_argument("--saturate-seconds", type=float, default=6.0, help="measuring window of each saturated run (default 6)")
     parser.add_argument("--rounds", type=int, default=1, help="saturated: times each setting runs, taking turns (default 1)")
+    parser.add_argument("--naive-default-threads", action="store_true",
+                        help="saturated: also run one process per stream with torch's default threads (slow: threads oversubscribe the cores)")
     parser.add_argument("--warmup", type=float, default=10.0, help="at most this long for every stream's first clip")
     parser.add_argument("--budget", type=float, default=180.0, help="seconds for the whole benchmark (default 180)")
     args = parser.parse_args()
