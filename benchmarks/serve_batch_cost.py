@@ -11,7 +11,9 @@ over --rounds rounds (mean and worst):
   - where the time goes (torch.profiler self CPU time per clip by kind of kernel: GEMM-like
     kernels, attention, element-wise and copies, the rest), so one can tell whether a
     bigger batch could help more (per-call overhead shrinks with the batch; per-element
-    work does not).
+    work does not), and the element-wise kernels' memory traffic per clip (their inputs
+    plus an output the size of the largest input) against this core's measured bandwidth
+    (a + b of 64 MB tensors): their memory roofline.
 
     python benchmarks/serve_batch_cost.py                  # memvit_tiny, batches 1,4,16, 3 rounds
     python benchmarks/serve_batch_cost.py --batches 1,16 --rounds 5
@@ -78,6 +80,24 @@ def peak_gflops(seconds: float = 1.0) -> float:
     return 2 * 1024**3 * runs / (time.perf_counter() - started) / 1e9
 
 
+def bandwidth_gbs(seconds: float = 1.0) -> float:
+    """Bytes per second of ``c = a + b`` on 16 M floats (12 bytes per element moved)."""
+    a, b = torch.randn(16 << 20), torch.randn(16 << 20)
+    c = torch.empty_like(a)
+    torch.add(a, b, out=c)
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        torch.add(a, b, out=c)
+        runs += 1
+    return 12 * a.numel() * runs / (time.perf_counter() - started) / 1e9
+
+
+def shape_bytes(shapes) -> int:
+    """Bytes of an element-wise call: its tensor inputs plus an output as large as the largest (float32)."""
+    sizes = [int(np.prod(s)) for s in shapes if isinstance(s, (list, tuple)) and s and all(isinstance(d, int) for d in s)]
+    return 4 * (sum(sizes) + max(sizes, default=0))
+
+
 def timed(fn, seconds: float) -> float:
     fn()
     runs, started = 0, time.perf_counter()
@@ -120,16 +140,19 @@ def main() -> None:
         with torch.inference_mode():
             model(inputs, state)
 
-    engine_ms, model_ms, peaks = defaultdict(list), defaultdict(list), []
+    engine_ms, model_ms, peaks, bandwidths = defaultdict(list), defaultdict(list), [], []
     for _ in range(args.rounds):
         peaks.append(peak_gflops())
+        bandwidths.append(bandwidth_gbs())
         for b in batches:
             stepper = setups[b][0]
             engine_ms[b].append(1e3 * timed(lambda: stepper.step({row: clip for row in range(b)}), args.seconds))
             model_ms[b].append(1e3 * timed(lambda: bare(b), args.seconds))
     peak = float(np.mean(peaks))
+    bandwidth = float(np.mean(bandwidths))
     print(f"# {args.model}, 1 torch thread, {args.rounds} rounds taking turns; mean (worst); "
-          f"this core's float32 matmul peak {peak:.1f} GFLOP/s (1024^3, worst {min(peaks):.1f})")
+          f"this core's float32 matmul peak {peak:.1f} GFLOP/s (1024^3, worst {min(peaks):.1f}), "
+          f"memory bandwidth {bandwidth:.1f} GB/s (a + b, 64 MB each, worst {min(bandwidths):.1f})")
     print(f"{'batch':>5} {'engine ms/step':>16} {'model ms/step':>15} {'engine ms/clip':>15} {'overhead':>9} "
           f"{'GFLOP/clip':>10} {'GFLOP/s':>8} {'of peak':>8}")
     one = None
@@ -144,20 +167,26 @@ def main() -> None:
 
     print("# self CPU time per clip by kind of kernel (torch.profiler; it adds its own cost per call)")
     kinds = ("gemm/conv", "attention", "element-wise/copy", "other")
-    print(f"{'batch':>5} " + " ".join(f"{k:>20}" for k in kinds) + f" {'calls/step':>11}")
+    print(f"{'batch':>5} " + " ".join(f"{k:>20}" for k in kinds) + f" {'calls/step':>11} {'element-wise MB/clip':>21} "
+          f"{'their GB/s':>10} {'of bandwidth':>12}")
     for b in batches:
         steps = max(3, 48 // b)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             for _ in range(steps):
                 bare(b)
-        per_kind, calls = defaultdict(float), 0
-        for event in prof.key_averages():
+        per_kind, calls, moved = defaultdict(float), 0, 0
+        for event in prof.key_averages(group_by_input_shape=True):
             if event.key.startswith("aten::"):
-                per_kind[kind_of(event.key)] += event.self_cpu_time_total / 1e3
+                kind = kind_of(event.key)
+                per_kind[kind] += event.self_cpu_time_total / 1e3
                 calls += event.count
+                if kind == "element-wise/copy":
+                    moved += shape_bytes(event.input_shapes) * event.count
         total = sum(per_kind.values())
+        seconds = per_kind["element-wise/copy"] / 1e3
         print(f"{b:>5} " + " ".join(f"{per_kind[k] / steps / b:8.2f} ms ({per_kind[k] / total:5.1%})" for k in kinds)
-              + f" {calls / steps:11.0f}")
+              + f" {calls / steps:11.0f} {moved / steps / b / 1e6:21.1f} {moved / seconds / 1e9:10.1f} "
+              f"{moved / seconds / 1e9 / bandwidth:12.1%}")
 
 
 if __name__ == "__main__":
