@@ -2,9 +2,9 @@
 
 For each batch size (default 1, 4, 16) on one torch thread, after warm-up, taking turns
 over --rounds rounds (mean and worst):
-  - ms per step and per clip of the engine (``BatchedStepper.step``: clip stacking, the
-    model, write-back, softmax) and of the bare model forward on the same batch, so the
-    engine's own overhead shows as the difference;
+  - ms per step and per clip (medians) of the engine (``BatchedStepper.step``: clip
+    stacking, the model, write-back, softmax) and of the bare model forward on the same
+    batch, called in turn, so the engine's own overhead shows as the difference;
   - the model's FLOPs per clip (convolutions, matmuls, counted by torch's FlopCounterMode,
     plus attention: 4 * Nq * Nk * d per head, from the shapes it is called with) and the
     FLOP/s reached, as a fraction of this core's measured peak (a large float32 matmul);
@@ -98,13 +98,17 @@ def shape_bytes(shapes) -> int:
     return 4 * (sum(sizes) + max(sizes, default=0))
 
 
-def timed(fn, seconds: float) -> float:
-    fn()
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or runs < 3:
-        fn()
-        runs += 1
-    return (time.perf_counter() - started) / runs
+def timed_pair(first, second, seconds: float) -> tuple[float, float]:
+    """Median seconds per call of ``first`` and ``second``, called in turn, each first every
+    other time (so load changes and what a call leaves in the caches hit both alike)."""
+    calls = ((first, []), (second, []))
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds or len(calls[0][1]) < 4:
+        for fn, found in calls if len(calls[0][1]) % 2 == 0 else calls[::-1]:
+            t = time.perf_counter()
+            fn()
+            found.append(time.perf_counter() - t)
+    return float(np.median(calls[0][1])), float(np.median(calls[1][1]))
 
 
 def main() -> None:
@@ -112,7 +116,7 @@ def main() -> None:
     parser.add_argument("--model", default="memvit_tiny")
     parser.add_argument("--batches", default="1,4,16")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=1.5, help="timing window per measurement (default 1.5)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timing window per batch size and round (default 3)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     batches = [int(b) for b in args.batches.split(",")]
@@ -124,21 +128,19 @@ def main() -> None:
     setups = {}
     for b in batches:
         stepper = BatchedStepper(model, b)
+        for _ in range(model.memory_spec.cache_len + 1 if getattr(model, "memory_spec", None) else 2):
+            stepper.step({row: clip for row in range(b)})  # memory full of entries, as in a running stream
         inputs = frames.expand(b, *frames.shape).contiguous()
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(inputs, stepper.state)
         with torch.inference_mode():
-            state = model(inputs, model.init_state(b))[1]
-            state = model(inputs, state)[1]  # memory full of entries, as in a running stream
-            with FlopCounterMode(display=False) as counter:
-                model(inputs, state)
-            flops = counter.get_total_flops() + attention_flops(model, inputs, state)
-        for _ in range(2):
-            stepper.step({row: clip for row in range(b)})
-        setups[b] = (stepper, inputs, state, flops)
+            flops = counter.get_total_flops() + attention_flops(model, inputs, stepper.state)
+        setups[b] = (stepper, inputs, flops)
 
-    def bare(b):
-        _, inputs, state, _ = setups[b]
+    def bare(b):  # the model alone on the stepper's inputs and memory (the stepper's state is not changed)
+        stepper, inputs, _ = setups[b]
         with torch.inference_mode():
-            model(inputs, state)
+            model(inputs, stepper.state)
 
     engine_ms, model_ms, peaks, bandwidths = defaultdict(list), defaultdict(list), [], []
     for _ in range(args.rounds):
@@ -146,8 +148,9 @@ def main() -> None:
         bandwidths.append(bandwidth_gbs())
         for b in batches:
             stepper = setups[b][0]
-            engine_ms[b].append(1e3 * timed(lambda: stepper.step({row: clip for row in range(b)}), args.seconds))
-            model_ms[b].append(1e3 * timed(lambda: bare(b), args.seconds))
+            engine, alone = timed_pair(lambda: stepper.step({row: clip for row in range(b)}), lambda: bare(b), args.seconds)
+            engine_ms[b].append(1e3 * engine)
+            model_ms[b].append(1e3 * alone)
     peak = float(np.mean(peaks))
     bandwidth = float(np.mean(bandwidths))
     print(f"# {args.model}, 1 torch thread, {args.rounds} rounds taking turns; mean (worst); "
@@ -157,7 +160,7 @@ def main() -> None:
           f"{'GFLOP/clip':>10} {'GFLOP/s':>8} {'of peak':>8}")
     one = None
     for b in batches:
-        flops = setups[b][3]
+        flops = setups[b][2]
         e, m = float(np.mean(engine_ms[b])), float(np.mean(model_ms[b]))
         one = one or e / b
         print(f"{b:>5} {e:9.1f} ({max(engine_ms[b]):5.1f}) {m:8.1f} ({max(model_ms[b]):5.1f}) {e / b:15.2f} "
