@@ -8,11 +8,15 @@ clip's last frame arriving to its record), clips dropped, clips/s and the server
 Live cameras arrive at a fixed rate (16 cameras: 4 clips/s), so clips/s there is the
 arrival rate when nothing drops; what one batched model buys shows when the streams are
 saturated: the same engine stepping 16 streams of clips as fast as it can in one process
-vs 16 processes stepping one stream each (the naive way), clips/s and RSS. With
---live-processes N, N live cameras are also read by one `longvid stream` process each.
-Bounded: about --budget seconds (default 180) in all.
+(1 torch thread, one per core, or one worker per core) vs 16 processes stepping one
+stream each (the naive way: 1 thread each, and with --naive-default-threads torch's
+default), taking turns --rounds times, clips/s and RSS. With --live-processes N, N live
+cameras are also read by one `longvid stream` process each. Bounded: about --budget
+seconds (default 180) in all. Why a batch cannot do much better on CPU:
+benchmarks/serve_batch_cost.py.
 
     python benchmarks/serve_load.py                      # 1, 4, 16 live streams; 16 saturated
+    python benchmarks/serve_load.py --workers 2 --rounds 2 --budget 400
     python benchmarks/serve_load.py --streams 1,4 --capacity 4 --seconds 5
 """
 
