@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -132,7 +132,11 @@ class BatchedStepper:
                 outs = [out]
             else:
                 later = [self._pool.submit(self._forward, part, clips) for part in parts[1:]]
-                stepped = [self._forward(parts[0], clips)] + [future.result() for future in later]
+                try:
+                    stepped = [self._forward(parts[0], clips)]
+                finally:
+                    wait(later)  # no part still running once the step is over, even a failed one
+                stepped += [future.result() for future in later]
                 with torch.inference_mode():
                     for part, (_, rows_state) in zip(parts, stepped):
                         self.state = self.state.index_copy(torch.tensor(part, device=self.device), rows_state)
