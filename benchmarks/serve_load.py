@@ -194,11 +194,12 @@ def _worker(model, rows: int, threads: int, workers: int, seconds: float, connec
     stepper.step({row: clip for row in range(rows)})  # warm up
     connection.send("ready")
     connection.recv()
-    clips, started = 0, time.monotonic()
+    clips, started, cpu = 0, time.monotonic(), time.process_time()
     while time.monotonic() - started < seconds:
         stepper.step({row: clip for row in range(rows)})
         clips += rows
-    connection.send({"clips": clips, "seconds": time.monotonic() - started, "rss_mb": rss_mb(os.getpid())})
+    connection.send({"clips": clips, "seconds": time.monotonic() - started, "cpu_s": time.process_time() - cpu,
+                     "rss_mb": rss_mb(os.getpid())})
 
 
 def run_saturated(model, processes: int, rows: int, threads: int, workers: int, seconds: float) -> dict:
@@ -223,7 +224,8 @@ def run_saturated(model, processes: int, rows: int, threads: int, workers: int, 
             if p.is_alive():
                 p.kill()
     clips = sum(r["clips"] for r in results)
-    return {"clips_per_s": clips / max(r["seconds"] for r in results), "rss_mb": sum(r["rss_mb"] for r in results)}
+    return {"clips_per_s": clips / max(r["seconds"] for r in results), "rss_mb": sum(r["rss_mb"] for r in results),
+            "clips_per_cpu_s": clips / sum(r["cpu_s"] for r in results)}
 
 
 def saturated_comparison(args) -> None:
@@ -234,7 +236,10 @@ def saturated_comparison(args) -> None:
     each (their best: more would oversubscribe the cores) and, with --naive-default-threads,
     with torch's default (one per core each: what ``longvid stream`` does without
     ``--threads``; slow to measure, as its threads wait on each other). The settings take
-    turns, ``args.rounds`` times; figures are the mean (and worst) over the rounds."""
+    turns, ``args.rounds`` times; figures are the mean (and worst) over the rounds. Clips per
+    CPU-second (CPU time of all the processes' threads) hardly depend on what else runs on
+    the machine: their ratio is the clips/s ratio on an idle machine where both ways keep
+    every core busy (threads that wait on each other burn CPU time and count against it)."""
     import torch
 
     import longvid
@@ -257,12 +262,19 @@ def saturated_comparison(args) -> None:
     summary = {}
     for kind, what, *_ in settings:
         speeds = [r["clips_per_s"] for r in results[what]]
-        summary[what] = (kind, float(np.mean(speeds)), min(speeds), max(r["rss_mb"] for r in results[what]))
-        print(f"{what:>58}: {summary[what][1]:6.1f} clips/s (worst {summary[what][2]:.1f}), RSS {summary[what][3]:.0f} MB", flush=True)
+        per_cpu = float(np.mean([r["clips_per_cpu_s"] for r in results[what]]))
+        summary[what] = (kind, float(np.mean(speeds)), min(speeds), max(r["rss_mb"] for r in results[what]), per_cpu)
+        print(f"{what:>58}: {summary[what][1]:6.1f} clips/s (worst {summary[what][2]:.1f}), {per_cpu:5.1f} clips per CPU-second, "
+              f"RSS {summary[what][3]:.0f} MB", flush=True)
     best = {kind: max((v for v in summary.items() if v[1][0] == kind), key=lambda item: item[1][1]) for kind in ("batched", "naive")}
     (fast_what, fast), (naive_what, naive) = best["batched"], best["naive"]
     print(f"# best batched ({fast_what}) / best one process per stream ({naive_what}): {fast[1] / naive[1]:.2f}x the clips/s, "
           f"{naive[3] / max(fast[3], 1e-9):.1f}x less memory", flush=True)
+    every_core = [what for kind, what, processes, rows, threads, workers in settings
+                  if kind == "batched" and threads * workers >= cpus]  # the batched settings that can keep every core busy
+    idle_what = max(every_core, key=lambda what: summary[what][4])
+    print(f"# on an idle machine, every core busy: {idle_what} / {naive_what}: "
+          f"{summary[idle_what][4] / naive[4]:.2f}x (the ratio of clips per CPU-second)", flush=True)
 
 
 def _all_records(path: str) -> list[dict]:
