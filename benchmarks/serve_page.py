@@ -11,6 +11,8 @@ in the DOM that:
   - the rows' ids and sources are the API's;
   - an LMM's rows have a question box that answers: typing a question and Enter shows
     "question -> answer" under it; a classifier's rows have none;
+  - the second row's stop button stops that stream (and only it): its row then says
+    "stopped" and has no stop button;
   - no JavaScript error;
 then saves a screenshot (PNG) per preset and prints what it found. Exits non-zero when a
 check fails. Not part of CI (it needs node and a Chromium); about a minute per preset.
@@ -117,6 +119,14 @@ async function labelled(page, count){
     await new Promise(done => setTimeout(done, 1500));  // one more refresh of the labels
     report.rows = await page.evaluate(rows);
     await page.screenshot({path: plan.screenshot, fullPage: true});
+    // the second row's stop button: the stream stops (DELETE) and stays listed as stopped, without a button
+    await page.click("#streams tr:last-child button");
+    await page.waitForFunction(() => {
+      const last = document.querySelector("#streams tr:last-child");
+      return last && last.children[2].textContent === "stopped" && !last.querySelector("button");
+    }, {timeout, polling: 200});
+    report.after_stop = await page.evaluate(rows);
+    report.buttons_after_stop = await page.$$eval("#streams tr", trs => trs.map(tr => Boolean(tr.querySelector("button"))));
   } catch (err) {
     report.errors.push(String(err && err.message || err));
   } finally {
@@ -197,6 +207,10 @@ def check(report: dict, model: str, streams: list[dict]) -> list[str]:
         latest = (row.get("latest") or "").strip()
         if not (re.match(r"^.+ \u2192 .*$", latest) if lmm else LABELS.match(latest)):
             problems.append(f"stream {name}: the latest {'answer' if lmm else 'labels'} look wrong: {latest!r}")
+    after_stop = [(r.get("stream"), r.get("status")) for r in report.get("after_stop") or []]
+    if len(rows) == 2 and (after_stop != [(rows[0].get("stream"), "live"), (rows[1].get("stream"), "stopped")]
+                           or report.get("buttons_after_stop") != [True, False]):
+        problems.append(f"after the second row's stop button: rows {after_stop}, stop buttons {report.get('buttons_after_stop')}")
     if lmm:
         answer = (rows[0].get("answer") or "") if rows else ""
         if not answer.startswith(QUESTION + " \u2192 "):
@@ -229,6 +243,8 @@ def check_model(args, model: str, screenshot: str) -> list[str]:
     for row in report.get("rows") or report.get("first") or []:
         box = f"; question box: {row.get('answer')!r}" if row.get("ask_box") else "; no question box"
         print(f"row {row.get('stream')}: {row.get('status')}, {row.get('clips')} clips, latest: {row.get('latest')}{box}")
+    for row in report.get("after_stop") or []:
+        print(f"after the second row's stop button: row {row.get('stream')}: {row.get('status')}")
     problems = check(report, model, streams)
     for problem in problems:
         print(f"FAIL {problem}")

@@ -39,18 +39,40 @@ function latest(record){
   if (Array.isArray(record.top)) return record.top.slice(0, 3).map(t => t.label + " (" + t.score.toFixed(2) + ")").join(", ");
   return JSON.stringify(record.top);
 }
+const rows = {};  // stream id -> its table row, kept across refreshes (so a box being typed in or a button being clicked stays)
 function askCell(id){  // a question box; the reply (answer or error) shows under it
   const cell = document.createElement("td");
   const input = document.createElement("input"); input.type = "text"; input.placeholder = "question"; input.style.width = "12em";
-  const answer = document.createElement("div"); answer.textContent = answers[id] || "";
+  const answer = document.createElement("div"); answer.className = "answer";
   input.addEventListener("keydown", async e => {
     if (e.key !== "Enter") return;
     try { const a = await api("POST", `/v1/streams/${id}/ask`, {question: input.value}); answers[id] = a.question + " \u2192 " + a.answer; }
     catch (err){ answers[id] = err.message; }
-    input.blur(); refresh();
+    input.value = ""; refresh();
   });
   cell.append(input, answer);
   return cell;
+}
+function rowFor(s){  // the stream's row, made on first sight: 7 text cells, the question box (LMMs), the stop cell
+  if (rows[s.id]) return rows[s.id];
+  const row = document.createElement("tr");
+  for (let i = 0; i < 7; i++) row.append(document.createElement("td"));
+  if (asks) row.append(askCell(s.id));
+  const stopCell = document.createElement("td"); stopCell.className = "stop"; row.append(stopCell);
+  return rows[s.id] = row;
+}
+function fill(row, s){
+  const values = [s.id, s.source, s.status, s.clips, s.dropped, s.latency === null ? "" : s.latency.toFixed(2) + " s", latest(s.last)];
+  values.forEach((value, i) => { if (row.children[i].textContent !== String(value)) row.children[i].textContent = String(value); });
+  const answer = row.querySelector(".answer");
+  if (answer) answer.textContent = answers[s.id] || "";
+  const stopCell = row.querySelector(".stop");
+  const live = s.status === "live" || s.status === "reconnecting";  // an ended stream stays listed, with nothing to stop
+  if (live && !stopCell.querySelector("button")){
+    const stop = document.createElement("button"); stop.textContent = "stop";
+    stop.onclick = () => api("DELETE", `/v1/streams/${s.id}`).then(refresh, err => { stopCell.replaceChildren(text(err.message)); });
+    stopCell.replaceChildren(stop);
+  } else if (!live && stopCell.querySelector("button")) stopCell.replaceChildren();
 }
 async function refresh(){
   try {
@@ -59,19 +81,14 @@ async function refresh(){
     document.getElementById("health").textContent = `model ${health.model}, ${health.streams}/${health.capacity} streams` + (asks ? ", answers questions" : ", labels clips");
     document.getElementById("lmm").hidden = document.getElementById("ask-head").hidden = !asks;
     const data = await api("GET", "/v1/streams");
-    if (document.activeElement && document.activeElement.closest("#streams")) return;  // typing a question
     const body = document.getElementById("streams");
-    body.replaceChildren(...data.streams.map(s => {
-      const row = document.createElement("tr");
-      for (const value of [s.id, s.source, s.status, s.clips, s.dropped, s.latency === null ? "" : s.latency.toFixed(2) + " s", latest(s.last)]){
-        const cell = document.createElement("td"); cell.append(text(String(value))); row.append(cell);
-      }
-      if (asks) row.append(askCell(s.id));
-      const stop = document.createElement("button"); stop.textContent = "stop";
-      stop.onclick = () => api("DELETE", `/v1/streams/${s.id}`).then(refresh);
-      const stopCell = document.createElement("td"); stopCell.append(stop); row.append(stopCell);
-      return row;
-    }));
+    const listed = new Set(data.streams.map(s => s.id));
+    for (const id of Object.keys(rows)) if (!listed.has(id)){ rows[id].remove(); delete rows[id]; }
+    data.streams.forEach((s, i) => {
+      const row = rowFor(s);
+      fill(row, s);
+      if (body.children[i] !== row) body.insertBefore(row, body.children[i] || null);
+    });
   } catch (err){ document.getElementById("health").textContent = err.message; }
 }
 document.getElementById("add").addEventListener("submit", async e => {
