@@ -8,11 +8,15 @@ clip's last frame arriving to its record), clips dropped, clips/s and the server
 Live cameras arrive at a fixed rate (16 cameras: 4 clips/s), so clips/s there is the
 arrival rate when nothing drops; what one batched model buys shows when the streams are
 saturated: the same engine stepping 16 streams of clips as fast as it can in one process
-vs 16 processes stepping one stream each (the naive way), clips/s and RSS. With
---live-processes N, N live cameras are also read by one `longvid stream` process each.
-Bounded: about --budget seconds (default 180) in all.
+(1 torch thread, one per core, or one worker per core) vs 16 processes stepping one
+stream each (the naive way: 1 thread each, and with --naive-default-threads torch's
+default), taking turns --rounds times, clips/s and RSS. With --live-processes N, N live
+cameras are also read by one `longvid stream` process each. Bounded: about --budget
+seconds (default 180) in all. Why a batch cannot do much better on CPU:
+benchmarks/serve_batch_cost.py.
 
     python benchmarks/serve_load.py                      # 1, 4, 16 live streams; 16 saturated
+    python benchmarks/serve_load.py --workers 2 --rounds 2 --budget 400
     python benchmarks/serve_load.py --streams 1,4 --capacity 4 --seconds 5
 """
 
@@ -174,7 +178,7 @@ def run_processes(args, count: int, folder: str, deadline: float) -> dict | None
             "dropped": dropped, "p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "rss_mb": rss, "window_s": elapsed}
 
 
-def _worker(model, rows: int, seconds: float, connection) -> None:
+def _worker(model, rows: int, threads: int, workers: int, seconds: float, connection) -> None:
     """A saturated stepper (a forked process): ``rows`` streams of random clips, as fast as
     it goes, for ``seconds`` after "go"; sends back the clips stepped and its RSS."""
     import torch
@@ -182,29 +186,32 @@ def _worker(model, rows: int, seconds: float, connection) -> None:
     from longvid.serve.engine import BatchedStepper, live_settings_for
     from longvid.video.live import LiveClip
 
+    torch.set_num_threads(threads)
     settings = live_settings_for(model)
-    stepper = BatchedStepper(model, capacity=rows)
+    stepper = BatchedStepper(model, capacity=rows, workers=workers)
     frames = torch.randn(3, settings.clip_frames, settings.size, settings.size)
     clip = LiveClip(frames, 0, 0.0, 1.0, torch.zeros(settings.clip_frames, dtype=torch.float64), settings.clip_frames)
     stepper.step({row: clip for row in range(rows)})  # warm up
     connection.send("ready")
     connection.recv()
-    clips, started = 0, time.monotonic()
+    clips, started, cpu = 0, time.monotonic(), time.process_time()
     while time.monotonic() - started < seconds:
         stepper.step({row: clip for row in range(rows)})
         clips += rows
-    connection.send({"clips": clips, "seconds": time.monotonic() - started, "rss_mb": rss_mb(os.getpid())})
+    connection.send({"clips": clips, "seconds": time.monotonic() - started, "cpu_s": time.process_time() - cpu,
+                     "rss_mb": rss_mb(os.getpid())})
 
 
-def run_saturated(model, processes: int, rows: int, seconds: float) -> dict:
+def run_saturated(model, processes: int, rows: int, threads: int, workers: int, seconds: float) -> dict:
     """Clips/s of ``processes`` forked processes of ``rows`` streams each, all stepping at once."""
     import multiprocessing
 
     context = multiprocessing.get_context("fork")  # each a process of its own, without paying torch's import again
     pipes = [context.Pipe() for _ in range(processes)]
-    workers = [context.Process(target=_worker, args=(model, rows, seconds, child), daemon=True) for _, child in pipes]
-    for w in workers:
-        w.start()
+    procs = [context.Process(target=_worker, args=(model, rows, threads, workers, seconds, child), daemon=True)
+             for _, child in pipes]
+    for p in procs:
+        p.start()
     try:
         for parent, _ in pipes:
             assert parent.recv() == "ready"
@@ -212,37 +219,62 @@ def run_saturated(model, processes: int, rows: int, seconds: float) -> dict:
             parent.send("go")
         results = [parent.recv() for parent, _ in pipes]
     finally:
-        for w in workers:
-            w.join(timeout=30)
-            if w.is_alive():
-                w.kill()
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
     clips = sum(r["clips"] for r in results)
-    return {"processes": processes, "rows": rows, "clips_per_s": clips / max(r["seconds"] for r in results),
-            "rss_mb": sum(r["rss_mb"] for r in results)}
+    return {"clips_per_s": clips / max(r["seconds"] for r in results), "rss_mb": sum(r["rss_mb"] for r in results),
+            "clips_per_cpu_s": clips / sum(r["cpu_s"] for r in results)}
 
 
 def saturated_comparison(args) -> None:
-    """One process stepping ``args.capacity`` streams batched (``args.threads`` torch threads)
-    vs one process per stream (1 thread each: the naive way at its best, as more threads per
-    process would oversubscribe the cores)."""
+    """One process stepping ``args.capacity`` streams batched vs one process per stream (the
+    way ``longvid stream`` runs one camera), each way with every thread setting that uses
+    the cores: the batched process with 1 torch thread, with one per core, and with one
+    worker (a part of the batch, one torch thread) per core; the processes with 1 thread
+    each (their best: more would oversubscribe the cores) and, with --naive-default-threads,
+    with torch's default (one per core each: what ``longvid stream`` does without
+    ``--threads``; slow to measure, as its threads wait on each other). The settings take
+    turns, ``args.rounds`` times; figures are the mean (and worst) over the rounds. Clips per
+    CPU-second (CPU time of all the processes' threads) hardly depend on what else runs on
+    the machine: their ratio is the clips/s ratio on an idle machine where both ways keep
+    every core busy (threads that wait on each other burn CPU time and count against it)."""
     import torch
 
     import longvid
 
-    torch.set_num_threads(args.threads)
-    model = longvid.build_model(args.model).eval()
-    fast = run_saturated(model, 1, args.capacity, args.saturate_seconds)
-    torch.set_num_threads(1)
-    naive = run_saturated(model, args.capacity, 1, args.saturate_seconds)
     cpus = os.cpu_count() or 1
-    fast_cores, naive_cores = min(args.threads, cpus), min(args.capacity, cpus)
-    for r, what, cores in ((fast, f"1 process, batch of {args.capacity}, {args.threads} thread(s)", fast_cores),
-                           (naive, f"{args.capacity} processes, 1 stream and 1 thread each", naive_cores)):
-        print(f"{what:>45}: {r['clips_per_s']:.1f} clips/s ({r['clips_per_s'] / cores:.1f} per core it can use), "
-              f"RSS {r['rss_mb']:.0f} MB", flush=True)
-    print(f"# batched / one process per stream: {fast['clips_per_s'] / naive['clips_per_s']:.2f}x the clips/s "
-          f"({fast['clips_per_s'] / fast_cores / (naive['clips_per_s'] / naive_cores):.2f}x per core), "
-          f"{naive['rss_mb'] / max(fast['rss_mb'], 1e-9):.1f}x less memory", flush=True)
+    default_threads = torch.get_num_threads()  # torch's own choice in a fresh process
+    torch.set_num_threads(1)
+    model = longvid.build_model(args.model).eval()
+    n = args.capacity
+    settings = [("batched", f"1 process, batch of {n}, 1 thread", 1, n, 1, 1),
+                ("batched", f"1 process, batch of {n}, {cpus} threads", 1, n, cpus, 1),
+                ("batched", f"1 process, batch of {n}, {cpus} workers x 1 thread", 1, n, 1, cpus),
+                ("naive", f"{n} processes, 1 stream and 1 thread each", n, 1, 1, 1)]
+    if args.naive_default_threads:
+        settings.append(("naive", f"{n} processes, 1 stream and {default_threads} threads each (torch default)", n, 1, default_threads, 1))
+    results: dict[str, list[dict]] = {}
+    for _ in range(args.rounds):
+        for kind, what, processes, rows, threads, workers in settings:
+            results.setdefault(what, []).append(run_saturated(model, processes, rows, threads, workers, args.saturate_seconds))
+    summary = {}
+    for kind, what, *_ in settings:
+        speeds = [r["clips_per_s"] for r in results[what]]
+        per_cpu = float(np.mean([r["clips_per_cpu_s"] for r in results[what]]))
+        summary[what] = (kind, float(np.mean(speeds)), min(speeds), max(r["rss_mb"] for r in results[what]), per_cpu)
+        print(f"{what:>58}: {summary[what][1]:6.1f} clips/s (worst {summary[what][2]:.1f}), {per_cpu:5.1f} clips per CPU-second, "
+              f"RSS {summary[what][3]:.0f} MB", flush=True)
+    best = {kind: max((v for v in summary.items() if v[1][0] == kind), key=lambda item: item[1][1]) for kind in ("batched", "naive")}
+    (fast_what, fast), (naive_what, naive) = best["batched"], best["naive"]
+    print(f"# best batched ({fast_what}) / best one process per stream ({naive_what}): {fast[1] / naive[1]:.2f}x the clips/s, "
+          f"{naive[3] / max(fast[3], 1e-9):.1f}x less memory", flush=True)
+    every_core = [what for kind, what, processes, rows, threads, workers in settings
+                  if kind == "batched" and threads * workers >= cpus]  # the batched settings that can keep every core busy
+    idle_what = max(every_core, key=lambda what: summary[what][4])
+    print(f"# on an idle machine, every core busy: {idle_what} / {naive_what}: "
+          f"{summary[idle_what][4] / naive[4]:.2f}x (the ratio of clips per CPU-second)", flush=True)
 
 
 def _all_records(path: str) -> list[dict]:
@@ -263,9 +295,13 @@ def main() -> None:
                         help="saturated comparison: one process stepping this many streams batched vs one process per stream (0: skip)")
     parser.add_argument("--live-processes", type=int, default=0, help="also run this many live cameras as one `longvid stream` process each")
     parser.add_argument("--model", default="memvit_tiny")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the server and of the batched process (default 1: on a busy machine more threads can be far slower)")
+    parser.add_argument("--threads", type=int, default=1, help="the server's torch threads (default 1: on a busy machine more threads can be far slower)")
     parser.add_argument("--seconds", type=float, default=15.0, help="measuring window per live run (default 15)")
-    parser.add_argument("--saturate-seconds", type=float, default=10.0, help="measuring window of the saturated runs (default 10)")
+    parser.add_argument("--workers", type=int, default=1, help="the server's --workers (default 1)")
+    parser.add_argument("--saturate-seconds", type=float, default=6.0, help="measuring window of each saturated run (default 6)")
+    parser.add_argument("--rounds", type=int, default=1, help="saturated: times each setting runs, taking turns (default 1)")
+    parser.add_argument("--naive-default-threads", action="store_true",
+                        help="saturated: also run one process per stream with torch's default threads (slow: threads oversubscribe the cores)")
     parser.add_argument("--warmup", type=float, default=10.0, help="at most this long for every stream's first clip")
     parser.add_argument("--budget", type=float, default=180.0, help="seconds for the whole benchmark (default 180)")
     args = parser.parse_args()
@@ -290,7 +326,7 @@ def run_live_server(args, counts: list[int], deadline: float) -> list[dict]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([longvid_script(), "serve", "--model", args.model, "--port", str(port), "--max-streams",
-                               str(max(counts)), "--threads", str(args.threads), "--quiet"],
+                               str(max(counts)), "--threads", str(args.threads), "--workers", str(args.workers), "--quiet"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = []
     try:

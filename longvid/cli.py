@@ -393,7 +393,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise LongvidError(f"{flag} must be > 0 seconds, got {value}")
     for flag, value, least in (("--queue-size", args.queue_size, 1), ("--reconnect", args.reconnect, 0), ("--max-body", args.max_body, 256),
                                ("-T/--clip-frames", args.clip_frames, 1), ("--tau", args.tau, 1), ("--size", args.size, 1),
-                               ("--topk", args.topk, 1), ("--threads", args.threads, 1)):
+                               ("--topk", args.topk, 1), ("--threads", args.threads, 1), ("--workers", args.workers, 1)):
         if value is not None and value < least:
             raise LongvidError(f"{flag} must be >= {least}, got {value}")
     if args.fps is not None and not args.fps > 0:
@@ -402,8 +402,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.ray:
         return _serve_ray(args, token, schemes)
     labels = load_labels(args.labels) if args.labels else None
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or args.workers > 1:
+        torch.set_num_threads(args.threads or 1)  # --workers: one torch thread per forward unless told
     log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr, flush=True))
     model, note = load_stream_model(args.model, args.checkpoint, encoder=args.encoder, llm=args.llm)
     if labels is None and args.checkpoint is None and "shipped" in note:
@@ -414,7 +414,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                  fps=(args.fps or 1.0) if asks else None, capacity=capacity, open_timeout=args.open_timeout,
                                  read_timeout=args.read_timeout, reconnect=args.reconnect)
     engine = LiveEngine(model, settings, capacity=args.max_streams, labels=labels, topk=args.topk, device=args.device,
-                        reset_on_reconnect=args.reset_on_reconnect)
+                        reset_on_reconnect=args.reset_on_reconnect, workers=args.workers)
     if log:
         log(f"model {type(model).__name__} ({note}) on {args.device}")
     serve_settings = ServeSettings(token=token, schemes=tuple(schemes), allow_dir=args.allow_dir, max_body=args.max_body,
@@ -446,6 +446,7 @@ def _serve_ray(args: argparse.Namespace, token: str | None, schemes: list[str]) 
                                        ("fps", args.fps)) if v is not None})
     options = {"model": args.model, "checkpoint": args.checkpoint, "settings": settings, "capacity": args.max_streams,
                "state_dir": os.path.abspath(args.state_dir), "save_every": args.save_every, "threads": args.threads,
+               "workers": args.workers,
                "reset_on_reconnect": args.reset_on_reconnect, "token": token, "schemes": schemes,
                "allow_dir": args.allow_dir, "max_body": args.max_body}
     log = None if args.quiet else (lambda message: print(f"longvid: {message}", file=sys.stderr, flush=True))
@@ -805,6 +806,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--topk", type=int, default=5, help="labels per clip (default 5)")
     sub.add_argument("--device", default="cpu", help="torch device (default cpu)")
     sub.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sub.add_argument("--workers", type=int, default=1,
+                     help="split each step's streams into this many forwards run at once, one torch thread each unless "
+                          "--threads (default 1; on CPU with a small model, one per core is fastest)")
     sub.add_argument("--allow-untrained", action="store_true",
                      help="serve an MA-LMM/ReWind preset without trained weights (its answers are noise)")
     sub.add_argument("--ray", action="store_true", help="run as a Ray Serve application (the ray extra; RAY_ADDRESS joins a cluster): "

@@ -216,6 +216,36 @@ def test_batched_live_slots_are_isolated_bitwise():
     assert all(torch.equal(x, y) for x, y in zip(fresh["c"], reused["c"]))
 
 
+def test_a_stepper_with_workers_steps_each_part_as_its_own_batch():
+    # 2 workers: the rows of a step go in 2 contiguous parts, each one forward in its own
+    # thread; outputs and memory equal each part stepped alone by the model (a naive loop).
+    torch.manual_seed(0)
+    model = longvid.build_model("memvit_tiny_recall")
+    stepper = BatchedStepper(model, capacity=4, workers=2)
+    rows = [stepper.join() for _ in range(4)]
+    reference = {row: model.init_state(1) for row in rows}  # each row's memory, stepped alone below
+    for index, active in enumerate([[0, 1, 2, 3], [1, 3], [0, 1, 2, 3], [2]]):
+        clips = {row: _clip(0.1 * (row + 1) + 0.05 * index, index) for row in active}
+        result = stepper.step(clips)
+        half = (len(active) + 1) // 2
+        for part in (active[:half], active[half:]):
+            if not part:
+                continue
+            states = [reference[r] for r in part]
+            with torch.inference_mode():
+                batch = model.init_state(len(part))
+                for i, state in enumerate(states):
+                    batch = batch.index_copy(torch.tensor([i]), state)
+                clip = torch.stack([clips[r].frames for r in part])
+                out, stepped = model(clip, batch)
+            for i, row in enumerate(part):
+                assert torch.equal(torch.from_numpy(result[row]["logits"]), torch.softmax(out.float(), -1).double()[i])
+                reference[row] = stepped.index_select(torch.tensor([i]))
+    for row in rows:
+        mine, theirs = stepper.row_state(row).state_dict(), reference[row].state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
 def test_state_dir_resumes_streams_after_a_restart(tmp_path, camera_dir):
     folder = str(tmp_path / "state")
     os.makedirs(folder)
@@ -248,7 +278,8 @@ def test_serve_refuses_public_addresses_without_a_token_and_bad_options(capsys, 
     monkeypatch.delenv("LONGVID_TOKEN", raising=False)
     for argv, message in ((["--host", "0.0.0.0"], "give a bearer token"), (["--token", "short"], "at least 8 characters"),
                           (["--allow-scheme", "file"], "unknown scheme 'file'"), (["--allow-dir", str(tmp_path / "no")], "no such folder"),
-                          (["--max-streams", "0"], "--max-streams must be >= 1"), (["--read-timeout", "0"], "--read-timeout must be > 0")):
+                          (["--max-streams", "0"], "--max-streams must be >= 1"), (["--read-timeout", "0"], "--read-timeout must be > 0"),
+                          (["--workers", "0"], "--workers must be >= 1")):
         assert main(["serve", *argv]) == 1
         assert message in capsys.readouterr().err
     assert main(["serve", "--ray"]) == 1
@@ -266,7 +297,7 @@ def test_serve_command_serves_and_stops_on_sigterm(tmp_path, camera_dir):
     env = {k: v for k, v in os.environ.items() if k != "LONGVID_TOKEN"}
     state = tmp_path / "state"
     with open(log, "w") as out:
-        process = subprocess.Popen([longvid_script(), "serve", "--port", str(port), "--size", "32", "--tau", "2", "--threads", "1",
+        process = subprocess.Popen([longvid_script(), "serve", "--port", str(port), "--size", "32", "--tau", "2", "--workers", "2",
                                     "--allow-dir", str(camera_dir), "--state-dir", str(state), "--token", TOKEN],
                                    stdout=out, stderr=subprocess.STDOUT, env=env)
         try:

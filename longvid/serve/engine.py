@@ -21,7 +21,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field, replace
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -58,11 +59,20 @@ def live_settings_for(model, **overrides) -> LiveSettings:
 
 
 class BatchedStepper:
-    """The memory of up to ``capacity`` streams in one state; one forward steps any rows."""
+    """The memory of up to ``capacity`` streams in one state; one forward steps any rows.
 
-    def __init__(self, model: torch.nn.Module, capacity: int, device=None, dtype: torch.dtype | None = None):
+    ``workers > 1`` splits a step's rows into that many contiguous parts, each a forward of
+    its own in its own thread (run with one torch thread each: the parts then use that many
+    cores at once, which beats torch's own threading for small models whose time goes to
+    many small element-wise kernels). A row's output depends only on its clip and memory
+    either way (the isolation the stream contract asks for)."""
+
+    def __init__(self, model: torch.nn.Module, capacity: int, device=None, dtype: torch.dtype | None = None,
+                 workers: int = 1):
         if capacity < 1:
             raise LongvidError(f"capacity must be >= 1, got {capacity}")
+        if workers < 1:
+            raise LongvidError(f"workers must be >= 1, got {workers}")
         self.model = model.eval()
         self.capacity = capacity
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -72,7 +82,9 @@ class BatchedStepper:
         if dtype is not None:
             self.state = self.state.to(dtype=dtype)
         self.free = list(range(capacity))
-        self.lock = threading.Lock()  # one forward (or answer) at a time
+        self.lock = threading.Lock()  # one step (or answer) at a time
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="longvid-step") if workers > 1 else None
 
     def join(self, saved=None) -> int:
         """A free row for a new stream: fresh (its next step has ``is_first``), or holding
@@ -108,19 +120,40 @@ class BatchedStepper:
             return self.state.index_select(torch.tensor([row], device=self.device))
 
     def step(self, clips: dict[int, LiveClip]):
-        """One forward for every row in ``clips``; returns ``{row: output}`` (a classifier's
-        ``(K,)`` probabilities per head as ``{head: array}``, an LMM's step output dict)."""
+        """One forward for every row in ``clips`` (one per part with ``workers``); returns
+        ``{row: output}`` (a classifier's ``(K,)`` probabilities per head as ``{head: array}``,
+        an LMM's ``None``)."""
         rows = sorted(clips)
-        inputs = self._inputs([clips[r] for r in rows])
-        index = torch.tensor(rows, device=self.device)
-        with self.lock, torch.inference_mode():
-            everyone = rows == list(range(self.capacity))
-            out, stepped = self.model(inputs, self.state if everyone else self.state.index_select(index))
-            self.state = stepped if everyone else self.state.index_copy(index, stepped)
+        parts = [part.tolist() for part in np.array_split(np.array(rows), min(self.workers, len(rows)))]
+        with self.lock:
+            if parts[0] == list(range(self.capacity)):  # every row at once: no gather, no write-back
+                with torch.inference_mode():
+                    out, self.state = self.model(self._inputs([clips[r] for r in rows]), self.state)
+                outs = [out]
+            else:
+                later = [self._pool.submit(self._forward, part, clips) for part in parts[1:]]
+                try:
+                    stepped = [self._forward(parts[0], clips)]
+                finally:
+                    wait(later)  # no part still running once the step is over, even a failed one
+                stepped += [future.result() for future in later]
+                with torch.inference_mode():
+                    for part, (_, rows_state) in zip(parts, stepped):
+                        self.state = self.state.index_copy(torch.tensor(part, device=self.device), rows_state)
+                outs = [out for out, _ in stepped]
         if self.answers:
             return {row: None for row in rows}
-        probabilities = _probabilities(out)
-        return {row: {head: p[i] for head, p in probabilities.items()} for i, row in enumerate(rows)}
+        found = {}
+        for part, out in zip(parts, outs):
+            probabilities = _probabilities(out)
+            found.update({row: {head: p[i] for head, p in probabilities.items()} for i, row in enumerate(part)})
+        return found
+
+    def _forward(self, rows: list[int], clips: dict[int, LiveClip]):
+        """(output, the rows' new state) of one forward over ``rows`` (the state is not written)."""
+        inputs = self._inputs([clips[r] for r in rows])
+        with torch.inference_mode():  # per thread: a worker enters it too
+            return self.model(inputs, self.state.index_select(torch.tensor(rows, device=self.device)))
 
     def answer(self, row: int, questions: Sequence[str]) -> list[str]:
         """Answers from ``row``'s current memory (never re-reading the video)."""
@@ -185,8 +218,8 @@ class LiveEngine:
     def __init__(self, model, settings: LiveSettings, capacity: int, labels: Sequence[str] | None = None,
                  topk: int = 5, device=None, dtype=None, reset_on_reconnect: bool = False,
                  max_seconds: float | None = None, sink: Callable[[LiveStream, dict], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, keep_records: int = 500):
-        self.stepper = BatchedStepper(model, capacity, device, dtype)
+                 clock: Callable[[], float] = time.monotonic, keep_records: int = 500, workers: int = 1):
+        self.stepper = BatchedStepper(model, capacity, device, dtype, workers)
         self.settings = settings
         self.labels = labels
         self.topk = topk

@@ -25,7 +25,7 @@ from longvid.errors import LongvidError
 def deployments(options: dict):
     """(Router, StreamReplica) Ray Serve deployments for ``options`` (model, checkpoint,
     settings: LiveSettings fields, capacity, state_dir, save_every, reset_on_reconnect,
-    threads, token, schemes, allow_dir, max_body, touch_every)."""
+    threads, workers, token, schemes, allow_dir, max_body, touch_every)."""
     from ray import serve
 
     from longvid.serve.app import BodyLimit, HTTPProblem, ServeSettings, check_source, check_token, json_object
@@ -47,7 +47,7 @@ def deployments(options: dict):
             labels = shipped_labels(options.get("model") or DEFAULT_STREAM_PRESET) if "shipped" in note else None
             settings = live_settings_for(model, **options["settings"])  # the model's clip length and size unless given
             self.engine = LiveEngine(model, settings, options["capacity"], labels=labels,
-                                     reset_on_reconnect=options.get("reset_on_reconnect", False))
+                                     reset_on_reconnect=options.get("reset_on_reconnect", False), workers=options.get("workers") or 1)
             self.state_dir = options["state_dir"]
             self.server = Server(self.engine, ServeSettings(state_dir=self.state_dir, save_every=options["save_every"]),
                                  resume_on_start=False)
@@ -231,7 +231,7 @@ def run_ray(options: dict, host: str, port: int, replicas: int, log=None) -> Non
     ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
     Router, StreamReplica = deployments(options)
-    cpus = {"num_cpus": options.get("threads") or 1}  # a replica claims the cores its torch threads use
+    cpus = {"num_cpus": (options.get("threads") or 1) * (options.get("workers") or 1)}  # the cores a replica's forwards use
     serve.run(Router.bind(StreamReplica.options(num_replicas=replicas, ray_actor_options=cpus).bind()), name="longvid",
               route_prefix="/")
     if log:
