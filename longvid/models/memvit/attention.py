@@ -488,7 +488,11 @@ class MultiScaleAttention(nn.Module):
             logits = q_aug @ k_aug.transpose(-2, -1)  # (B, heads, Nq, Nk)
             if mask is not None:
                 logits += mask
-            out = F.dropout(logits.softmax(-1), drop, training=drop > 0) @ v
+            if torch.is_grad_enabled():
+                weights = logits.softmax(-1)
+            else:  # in place: no second (B, heads, Nq, Nk) buffer to allocate and fault in
+                weights = torch.softmax(logits, -1, out=logits)
+            out = F.dropout(weights, drop, training=drop > 0) @ v
         out = out.transpose(1, 2).clone(memory_format=torch.contiguous_format)  # (B, Nq, heads, d)
         out[:, n:].add_(q_body.transpose(1, 2))  # residual pooling, not on cls
         return out.flatten(2)
