@@ -197,6 +197,8 @@ class MeMViT(nn.Module):
         expected = self.memory_shapes(clip_size)
         have = [(tuple(k.raw.shape[1:]), tuple(k.compressed.shape[2:])) for k in state.keys]
         if have == expected:
+            if state.keys and state.keys[0].raw.dtype != clip.dtype and not torch.is_autocast_enabled(clip.device.type):
+                state = state.to(dtype=clip.dtype)  # memory in the weights' dtype (e.g. a float32 state given to a bf16 model)
             return state
         if bool(state.is_first.all()):
             return self.init_state(clip.shape[0], state.is_first.device, clip.dtype, clip_size)
@@ -232,6 +234,7 @@ class MeMViT(nn.Module):
     def forward(self, clip: Tensor, state: KVMemoryState | None = None, memory_keep: Tensor | None = None, boxes: Tensor | None = None):
         if clip.dim() != 5:
             raise LongvidError(f"expected a clip batch (B, C, T, H, W), got shape {tuple(clip.shape)}")
+        clip = clip.to(self.patch_embed.proj.weight.dtype)  # bf16 weights take float32 clips as they come
         if state is None:
             state = self.init_state(clip.shape[0], clip.device, clip.dtype, tuple(clip.shape[2:]))
         state = self._check_state(state, clip)
