@@ -71,7 +71,11 @@ def for_inference(model: torch.nn.Module, dtype: str | torch.dtype = "float32", 
             import warnings
 
             warnings.warn(note, stacklevel=2)
-    return model.to(device=device, dtype=effective).eval()
+    model = model.to(device=device, dtype=effective).eval()
+    if effective != torch.float32:
+        for module in getattr(model, "float32_modules", list)():  # e.g. MeMViT's final norm and head
+            module.float()
+    return model
 
 
 def model_dtype(model: torch.nn.Module) -> torch.dtype:
