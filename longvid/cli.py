@@ -543,6 +543,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise LongvidError(f"--predictions {args.predictions}: its folder does not exist")
     import torch
 
+    if args.dtype != "float32" and config.model == "toy":
+        raise LongvidError(f"--dtype {args.dtype} is for MeMViT models, not model=toy")
     dtype, dtype_note = _dtype_for(args.dtype, "cuda" if torch.cuda.is_available() else "cpu")  # the device eval runs on
     if dtype_note and not args.quiet:
         print(f"longvid: {dtype_note}", file=sys.stderr)
