@@ -48,7 +48,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") 
     wanted = parse_dtype(dtype)
     device_type = torch.device(device).type
     if wanted == torch.float16 and device_type != "cuda":
-        raise LongvidError("dtype float16 needs a CUDA device (use bfloat16 on CPU)")
+        raise LongvidError("float16 needs --device cuda, a CUDA device (use bfloat16 on CPU)")
     if wanted == torch.bfloat16 and device_type == "cpu":
         native, reason = cpu_bf16_support()
         if not native:

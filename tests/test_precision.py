@@ -24,7 +24,7 @@ def test_parse_dtype_names_and_one_line_errors():
         precision.parse_dtype("int8")
     with pytest.raises(LongvidError, match="unsupported dtype torch.float64"):
         precision.parse_dtype(torch.float64)
-    with pytest.raises(LongvidError, match="float16 needs a CUDA device"):
+    with pytest.raises(LongvidError, match="float16 needs --device cuda"):
         precision.resolve_dtype("float16", "cpu")
 
 
