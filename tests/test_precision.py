@@ -95,12 +95,14 @@ def test_a_float32_state_given_to_a_bf16_model_is_cast_to_bf16():
     assert next_state.keys[0].raw.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("preset", ["memvit_tiny", "memvit_tiny_causal"])
-def test_attention_implementations_agree_in_a_whole_model(preset):
+@pytest.mark.parametrize("preset, overrides", [("memvit_tiny", {}), ("memvit_tiny_causal", {}),
+                                               ("memvit_tiny", {"rel_pos_spatial": False}),
+                                               ("memvit_tiny", {"rel_pos_spatial": False, "rel_pos_temporal": False})])
+def test_attention_implementations_agree_in_a_whole_model(preset, overrides):
     """sdpa / matmul (positions folded into q/k, float mask) equal the explicit bias path to
     float32 rounding, memory filled; the causal preset exercises the future mask."""
     torch.manual_seed(0)
-    model = build_model(preset).eval()
+    model = build_model(preset, **overrides).eval()
     clips = torch.randn(4, 2, 3, model.config.num_frames, model.config.crop_size, model.config.crop_size, generator=torch.Generator().manual_seed(2))
     outputs = {}
     for impl in ("explicit", "sdpa", "matmul"):

@@ -467,6 +467,8 @@ class MultiScaleAttention(nn.Module):
         n = self.n_cls
         num_mem = valid.shape[1] if valid is not None else 0
         key_columns = self._key_position_columns(k_thw, mem_thw, num_mem, q_body)  # (Nk, E)
+        if fused and q_body.device.type == "cuda" and (d + key_columns.shape[1]) % 8:  # GPU kernels want widths in 8s
+            key_columns = F.pad(key_columns, (0, -(d + key_columns.shape[1]) % 8))
         width = key_columns.shape[1]
         q_aug = q_body.new_empty(b, heads, n + nq_sp, d + width)  # (B, heads, Nq, d + E)
         q_aug[:, :, :n, :d] = q_cls
@@ -480,6 +482,7 @@ class MultiScaleAttention(nn.Module):
                 if used:
                     q_aug[:, :, n:, col : col + term.shape[-1]] = term.flatten(2, 4)
                     col += term.shape[-1]
+            q_aug[:, :, n:, col:] = 0  # padding columns (CUDA), if any
         k_aug = torch.cat([k * d**-0.5, key_columns.expand(b, heads, -1, -1)], dim=-1)  # (B, heads, Nk, d + E)
         mask = self._sdpa_mask(valid, q_thw, k_thw, mem_thw, q_body)
         if fused:
@@ -507,7 +510,7 @@ class MultiScaleAttention(nn.Module):
         axes = [(self.rel_pos_temporal, n_t), (self.rel_pos_spatial, n_h), (self.rel_pos_spatial, n_w)]
         width = sum(size for used, size in axes if used)
         if not width:
-            return like.new_zeros(0, 0)
+            return like.new_zeros(num_mem * (self.n_cls + tc * hc * wc) + self.n_cls + kt * kh * kw, 0)
 
         def grid_columns(t_cols: Tensor, h_cols: Tensor, w_cols: Tensor) -> Tensor:  # (T,), (H,), (W,) -> (n_cls + T*H*W, E)
             t, h, w = len(t_cols), len(h_cols), len(w_cols)
