@@ -12,9 +12,11 @@ import longvid
 from longvid import precision
 from longvid.cli import main
 from longvid.errors import LongvidError
+from longvid.bench.roofline import cpu_bf16_support
 from longvid.models.memvit import build_model
 
 torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
+needs_native_bf16 = pytest.mark.skipif(not cpu_bf16_support()[0], reason="this CPU has no native bf16: --dtype bfloat16 runs float32")
 
 
 def test_parse_dtype_names_and_one_line_errors():
@@ -48,6 +50,7 @@ def _pair(seed=0, **overrides):
     return fp32, bf16
 
 
+@needs_native_bf16
 def test_bf16_model_agrees_with_float32_on_a_tiny_memvit():
     """Weights and memory in bf16 (final norm and head float32) over clips that fill the memory:
     probabilities within 2e-3 of float32, same top-1 on every clip, over 3 seeds."""
@@ -69,6 +72,7 @@ def test_bf16_model_agrees_with_float32_on_a_tiny_memvit():
                 assert float((p32 - p16).abs().max()) < 2e-3
 
 
+@needs_native_bf16
 def test_bf16_state_round_trips_in_its_dtype(tmp_path):
     _, model = _pair()
     clips = torch.randn(4, 1, 3, 16, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -86,6 +90,7 @@ def test_bf16_state_round_trips_in_its_dtype(tmp_path):
             assert torch.equal(out, resumed)
 
 
+@needs_native_bf16
 def test_a_float32_state_given_to_a_bf16_model_is_cast_to_bf16():
     fp32, bf16 = _pair()
     clip = torch.randn(1, 3, 16, 64, 64)
@@ -119,6 +124,7 @@ def test_attention_implementations_agree_in_a_whole_model(preset, overrides):
         longvid.models.memvit.set_attention(model, "flash")
 
 
+@needs_native_bf16
 def test_stream_dtype_bfloat16_as_a_user_types_it(videos, run_cli, tmp_path):
     out = tmp_path / "bf16.jsonl"
     code, text = run_cli("stream", videos["cfr"], "--model", "memvit_tiny", "--allow-untrained", "--dtype", "bfloat16", "--out", out)
