@@ -12,8 +12,10 @@ scaled distances when the q and k grids differ. A stage transition pools q (stri
 Memory (``longvid.models.memvit.memory``): an attention layer given a ``LayerMemory`` attends to
 ``[memory entries ; current]`` keys/values, with its own position tables
 (``rel_pos_mem_t/h/w``, temporal distances scaled by the compression stride) and with
-masked entries set to ``-inf`` before the softmax. Attention runs through
-``F.scaled_dot_product_attention`` with the position terms and masks as one additive bias.
+masked entries set to ``-inf`` before the softmax. By default no (queries x keys) bias is
+built: the position terms are folded into q/k (extra columns) and the memory mask is a float
+mask broadcast over queries, through ``F.scaled_dot_product_attention`` or matmuls
+(:func:`set_attention`; ``explicit`` materializes the full bias, the reference).
 
 Tensor layout: tokens ``(B, N, C)`` with ``N = n_cls + T*H*W`` in (t, h, w) order.
 """
