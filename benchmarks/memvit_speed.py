@@ -11,18 +11,21 @@ changes on a shared machine hit all alike. Prints per clip the wall time (min an
 other processes only ever add time, so the min is the least disturbed figure) and the
 process CPU time (median), and the memory's overhead from each.
 
-``--dtype bfloat16`` runs each model twice, as an fp32 stream and a bf16-autocast stream
-(``torch.autocast("cpu", dtype=torch.bfloat16)``, its own memory state) on the same clips,
-and prints the speedup and the agreement with fp32 over every clip run (top-1 agreement,
-max |prob diff|).
+``--dtype bfloat16`` runs each model twice, as an fp32 stream and a bf16 stream (its own
+memory state) on the same clips, and prints the speedup and the agreement with fp32 over
+every clip run (top-1 agreement, max |prob diff|). The bf16 stream is what
+``longvid stream --dtype bfloat16`` runs (``--bf16 weights``: ``longvid.precision.for_inference``,
+weights and memory in bf16, final norm and head float32) or, with ``--bf16 autocast``, the
+fp32 model under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
 
-    python benchmarks/memvit_speed.py [--rounds 5] [--threads 2] [--dtype float32|bfloat16] [--seed 0] [--json]
+    python benchmarks/memvit_speed.py [--rounds 5] [--threads 2] [--dtype float32|bfloat16] [--bf16 weights|autocast] [--seed 0] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import statistics
 import time
@@ -32,11 +35,12 @@ import torch
 from longvid.bench import roofline
 from longvid.flops import model_cost
 from longvid.models.memvit import build_model
+from longvid.precision import for_inference
 
 
-def precision(dtype: str):
-    """Context for one stream's forward: bf16 autocast on CPU, or nothing (fp32)."""
-    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
+def precision(dtype: str, mode: str):
+    """Context for one stream's forward: bf16 autocast on CPU (``--bf16 autocast``), or nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" and mode == "autocast" else contextlib.nullcontext()
 
 
 def agreement(probs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
@@ -53,6 +57,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16: also time a bf16-autocast stream per model and compare it with fp32")
+    parser.add_argument("--bf16", choices=["weights", "autocast"], default="weights", help="how the bf16 stream runs (default weights: as --dtype bfloat16 of longvid stream)")
     parser.add_argument("--gemm-n", type=int, default=2048, help="matmul size of the roofline (default 2048)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and clips (default 0)")
     parser.add_argument("--json", action="store_true")
@@ -62,7 +67,7 @@ def main() -> None:
 
     native_bf16, bf16_reason = roofline.cpu_bf16_support()
     if args.dtype == "bfloat16" and not args.json:
-        print(f"bf16: {'native' if native_bf16 else 'NOT native on this CPU: bf16 autocast runs emulated and slow'} ({bf16_reason})")
+        print(f"bf16 ({args.bf16}): {'native' if native_bf16 else 'NOT native on this CPU: bf16 runs emulated and slow'} ({bf16_reason})")
     rates = roofline.gemm_roofline(args.gemm_n)
     dtypes = ["float32"] + (["bfloat16"] if args.dtype == "bfloat16" else [])
 
@@ -71,14 +76,16 @@ def main() -> None:
         model = build_model(name, num_frames=args.frames, crop_size=args.size).eval()
         gflops = model_cost(name, clip_frames=args.frames, size=args.size).gflops  # G multiply-adds per clip
         for dtype in dtypes:
-            runs[(name, dtype)] = {"model": model, "gflops": gflops, "state": model.init_state(1), "wall": [], "cpu": [], "probs": []}
+            bf16_weights = dtype == "bfloat16" and args.bf16 == "weights"
+            stream_model = for_inference(copy.deepcopy(model), torch.bfloat16) if bf16_weights else model
+            runs[(name, dtype)] = {"model": stream_model, "gflops": gflops, "state": stream_model.init_state(1), "wall": [], "cpu": [], "probs": []}
     warmup = max((r["model"].memory_spec.cache_len if r["model"].memory_spec else 0) for r in runs.values()) + 1
     with torch.inference_mode():
         for step in range(warmup + args.rounds):
             clip = torch.randn(1, 3, args.frames, args.size, args.size)
             for (name, dtype), run in runs.items():
                 wall, cpu = time.perf_counter(), time.process_time()
-                with precision(dtype):
+                with precision(dtype, args.bf16):
                     logits, run["state"] = run["model"](clip, run["state"])
                 if step >= warmup:
                     run["wall"].append(time.perf_counter() - wall)
@@ -115,7 +122,7 @@ def main() -> None:
             compare[name] = {"speedup_wall_min": speedup, **agreement(pairs)}
     if args.json:
         print(json.dumps({
-            "threads": args.threads, "clip": [args.frames, args.size, args.size], "native_bf16": native_bf16,
+            "threads": args.threads, "clip": [args.frames, args.size, args.size], "native_bf16": native_bf16, "bf16_mode": args.bf16,
             "gemm_gflops_per_s": {d: r.gflops_per_s for d, r in rates.items()}, "gemm_n": args.gemm_n,
             "results": results, "memory_overhead": overhead, "bf16_vs_fp32": compare,
         }))  # fmt: skip

@@ -74,9 +74,10 @@ def ask_rewind(
     reader = ClipReader(video, clip_frames=model.config.clip_frames, fps=1.0, short_side=None, crop=None, mean=None,
                         std=None, end=None if until is None else until + 1e-3, background=True)
     state = model.init_state(1, instructions=[question], keep_every=keep_every, spill_dir=spill_dir)
+    weights = next(model.parameters())  # frames go to the model's device and dtype
     for clip in reader:
         pixels = clip.frames.transpose(0, 1)[None, : clip.num_valid]  # (1, n, 3, H, W) in [0, 1]
-        _, state = model(Frames(pixels, clip.timestamps[None, : clip.num_valid]), state)
+        _, state = model(Frames(pixels, clip.timestamps[None, : clip.num_valid]).to(weights.device, weights.dtype), state)
     if int(state.memory.num_frames[0]) == 0:
         raise LongvidError(f"{video}: no frames before {until} s")
     (chosen,) = model.select(state, [question])
@@ -155,8 +156,9 @@ def ask_malmm(
                         end=None if until is None else until + 1e-3, background=True)
     model.eval()
     state = model.init_state(1, instructions=[question])
+    weights = next(model.parameters())  # frames go to the model's device and dtype
     for clip in reader:  # one frame per clip: (3, 1, H, W) in [0, 1]
-        frames = Frames(clip.frames.permute(1, 0, 2, 3)[None], clip.timestamps[None])  # (1, 1, 3, H, W)
+        frames = Frames(clip.frames.permute(1, 0, 2, 3)[None], clip.timestamps[None]).to(weights.device, weights.dtype)  # (1, 1, 3, H, W)
         _, state = model(frames, state)
     if int(state.frames_seen[0]) == 0:
         raise LongvidError(f"{video}: no frames were read")

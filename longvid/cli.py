@@ -17,6 +17,10 @@ from longvid.errors import LongvidError
 from longvid.progress import is_terminal
 
 
+
+DTYPE_HELP = ("weights and memory in this dtype (default float32); bfloat16 needs native CPU bf16 "
+              "(AVX512-BF16/AMX), else it runs in float32 with a note")
+
 def _add_clip_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-T", "--clip-frames", type=int, default=16, help="frames per clip T (default 16)")
     parser.add_argument("--tau", type=int, default=4, help="sampling stride in frames (default 4)")
@@ -148,6 +152,9 @@ TRAINED_PARTS = {"malmm": "Q-Former, its queries and the LLM projection", "rewin
 
 def cmd_ask(args: argparse.Namespace) -> int:
     _check_ask_args(args)
+    args.torch_dtype, note = _dtype_for(args.dtype, args.device or "cpu")
+    if note:
+        print(f"longvid: {note}", file=sys.stderr)
     if args.model == "rewind":
         return _ask_rewind(args)
     return _ask_malmm(args)
@@ -206,6 +213,7 @@ def _rewind_record(args: argparse.Namespace) -> dict | None:
 
 def _ask_rewind(args: argparse.Namespace) -> int:
     from longvid.ask import ask_rewind
+    from longvid.precision import for_inference
     from longvid.models.rewind import build_model
     from longvid.models.rewind.weights import load_weights
 
@@ -214,6 +222,7 @@ def _ask_rewind(args: argparse.Namespace) -> int:
     else:
         model = build_model(args.preset or "rewind_paper", encoder=args.encoder, llm=args.llm, checkpoint=args.checkpoint,
                             device=args.device)
+    model = for_inference(model, args.torch_dtype)
     answer = ask_rewind(args.video, args.question, model, until=args.time, keep_every=args.keep_every,
                         spill_dir=args.spill_dir, max_new_tokens=args.max_new_tokens)
     if args.json:
@@ -233,8 +242,10 @@ def _ask_rewind(args: argparse.Namespace) -> int:
 
 def _ask_malmm(args: argparse.Namespace) -> int:
     from longvid.ask import ask_malmm, load_malmm
+    from longvid.precision import for_inference
 
     model = load_malmm(args.preset or "malmm_qa", args.encoder, args.llm, args.qformer_tokenizer or None, args.checkpoint, device=args.device)
+    model = for_inference(model, args.torch_dtype)
     answer = ask_malmm(args.video, args.question, model, until=args.time, num_frames=args.frames, fps=args.fps)
     if args.json:
         print(json.dumps(vars(answer)))
@@ -255,6 +266,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     import torch
 
     from longvid.answers import ask_settings_for
+    from longvid.precision import for_inference
     from longvid.predict import DEFAULT_STREAM_PRESET, expand_videos, load_labels, load_stream_model, locked_output, run_stream, settings_for, shipped_labels
     from longvid.train.distributed import setup
 
@@ -263,14 +275,12 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if not videos:
         raise LongvidError("no videos given")
     live = _check_live_args(args, videos)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LongvidError("--device cuda: no CUDA device is available")
-    if dtype == torch.float16 and not device.startswith("cuda"):
-        raise LongvidError("--dtype float16 needs --device cuda (use bfloat16 on CPU)")
+    dtype, dtype_note = _dtype_for(args.dtype, device)
     labels = load_labels(args.labels) if args.labels else None
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -286,8 +296,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
                                "--ask needs a model that answers questions (an MA-LMM or ReWind preset, see longvid models)")
         if labels is None and args.checkpoint is None and "shipped" in note:
             labels = shipped_labels(args.model or DEFAULT_STREAM_PRESET)
-        model = model.to(device=device, dtype=dtype)
+        model = for_inference(model, dtype, device)
         if log and dist_info.is_main:
+            if dtype_note:
+                log(dtype_note)
             log(f"model {type(model).__name__} ({note}) on {device}, {dtype}".replace("torch.", ""))
         if asks:
             ask = ask_settings_for(model, args.ask, every=args.every, at=_times(args.at), fps=args.fps,
@@ -307,6 +319,14 @@ def cmd_stream(args: argparse.Namespace) -> int:
         log(f"{summary.done} videos done, {summary.failed} failed, {summary.skipped} skipped (already complete), "
             f"{done} in {summary.seconds:.1f} s")
     return 1 if summary.failed else 0
+
+
+def _dtype_for(name: str, device: str):
+    """(torch dtype, note or None) for ``--dtype`` on ``device``: bfloat16 falls back to float32 on a
+    CPU without native bf16 (the note says so); float16 needs CUDA."""
+    from longvid.precision import resolve_dtype
+
+    return resolve_dtype(name, device)
 
 
 def _check_live_args(args: argparse.Namespace, videos: list[str]) -> bool:
@@ -513,6 +533,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from longvid.train.run import evaluate_checkpoint
 
     if is_lmm_preset(args.config):  # writes out_dir/metrics.json and prints its table
+        if args.dtype != "float32":
+            raise LongvidError(f"--dtype {args.dtype} is for MeMViT eval configs, not {args.config}")
         metrics = eval_lmm(args.config, args.overrides, args.checkpoint, progress=not args.quiet, predictions=args.predictions)
         if args.json:
             print(json.dumps(metrics))
@@ -520,8 +542,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if args.predictions and not os.path.isdir(os.path.dirname(os.path.abspath(args.predictions))):
         raise LongvidError(f"--predictions {args.predictions}: its folder does not exist")
+    import torch
+
+    if args.dtype != "float32" and config.model == "toy":
+        raise LongvidError(f"--dtype {args.dtype} is for MeMViT models, not model=toy")
+    dtype, dtype_note = _dtype_for(args.dtype, "cuda" if torch.cuda.is_available() else "cpu")  # the device eval runs on
+    if dtype_note and not args.quiet:
+        print(f"longvid: {dtype_note}", file=sys.stderr)
     metrics = evaluate_checkpoint(config, args.checkpoint or config.out_dir, args.pooling, progress=not args.quiet,
-                                  predictions=args.predictions)  # fmt: skip
+                                  predictions=args.predictions, dtype=dtype)  # fmt: skip
     if args.json:
         print(json.dumps(metrics))
         return 0
@@ -738,6 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--spill-dir", default=None, help="rewind: feature buffer spills to memory-mapped files in this folder")
     sub.add_argument("--max-new-tokens", type=int, default=32)
     sub.add_argument("--device", default=None, help="torch device (default cpu)")
+    sub.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help=DTYPE_HELP)
     sub.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub = command("stream", cmd_stream, "Run a memory model online over videos: one JSON line per clip (MeMViT) "
@@ -756,7 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--tau", type=int, default=None, help="sampling stride in frames (default: the preset's, 4 for 16x4)")
     sub.add_argument("--size", type=int, default=None, help="short side and center crop (default: the model's crop size)")
     sub.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    sub.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    sub.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help=DTYPE_HELP + "; float16: CUDA only")
     sub.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     sub.add_argument("--ask", action="append", default=None, metavar="QUESTION",
                      help="MA-LMM/ReWind: a question answered from the stream's memory (repeatable)")
@@ -831,6 +861,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("overrides", nargs="*", help="config fields as key=value")
     sub.add_argument("--checkpoint", help="checkpoint path or folder (default: the latest in out_dir)")
     sub.add_argument("--pooling", choices=("mean", "last"), default="mean", help="video score: mean of clip logits or the last clip's")
+    sub.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help=DTYPE_HELP + " (MeMViT configs)")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_argument("--predictions", metavar="FILE", help="write the official submission file to FILE: EPIC challenge JSON, AVA detection CSV; "
                      "MA-LMM/ReWind presets: every sample's prediction as JSONL")

@@ -118,11 +118,15 @@ def naive_attention(attn, x, thw, memory=None):
     return torch.stack(outputs)
 
 
-def _attention(memory_len=2, **kw):
+IMPLS = ("sdpa", "matmul", "explicit")
+
+
+def _attention(memory_len=2, impl="auto", **kw):
     torch.manual_seed(0)
     attn = MultiScaleAttention(
         8, 16, 2, (8, 6, 6), stride_q=(1, 2, 2), stride_kv=(1, 2, 2), memory_len=memory_len, **kw
     ).double()
+    attn.impl = impl
     for p in attn.parameters():  # random everything, including norms and tables
         torch.nn.init.normal_(p, std=0.3)
     return attn.eval()
@@ -138,9 +142,10 @@ def _memory(attn, spec, valid, batch=2):
     return LayerMemory(cache(), cache(), valid, spec)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("sampler", ["consecutive", "gap2"])
-def test_memory_attention_equals_attention_over_concatenated_keys(sampler):
-    attn = _attention()
+def test_memory_attention_equals_attention_over_concatenated_keys(sampler, impl):
+    attn = _attention(impl=impl)
     spec = KVMemorySpec(2, sampler)
     valid = memory_valid(spec, torch.tensor([spec.cache_len, spec.gap]))  # stream 1 has only the newest entry
     memory = _memory(attn, spec, valid)
@@ -155,8 +160,9 @@ def test_memory_attention_equals_attention_over_concatenated_keys(sampler):
     assert caches[0].compressed.shape == memory.keys.compressed.shape
 
 
-def test_attention_without_memory_equals_naive():
-    attn = _attention(memory_len=0)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_attention_without_memory_equals_naive(impl):
+    attn = _attention(memory_len=0, impl=impl)
     x = torch.randn(2, 1 + 8 * 6 * 6, 8, dtype=torch.float64)
     with torch.no_grad():
         out, _, caches = attn(x, (8, 6, 6))
@@ -164,9 +170,10 @@ def test_attention_without_memory_equals_naive():
     assert caches is None
 
 
-def test_masked_memory_is_excluded_from_softmax_not_zeroed():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_masked_memory_is_excluded_from_softmax_not_zeroed(impl):
     """A stream whose entries are all invalid gives the no-memory output whatever the memory holds."""
-    attn = _attention()
+    attn = _attention(impl=impl)
     spec = KVMemorySpec(2, "consecutive")
     x = torch.randn(1, 1 + 8 * 6 * 6, 8, dtype=torch.float64)
     with torch.no_grad():
@@ -200,8 +207,9 @@ def test_round_width_matches_pyslowfast():
     assert round_width(10, 1.5, divisor=4) == 16
 
 
-def test_bias_paths_with_and_without_autograd_agree():
-    attn = _attention()
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bias_paths_with_and_without_autograd_agree(impl):
+    attn = _attention(impl=impl)
     spec = KVMemorySpec(2, "gap2")
     memory = _memory(attn, spec, memory_valid(spec, torch.tensor([4, 2])))
     x = torch.randn(2, 1 + 8 * 6 * 6, 8, dtype=torch.float64)

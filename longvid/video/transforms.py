@@ -40,6 +40,9 @@ def resize(frames: torch.Tensor, size: tuple[int, int], antialias: bool = True) 
     if tuple(frames.shape[-2:]) == tuple(size):
         return frames
     shrinking = size[0] < frames.shape[-2] or size[1] < frames.shape[-1]
+    if frames.dtype in (torch.bfloat16, torch.float16) and frames.device.type == "cpu":  # no CPU kernel: resize in float32
+        resized = F.interpolate(frames.float(), size=size, mode="bilinear", align_corners=False, antialias=antialias and shrinking)
+        return resized.to(frames.dtype)
     return F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=antialias and shrinking)
 
 

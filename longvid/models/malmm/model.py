@@ -298,7 +298,7 @@ class MALMM(nn.Module):
 
     def _frame(self, frame: torch.Tensor, state: MALMMState) -> MALMMState:
         """Every stream watches one frame ``(B, Nv, Cv)``."""
-        tokens = self.ln_vision(frame)  # (B, Nv, Cv)
+        tokens = self.ln_vision(frame.to(self.ln_vision.weight.dtype))  # (B, Nv, Cv); the encoder gives float32
         Q = self.config.qformer.num_query_tokens
         if self.uses_memory:
             position = state.frames_seen.clamp_max(self.config.max_num_frames - 1)

@@ -12,8 +12,10 @@ scaled distances when the q and k grids differ. A stage transition pools q (stri
 Memory (``longvid.models.memvit.memory``): an attention layer given a ``LayerMemory`` attends to
 ``[memory entries ; current]`` keys/values, with its own position tables
 (``rel_pos_mem_t/h/w``, temporal distances scaled by the compression stride) and with
-masked entries set to ``-inf`` before the softmax. Attention runs through
-``F.scaled_dot_product_attention`` with the position terms and masks as one additive bias.
+masked entries set to ``-inf`` before the softmax. By default no (queries x keys) bias is
+built: the position terms are folded into q/k (extra columns) and the memory mask is a float
+mask broadcast over queries, through ``F.scaled_dot_product_attention`` or matmuls
+(:func:`set_attention`; ``explicit`` materializes the full bias, the reference).
 
 Tensor layout: tokens ``(B, N, C)`` with ``N = n_cls + T*H*W`` in (t, h, w) order.
 """
@@ -32,6 +34,26 @@ from longvid.errors import LongvidError
 from longvid.models.memvit.memory import KVMemorySpec, LayerCache, compress_tokens, memory_step
 
 Size3 = tuple[int, int, int]
+ATTENTION_IMPLS = ("auto", "sdpa", "matmul", "explicit")
+
+
+def set_attention(model: nn.Module, impl: str) -> nn.Module:
+    """Choose how every MeMViT attention layer of ``model`` computes attention (in place).
+
+    ``"sdpa"``: one ``F.scaled_dot_product_attention`` call, the position terms folded into
+    q/k and the memory mask as a float mask (no (Nq, Nk) bias tensor); ``"matmul"``: the
+    same folded q/k through matmul, softmax, matmul; ``"explicit"``: the logits and the
+    full position bias materialized (the reference). ``"auto"`` (default): ``matmul`` for
+    bf16/fp16 on CPU (the fused CPU kernel computes those in fp32 without AMX: measured
+    1.7x slower there), else ``sdpa``. All give the same values to float rounding.
+    Returns ``model``.
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise LongvidError(f"unknown attention implementation {impl!r}: choose from {', '.join(ATTENTION_IMPLS)}")
+    for module in model.modules():
+        if isinstance(module, MultiScaleAttention):
+            module.impl = impl
+    return model
 
 
 def round_width(width: float, multiplier: float, min_width: int = 1, divisor: int = 1) -> int:
@@ -282,6 +304,7 @@ class MultiScaleAttention(nn.Module):
         self.compress_stride = tuple(compress_stride)
         self.compress_kernel = tuple(compress_kernel)
         self.attn_drop = attn_drop
+        self.impl = "auto"  # see set_attention
         head_dim = dim_out // num_heads
 
         if rel_pos_spatial:
@@ -392,17 +415,144 @@ class MultiScaleAttention(nn.Module):
             v = torch.cat([read_v.flatten(1, 2), v], dim=1)
             caches = (cache_k, cache_v)
         k, v = split(self.k(k)), split(self.v(v))  # (B, heads, Nk_total, d)
-
-        body_bias, cls_bias = self.attention_bias(q_body, q_thw, k_thw, mem_thw, valid)
         drop = self.attn_drop if self.training else 0.0
-        # Query rows are independent: the grid rows and the cls row (no position
-        # terms) are two attention calls over the same keys.
-        out = F.scaled_dot_product_attention(q_body, k, v, attn_mask=body_bias, dropout_p=drop) + q_body  # residual pooling
-        if n:
-            out_cls = F.scaled_dot_product_attention(q_cls, k, v, attn_mask=cls_bias, dropout_p=drop)  # (B, heads, n, d)
-            out = torch.cat([out_cls, out], dim=2)
-        out = out.transpose(1, 2).reshape(b, -1, self.dim_out)
+        impl = self.impl
+        if impl == "auto":
+            impl = "matmul" if q_body.device.type == "cpu" and q_body.dtype in (torch.bfloat16, torch.float16) else "sdpa"
+        if impl in ("sdpa", "matmul"):
+            out = self._attend_folded(q_cls, q_body, k, v, q_thw, k_thw, mem_thw, valid, drop, fused=impl == "sdpa")
+        else:
+            out = self._attend_explicit(q_cls, q_body, k, v, q_thw, k_thw, mem_thw, valid, drop)
         return self.proj_drop(self.proj(out)), q_thw, caches
+
+    def _attend_explicit(self, q_cls: Tensor, q_body: Tensor, k: Tensor, v: Tensor, q_thw: Size3, k_thw: Size3,
+                         mem_thw: Size3 | None, valid: Tensor | None, drop: float) -> Tensor:
+        """Reference path: logits ``q k^T / sqrt(d) + bias`` materialized, softmax, ``@ v``.
+
+        q_cls (B, heads, n, d), q_body (B, heads, Nq_sp, d), k / v (B, heads, Nk, d).
+        Returns (B, n + Nq_sp, dim_out) with residual pooling on the grid rows.
+        """
+        b, n = q_body.shape[0], self.n_cls
+        body_bias, cls_bias = self.attention_bias(q_body, q_thw, k_thw, mem_thw, valid)
+        scale = q_body.shape[-1] ** -0.5
+
+        def attend(q: Tensor, bias: Tensor | None) -> Tensor:  # (B, heads, rows, d)
+            logits = q @ k.transpose(-2, -1) * scale  # (B, heads, rows, Nk)
+            if bias is not None:
+                logits = logits + bias
+            return F.dropout(logits.softmax(-1), drop, training=drop > 0) @ v
+
+        out = attend(q_body, body_bias) + q_body  # residual pooling
+        if n:
+            out = torch.cat([attend(q_cls, cls_bias), out], dim=2)  # the cls row has no position terms
+        return out.transpose(1, 2).reshape(b, -1, self.dim_out)
+
+    def _attend_folded(self, q_cls: Tensor, q_body: Tensor, k: Tensor, v: Tensor, q_thw: Size3, k_thw: Size3,
+                       mem_thw: Size3 | None, valid: Tensor | None, drop: float, fused: bool) -> Tensor:
+        """Attention over all query rows at once without an (Nq, Nk) bias tensor.
+
+        The decomposed position terms are folded into the dot product: each query gets its
+        position logits per key axis as extra columns (``q . table`` rows) and each key a
+        one-hot of its (t, h, w) position in those columns (keys pre-scaled by 1/sqrt(d)),
+        so ``q' . k' = q . k / sqrt(d) + position terms``, the logits of
+        :meth:`_attend_explicit` (cls rows and cls keys get zeros there). The memory mask
+        is a float mask (B, 1, 1, Nk) (-inf on invalid entries) broadcast over heads and
+        queries; the causal variant adds its (Nq, Nk) future mask.
+
+        ``fused``: one ``F.scaled_dot_product_attention`` call (values zero-padded to the
+        widened width, which the fused CPU kernel needs, and the padding cut off); else
+        ``softmax(q' k'^T + mask) @ v`` with matmuls (faster for bf16 on CPUs without
+        AMX, where the fused kernel computes in fp32).
+        Shapes as :meth:`_attend_explicit`. Returns (B, n + Nq_sp, dim_out).
+        """
+        b, heads, nq_sp, d = q_body.shape
+        n = self.n_cls
+        num_mem = valid.shape[1] if valid is not None else 0
+        key_columns = self._key_position_columns(k_thw, mem_thw, num_mem, q_body)  # (Nk, E)
+        if fused and q_body.device.type == "cuda" and (d + key_columns.shape[1]) % 8:  # GPU kernels want widths in 8s
+            key_columns = F.pad(key_columns, (0, -(d + key_columns.shape[1]) % 8))
+        width = key_columns.shape[1]
+        q_aug = q_body.new_empty(b, heads, n + nq_sp, d + width)  # (B, heads, Nq, d + E)
+        q_aug[:, :, :n, :d] = q_cls
+        q_aug[:, :, :n, d:] = 0
+        q_aug[:, :, n:, :d] = q_body
+        if width:
+            qt, qh, qw = q_thw
+            terms = rel_pos_terms(q_body.reshape(b, heads, qt, qh, qw, d), *self._tables(q_thw, k_thw, mem_thw, num_mem, q_body))
+            col = d
+            for used, term in zip((self.rel_pos_temporal, self.rel_pos_spatial, self.rel_pos_spatial), terms):  # (B, heads, qt, qh, qw, K)
+                if used:
+                    q_aug[:, :, n:, col : col + term.shape[-1]] = term.flatten(2, 4)
+                    col += term.shape[-1]
+            q_aug[:, :, n:, col:] = 0  # padding columns (CUDA), if any
+        k_aug = torch.cat([k * d**-0.5, key_columns.expand(b, heads, -1, -1)], dim=-1)  # (B, heads, Nk, d + E)
+        mask = self._sdpa_mask(valid, q_thw, k_thw, mem_thw, q_body)
+        if fused:
+            out = F.scaled_dot_product_attention(q_aug, k_aug, F.pad(v, (0, width)), attn_mask=mask, dropout_p=drop, scale=1.0)[..., :d]
+        else:
+            logits = q_aug @ k_aug.transpose(-2, -1)  # (B, heads, Nq, Nk)
+            if mask is not None:
+                logits += mask
+            if torch.is_grad_enabled():
+                weights = logits.softmax(-1)
+            else:  # in place: no second (B, heads, Nq, Nk) buffer to allocate and fault in
+                weights = torch.softmax(logits, -1, out=logits)
+            out = F.dropout(weights, drop, training=drop > 0) @ v
+        out = out.transpose(1, 2).clone(memory_format=torch.contiguous_format)  # (B, Nq, heads, d)
+        out[:, n:].add_(q_body.transpose(1, 2))  # residual pooling, not on cls
+        return out.flatten(2)
+
+    def _key_position_columns(self, k_thw: Size3, mem_thw: Size3 | None, num_mem: int, like: Tensor) -> Tensor:
+        """(Nk, E) one-hot positions of the keys ``[entry_0 .. entry_{M-1}, current]`` in the
+        columns of :meth:`_tables` (t: memory frames then current; h, w: current then
+        memory); zero rows for cls keys; E = 0 without position terms."""
+        kt, kh, kw = k_thw
+        tc, hc, wc = mem_thw if num_mem else (0, 0, 0)
+        n_t, n_h, n_w = num_mem * tc + kt, kh + hc, kw + wc
+        axes = [(self.rel_pos_temporal, n_t), (self.rel_pos_spatial, n_h), (self.rel_pos_spatial, n_w)]
+        width = sum(size for used, size in axes if used)
+        if not width:
+            return like.new_zeros(num_mem * (self.n_cls + tc * hc * wc) + self.n_cls + kt * kh * kw, 0)
+
+        def grid_columns(t_cols: Tensor, h_cols: Tensor, w_cols: Tensor) -> Tensor:  # (T,), (H,), (W,) -> (n_cls + T*H*W, E)
+            t, h, w = len(t_cols), len(h_cols), len(w_cols)
+            per_axis = (
+                F.one_hot(t_cols, n_t)[:, None, None, :].expand(t, h, w, n_t),
+                F.one_hot(h_cols, n_h)[None, :, None, :].expand(t, h, w, n_h),
+                F.one_hot(w_cols, n_w)[None, None, :, :].expand(t, h, w, n_w),
+            )
+            onehot = torch.cat([cols for (used, _), cols in zip(axes, per_axis) if used], dim=-1).reshape(t * h * w, width)
+            return torch.cat([onehot.new_zeros(self.n_cls, width), onehot])
+
+        arange = lambda size, start=0: torch.arange(start, start + size, device=like.device)  # noqa: E731
+        pieces = [grid_columns(arange(tc, m * tc), arange(hc, kh), arange(wc, kw)) for m in range(num_mem)]
+        pieces.append(grid_columns(arange(kt, num_mem * tc), arange(kh), arange(kw)))
+        return torch.cat(pieces).to(like.dtype)
+
+    def _sdpa_mask(self, valid: Tensor | None, q_thw: Size3, k_thw: Size3, mem_thw: Size3 | None, like: Tensor) -> Tensor | None:
+        """Float mask for :meth:`_attend_folded`: (B, 1, 1, Nk) memory mask, (B or 1, 1, Nq, Nk)
+        with the causal mask, or None."""
+        n = self.n_cls
+        kt, kh, kw = k_thw
+        mask = None
+        if valid is not None:
+            tc, hc, wc = mem_thw
+            neg = torch.zeros(valid.shape, dtype=like.dtype, device=like.device).masked_fill_(~valid, float("-inf"))  # (B, M)
+            mask = torch.cat([neg.repeat_interleave(n + tc * hc * wc, dim=1), neg.new_zeros(valid.shape[0], n + kt * kh * kw)], dim=1)
+            mask = mask[:, None, None, :]  # (B, 1, 1, Nk)
+        if not self.causal:
+            return mask
+        qt, qh, qw = q_thw
+        nk_cur = n + kt * kh * kw
+        future = torch.arange(kt, device=like.device)[None, :] > torch.arange(qt, device=like.device)[:, None]  # (qt, kt)
+        grid = future[:, None, None, :, None, None].expand(qt, qh, qw, kt, kh, kw).reshape(qt * qh * qw, kt * kh * kw)
+        current = torch.cat([torch.ones(qt * qh * qw, n, dtype=torch.bool, device=like.device), grid], dim=1)  # body rows
+        current = torch.cat([torch.cat([torch.ones(n, n, dtype=torch.bool, device=like.device),
+                                        torch.zeros(n, nk_cur - n, dtype=torch.bool, device=like.device)], dim=1), current])
+        causal = torch.zeros(current.shape, dtype=like.dtype, device=like.device).masked_fill_(current, float("-inf"))  # (Nq, Nk_cur)
+        nk_mem = 0 if mask is None else mask.shape[-1] - nk_cur
+        causal = F.pad(causal, (nk_mem, 0))[None, None]  # (1, 1, Nq, Nk)
+        return causal if mask is None else mask + causal
 
     def attention_bias(self, q: Tensor, q_thw: Size3, k_thw: Size3, mem_thw: Size3 | None, mem_valid: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
         """Additive logit biases for ``[memory entries ; current]`` keys.

@@ -140,6 +140,12 @@ class MeMViT(nn.Module):
                     if conv is not None:
                         nn.init.constant_(conv.weight, 1.0 / math.prod(conv.kernel_size))
 
+    def float32_modules(self) -> list[nn.Module]:
+        """Modules that stay float32 when the model runs in bf16 (``longvid.precision.for_inference``):
+        the final norm and the head, so logits are not rounded to bf16 (a logit of 8 has a bf16
+        spacing of 0.03, a probability error up to ~1.5%); they cost almost nothing."""
+        return [self.norm, self.head]
+
     # -- memory state ----------------------------------------------------------------
 
     def memory_shapes(self, clip_size: tuple[int, int, int] | None = None) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -197,6 +203,8 @@ class MeMViT(nn.Module):
         expected = self.memory_shapes(clip_size)
         have = [(tuple(k.raw.shape[1:]), tuple(k.compressed.shape[2:])) for k in state.keys]
         if have == expected:
+            if state.keys and state.keys[0].raw.dtype != clip.dtype and not torch.is_autocast_enabled(clip.device.type):
+                state = state.to(dtype=clip.dtype)  # memory in the weights' dtype (e.g. a float32 state given to a bf16 model)
             return state
         if bool(state.is_first.all()):
             return self.init_state(clip.shape[0], state.is_first.device, clip.dtype, clip_size)
@@ -227,11 +235,12 @@ class MeMViT(nn.Module):
             if caches is not None:
                 keys.append(caches[0])
                 values.append(caches[1])
-        return self.norm(x), thw, keys, values
+        return self.norm(x.to(self.norm.weight.dtype)), thw, keys, values  # float32 with float32_modules
 
     def forward(self, clip: Tensor, state: KVMemoryState | None = None, memory_keep: Tensor | None = None, boxes: Tensor | None = None):
         if clip.dim() != 5:
             raise LongvidError(f"expected a clip batch (B, C, T, H, W), got shape {tuple(clip.shape)}")
+        clip = clip.to(self.patch_embed.proj.weight.dtype)  # bf16 weights take float32 clips as they come
         if state is None:
             state = self.init_state(clip.shape[0], clip.device, clip.dtype, tuple(clip.shape[2:]))
         state = self._check_state(state, clip)
@@ -245,7 +254,7 @@ class MeMViT(nn.Module):
 
         head = self.config.head
         if head in ("linear", "verb_noun"):
-            return self.head(x[:, 0] if self.n_cls else x.mean(1)), new_state
+            return self.head(x[:, 0] if self.n_cls else x.mean(1)), new_state  # x: the head's dtype (norm's)
         grid = x[:, self.n_cls :]
         if head == "anticipation":
             return self.head(grid.reshape(x.shape[0], *thw, -1)), new_state
@@ -259,6 +268,7 @@ class MeMViT(nn.Module):
         features = grid.transpose(1, 2).reshape(b, -1, *thw)  # (B, C, T', H', W')
         box_features = self.head.pool(features, boxes)  # (N, C)
         tokens, slots = pad_boxes(box_features, boxes[:, 0].long(), b, self.config.max_boxes)  # (B, P, C)
+        tokens = tokens.to(self.box_blocks[0].norm1.weight.dtype)
         first = len(self.reading_blocks)
         for i, block in enumerate(self.box_blocks):
             memory = None
@@ -268,7 +278,7 @@ class MeMViT(nn.Module):
             if caches is not None:
                 new_state.keys.append(caches[0])
                 new_state.values.append(caches[1])
-        return self.head(tokens.flatten(0, 1)[slots])
+        return self.head(tokens.flatten(0, 1)[slots].to(self.norm.weight.dtype))
 
 
 def _init_weights(m: nn.Module) -> None:
