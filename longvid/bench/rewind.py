@@ -104,8 +104,17 @@ class Item:
     cues: list[tuple[int, float, float]]
 
     def cue_intervals(self) -> list[tuple[float, float]]:
-        """``(start, end)`` seconds of each cue: the annotation the oracle selector reads."""
+        """``(start, end)`` seconds of each cue."""
         return [(start, end) for _, start, end in self.cues]
+
+    def question_intervals(self) -> list[tuple[float, float]]:
+        """``(start, end)`` seconds of the cues the question needs (what the oracle selector reads):
+        for ``count``, the flashes of the class it counts (none when the answer is 0); else every
+        cue (``recall`` / ``where``: the one cue; ``order``: both cues it names)."""
+        if self.sample.task == "count":
+            target = self.sample.meta["target_class"]
+            return [(start, end) for cls, start, end in self.cues if cls == target]
+        return self.cue_intervals()
 
     def cue_shown(self) -> torch.Tensor:
         """``(N,)`` bool: the frames on which some cue is visible."""
@@ -189,9 +198,9 @@ Selection = Callable[[Sequence["Item"]], object] | None
 
 def reading(rule: str, num_select: int, seed: int) -> Selection:
     """The frames a QA row's LLM reads: ``"dfs"`` (the model's DFS), ``"none"`` (no frames),
-    ``"random"`` (``num_select`` random frames) or ``"cue"`` (frames that show a cue, from the
-    items' annotations, topped up at random); the random draws come from one generator seeded
-    with ``seed``, in batch order."""
+    ``"random"`` (``num_select`` random frames) or ``"cue"`` (the oracle: frames of the cues the
+    question needs, :meth:`Item.question_intervals`, one of each cue first, topped up at random);
+    the random draws come from one generator seeded with ``seed``, in batch order."""
     rules = ("dfs", "none", "random", "cue")
     if rule not in rules:
         raise LongvidError(f"unknown frame reading {rule!r}; choose from {', '.join(rules)}")
@@ -202,7 +211,7 @@ def reading(rule: str, num_select: int, seed: int) -> Selection:
     generator = torch.Generator().manual_seed(seed)
     if rule == "random":
         return lambda items: RandomSelector(num_select, generator)
-    return lambda items: OracleSelector(num_select, [item.cue_intervals() for item in items], generator)
+    return lambda items: OracleSelector(num_select, [item.question_intervals() for item in items], generator)
 
 
 def _selector(selection: Selection, items: Sequence[Item]):
@@ -472,7 +481,7 @@ DFS_MODEL_READINGS = (  # the model trained with DFS, reading other frames (no t
     ("same model, top-2 relevance (no DPC-KNN)", "top"),
     ("same model, DFS with the preset's L = 8", "preset"),
     ("same model, 2 random frames", "random"),
-    ("same model, cue frames (oracle)", "cue"),
+    ("same model, the question's cue frames (oracle)", "cue"),
 )
 
 
