@@ -18,7 +18,7 @@ from longvid.train.rewind import StageConfig, train_stage
 
 pytest.importorskip("transformers")
 QA_NAMES = ["rewind with DFS", "same model, top-2 relevance (no DPC-KNN)", "same model, DFS with the preset's L = 8",
-            "same model, 2 random frames", "same model, cue frames (oracle)", "rewind without DFS"]
+            "same model, 2 random frames", "same model, the question's cue frames (oracle)", "rewind without DFS"]
 torch.set_num_threads(1)
 
 SMALL = RewindBenchSpec(num_clips=4, train_videos=8, qa_train_videos=8, test_videos=4, qa_test_videos=4, batch_size=4,

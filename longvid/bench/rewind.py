@@ -69,6 +69,7 @@ class RewindBenchSpec:
     num_clips: int = 6  # videos of num_clips * 4 frames (24 s at 1 fps)
     train_videos: int = 96  # grounding
     qa_train_videos: int = 256
+    probe_videos: int = 256  # the memory probe is fitted on the frames of the first of the QA training videos
     test_videos: int = 48  # grounding
     qa_test_videos: int = 192  # QA accuracy moves in steps of 0.5 point, not 2
     test_seed: int = 1_000_000  # held-out seeds start here
@@ -83,6 +84,7 @@ class RewindBenchSpec:
     # weight trains the DFS projections on the answers (ReWind.answer_loss): QA 42.7 vs 62.5 with None at seed 0.
     qa_explore_steps: int = 200
     qa_policy_weight: float | None = None
+    teacher_frames: float = 0.0  # QA stage 2 with DFS: the share of steps that read the question's frames instead
     caption_weight: float = 1.0  # QA stage 2 keeps the stage-1 caption loss on its frames, with this weight
     vision_width: int = 32
     llm_hidden: int = 64
@@ -322,11 +324,17 @@ def qa_schedule(spec: RewindBenchSpec, selection: Selection = None):
     from the relevance softmax for the first ``spec.qa_explore_steps`` steps, then add the
     REINFORCE term of that weight (:meth:`ReWind.answer_loss`)."""
     steps = itertools.count()
+    draws = np.random.default_rng([spec.seed, 7])
+    teacher = reading("cue", 0, spec.seed + 2)  # (num_select set below from the model)
 
     def loss(model: ReWind, items: Sequence[Item]) -> torch.Tensor:
         step = next(steps)
         weight = None if spec.qa_policy_weight is None else 0.0 if step < spec.qa_explore_steps else spec.qa_policy_weight
-        return qa_loss(model, items, weight, selection, spec.caption_weight, spec.synth.num_classes)
+        chosen = selection
+        if selection is None and draws.random() < spec.teacher_frames:
+            chosen = lambda items: dataclasses.replace(teacher(items), num_select=model.config.num_select)  # noqa: E731
+            weight = None
+        return qa_loss(model, items, weight, chosen, spec.caption_weight, spec.synth.num_classes)
 
     return loss
 
@@ -497,7 +505,7 @@ def qa_rows(spec: RewindBenchSpec, log=print) -> tuple[list[dict], list[dict]]:
     for name, rule in QA_ROWS:
         model = tiny_rewind(spec, encoder, make_llm())
         if rule == "dfs":
-            memory += memory_rows(model, train, test, spec, "memory tokens, untrained", features=True)
+            memory += memory_rows(model, train[: spec.probe_videos], test, spec, "memory tokens, untrained", features=True)
         selection = reading(rule, model.config.num_select, spec.seed)
         losses = train_rewind(model, train, qa_schedule(spec, selection), spec, spec.qa_stage2)
         if log:
@@ -505,7 +513,7 @@ def qa_rows(spec: RewindBenchSpec, log=print) -> tuple[list[dict], list[dict]]:
         rows.append(_qa_row(name, model, test, spec, losses, selection, show_cues=rule != "none"))
         if rule != "dfs":
             continue
-        memory += memory_rows(model, train, test, spec, "memory tokens, trained (QA with DFS)")
+        memory += memory_rows(model, train[: spec.probe_videos], test, spec, "memory tokens, trained (QA with DFS)")
         c = model.config
         other = {"top": lambda items: DFS(c.top_l, c.num_select, c.dpc_k, dpc=False),
                  "preset": lambda items: DFS(8, c.num_select, c.dpc_k)}
