@@ -17,8 +17,8 @@ instructions, ``watch_features`` / ``observe_features`` steps, ``select``, ``sco
   (recall / count / order / where, worded with the stage-1 captions' words:
   :func:`bench_sample`), accuracy by closed-set scoring, with reference rows that bound what
   selection is worth: the DFS model reading ``K_c`` random frames
-  (:class:`~longvid.models.rewind.RandomSelector`) or frames that show a cue
-  (:class:`~longvid.models.rewind.OracleSelector` given the cue intervals); and the memory
+  (:class:`~longvid.models.rewind.RandomSelector`) or the frames the question needs
+  (:class:`~longvid.models.rewind.OracleSelector` given :meth:`Item.question_intervals`); and the memory
   table (:func:`memory_rows`: a linear probe from a frame's memory tokens to its cue class);
   optionally averaged over several seeds (``qa_seeds``).
 
@@ -27,6 +27,7 @@ instruction and stored frame features). ReWind is trained with
 :func:`longvid.train.rewind.train_stage`: stage 1 (SigLIP loss between frames and their
 captions for QA, :func:`stage1_loss`; between sub-clips and theirs for grounding,
 :func:`clip_stage1_loss`) then stage 2 (answer cross-entropy plus the caption loss for QA,
+the DFS model's LLM reading the frames each question needs, ``spec.teacher_frames``;
 pointer cross-entropy for grounding). Nothing here changes
 process-wide settings: the CLI (``longvid bench rewind``) runs it on one thread.
 """
@@ -497,7 +498,7 @@ DFS_MODEL_READINGS = (  # the model trained with DFS, reading other frames (no t
 def qa_rows(spec: RewindBenchSpec, log=print) -> tuple[list[dict], list[dict]]:
     """The QA rows of one run (``spec.seed``): ReWind with dynamic frame selection and the same
     trained model reading other frames (its ``K_c`` most relevant without DPC-KNN, DFS with the
-    preset's ``L``, ``K_c`` random frames, frames that show a cue), and ReWind trained and asked
+    preset's ``L``, ``K_c`` random frames, the frames the question needs), and ReWind trained and asked
     without selected frames; accuracy overall and per question type, and ``cue_frames``: the
     share (%) of the frames the LLM read that show a cue. Second, the rows of
     :func:`memory_rows` for the DFS model before and after training."""

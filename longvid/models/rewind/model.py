@@ -16,6 +16,10 @@ are pooled to 32 tokens each; the LLM reads::
 
     [memory tokens (N_W * frames)] [separator (1)] [frames (K_c * 32)] [question]
 
+A re-read frame's tokens carry two learned codes (where the paper is silent): the frame's
+place among the frames read (in temporal order) and each token's cell in the pooled grid,
+so the LLM can tell which frame came first and where in the frame a thing is.
+
 Frame relevance is the attention score between the pooled question and each frame's
 memory tokens through the DFS projections (``select_query``, ``select_key``): the scaled
 cosine of the two projections, the same score the frame-level stage-1 loss
