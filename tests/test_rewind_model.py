@@ -298,7 +298,8 @@ def test_reread_frames_carry_their_order_and_cell_codes():
         for row in range(2):
             for col in range(2):
                 cell = grid[2 * row : 2 * row + 2, 2 * col : 2 * col + 2].mean((0, 1))  # (D_v,)
-                expected.append(model.frame_proj(cell) + model.frame_order[min(place, 1)] + model.frame_cell[2 * row + col])
+                codes = model.frame_order[min(place, 1)] + model.frame_cell[2 * row + col]
+                expected.append(model.frame_proj(cell) + codes)
     start = 2 * 12 + 1  # after the memory tokens and the separator
     torch.testing.assert_close(prompt[start : start + 12], torch.stack(expected))
 

@@ -70,7 +70,7 @@ class RewindBenchSpec:
     num_clips: int = 6  # videos of num_clips * 4 frames (24 s at 1 fps)
     train_videos: int = 96  # grounding
     qa_train_videos: int = 256
-    probe_videos: int = 256  # the memory probe is fitted on the frames of the first of the QA training videos
+    probe_videos: int = 256  # the memory probe is fitted on the frames of the first QA training videos
     test_videos: int = 48  # grounding
     qa_test_videos: int = 192  # QA accuracy moves in steps of 0.5 point, not 2
     test_seed: int = 1_000_000  # held-out seeds start here
@@ -504,10 +504,11 @@ def qa_rows(spec: RewindBenchSpec, log=print) -> tuple[list[dict], list[dict]]:
     :func:`memory_rows` for the DFS model before and after training."""
     rows, memory = [], []
     encoder, make_llm, train, test = _data("qa", spec)
+    probe_train = train[: spec.probe_videos]
     for name, rule in QA_ROWS:
         model = tiny_rewind(spec, encoder, make_llm())
         if rule == "dfs":
-            memory += memory_rows(model, train[: spec.probe_videos], test, spec, "memory tokens, untrained", features=True)
+            memory += memory_rows(model, probe_train, test, spec, "memory tokens, untrained", features=True)
         selection = reading(rule, model.config.num_select, spec.seed)
         teacher = reading("cue", model.config.num_select, spec.seed + 2) if rule == "dfs" else None
         losses = train_rewind(model, train, qa_schedule(spec, selection, teacher), spec, spec.qa_stage2)
@@ -516,7 +517,7 @@ def qa_rows(spec: RewindBenchSpec, log=print) -> tuple[list[dict], list[dict]]:
         rows.append(_qa_row(name, model, test, spec, losses, selection, show_cues=rule != "none"))
         if rule != "dfs":
             continue
-        memory += memory_rows(model, train[: spec.probe_videos], test, spec, "memory tokens, trained (QA with DFS)")
+        memory += memory_rows(model, probe_train, test, spec, "memory tokens, trained (QA with DFS)")
         c = model.config
         other = {"top": lambda items: DFS(c.top_l, c.num_select, c.dpc_k, dpc=False),
                  "preset": lambda items: DFS(8, c.num_select, c.dpc_k)}
