@@ -18,7 +18,7 @@ from longvid.train.rewind import StageConfig, train_stage
 
 pytest.importorskip("transformers")
 QA_NAMES = ["rewind with DFS", "same model, top-2 relevance (no DPC-KNN)", "same model, DFS with the preset's L = 8",
-            "same model, 2 random frames", "same model, cue frames (oracle)", "rewind without DFS"]
+            "same model, 2 random frames", "same model, the question's cue frames (oracle)", "rewind without DFS"]
 torch.set_num_threads(1)
 
 SMALL = RewindBenchSpec(num_clips=4, train_videos=8, qa_train_videos=8, test_videos=4, qa_test_videos=4, batch_size=4,
@@ -129,6 +129,18 @@ def test_qa_schedule_explores_then_trains_selection(monkeypatch):
     loss = qa_schedule(SMALL, selection)  # the default: no REINFORCE, each row reads its own selection's frames
     loss(None, [])
     assert weights == [(None, selection, 1.0, 4)]
+    teacher = reading("cue", 2, 0)
+    for share, reads in ((1.0, [teacher] * 20), (0.0, [selection] * 20)):
+        weights.clear()
+        loss = qa_schedule(dataclasses.replace(SMALL, teacher_frames=share), selection, teacher)
+        for _ in range(20):
+            loss(None, [])
+        assert [w[1] for w in weights] == reads
+    weights.clear()
+    loss = qa_schedule(dataclasses.replace(SMALL, teacher_frames=0.5), selection, teacher)
+    for _ in range(20):
+        loss(None, [])
+    assert 0 < sum(w[1] is teacher for w in weights) < 20  # a drawn share of the steps
 
 
 def test_qa_table_averages_seeds(monkeypatch):

@@ -282,6 +282,28 @@ def test_selectors_choose_what_the_llm_reads():
     assert len(model.select(state, questions, selector=no_dpc)[0]) == 2
 
 
+@torch.no_grad()
+def test_reread_frames_carry_their_order_and_cell_codes():
+    model = build(get_config("rewind_tiny"), seed=3)  # K_c = 2 frames of 2 x 2 cells
+    nn.init.normal_(model.frame_order, std=1.0)
+    nn.init.normal_(model.frame_cell, std=1.0)
+    question = ["where is the circle"]
+    state = watch(model, torch.rand(1, 3, 12, 32, 32), question)
+    ids, mask = model.tokenize(question)
+    picked = torch.tensor([1, 4, 9])  # a third frame past K_c takes the last order code
+    (prompt,) = model.prompt_embeddings(state, ids, mask, frames=[picked])
+    expected = []
+    for place, frame in enumerate(picked.tolist()):
+        grid = state.frames.read(0, torch.tensor([frame]))[0, 1:].reshape(4, 4, -1)  # (4, 4, D_v) without CLS
+        for row in range(2):
+            for col in range(2):
+                cell = grid[2 * row : 2 * row + 2, 2 * col : 2 * col + 2].mean((0, 1))  # (D_v,)
+                codes = model.frame_order[min(place, 1)] + model.frame_cell[2 * row + col]
+                expected.append(model.frame_proj(cell) + codes)
+    start = 2 * 12 + 1  # after the memory tokens and the separator
+    torch.testing.assert_close(prompt[start : start + 12], torch.stack(expected))
+
+
 def test_watch_and_evaluation():
     from longvid.eval.rewind import VideoQuestion, evaluate_grounding, evaluate_qa, parse_interval
 

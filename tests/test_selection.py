@@ -193,3 +193,13 @@ def test_oracle_reads_annotated_frames_first():
     assert 3 in chosen[2].tolist() and len(chosen[2]) == 3  # topped up with random other frames
     with pytest.raises(LongvidError, match="annotations for 3 streams, not 2"):
         OracleSelector(3, intervals, torch.Generator())(streams[:2])
+
+
+def test_oracle_covers_every_interval_before_a_second_frame_of_one():
+    streams = [candidates(10)] * 20
+    intervals = [[(0.0, 4.0), (6.0, 8.0)]] * 20  # frames 0-3 and 6-7
+    for chosen in OracleSelector(2, intervals, torch.Generator().manual_seed(0))(streams):
+        assert int((chosen < 4).sum()) == 1 and int(((chosen >= 6) & (chosen < 8)).sum()) == 1
+    drawn = OracleSelector(3, intervals, torch.Generator().manual_seed(0))(streams)
+    assert all(set(c.tolist()) <= {0, 1, 2, 3, 6, 7} for c in drawn)  # a second frame of an interval, not outside
+    assert len({tuple(c.tolist()) for c in drawn}) > 1  # in random order

@@ -17,8 +17,8 @@ instructions, ``watch_features`` / ``observe_features`` steps, ``select``, ``sco
   (recall / count / order / where, worded with the stage-1 captions' words:
   :func:`bench_sample`), accuracy by closed-set scoring, with reference rows that bound what
   selection is worth: the DFS model reading ``K_c`` random frames
-  (:class:`~longvid.models.rewind.RandomSelector`) or frames that show a cue
-  (:class:`~longvid.models.rewind.OracleSelector` given the cue intervals); and the memory
+  (:class:`~longvid.models.rewind.RandomSelector`) or the frames the question needs
+  (:class:`~longvid.models.rewind.OracleSelector` given :meth:`Item.question_intervals`); and the memory
   table (:func:`memory_rows`: a linear probe from a frame's memory tokens to its cue class);
   optionally averaged over several seeds (``qa_seeds``).
 
@@ -27,6 +27,7 @@ instruction and stored frame features). ReWind is trained with
 :func:`longvid.train.rewind.train_stage`: stage 1 (SigLIP loss between frames and their
 captions for QA, :func:`stage1_loss`; between sub-clips and theirs for grounding,
 :func:`clip_stage1_loss`) then stage 2 (answer cross-entropy plus the caption loss for QA,
+the DFS model's LLM reading the frames each question needs, ``spec.teacher_frames``;
 pointer cross-entropy for grounding). Nothing here changes
 process-wide settings: the CLI (``longvid bench rewind``) runs it on one thread.
 """
@@ -69,6 +70,7 @@ class RewindBenchSpec:
     num_clips: int = 6  # videos of num_clips * 4 frames (24 s at 1 fps)
     train_videos: int = 96  # grounding
     qa_train_videos: int = 256
+    probe_videos: int = 256  # the memory probe is fitted on the frames of the first QA training videos
     test_videos: int = 48  # grounding
     qa_test_videos: int = 192  # QA accuracy moves in steps of 0.5 point, not 2
     test_seed: int = 1_000_000  # held-out seeds start here
@@ -83,6 +85,10 @@ class RewindBenchSpec:
     # weight trains the DFS projections on the answers (ReWind.answer_loss): QA 42.7 vs 62.5 with None at seed 0.
     qa_explore_steps: int = 200
     qa_policy_weight: float | None = None
+    # QA stage 2 of the DFS model: the share of steps whose LLM reads the frames the question needs (the oracle's)
+    # instead of DFS's (1.0: seed 2, QA 69.3 vs 62.0 reading DFS's frames, where/order near chance; 0.5: 5 runs,
+    # DFS 68.0 but random frames 58.9, vs 65.1 / 50.2 with 1.0)
+    teacher_frames: float = 1.0
     caption_weight: float = 1.0  # QA stage 2 keeps the stage-1 caption loss on its frames, with this weight
     vision_width: int = 32
     llm_hidden: int = 64
@@ -104,8 +110,17 @@ class Item:
     cues: list[tuple[int, float, float]]
 
     def cue_intervals(self) -> list[tuple[float, float]]:
-        """``(start, end)`` seconds of each cue: the annotation the oracle selector reads."""
+        """``(start, end)`` seconds of each cue."""
         return [(start, end) for _, start, end in self.cues]
+
+    def question_intervals(self) -> list[tuple[float, float]]:
+        """``(start, end)`` seconds of the cues the question needs (what the oracle selector reads):
+        for ``count``, the flashes of the class it counts (none when the answer is 0); else every
+        cue (``recall`` / ``where``: the one cue; ``order``: both cues it names)."""
+        if self.sample.task == "count":
+            target = self.sample.meta["target_class"]
+            return [(start, end) for cls, start, end in self.cues if cls == target]
+        return self.cue_intervals()
 
     def cue_shown(self) -> torch.Tensor:
         """``(N,)`` bool: the frames on which some cue is visible."""
@@ -189,9 +204,9 @@ Selection = Callable[[Sequence["Item"]], object] | None
 
 def reading(rule: str, num_select: int, seed: int) -> Selection:
     """The frames a QA row's LLM reads: ``"dfs"`` (the model's DFS), ``"none"`` (no frames),
-    ``"random"`` (``num_select`` random frames) or ``"cue"`` (frames that show a cue, from the
-    items' annotations, topped up at random); the random draws come from one generator seeded
-    with ``seed``, in batch order."""
+    ``"random"`` (``num_select`` random frames) or ``"cue"`` (the oracle: frames of the cues the
+    question needs, :meth:`Item.question_intervals`, one of each cue first, topped up at random);
+    the random draws come from one generator seeded with ``seed``, in batch order."""
     rules = ("dfs", "none", "random", "cue")
     if rule not in rules:
         raise LongvidError(f"unknown frame reading {rule!r}; choose from {', '.join(rules)}")
@@ -202,7 +217,7 @@ def reading(rule: str, num_select: int, seed: int) -> Selection:
     generator = torch.Generator().manual_seed(seed)
     if rule == "random":
         return lambda items: RandomSelector(num_select, generator)
-    return lambda items: OracleSelector(num_select, [item.cue_intervals() for item in items], generator)
+    return lambda items: OracleSelector(num_select, [item.question_intervals() for item in items], generator)
 
 
 def _selector(selection: Selection, items: Sequence[Item]):
@@ -306,16 +321,21 @@ def qa_loss(model: ReWind, items: Sequence[Item], policy_weight: float | None = 
     return loss
 
 
-def qa_schedule(spec: RewindBenchSpec, selection: Selection = None):
+def qa_schedule(spec: RewindBenchSpec, selection: Selection = None, teacher: Selection = None):
     """The QA stage-2 loss for :func:`train_stage` (called once per step): every row reads the
     frames of its selection (DFS: the frames DFS selects), plus the caption loss
-    (``spec.caption_weight``). With a ``spec.qa_policy_weight``, DFS rows instead read frames drawn
-    from the relevance softmax for the first ``spec.qa_explore_steps`` steps, then add the
-    REINFORCE term of that weight (:meth:`ReWind.answer_loss`)."""
+    (``spec.caption_weight``); with a ``teacher`` (the DFS row's: the frames the question needs),
+    a ``spec.teacher_frames`` share of the steps (drawn, seeded) read the teacher's frames instead.
+    With a ``spec.qa_policy_weight``, the other steps of DFS rows read frames drawn from the
+    relevance softmax for the first ``spec.qa_explore_steps`` steps, then add the REINFORCE term
+    of that weight (:meth:`ReWind.answer_loss`)."""
     steps = itertools.count()
+    draws = np.random.default_rng([spec.seed, 7])
 
     def loss(model: ReWind, items: Sequence[Item]) -> torch.Tensor:
         step = next(steps)
+        if teacher is not None and draws.random() < spec.teacher_frames:
+            return qa_loss(model, items, None, teacher, spec.caption_weight, spec.synth.num_classes)
         weight = None if spec.qa_policy_weight is None else 0.0 if step < spec.qa_explore_steps else spec.qa_policy_weight
         return qa_loss(model, items, weight, selection, spec.caption_weight, spec.synth.num_classes)
 
@@ -472,31 +492,33 @@ DFS_MODEL_READINGS = (  # the model trained with DFS, reading other frames (no t
     ("same model, top-2 relevance (no DPC-KNN)", "top"),
     ("same model, DFS with the preset's L = 8", "preset"),
     ("same model, 2 random frames", "random"),
-    ("same model, cue frames (oracle)", "cue"),
+    ("same model, the question's cue frames (oracle)", "cue"),
 )
 
 
 def qa_rows(spec: RewindBenchSpec, log=print) -> tuple[list[dict], list[dict]]:
     """The QA rows of one run (``spec.seed``): ReWind with dynamic frame selection and the same
     trained model reading other frames (its ``K_c`` most relevant without DPC-KNN, DFS with the
-    preset's ``L``, ``K_c`` random frames, frames that show a cue), and ReWind trained and asked
+    preset's ``L``, ``K_c`` random frames, the frames the question needs), and ReWind trained and asked
     without selected frames; accuracy overall and per question type, and ``cue_frames``: the
     share (%) of the frames the LLM read that show a cue. Second, the rows of
     :func:`memory_rows` for the DFS model before and after training."""
     rows, memory = [], []
     encoder, make_llm, train, test = _data("qa", spec)
+    probe_train = train[: spec.probe_videos]
     for name, rule in QA_ROWS:
         model = tiny_rewind(spec, encoder, make_llm())
         if rule == "dfs":
-            memory += memory_rows(model, train, test, spec, "memory tokens, untrained", features=True)
+            memory += memory_rows(model, probe_train, test, spec, "memory tokens, untrained", features=True)
         selection = reading(rule, model.config.num_select, spec.seed)
-        losses = train_rewind(model, train, qa_schedule(spec, selection), spec, spec.qa_stage2)
+        teacher = reading("cue", model.config.num_select, spec.seed + 2) if rule == "dfs" else None
+        losses = train_rewind(model, train, qa_schedule(spec, selection, teacher), spec, spec.qa_stage2)
         if log:
             log(f"seed {spec.seed}, {name}: stage-2 loss {losses['stage2'][0]:.3f} -> {losses['stage2'][-1]:.3f}")
         rows.append(_qa_row(name, model, test, spec, losses, selection, show_cues=rule != "none"))
         if rule != "dfs":
             continue
-        memory += memory_rows(model, train, test, spec, "memory tokens, trained (QA with DFS)")
+        memory += memory_rows(model, probe_train, test, spec, "memory tokens, trained (QA with DFS)")
         c = model.config
         other = {"top": lambda items: DFS(c.top_l, c.num_select, c.dpc_k, dpc=False),
                  "preset": lambda items: DFS(8, c.num_select, c.dpc_k)}

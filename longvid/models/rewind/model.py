@@ -16,6 +16,10 @@ are pooled to 32 tokens each; the LLM reads::
 
     [memory tokens (N_W * frames)] [separator (1)] [frames (K_c * 32)] [question]
 
+A re-read frame's tokens carry two learned codes (where the paper is silent): the frame's
+place among the frames read (in temporal order) and each token's cell in the pooled grid,
+so the LLM can tell which frame came first and where in the frame a thing is.
+
 Frame relevance is the attention score between the pooled question and each frame's
 memory tokens through the DFS projections (``select_query``, ``select_key``): the scaled
 cosine of the two projections, the same score the frame-level stage-1 loss
@@ -219,12 +223,16 @@ class ReWind(nn.Module):
         self.select_query = nn.Linear(config.llm_dim, mem.dim)
         self.select_key = nn.Linear(mem.dim, mem.dim)
         self.selector = DFS(config.top_l, config.num_select, config.dpc_k) if selector is None else selector
+        # Where a re-read token comes from, added to it (zero at init): the frame's place among the frames
+        # read (in temporal order; the last row for any further frame) and the token's cell in the pooled grid.
+        self.frame_order = nn.Parameter(torch.zeros(config.num_select, config.llm_dim))
+        self.frame_cell = nn.Parameter(torch.zeros(config.frame_tokens, config.llm_dim))
 
     # -- training stages -------------------------------------------------------------
 
     def set_stage(self, stage: int) -> list[nn.Parameter]:
         """Freeze everything but stage ``1`` (Perceiver, contrastive heads and DFS projections) or
-        ``2`` (memory, projections, DFS projections and their scale, separator, grounding head,
+        ``2`` (memory, projections, DFS projections and their scale, separator, re-read frame codes, grounding head,
         LoRA); returns the trainable parameters."""
         if stage not in (1, 2):
             raise LongvidError(f"ReWind has training stages 1 and 2, not {stage}")
@@ -233,7 +241,8 @@ class ReWind(nn.Module):
             trainable = [self.memory, self.video_head, self.text_head, self.select_query, self.select_key]
         else:
             trainable = [self.memory, self.memory_proj, self.frame_proj, self.grounding, self.select_query, self.select_key]
-            self.separator.requires_grad_(True)
+            for param in (self.separator, self.frame_order, self.frame_cell):
+                param.requires_grad_(True)
             for name, param in self.llm.named_parameters():
                 param.requires_grad_("lora_" in name)
         for module in trainable:
@@ -402,10 +411,18 @@ class ReWind(nn.Module):
             pooled = memory.new_zeros(0, self.config.llm_dim)  # (K_c * 32, llm_dim)
             if len(picked):
                 features = state.frames.read(stream, picked).to(self.separator.device, self.separator.dtype)
-                pooled = self.frame_proj(pool_frame_features(features, self.config.frame_pool)).flatten(0, 1)
+                pooled = self.reread_tokens(features).flatten(0, 1)
             words = instruction[stream] if mask is None else instruction[stream][mask[stream].bool()]
             prompts.append(torch.cat([memory, self.separator[None], pooled, words]))
         return prompts
+
+    def reread_tokens(self, features: Tensor) -> Tensor:
+        """The LLM tokens of re-read frames, features ``(k, P, D_v)`` of ``k`` frames in temporal order ->
+        ``(k, gh * gw, llm_dim)``: each pooled cell projected, plus the frame's order code (``frame_order``,
+        the last row for frames past ``K_c``) and the cell's code (``frame_cell``)."""
+        pooled = self.frame_proj(pool_frame_features(features, self.config.frame_pool))  # (k, gh * gw, llm_dim)
+        order = torch.arange(len(features), device=pooled.device).clamp(max=len(self.frame_order) - 1)  # (k,)
+        return pooled + self.frame_order[order][:, None] + self.frame_cell[None]
 
     @torch.no_grad()
     def generate(self, state: RewindState, ids: Tensor, mask: Tensor | None = None, until: float | None = None,

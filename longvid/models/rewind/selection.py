@@ -206,8 +206,10 @@ class RandomSelector:
 @dataclass(frozen=True)
 class OracleSelector:
     """``num_select`` frames inside each stream's annotated ``intervals`` (a list of ``(start, end)``
-    seconds per stream, end excluded), in random order from ``generator``, topped up with random
-    other frames when fewer frames are inside: the best a selector could do, given the annotations."""
+    seconds per stream, end excluded): first one frame of each interval, then a second of each, ...
+    (so ``num_select`` frames cover as many intervals as they can), in random order from
+    ``generator``, topped up with random other frames when fewer frames are inside: the best a
+    selector could do, given the annotations of what a question needs."""
 
     num_select: int
     intervals: Sequence[Sequence[tuple[float, float]]]
@@ -220,8 +222,11 @@ class OracleSelector:
         chosen = []
         for c, intervals in zip(candidates, self.intervals):
             order = torch.randperm(len(c), generator=self.generator)  # (n,) random priority
-            inside = inside_intervals(c.times, intervals)  # (n,)
-            chosen.append(_first_sorted(order[torch.argsort(~inside[order], stable=True)], self.num_select))
+            rank = torch.full((len(c),), len(c))  # (n,) a frame's place among its interval's frames; n: outside all
+            for interval in intervals:
+                inside = order[inside_intervals(c.times, [interval])[order]]  # this interval's frames, random order
+                rank[inside] = torch.minimum(rank[inside], torch.arange(len(inside)))
+            chosen.append(_first_sorted(order[torch.argsort(rank[order], stable=True)], self.num_select))
         return chosen
 
 
