@@ -108,3 +108,25 @@ def test_the_eva_tower_of_an_instructblip_checkpoint_is_the_image_encoder(parts,
     assert model.config.memory.vision_dim == 32
     out, _ = model(model.dummy_inputs(1), model.init_state(1))
     assert out["memory_tokens"].shape[:2] == (1, model.config.clip_frames)
+
+
+def test_weights_written_before_the_frame_codes_load_with_zero_codes(parts, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from longvid.models.rewind import load_trainable
+
+    model = build_model("rewind_tiny", encoder=parts["vision"], llm=parts["llm"], seed=3).eval()
+    path = save_weights(model, tmp_path / "old" / "rewind.safetensors", "rewind_tiny", parts["vision"], parts["llm"], seed=3,
+                        stages=["1", "2"])
+    stored = load_file(path)
+    old = {k: v for k, v in stored.items() if k not in ("frame_order", "frame_cell")}
+    save_file(old, path)
+    loaded = load_weights(path)
+    assert not loaded.frame_order.any() and not loaded.frame_cell.any()
+    with torch.no_grad():
+        loaded.frame_order.fill_(1.0)  # codes a later training gave; loading an old checkpoint resets them
+    load_trainable(loaded, old)
+    assert not loaded.frame_order.any()
+    old.pop(next(k for k in old if k.startswith("memory.")))
+    with pytest.raises(LongvidError, match="1 missing"):
+        load_trainable(loaded, old)

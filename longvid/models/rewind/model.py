@@ -661,10 +661,19 @@ def trainable_state_dict(model: ReWind) -> dict[str, Tensor]:
             if not name.startswith(("encoder.", "llm.")) or "lora_" in name}
 
 
+# Weights added after ReWind checkpoints were first written; they start at zero, so a checkpoint
+# without them is the model it was trained as (no re-read frame codes).
+ZERO_WHEN_ABSENT = ("frame_order", "frame_cell")
+
+
 def load_trainable(model: ReWind, tensors: dict[str, Tensor]) -> None:
-    """Load :func:`trainable_state_dict` weights; a missing or unexpected name is an error."""
+    """Load :func:`trainable_state_dict` weights; a missing or unexpected name is an error, but for
+    :data:`ZERO_WHEN_ABSENT` weights, which then stay zero."""
     expected = set(trainable_state_dict(model))
     missing, unexpected = expected - set(tensors), set(tensors) - expected
+    for name in missing & set(ZERO_WHEN_ABSENT):
+        getattr(model, name).data.zero_()
+    missing -= set(ZERO_WHEN_ABSENT)
     if missing or unexpected:
         raise LongvidError(f"ReWind weights do not match the model: {len(missing)} missing, {len(unexpected)} unexpected "
                            f"(e.g. {sorted(missing or unexpected)[0]})")
