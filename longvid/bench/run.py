@@ -153,6 +153,12 @@ def train_data(cfg: BenchConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return _render([recall_sample(s, cfg.spec, cfg.num_clips, train_distance(cfg, s)) for s in scenes], cfg.spec)
 
 
+def train_cue_clips(cfg: BenchConfig) -> torch.Tensor:
+    """``(V,)`` the clip in which each of :func:`train_data`'s videos shows its cue."""
+    first = cfg.seed * TRAIN_SEEDS_PER_RUN
+    return torch.tensor([cfg.num_clips - 1 - train_distance(cfg, s) for s in range(first, first + cfg.train_scenes)])
+
+
 def eval_data(cfg: BenchConfig, distance: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Held-out scenes at one ``distance``, each shown with every cue class (the same for every seed)."""
     samples = [
@@ -259,8 +265,9 @@ def run_lmm(cfg: BenchConfig, row: LMMRow, data: RunData) -> tuple[dict, None]:
     model = recall_lmm.build(row, cfg.seed)
     clips, labels = (t[: row.train_videos] for t in data.train)
     frames = recall_lmm.as_frames(clips, cfg.spec, row.frame_stride)
+    shown = recall_lmm.cue_frames(train_cue_clips(cfg)[: len(labels)], cfg.num_clips, cfg.spec, row.frame_stride)
     started = time.perf_counter()
-    train_clips = recall_lmm.train(row, model, frames, labels, cfg.spec, cfg.seed)
+    train_clips = recall_lmm.train(row, model, frames, labels, cfg.spec, cfg.seed, shown)
     train_seconds = time.perf_counter() - started
     clock.lap("train")
     accuracy = {
