@@ -29,6 +29,7 @@ distance is within their reach. Compute per clip counts the image encoder and th
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import dataclass
 
@@ -115,13 +116,19 @@ def llm_width(preset: str) -> int:
     return malmm_config(preset).llm_hidden if preset.startswith("malmm") else rewind_config(preset).llm_dim
 
 
+def vocabulary(row: LMMRow) -> tuple[str, ...]:
+    """The tiny LLM's words: :data:`WORDS`, then those of the row's question and (when it trains
+    with them) of ReWind's captions."""
+    extra = re.findall(r"\w+|[^\w\s]+", row.question.lower()) + (list(CAPTION_WORDS) if row.stage1_steps or row.caption_weight else [])
+    return tuple(dict.fromkeys(WORDS + tuple(extra)))
+
+
 def build(row: LMMRow, seed: int) -> torch.nn.Module:
     """The row's tiny preset (its own tiny random image encoder from ``seed``) with a tiny random
     LLM that knows the benchmark's words; ReWind with its stage-2 parts trainable."""
     from longvid.models.tiny import tiny_llm
 
-    words = WORDS + CAPTION_WORDS if row.family == "ReWind" else WORDS
-    llm = tiny_llm(hidden=llm_width(row.preset), words=words, seed=seed, init_std=row.llm_init_std)
+    llm = tiny_llm(hidden=llm_width(row.preset), words=vocabulary(row), seed=seed, init_std=row.llm_init_std)
     overrides = {k: v for k, v in (("top_l", row.top_l), ("lora_rank", row.lora_rank)) if v is not None}
     model = longvid.build_model(row.preset, llm=llm, seed=seed, **overrides)
     if row.family == "ReWind":
