@@ -119,7 +119,7 @@ MODES: dict[str, BenchConfig] = {
     "quick": BenchConfig(
         distances=(1, 2), train_scenes=512, eval_scenes=8, epochs=12,
         variants=(short_term(), baseline(3), memvit(2)),
-        lmm_rows=(recall_lmm.malmm().with_(train_videos=256, epochs=6), recall_lmm.rewind().with_(train_videos=512, epochs=5)),
+        lmm_rows=(recall_lmm.malmm().with_(train_videos=256, epochs=6), recall_lmm.rewind().with_(train_videos=512, epochs=5, stage1_steps=50)),
     ),
     "default": BenchConfig(),
     "full": BenchConfig(
@@ -416,8 +416,9 @@ def _quiet_worker() -> None:
 def _expected_cost(job, cfg: BenchConfig) -> float:
     """Rough CPU milliseconds of a row's training (measured per step on this project's CPU), to
     start the longest rows first."""
-    if isinstance(job, LMMRow):
-        return job.train_videos * job.epochs / job.batch_size * (250.0 if job.family == "MA-LMM" else 115.0)
+    if isinstance(job, LMMRow):  # a ReWind stage-1 step (no LLM) costs about 0.8 of a stage-2 step
+        steps = job.train_videos * job.epochs / job.batch_size + 0.8 * job.stage1_steps
+        return steps * (250.0 if job.family == "MA-LMM" else 115.0)
     updates = cfg.epochs * cfg.train_scenes / cfg.batch_size
     return updates * (62.0 * job.clips + 14.0 * job.memory_len)
 
