@@ -29,7 +29,6 @@ distance is within their reach. Compute per clip counts the image encoder and th
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from dataclasses import dataclass
 
@@ -60,7 +59,6 @@ class LMMRow:
     lr: float = 3e-3
     warmup_steps: int = 8
     llm_init_std: float = 0.5
-    question: str = QUESTION
     # ReWind only: stage 1 (frame-level caption loss, ReWind.frame_contrastive_loss) steps before
     # stage 2, the caption loss's weight in stage 2, and DFS's L (None: the preset's).
     stage1_steps: int = 0
@@ -83,11 +81,10 @@ def malmm() -> LMMRow:
 
 def rewind() -> LMMRow:
     """``rewind_tiny`` trained as the paper does: stage 1 (frame-level captions, SigLIP) then
-    stage 2 (answers) that keeps the caption loss; DFS keeps L = 4 of the 10 frames (the preset's
-    8 leaves DPC-KNN to pick density peaks, which the one cue frame is not); the question worded
-    with the captions' words, so that the relevance stage 1 trains applies to it."""
-    return LMMRow("ReWind", "ReWind", "rewind_tiny", train_videos=1024, epochs=8, question="which object flashes?",
-                  stage1_steps=100, caption_weight=1.0, top_l=4)
+    stage 2 (answers), which keeps the caption loss (as ``longvid bench rewind``); DFS keeps L = 4
+    frames by relevance (as ``longvid bench rewind``), then K_c = 2 by DPC-KNN."""
+    return LMMRow("ReWind", "ReWind", "rewind_tiny", train_videos=1024, epochs=8, stage1_steps=100, caption_weight=1.0,
+                  top_l=4)
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -117,10 +114,8 @@ def llm_width(preset: str) -> int:
 
 
 def vocabulary(row: LMMRow) -> tuple[str, ...]:
-    """The tiny LLM's words: :data:`WORDS`, then those of the row's question and (when it trains
-    with them) of ReWind's captions."""
-    extra = re.findall(r"\w+|[^\w\s]+", row.question.lower()) + (list(CAPTION_WORDS) if row.stage1_steps or row.caption_weight else [])
-    return tuple(dict.fromkeys(WORDS + tuple(extra)))
+    """The tiny LLM's words: :data:`WORDS`, and ReWind's captions' words when it trains with them."""
+    return WORDS + CAPTION_WORDS if row.stage1_steps or row.caption_weight else WORDS
 
 
 def build(row: LMMRow, seed: int) -> torch.nn.Module:
@@ -150,14 +145,14 @@ def cue_frames(cue_clips: torch.Tensor, num_clips: int, spec: SynthSpec, stride:
 
 class Watcher:
     """How a row's model watches a batch of videos: ``state = watcher(model, frames)``, one
-    ``model(Frames, state)`` step per clip, the row's question as the memory's instruction."""
+    ``model(Frames, state)`` step per clip, the question as the memory's instruction."""
 
     def __init__(self, row: LMMRow, spec: SynthSpec):
         self.row = row
         self.per_clip = max(1, spec.clip_frames // row.frame_stride)
 
     def __call__(self, model, frames: Frames):
-        state = model.init_state(frames.batch_size, instructions=[self.row.question] * frames.batch_size)
+        state = model.init_state(frames.batch_size, instructions=[QUESTION] * frames.batch_size)
         for step in clip_steps(frames, self.per_clip):
             _, state = model(step, state)
         return state
@@ -210,7 +205,7 @@ def train(row: LMMRow, model, frames: Frames, labels: torch.Tensor, spec: SynthS
 
     def loss(model, index: torch.Tensor) -> torch.Tensor:
         state = watcher(model, frames.index_select(index))
-        value = answer_loss(model, state, [row.question] * len(index), [answers[int(i)] for i in index])
+        value = answer_loss(model, state, [QUESTION] * len(index), [answers[int(i)] for i in index])
         return value + row.caption_weight * captions(model, state, index) if row.caption_weight else value
 
     if row.stage1_steps:
@@ -235,7 +230,7 @@ def accuracy(row: LMMRow, model, frames: Frames, labels: torch.Tensor, spec: Syn
     for first in range(0, frames.batch_size, batch_size):
         index = torch.arange(first, min(first + batch_size, frames.batch_size))
         state = watcher(model, frames.index_select(index))
-        scores = model.score(state, [row.question] * len(index), names)  # (B, K)
+        scores = model.score(state, [QUESTION] * len(index), names)  # (B, K)
         correct += int((scores.argmax(1) == labels[index]).sum())
     return 100.0 * correct / frames.batch_size
 
@@ -256,12 +251,12 @@ def costs(row: LMMRow, model, frames: Frames, spec: SynthSpec, batch_size: int) 
         with torch.no_grad():
             one = frames.index_select(torch.arange(1))
             steps = list(clip_steps(one, watcher.per_clip))
-            state = model.init_state(1, instructions=[row.question])
+            state = model.init_state(1, instructions=[QUESTION])
             for step in steps[:-1]:
                 _, state = model(step, state)
             clip_flops = _flops(lambda: model(steps[-1], state))
             _, last = model(steps[-1], state)
-            answer_flops = _flops(lambda: model.score(last, [row.question], names))
+            answer_flops = _flops(lambda: model.score(last, [QUESTION], names))
             infer_mb = measure.peak_mb(lambda: watcher(model, one), model)
             batch = frames.index_select(torch.arange(min(batch_size, frames.batch_size)))
             started = time.perf_counter()
@@ -301,6 +296,6 @@ def _train_step(row: LMMRow, model, frames: Frames, spec: SynthSpec) -> None:
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     state = Watcher(row, spec)(model, frames)
-    answer_loss(model, state, [row.question] * frames.batch_size, [class_name(0)] * frames.batch_size).backward()
+    answer_loss(model, state, [QUESTION] * frames.batch_size, [class_name(0)] * frames.batch_size).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
