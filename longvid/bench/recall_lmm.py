@@ -65,7 +65,6 @@ class LMMRow:
     stage1_lr: float = 2e-3
     caption_weight: float = 0.0
     top_l: int | None = None
-    lora_rank: int | None = None
 
     def with_(self, **changes) -> "LMMRow":
         return dataclasses.replace(self, **changes)
@@ -124,7 +123,7 @@ def build(row: LMMRow, seed: int) -> torch.nn.Module:
     from longvid.models.tiny import tiny_llm
 
     llm = tiny_llm(hidden=llm_width(row.preset), words=vocabulary(row), seed=seed, init_std=row.llm_init_std)
-    overrides = {k: v for k, v in (("top_l", row.top_l), ("lora_rank", row.lora_rank)) if v is not None}
+    overrides = {} if row.top_l is None else {"top_l": row.top_l}
     model = longvid.build_model(row.preset, llm=llm, seed=seed, **overrides)
     if row.family == "ReWind":
         model.set_stage(2)
