@@ -2,6 +2,7 @@
 --quiet, output piped to a file), writes a sane table, JSON, Markdown, plot and weights;
 the trained memory models beat the short-term model on held-out videos."""
 
+import dataclasses
 import json
 import subprocess
 
@@ -12,6 +13,7 @@ import longvid.models.memvit
 from conftest import longvid_script
 from longvid.bench import recall_lmm
 from longvid.bench import run as bench
+from longvid.bench.synth import recall_sample, scene_clips
 from longvid.checkpoints import load_model, read_metadata
 from longvid.train.loop import evaluate
 
@@ -132,6 +134,63 @@ def test_lmm_frames_are_every_strided_frame_in_order():
     assert frames.timestamps[1].tolist() == seconds
     steps = list(recall_lmm.clip_steps(frames, spec.clip_frames // 2))
     assert len(steps) == 3 and torch.equal(steps[1].pixels, frames.pixels[:, 2:4])
+
+
+def test_lmm_cue_frames_are_the_frames_that_change_with_the_cue_class():
+    cfg = dataclasses.replace(bench.MODES["default"], train_scenes=8)
+    clips, labels = bench.train_data(cfg)
+    shown = recall_lmm.cue_frames(bench.train_cue_clips(cfg), cfg.num_clips, cfg.spec, stride=2)  # (V, F)
+    assert shown.shape == (8, cfg.num_clips * cfg.spec.clip_frames // 2) and shown.sum(1).tolist() == [1] * 8
+    for v, scene in enumerate(range(8)):  # the same scene with another cue class differs exactly on the cue frames
+        other = recall_sample(scene, cfg.spec, cfg.num_clips, bench.train_distance(cfg, scene), cls=(int(labels[v]) + 1) % 4)
+        other_clips = scene_clips(other.scene, cfg.spec, normalize=False)[None]
+        a, b = (recall_lmm.as_frames(c, cfg.spec, stride=2).pixels[0] for c in (clips[v : v + 1], other_clips))
+        assert torch.equal((a != b).flatten(1).any(1), shown[v])
+
+
+def test_rewind_caption_loss_matches_a_loop_over_frames_and_captions():
+    spec = bench.MODES["quick"].spec
+    row = recall_lmm.rewind()
+    model = recall_lmm.build(row, seed=0)
+    clips = torch.randint(0, 256, (2, 3, 3, spec.clip_frames, spec.size, spec.size), generator=torch.Generator().manual_seed(0),
+                          dtype=torch.uint8)  # (V, N, C, T, H, W)
+    state = recall_lmm.Watcher(row, spec)(model, recall_lmm.as_frames(clips, spec, stride=2))  # 6 frames per video
+    labels, shown = torch.tensor([2, 0]), torch.zeros(2, 6, dtype=torch.bool)
+    shown[0, 3] = True  # video 1 shows no cue
+    loss = recall_lmm.caption_loss(model, state, labels, shown, num_classes=4)
+    captions = ["the red square flashes", "the green disk flashes", "the blue triangle flashes", "the yellow cross flashes",
+                "an object flashes"]
+    with torch.no_grad():
+        texts = [model.select_query(model.pooled_text(*model.tokenize([c]))[0]) for c in captions]
+        total = 0.0
+        for b in range(2):
+            tokens, _ = state.memory.frame_tokens(b)  # (6, N_W, D)
+            for f in range(6):
+                key = model.select_key(tokens[f].mean(0))
+                for c, text in enumerate(texts):
+                    logit = model.log_scale.exp() * torch.cosine_similarity(key, text, dim=0) + model.bias
+                    match = bool(shown[b, f]) and c in (int(labels[b]), 4)
+                    total += float(-torch.nn.functional.logsigmoid(logit if match else -logit))
+    assert float(loss.detach()) == pytest.approx(total / 12, rel=1e-5)
+
+
+def test_rewind_trains_stage_1_then_stage_2():
+    spec = bench.MODES["quick"].spec
+    row = recall_lmm.rewind().with_(stage1_steps=2, epochs=1, batch_size=2)
+    model = recall_lmm.build(row, seed=0)
+    clips = torch.randint(0, 256, (4, 2, 3, spec.clip_frames, spec.size, spec.size), generator=torch.Generator().manual_seed(1),
+                          dtype=torch.uint8)
+    shown = recall_lmm.cue_frames(torch.tensor([0, 1, 1, 0]), 2, spec, stride=2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    steps = []
+    recall_lmm.train(row, model, recall_lmm.as_frames(clips, spec, 2), torch.tensor([0, 1, 2, 3]), spec, 0, shown,
+                     on_step=steps.append)
+    assert len(steps) == 2 + 2  # stage 1, then one epoch of 4 videos in batches of 2
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert {"select_key.weight", "memory_proj.weight", "separator"} <= changed  # stage 1's and stage 2's parts
+    assert not any(n.startswith("encoder.") or (n.startswith("llm.") and "lora_" not in n) for n in changed)
+    with pytest.raises(ValueError, match="frames that show the cue"):
+        recall_lmm.train(row, model, recall_lmm.as_frames(clips, spec, 2), torch.tensor([0, 1, 2, 3]), spec, 0)
 
 
 def test_reach_rule_and_seed_summary():

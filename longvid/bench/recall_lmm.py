@@ -10,10 +10,14 @@ likely). The LLM is given the benchmark's words (its vocabulary) and large rando
 that a visual prefix can steer a frozen random LLM (see :func:`longvid.models.tiny.tiny_llm`).
 
 * MA-LMM trains its Q-Former side (Q-Former with its memory banks, ``ln_vision``,
-  ``image_pe``, ``llm_proj``) with the answer cross-entropy (:class:`longvid.train.qa.QATrainer`
-  on the frozen encoder's tokens, computed once per video with ``model.encode``).
-* ReWind trains its stage-2 parts (memory, projections, LoRA) with the answer cross-entropy
-  (``model.answer_loss``) through :func:`longvid.train.rewind.train_stage`.
+  ``image_pe``, ``llm_proj``) with the answer cross-entropy of the LLM adapter on
+  ``visual_prefixes`` through :func:`longvid.train.rewind.train_stage`.
+* ReWind trains in two stages through :func:`longvid.train.rewind.train_stage`: stage 1, the
+  frame-level caption loss (:meth:`ReWind.frame_contrastive_loss`: each frame's memory tokens
+  against "the <class> flashes" and "an object flashes", positives where the frame shows the
+  cue), which trains the memory to keep each frame and DFS's relevance; stage 2, its stage-2
+  parts (memory, projections, LoRA) with the answer cross-entropy (``model.answer_loss``) plus
+  the same caption loss (without it the answer loss erases what the memory keeps of each frame).
 
 Both watch every ``frame_stride``-th frame (an LMM's sparse sampling; the cue shows on two
 consecutive frames, so a stride of 2 always catches it). Their memory covers the whole video
@@ -36,7 +40,9 @@ from longvid.bench.synth import COLOURS, SHAPES, SynthSpec, class_name
 from longvid.models.stream import Frames
 
 QUESTION = "Which object flashed in the video?"
+GENERIC_CAPTION = "an object flashes"  # ReWind's stage-1 caption of every frame that shows a cue
 WORDS = ("which", "object", "flashed", "in", "the", "video", "?", *COLOURS, *SHAPES)
+CAPTION_WORDS = ("flashes", "an")  # ReWind's captions' words beyond WORDS
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,12 @@ class LMMRow:
     lr: float = 3e-3
     warmup_steps: int = 8
     llm_init_std: float = 0.5
+    # ReWind only: stage 1 (frame-level caption loss, ReWind.frame_contrastive_loss) steps before
+    # stage 2, the caption loss's weight in stage 2, and DFS's L (None: the preset's).
+    stage1_steps: int = 0
+    stage1_lr: float = 2e-3
+    caption_weight: float = 0.0
+    top_l: int | None = None
 
     def with_(self, **changes) -> "LMMRow":
         return dataclasses.replace(self, **changes)
@@ -67,7 +79,11 @@ def malmm() -> LMMRow:
 
 
 def rewind() -> LMMRow:
-    return LMMRow("ReWind", "ReWind", "rewind_tiny", train_videos=1024, epochs=8)
+    """``rewind_tiny`` trained as the paper does: stage 1 (frame-level captions, SigLIP) then
+    stage 2 (answers), which keeps the caption loss (as ``longvid bench rewind``); DFS keeps L = 4
+    frames by relevance (as ``longvid bench rewind``), then K_c = 2 by DPC-KNN."""
+    return LMMRow("ReWind", "ReWind", "rewind_tiny", train_videos=1024, epochs=8, stage1_steps=100, caption_weight=1.0,
+                  top_l=4)
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -96,31 +112,46 @@ def llm_width(preset: str) -> int:
     return malmm_config(preset).llm_hidden if preset.startswith("malmm") else rewind_config(preset).llm_dim
 
 
+def vocabulary(row: LMMRow) -> tuple[str, ...]:
+    """The tiny LLM's words: :data:`WORDS`, and ReWind's captions' words when it trains with them."""
+    return WORDS + CAPTION_WORDS if row.stage1_steps or row.caption_weight else WORDS
+
+
 def build(row: LMMRow, seed: int) -> torch.nn.Module:
     """The row's tiny preset (its own tiny random image encoder from ``seed``) with a tiny random
     LLM that knows the benchmark's words; ReWind with its stage-2 parts trainable."""
     from longvid.models.tiny import tiny_llm
 
-    llm = tiny_llm(hidden=llm_width(row.preset), words=WORDS, seed=seed, init_std=row.llm_init_std)
-    model = longvid.build_model(row.preset, llm=llm, seed=seed)
+    llm = tiny_llm(hidden=llm_width(row.preset), words=vocabulary(row), seed=seed, init_std=row.llm_init_std)
+    overrides = {} if row.top_l is None else {"top_l": row.top_l}
+    model = longvid.build_model(row.preset, llm=llm, seed=seed, **overrides)
     if row.family == "ReWind":
         model.set_stage(2)
     return model
+
+
+def cue_frames(cue_clips: torch.Tensor, num_clips: int, spec: SynthSpec, stride: int) -> torch.Tensor:
+    """``(V, F)`` bool: which of the frames :func:`as_frames` keeps show the cue, for videos whose
+    cue flashes in clip ``cue_clips (V,)``."""
+    first, last = spec.cue_samples()
+    shown = torch.zeros(len(cue_clips), num_clips, spec.clip_frames, dtype=torch.bool)
+    shown[torch.arange(len(cue_clips)), cue_clips, first : last + 1] = True
+    return shown.flatten(1)[:, ::stride]
 
 
 # -- training and evaluation ----------------------------------------------------------------------
 
 
 class Watcher:
-    """How a row's model watches a batch of videos: ``state = watcher(model, frames, questions)``,
-    one ``model(Frames, state)`` step per clip, the question as the memory's instruction."""
+    """How a row's model watches a batch of videos: ``state = watcher(model, frames)``, one
+    ``model(Frames, state)`` step per clip, the question as the memory's instruction."""
 
     def __init__(self, row: LMMRow, spec: SynthSpec):
         self.row = row
         self.per_clip = max(1, spec.clip_frames // row.frame_stride)
 
-    def __call__(self, model, frames: Frames, questions: list[str]):
-        state = model.init_state(frames.batch_size, instructions=questions)
+    def __call__(self, model, frames: Frames):
+        state = model.init_state(frames.batch_size, instructions=[QUESTION] * frames.batch_size)
         for step in clip_steps(frames, self.per_clip):
             _, state = model(step, state)
         return state
@@ -133,9 +164,23 @@ def answer_loss(model, state, questions: list[str], answers: list[str]) -> torch
     return model.llm.loss(model.visual_prefixes(state), questions, answers)
 
 
-def train(row: LMMRow, model, frames: Frames, labels: torch.Tensor, spec: SynthSpec, seed: int, on_step=None) -> int:
-    """Train ``model`` on the videos ``frames`` (answers: class names of ``labels``) for
-    ``row.epochs``; returns the number of clips watched."""
+def caption_loss(model, state, labels: torch.Tensor, shown: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """ReWind's frame-level stage-1 loss (:meth:`ReWind.frame_contrastive_loss`) on the frames
+    watched into ``state``: a frame that shows the cue (``shown (B, F)``) matches "the <class>
+    flashes" of its video's ``labels (B,)`` and :data:`GENERIC_CAPTION`; any other frame no caption."""
+    tokens = torch.cat([state.memory.frame_tokens(b)[0] for b in range(state.batch_size)])  # (B*F, N_W, D)
+    classes = torch.where(shown, labels[:, None], -1).flatten()  # (B*F,) -1: no cue
+    positives = classes[:, None] == torch.arange(num_classes)[None]  # (B*F, K)
+    positives = torch.cat([positives, positives.any(1, keepdim=True)], dim=1)  # (B*F, K + 1)
+    captions = [f"the {class_name(k)} flashes" for k in range(num_classes)] + [GENERIC_CAPTION]
+    return model.frame_contrastive_loss(tokens, positives, *model.tokenize(captions))
+
+
+def train(row: LMMRow, model, frames: Frames, labels: torch.Tensor, spec: SynthSpec, seed: int,
+          shown: torch.Tensor | None = None, on_step=None) -> int:
+    """Train ``model`` on the videos ``frames`` (answers: class names of ``labels``; ``shown (V, F)``:
+    the frames that show the cue, for ReWind's caption loss) for ``row.epochs``, after
+    ``row.stage1_steps`` steps of stage 1; returns the number of clips watched."""
     from longvid.train.rewind import StageConfig, train_stage
 
     watcher = Watcher(row, spec)
@@ -143,21 +188,35 @@ def train(row: LMMRow, model, frames: Frames, labels: torch.Tensor, spec: SynthS
     videos = frames.batch_size
     per_epoch = max(1, videos // row.batch_size)
     steps = row.epochs * per_epoch
+    if (row.stage1_steps or row.caption_weight) and shown is None:
+        raise ValueError("ReWind's caption loss needs the frames that show the cue (shown)")
 
     def batch(step: int) -> torch.Tensor:
         epoch, offset = divmod(step, per_epoch)
         order = torch.randperm(videos, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
         return order[offset * row.batch_size : (offset + 1) * row.batch_size]
 
-    def loss(model, index: torch.Tensor) -> torch.Tensor:
-        questions = [QUESTION] * len(index)
-        state = watcher(model, frames.index_select(index), questions)
-        return answer_loss(model, state, questions, [answers[int(i)] for i in index])
+    def captions(model, state, index: torch.Tensor) -> torch.Tensor:
+        return caption_loss(model, state, labels[index], shown[index], spec.num_classes)
 
+    def stage1(model, index: torch.Tensor) -> torch.Tensor:
+        return captions(model, watcher(model, frames.index_select(index)), index)
+
+    def loss(model, index: torch.Tensor) -> torch.Tensor:
+        state = watcher(model, frames.index_select(index))
+        value = answer_loss(model, state, [QUESTION] * len(index), [answers[int(i)] for i in index])
+        return value + row.caption_weight * captions(model, state, index) if row.caption_weight else value
+
+    if row.stage1_steps:
+        model.set_stage(1)
+        config = StageConfig(steps=row.stage1_steps, lr=row.stage1_lr, warmup_steps=row.warmup_steps, seed=seed,
+                             checkpoint_every=10**9)
+        train_stage(model, stage1, batch, config, on_step=on_step)
+        model.set_stage(2)
     config = StageConfig(steps=steps, lr=row.lr, warmup_steps=row.warmup_steps, seed=seed, checkpoint_every=10**9)
     train_stage(model, loss, batch, config, on_step=on_step)
     clips_per_video = -(-frames.num_frames // watcher.per_clip)
-    return steps * row.batch_size * clips_per_video
+    return (row.stage1_steps + steps) * row.batch_size * clips_per_video
 
 
 @torch.no_grad()
@@ -169,9 +228,8 @@ def accuracy(row: LMMRow, model, frames: Frames, labels: torch.Tensor, spec: Syn
     correct = 0
     for first in range(0, frames.batch_size, batch_size):
         index = torch.arange(first, min(first + batch_size, frames.batch_size))
-        questions = [QUESTION] * len(index)
-        state = watcher(model, frames.index_select(index), questions)
-        scores = model.score(state, questions, names)  # (B, K)
+        state = watcher(model, frames.index_select(index))
+        scores = model.score(state, [QUESTION] * len(index), names)  # (B, K)
         correct += int((scores.argmax(1) == labels[index]).sum())
     return 100.0 * correct / frames.batch_size
 
@@ -198,10 +256,10 @@ def costs(row: LMMRow, model, frames: Frames, spec: SynthSpec, batch_size: int) 
             clip_flops = _flops(lambda: model(steps[-1], state))
             _, last = model(steps[-1], state)
             answer_flops = _flops(lambda: model.score(last, [QUESTION], names))
-            infer_mb = measure.peak_mb(lambda: watcher(model, one, [QUESTION]), model)
+            infer_mb = measure.peak_mb(lambda: watcher(model, one), model)
             batch = frames.index_select(torch.arange(min(batch_size, frames.batch_size)))
             started = time.perf_counter()
-            watcher(model, batch, [QUESTION] * batch.batch_size)
+            watcher(model, batch)
             seconds = time.perf_counter() - started
     finally:
         for p in trainable:
@@ -236,8 +294,7 @@ def _train_step(row: LMMRow, model, frames: Frames, spec: SynthSpec) -> None:
     weights, so it runs after the evaluation)."""
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    questions = [QUESTION] * frames.batch_size
-    state = Watcher(row, spec)(model, frames, questions)
-    answer_loss(model, state, questions, [class_name(0)] * frames.batch_size).backward()
+    state = Watcher(row, spec)(model, frames)
+    answer_loss(model, state, [QUESTION] * frames.batch_size, [class_name(0)] * frames.batch_size).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -119,7 +119,7 @@ MODES: dict[str, BenchConfig] = {
     "quick": BenchConfig(
         distances=(1, 2), train_scenes=512, eval_scenes=8, epochs=12,
         variants=(short_term(), baseline(3), memvit(2)),
-        lmm_rows=(recall_lmm.malmm().with_(train_videos=256, epochs=6), recall_lmm.rewind().with_(train_videos=512, epochs=5)),
+        lmm_rows=(recall_lmm.malmm().with_(train_videos=256, epochs=6), recall_lmm.rewind().with_(train_videos=512, epochs=5, stage1_steps=50)),
     ),
     "default": BenchConfig(),
     "full": BenchConfig(
@@ -151,6 +151,12 @@ def train_data(cfg: BenchConfig) -> tuple[torch.Tensor, torch.Tensor]:
     first = cfg.seed * TRAIN_SEEDS_PER_RUN
     scenes = range(first, first + cfg.train_scenes)
     return _render([recall_sample(s, cfg.spec, cfg.num_clips, train_distance(cfg, s)) for s in scenes], cfg.spec)
+
+
+def train_cue_clips(cfg: BenchConfig) -> torch.Tensor:
+    """``(V,)`` the clip in which each of :func:`train_data`'s videos shows its cue."""
+    first = cfg.seed * TRAIN_SEEDS_PER_RUN
+    return torch.tensor([cfg.num_clips - 1 - train_distance(cfg, s) for s in range(first, first + cfg.train_scenes)])
 
 
 def eval_data(cfg: BenchConfig, distance: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,8 +265,9 @@ def run_lmm(cfg: BenchConfig, row: LMMRow, data: RunData) -> tuple[dict, None]:
     model = recall_lmm.build(row, cfg.seed)
     clips, labels = (t[: row.train_videos] for t in data.train)
     frames = recall_lmm.as_frames(clips, cfg.spec, row.frame_stride)
+    shown = recall_lmm.cue_frames(train_cue_clips(cfg)[: len(labels)], cfg.num_clips, cfg.spec, row.frame_stride)
     started = time.perf_counter()
-    train_clips = recall_lmm.train(row, model, frames, labels, cfg.spec, cfg.seed)
+    train_clips = recall_lmm.train(row, model, frames, labels, cfg.spec, cfg.seed, shown)
     train_seconds = time.perf_counter() - started
     clock.lap("train")
     accuracy = {
@@ -409,8 +416,9 @@ def _quiet_worker() -> None:
 def _expected_cost(job, cfg: BenchConfig) -> float:
     """Rough CPU milliseconds of a row's training (measured per step on this project's CPU), to
     start the longest rows first."""
-    if isinstance(job, LMMRow):
-        return job.train_videos * job.epochs / job.batch_size * (250.0 if job.family == "MA-LMM" else 115.0)
+    if isinstance(job, LMMRow):  # a ReWind stage-1 step (no LLM) costs about 0.8 of a stage-2 step
+        steps = job.train_videos * job.epochs / job.batch_size + 0.8 * job.stage1_steps
+        return steps * (250.0 if job.family == "MA-LMM" else 115.0)
     updates = cfg.epochs * cfg.train_scenes / cfg.batch_size
     return updates * (62.0 * job.clips + 14.0 * job.memory_len)
 
