@@ -11,6 +11,7 @@ import torch
 import longvid.models.memvit
 from conftest import longvid_script
 from longvid.bench import recall_lmm
+from longvid.bench import measure
 from longvid.bench import run as bench
 from longvid.checkpoints import load_model, read_metadata
 from longvid.errors import LongvidError
@@ -189,3 +190,12 @@ def test_recall_rows_start_linear_layers_at_fan_in_scale():
     assert released.config.linear_init == "vit" and abs(released.head.projection.weight.std().item() - 0.02) < 0.004
     with pytest.raises(LongvidError, match="linear_init"):
         longvid.build_model("memvit_tiny", linear_init="xavier")
+
+
+def test_training_memory_measurement_leaves_the_weights_alone():
+    """The row's training-memory figure comes from one AdamW step, on a copy: the weights a run
+    saves are the ones it evaluated."""
+    model = bench.memvit(2).build(bench.MODES["default"].spec)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert measure.train_peak_mb(model, torch.randn(2, 3, 4, 32, 32), 4) > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
