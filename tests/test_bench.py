@@ -12,9 +12,11 @@ import torch
 import longvid.models.memvit
 from conftest import longvid_script
 from longvid.bench import recall_lmm
+from longvid.bench import measure
 from longvid.bench import run as bench
 from longvid.bench.synth import recall_sample, scene_clips
 from longvid.checkpoints import load_model, read_metadata
+from longvid.errors import LongvidError
 from longvid.train.loop import evaluate
 
 torch.set_num_threads(1)
@@ -233,3 +235,26 @@ def test_recall_preset_compression_starts_as_average_pooling():
             assert torch.allclose(compressed[:, :, 0, h, w], expected, atol=1e-6)
     default = longvid.build_model("memvit_tiny")  # the released init elsewhere
     assert default.config.compress_init == "default" and default.blocks[0].attn.compress_k.weight.std() > 0
+
+
+def test_recall_rows_start_linear_layers_at_fan_in_scale():
+    spec = bench.MODES["default"].spec
+    for model in (longvid.build_model("memvit_tiny_recall"), bench.baseline(5).build(spec), bench.memvit(2).build(spec)):
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        assert len(linears) == 4 * 6 + 2 + 1  # q, k, v, proj, fc1, fc2 per block, 2 width changes, the head
+        for layer in linears:  # std 1 / sqrt(fan_in), not ViT's 0.02
+            expected = layer.in_features**-0.5
+            assert abs(layer.weight.std().item() / expected - 1) < 0.2, (layer, layer.weight.std().item(), expected)
+    released = longvid.build_model("memvit_tiny")
+    assert released.config.linear_init == "vit" and abs(released.head.projection.weight.std().item() - 0.02) < 0.004
+    with pytest.raises(LongvidError, match="linear_init"):
+        longvid.build_model("memvit_tiny", linear_init="xavier")
+
+
+def test_training_memory_measurement_leaves_the_weights_alone():
+    """The row's training-memory figure comes from one AdamW step, on a copy: the weights a run
+    saves are the ones it evaluated."""
+    model = bench.memvit(2).build(bench.MODES["default"].spec)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert measure.train_peak_mb(model, torch.randn(2, 3, 4, 32, 32), 4) > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

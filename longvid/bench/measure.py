@@ -8,6 +8,7 @@ Streams run at steady state: ``reach + 1`` clips, so every memory entry is fille
 
 from __future__ import annotations
 
+import copy
 import time
 import weakref
 
@@ -83,8 +84,9 @@ def inference_peak_mb(model: nn.Module, clip: torch.Tensor) -> float:
 
 def train_peak_mb(model: nn.Module, clip: torch.Tensor, num_classes: int) -> float:
     """Peak MB of one AdamW training step on ``clip`` with full memory (params, grads,
-    optimizer state, memory and activations)."""
-    model.train()
+    optimizer state, memory and activations). The step runs on a copy: ``model`` keeps its
+    weights (a benchmark saves what it evaluated)."""
+    model = copy.deepcopy(model).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     labels = torch.zeros(clip.shape[0], dtype=torch.long)
 

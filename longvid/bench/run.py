@@ -61,6 +61,7 @@ class Variant:
     family: str  # "short-term", "baseline scaling" or "MeMViT"
     clips: int = 1
     memory_len: int = 0
+    linear_init: str = "fan_in"  # Linear layers' initial std (MeMViTConfig.linear_init)
 
     @property
     def reach(self) -> int:
@@ -70,8 +71,10 @@ class Variant:
     def build(self, spec: SynthSpec) -> torch.nn.Module:
         """The tiny model at ``spec``'s clip size: ``mvit_tiny``, or for memory the
         ``memvit_tiny_recall`` layout (memory read by the last block only, so its reach
-        is exactly ``M`` clips) with ``M = memory_len``."""
-        overrides = dict(num_classes=spec.num_classes, num_frames=self.clips * spec.clip_frames, crop_size=spec.size, head_dropout=0.0)
+        is exactly ``M`` clips) with ``M = memory_len``. Every row starts its Linear layers at
+        ``1 / sqrt(fan_in)`` (ViT's 0.02 left some seeds on a plateau at these widths)."""
+        overrides = dict(num_classes=spec.num_classes, num_frames=self.clips * spec.clip_frames, crop_size=spec.size,
+                         head_dropout=0.0, linear_init=self.linear_init)  # fmt: skip
         if self.memory_len:
             return longvid.build_model("memvit_tiny_recall", memory_len=self.memory_len, **overrides)
         return longvid.build_model("mvit_tiny", **overrides)

@@ -58,6 +58,9 @@ class MeMViTConfig:
     # their kernel, so a memory entry starts as a pooled copy of its clip's keys / values and
     # attention learned on the current clip already reads it
     compress_init: str = "default"
+    # Linear layers' initial std: "vit" = 0.02 (as released, for widths of hundreds); "fan_in" =
+    # 1 / sqrt(fan_in), so a residual branch of a narrow model starts at the size of its input
+    linear_init: str = "vit"
     # AVA box head
     box_depth: int = 1
     max_boxes: int = 100  # box slots per clip (padded, as released)
@@ -80,6 +83,8 @@ class MeMViTConfig:
             KVMemorySpec(self.memory_len, self.sampler)
         if self.compress_init not in ("default", "average"):
             raise LongvidError(f"compress_init must be 'default' or 'average', got {self.compress_init!r}")
+        if self.linear_init not in ("vit", "fan_in"):
+            raise LongvidError(f"linear_init must be 'vit' or 'fan_in', got {self.linear_init!r}")
         bad = [i for i in self.reading_blocks if not 0 <= i < self.depth]
         if bad:
             raise LongvidError(f"memory_blocks {bad} outside 0..{self.depth - 1}")
@@ -155,11 +160,13 @@ PRESETS: dict[str, MeMViTConfig] = {
     # ``longvid bench``'s MeMViT M=4 (recall of 4 cue classes; 4x32x32 clips of 1 s; memory read
     # by the last block only, so its reach is exactly 4 clips; temporal compression only, the
     # memory keeps its 2x2 pooled spatial tokens; compression starting as average pooling: with
-    # PyTorch's random init, 2 seeds in 3 never learned to read memory); shipped trained in
-    # longvid/weights/
+    # PyTorch's random init, 2 seeds in 3 never learned to read memory; Linear layers at
+    # 1/sqrt(fan_in): with ViT's 0.02 at widths 16-64 every residual branch starts near zero and
+    # some seeds stayed on a plateau confusing two cue colours); shipped trained in longvid/weights/
     "memvit_tiny_recall": dataclasses.replace(
         _MEMVIT_TINY, num_classes=4, num_frames=4, crop_size=32, head_dropout=0.0, memory_len=4,
         sampler="consecutive", memory_blocks=(3,), compress_stride=(2, 1, 1), compress_init="average",
+        linear_init="fan_in",
     ),
     "memvit_tiny_causal": dataclasses.replace(_MEMVIT_TINY, head="anticipation", causal=True),
     "memvit_tiny_ava": dataclasses.replace(_MEMVIT_TINY, head="ava", num_classes=10, max_boxes=8, spatial_scale=1 / 16),  # features at 1/16 of the input

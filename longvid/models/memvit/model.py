@@ -131,6 +131,10 @@ class MeMViT(nn.Module):
         self.reading_blocks = cfg.reading_blocks
         self.memory_spec = cfg.memory_spec
         self.apply(_init_weights)
+        if cfg.linear_init == "fan_in":
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.trunc_normal_(m.weight, std=m.in_features**-0.5)
         for name, p in self.named_parameters():
             if "rel_pos" in name or name == "cls_token":
                 nn.init.trunc_normal_(p, std=0.02)
