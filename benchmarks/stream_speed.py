@@ -39,7 +39,7 @@ from longvid.bench.synth import write_demo_video
 MODES = ("decode", "model", "pipelined")
 
 
-def worker(video: str, preset: str, decode_threads: int, torch_threads: int, prefetch: int, repeats: int) -> dict:
+def worker(video: str, preset: str, decode_threads: int, torch_threads: int, prefetch: int, repeats: int, background: str) -> dict:
     """One split in this (fresh) process: best wall and CPU seconds of each mode."""
     import torch
 
@@ -49,7 +49,7 @@ def worker(video: str, preset: str, decode_threads: int, torch_threads: int, pre
 
     torch.manual_seed(0)
     model = longvid.build_model(preset).eval()
-    settings = settings_for(model, background=True, decode_threads=decode_threads, prefetch=prefetch)
+    settings = settings_for(model, background=background, decode_threads=decode_threads, prefetch=prefetch)
     decoded = list(reader_for(model, video, settings))  # for model-only
 
     def consume(records, path) -> int:
@@ -71,13 +71,19 @@ def worker(video: str, preset: str, decode_threads: int, torch_threads: int, pre
     with tempfile.TemporaryDirectory() as folder:
         for repeat in range(repeats):
             for mode in MODES[repeat % 3:] + MODES[:repeat % 3]:  # rotate the order: load bursts hit every mode
-                wall, cpu = time.perf_counter(), time.process_time()
+                wall, cpu = time.perf_counter(), cpu_seconds()
                 clips = run(mode, folder)
-                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
                 best[mode] = {"wall": min(best[mode]["wall"], wall), "cpu": min(best[mode]["cpu"], cpu), "clips": clips}
         with open(os.path.join(folder, "model.jsonl")) as a, open(os.path.join(folder, "pipelined.jsonl")) as b:
             identical = _records(a) == _records(b)
     return {"modes": best, "identical": identical}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its ended children (the decoding processes)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def _records(lines) -> list[dict]:
@@ -88,8 +94,9 @@ def _records(lines) -> list[dict]:
     return records
 
 
-def run_worker(video: str, preset: str, split: tuple[int, int], prefetch: int, repeats: int) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--worker", video, preset, str(split[0]), str(split[1]), str(prefetch), str(repeats)]
+def run_worker(video: str, preset: str, split: tuple[int, int], prefetch: int, repeats: int, background: str) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--worker", video, preset, str(split[0]), str(split[1]), str(prefetch),
+               str(repeats), background]
     out = subprocess.run(command, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"worker failed ({' '.join(command)}):\n{out.stderr[-2000:]}")
@@ -133,30 +140,33 @@ def parse_split(text: str) -> tuple[int, int]:
     return decode, model
 
 
-def overlap_table(video: str, preset: str, splits, prefetches, repeats: int) -> None:
+def overlap_table(video: str, preset: str, splits, prefetches, repeats: int, compare_thread: bool) -> None:
     from longvid.stream_input import available_cores, default_split
 
     default = default_split()
     print(f"overlap: {preset} on {video}; {available_cores()} cores; best of {repeats} interleaved repeats; "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print(f"{'split DxT':>9} {'prefetch':>8} {'clips':>6} {'decode s':>9} {'model s':>8} {'pipelined s':>12} {'ratio':>6} "
+    print(f"{'decoder':>7} {'split DxT':>9} {'prefetch':>8} {'clips':>6} {'decode s':>9} {'model s':>8} {'pipelined s':>12} {'ratio':>6} "
           f"{'cpu dec/model/pipe s':>21}  outputs")
     rows = []
-    configs = [(split, prefetches[0]) for split in splits]
-    for split, prefetch in configs + [(None, p) for p in prefetches[1:]]:
-        if split is None:  # the other prefetch depths, at the best split so far
-            split = min(rows, key=lambda row: row[2]["modes"]["pipelined"]["wall"])[0]
-        result = run_worker(video, preset, split, prefetch, repeats)
-        rows.append((split, prefetch, result))
+    configs = [(split, prefetches[0], "process") for split in splits]
+    later = [(None, p, "process") for p in prefetches[1:]] + ([(None, None, "thread")] if compare_thread else [])
+    for split, prefetch, background in configs + later:
+        if split is None:  # the other prefetch depths, and the thread decoder, at the best process split so far
+            best = min(rows, key=lambda row: row[2]["modes"]["pipelined"]["wall"])
+            split, prefetch = best[0], prefetch or best[1]
+        result = run_worker(video, preset, split, prefetch, repeats, background)
+        if background == "process":
+            rows.append((split, prefetch, result))
         modes = result["modes"]
         bound = max(modes["decode"]["wall"], modes["model"]["wall"])
         cpus = "/".join(f"{modes[m]['cpu']:.1f}" for m in MODES)
-        print(f"{split[0]:>5}x{split[1]:<3} {prefetch:>8} {modes['pipelined']['clips']:>6} {modes['decode']['wall']:>9.2f} "
+        print(f"{background:>7} {split[0]:>5}x{split[1]:<3} {prefetch:>8} {modes['pipelined']['clips']:>6} {modes['decode']['wall']:>9.2f} "
               f"{modes['model']['wall']:>8.2f} {modes['pipelined']['wall']:>12.2f} {modes['pipelined']['wall'] / bound:>6.2f} "
               f"{cpus:>21}  {'identical' if result['identical'] else 'DIFFER'}", flush=True)
     split, prefetch, best = min(rows, key=lambda row: row[2]["modes"]["pipelined"]["wall"])
     fastest = {m: min(row[2]["modes"][m]["wall"] for row in rows) for m in ("decode", "model")}
-    print(f"fastest pipelined: split {split[0]}x{split[1]}, prefetch {prefetch}: {best['modes']['pipelined']['wall']:.2f} s = "
+    print(f"fastest pipelined (process decoder): split {split[0]}x{split[1]}, prefetch {prefetch}: {best['modes']['pipelined']['wall']:.2f} s = "
           f"{best['modes']['pipelined']['wall'] / max(fastest.values()):.2f} x max(fastest decode-only {fastest['decode']:.2f}, "
           f"fastest model-only {fastest['model']:.2f}) over all rows")
     print(f"default split on this machine: {default.decode_threads}x{default.torch_threads}, prefetch {default.prefetch} "
@@ -165,8 +175,8 @@ def overlap_table(video: str, preset: str, splits, prefetches, repeats: int) -> 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        video, preset, decode, model, prefetch, repeats = sys.argv[2:8]
-        print(json.dumps(worker(video, preset, int(decode), int(model), int(prefetch), int(repeats))))
+        video, preset, decode, model, prefetch, repeats, background = sys.argv[2:9]
+        print(json.dumps(worker(video, preset, int(decode), int(model), int(prefetch), int(repeats), background)))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, nargs="*", default=[2, 60], help="memory part: video lengths (none: skip)")
@@ -178,6 +188,7 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, nargs="+", default=[2, 1, 4],
                         help="queue depths: the first for every split, the others at the fastest split (default 2 1 4)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-thread", action="store_true", help="skip the comparison row with decoding in a thread (the old pipeline)")
     parser.add_argument("--keep", help="write/reuse the generated videos here (default: a temporary folder)")
     args = parser.parse_args()
     if args.overlap_video is not None and not os.path.isfile(args.overlap_video):
@@ -199,7 +210,7 @@ def main() -> None:
             memory_rows({m: videos[m] for m in args.minutes}, args.preset)
         overlap = args.overlap_video or videos.get(args.overlap_minutes)
         if overlap is not None:
-            overlap_table(overlap, args.preset, args.splits, args.prefetch, args.repeats)
+            overlap_table(overlap, args.preset, args.splits, args.prefetch, args.repeats, not args.no_thread)
     finally:
         if not args.keep:
             shutil.rmtree(folder)
