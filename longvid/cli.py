@@ -288,11 +288,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
             labels = shipped_labels(args.model or DEFAULT_STREAM_PRESET)
         model = prepare_model(model.to(device=device, dtype=dtype), compile=args.compile, channels_last=args.channels_last, log=log)
         if log and dist_info.is_main:
-            log(f"model {type(model).__name__} ({note}) on {device}, {dtype}".replace("torch.", ""))
-            if not live:
-                decode = args.decode_threads if args.decode_threads is not None else split.decode_threads
-                log(f"threads: {split.torch_threads} torch, {decode or 'auto'} decode (own process), "
-                    f"prefetch {args.prefetch or split.prefetch} clips")
+            decode = args.decode_threads if args.decode_threads is not None else split.decode_threads
+            threads = "" if live else f"; decoding {decode or 'auto'} thread(s) {args.prefetch or split.prefetch} clips ahead"
+            log(f"model {type(model).__name__} ({note}) on {device}, {dtype}, {split.torch_threads} thread(s){threads}".replace("torch.", ""))
         if asks:
             ask = ask_settings_for(model, args.ask, every=args.every, at=_times(args.at), fps=args.fps,
                                    step_frames=args.clip_frames, size=args.size)

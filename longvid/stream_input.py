@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
@@ -161,18 +163,29 @@ def prepare_model(model: torch.nn.Module, compile: bool = False, channels_last: 
 
 
 def _compiled_or_eager(forward: Callable, log: Callable[[str], None]) -> Callable:
+    """``forward`` compiled, run eagerly from the first failure on. torch's own compile-time
+    warnings (graph breaks, deprecations) are kept quiet: the outcome is the one line."""
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
     try:
-        compiled = torch.compile(forward)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compiled = torch.compile(forward)
     except Exception as err:  # e.g. an unsupported Python
         log(f"torch.compile is unavailable ({_one_line(err)}); running eagerly")
         return forward
-    failed = False
+    failed, first = False, True
 
     def run(*args, **kwargs):
-        nonlocal failed
+        nonlocal failed, first
         if not failed:
             try:
-                return compiled(*args, **kwargs)
+                if not first:
+                    return compiled(*args, **kwargs)
+                with warnings.catch_warnings():  # the first call compiles
+                    warnings.simplefilter("ignore")
+                    out = compiled(*args, **kwargs)
+                first = False
+                return out
             except Exception as err:
                 failed = True
                 log(f"torch.compile failed ({_one_line(err)}); running eagerly")
