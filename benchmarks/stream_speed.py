@@ -9,18 +9,15 @@ it (``run_stream``, the default thread split) and reports its peak RSS and clips
 
 Overlap: on the ``--overlap-minutes`` generated video (or ``--overlap-video``), one fresh
 process per thread split ``DxT`` (D FFmpeg decoding threads, 0 = FFmpeg's choice; T
-torch intra-op threads) and prefetch depth times, interleaved ``--repeats`` times (best
-of each kept), over the same clips:
-
-* decode-only: iterate the stream's clip reader (background decoding, as the stream);
-* model-only: the stream (``stream_predictions``, records written as JSON lines) over
-  clips decoded beforehand;
-* pipelined: the same stream decoding as it goes.
-
-Each row prints the three walls, pipelined / max(decode-only, model-only) for that
-split, and the process CPU seconds. Target: pipelined <= 1.15 x max(decode, model).
-The split with the fastest pipelined wall is the one to make the default
-(:func:`longvid.stream_input.default_split`; the table marks it and the current default).
+torch intra-op threads) and prefetch depth measures, over the same clips,
+decode-only, model-only and pipelined walls, interleaved ``--repeats`` times (best of
+each kept; see :mod:`longvid.bench.stream_overlap`). Each row prints the three walls,
+pipelined / max(decode-only, model-only) for that split, and the CPU seconds (the
+decoding processes included). Decoding runs in a child process (the stream's default);
+a last row decodes in a thread of the model's process instead (the pipeline before),
+at the fastest split. Target: pipelined <= 1.15 x max(decode, model). The fastest
+split is the one to make the default (:func:`longvid.stream_input.default_split`; the
+last line prints the default on this machine).
 """
 
 from __future__ import annotations
@@ -32,66 +29,24 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
+from longvid.bench.stream_overlap import MODES
 from longvid.bench.synth import write_demo_video
-
-MODES = ("decode", "model", "pipelined")
 
 
 def worker(video: str, preset: str, decode_threads: int, torch_threads: int, prefetch: int, repeats: int, background: str) -> dict:
-    """One split in this (fresh) process: best wall and CPU seconds of each mode."""
+    """One split in this (fresh) process (see longvid.bench.stream_overlap)."""
     import torch
 
     torch.set_num_threads(torch_threads)
     import longvid
-    from longvid.predict import reader_for, settings_for, stream_predictions
+    from longvid.bench.stream_overlap import measure_overlap
+    from longvid.predict import settings_for
 
     torch.manual_seed(0)
     model = longvid.build_model(preset).eval()
     settings = settings_for(model, background=background, decode_threads=decode_threads, prefetch=prefetch)
-    decoded = list(reader_for(model, video, settings))  # for model-only
-
-    def consume(records, path) -> int:
-        with open(path, "w", encoding="utf-8") as sink:
-            clips = 0
-            for record in records:
-                sink.write(json.dumps(record) + "\n")
-                clips += "clip" in record
-        return clips
-
-    def run(mode: str, folder: str) -> int:
-        if mode == "decode":
-            return sum(1 for _ in reader_for(model, video, settings))
-        if mode == "model":
-            return consume(stream_predictions(model, [video], settings, reader=lambda *_: iter(decoded)), os.path.join(folder, "model.jsonl"))
-        return consume(stream_predictions(model, [video], settings), os.path.join(folder, "pipelined.jsonl"))
-
-    best = {mode: {"wall": float("inf"), "cpu": float("inf")} for mode in MODES}
-    with tempfile.TemporaryDirectory() as folder:
-        for repeat in range(repeats):
-            for mode in MODES[repeat % 3:] + MODES[:repeat % 3]:  # rotate the order: load bursts hit every mode
-                wall, cpu = time.perf_counter(), cpu_seconds()
-                clips = run(mode, folder)
-                wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-                best[mode] = {"wall": min(best[mode]["wall"], wall), "cpu": min(best[mode]["cpu"], cpu), "clips": clips}
-        with open(os.path.join(folder, "model.jsonl")) as a, open(os.path.join(folder, "pipelined.jsonl")) as b:
-            identical = _records(a) == _records(b)
-    return {"modes": best, "identical": identical}
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and of its ended children (the decoding processes)."""
-    times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
-
-
-def _records(lines) -> list[dict]:
-    """The records without their wall-clock fields."""
-    records = [json.loads(line) for line in lines]
-    for record in records:
-        record.pop("seconds", None)
-    return records
+    return measure_overlap(model, video, settings, repeats)
 
 
 def run_worker(video: str, preset: str, split: tuple[int, int], prefetch: int, repeats: int, background: str) -> dict:
@@ -159,10 +114,9 @@ def overlap_table(video: str, preset: str, splits, prefetches, repeats: int, com
         if background == "process":
             rows.append((split, prefetch, result))
         modes = result["modes"]
-        bound = max(modes["decode"]["wall"], modes["model"]["wall"])
         cpus = "/".join(f"{modes[m]['cpu']:.1f}" for m in MODES)
         print(f"{background:>7} {split[0]:>5}x{split[1]:<3} {prefetch:>8} {modes['pipelined']['clips']:>6} {modes['decode']['wall']:>9.2f} "
-              f"{modes['model']['wall']:>8.2f} {modes['pipelined']['wall']:>12.2f} {modes['pipelined']['wall'] / bound:>6.2f} "
+              f"{modes['model']['wall']:>8.2f} {modes['pipelined']['wall']:>12.2f} {result['ratio']:>6.2f} "
               f"{cpus:>21}  {'identical' if result['identical'] else 'DIFFER'}", flush=True)
     split, prefetch, best = min(rows, key=lambda row: row[2]["modes"]["pipelined"]["wall"])
     fastest = {m: min(row[2]["modes"][m]["wall"] for row in rows) for m in ("decode", "model")}
