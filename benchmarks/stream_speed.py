@@ -62,12 +62,14 @@ MEMORY_PROBE = r"""
 import json, os, resource, sys, tempfile
 import longvid
 from longvid.predict import run_stream
-from longvid.stream_input import apply_default_split
+from longvid.predict import settings_for
+from longvid.stream_input import apply_split, model_work
 
-apply_default_split()
 model = longvid.build_model(sys.argv[2]).eval()
+settings = settings_for(model)
+apply_split(model_work(model, settings.clip_frames, settings.size))
 with tempfile.TemporaryDirectory() as folder:
-    summary = run_stream(model, [sys.argv[1]], out=os.path.join(folder, "out.jsonl"), progress=False)
+    summary = run_stream(model, [sys.argv[1]], out=os.path.join(folder, "out.jsonl"), settings=settings, progress=False)
 print(json.dumps({"clips": summary.clips, "seconds": summary.seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -96,9 +98,13 @@ def parse_split(text: str) -> tuple[int, int]:
 
 
 def overlap_table(video: str, preset: str, splits, prefetches, repeats: int, compare_thread: bool) -> None:
-    from longvid.stream_input import available_cores, default_split
+    import longvid
+    from longvid.predict import settings_for
+    from longvid.stream_input import available_cores, default_split, model_work
 
-    default = default_split()
+    model = longvid.build_model(preset)
+    settings = settings_for(model)
+    default = default_split(work=model_work(model, settings.clip_frames, settings.size))
     print(f"overlap: {preset} on {video}; {available_cores()} cores; best of {repeats} interleaved repeats; "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"{'decoder':>7} {'split DxT':>9} {'prefetch':>8} {'clips':>6} {'decode s':>9} {'model s':>8} {'pipelined s':>12} {'ratio':>6} "

@@ -256,7 +256,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     from longvid.answers import ask_settings_for
     from longvid.predict import DEFAULT_STREAM_PRESET, expand_videos, load_labels, load_stream_model, locked_output, run_stream, settings_for, shipped_labels
-    from longvid.stream_input import apply_default_split, prepare_model
+    from longvid.stream_input import apply_split, model_work, prepare_model
     from longvid.train.distributed import setup
 
     _check_stream_args(args)
@@ -273,7 +273,6 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if dtype == torch.float16 and not device.startswith("cuda"):
         raise LongvidError("--dtype float16 needs --device cuda (use bfloat16 on CPU)")
     labels = load_labels(args.labels) if args.labels else None
-    split = apply_default_split(args.threads)
     dist_info = setup(device)
     device = dist_info.device if device.startswith("cuda") else torch.device(device)
     prefix = f"longvid[rank {dist_info.rank}]" if dist_info.enabled else "longvid"
@@ -287,10 +286,6 @@ def cmd_stream(args: argparse.Namespace) -> int:
         if labels is None and args.checkpoint is None and "shipped" in note:
             labels = shipped_labels(args.model or DEFAULT_STREAM_PRESET)
         model = prepare_model(model.to(device=device, dtype=dtype), compile=args.compile, channels_last=args.channels_last, log=log)
-        if log and dist_info.is_main:
-            decode = args.decode_threads if args.decode_threads is not None else split.decode_threads
-            threads = "" if live else f"; decoding {decode or 'auto'} thread(s) {args.prefetch or split.prefetch} clips ahead"
-            log(f"model {type(model).__name__} ({note}) on {device}, {dtype}, {split.torch_threads} thread(s){threads}".replace("torch.", ""))
         if asks:
             ask = ask_settings_for(model, args.ask, every=args.every, at=_times(args.at), fps=args.fps,
                                    step_frames=args.clip_frames, size=args.size)
@@ -300,6 +295,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
             settings = settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size, topk=args.topk,
                                     aggregate=args.aggregate == "video", decode_threads=args.decode_threads,
                                     prefetch=args.prefetch, channels_last=args.channels_last)
+        split = apply_split(model_work(model, settings.clip_frames, settings.size) if settings else None, args.threads)
+        if log and dist_info.is_main:
+            decode = args.decode_threads if args.decode_threads is not None else split.decode_threads
+            threads = "" if live else f"; decoding {decode or 'auto'} thread(s) {args.prefetch or split.prefetch} clips ahead"
+            log(f"model {type(model).__name__} ({note}) on {device}, {dtype}, {split.torch_threads} thread(s){threads}".replace("torch.", ""))
         if live:
             return _stream_live(args, model, videos, labels, device, dtype, log)
         summary = run_stream(model, videos, out=args.out, settings=settings, labels=labels, batch_streams=args.batch_streams,

@@ -44,16 +44,40 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_split(cores: int | None = None) -> ThreadSplit:
-    """The split ``longvid stream`` uses unless told otherwise."""
+SMALL_MODEL_WORK = 1e12  # parameters x input pixels per clip: memvit_tiny 6.6e10, MeMViT-16 16x224x224 2.8e13
+
+
+def model_work(model: torch.nn.Module, clip_frames: int, size: int) -> float:
+    """A cheap, deterministic proxy of a model's compute per clip: its parameters times
+    the pixels of one clip (``clip_frames x size x size``)."""
+    return float(sum(p.numel() for p in model.parameters())) * clip_frames * size * size
+
+
+def default_split(cores: int | None = None, work: float | None = None) -> ThreadSplit:
+    """The split ``longvid stream`` uses unless told otherwise, for ``cores`` (default:
+    :func:`available_cores`) and a model of ``work`` (:func:`model_work`; None: a large one).
+
+    Decoding gets one FFmpeg thread on up to 4 cores (two above), in its own process. A
+    large model gets every core for torch: decoding takes a small share and fills the
+    model's idle moments. A small model (under :data:`SMALL_MODEL_WORK`) costs about what
+    decoding does, so the two get cores of their own (torch: the rest, at most 4).
+    Measured on 2 cores (benchmarks/stream_speed.py); the split depends only on the
+    machine and the model, never on timings, so a run's outputs do not vary between runs
+    (torch's thread count changes the last bits of a model's outputs).
+    """
     cores = cores or available_cores()
-    return ThreadSplit(decode_threads=0, torch_threads=cores, prefetch=2)
+    decode_threads = 1 if cores <= 4 else 2
+    if work is not None and work < SMALL_MODEL_WORK:
+        torch_threads = max(1, min(cores - decode_threads, 4))
+    else:
+        torch_threads = cores
+    return ThreadSplit(decode_threads=decode_threads, torch_threads=torch_threads, prefetch=2)
 
 
-def apply_default_split(torch_threads: int | None = None) -> ThreadSplit:
-    """Set torch's intra-op threads to ``torch_threads`` (default: the default split's);
-    returns the split in force."""
-    split = default_split()
+def apply_split(work: float | None = None, torch_threads: int | None = None) -> ThreadSplit:
+    """Set torch's intra-op threads to ``torch_threads`` (default: the default split's for a
+    model of ``work``); returns the split in force."""
+    split = default_split(work=work)
     if torch_threads is not None:
         split = replace(split, torch_threads=torch_threads)
     torch.set_num_threads(split.torch_threads)

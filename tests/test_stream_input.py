@@ -10,7 +10,8 @@ import torch
 import longvid
 from longvid.bench.synth import write_demo_video
 from longvid.predict import StreamSettings, stream_predictions
-from longvid.stream_input import DeviceClips, ThreadSplit, available_cores, default_split, model_input, prepare_model
+from longvid.stream_input import (SMALL_MODEL_WORK, DeviceClips, ThreadSplit, apply_split, available_cores, default_split, model_input,
+                                  model_work, prepare_model)
 from longvid.video import ClipReader
 
 torch.set_num_threads(1)  # tiny models: threads only contend on a shared machine (and change the last bits)
@@ -64,13 +65,23 @@ def test_stream_outputs_are_unchanged_by_the_decoder_split_prefetch_and_uint8_pa
     assert json.dumps(after) == json.dumps(before)  # every score, bit for bit
 
 
-def test_default_split_covers_the_cores():
+def test_default_split_covers_the_cores_and_sizes_the_model_share():
     assert available_cores() >= 1
+    tiny = model_work(longvid.build_model("memvit_tiny"), 16, 64)
+    assert tiny < SMALL_MODEL_WORK < 35e6 * 16 * 224 * 224  # MeMViT-16 has 35M parameters
     for cores in (1, 2, 3, 4, 8, 64):
-        split = default_split(cores)
-        assert isinstance(split, ThreadSplit) and split.prefetch >= 1 and split.decode_threads >= 0
-        assert 1 <= split.torch_threads <= cores
+        for work in (None, tiny, 1e13):
+            split = default_split(cores, work)
+            assert isinstance(split, ThreadSplit) and split.prefetch >= 1 and split.decode_threads >= 1
+            assert 1 <= split.torch_threads <= cores
+    assert default_split(2, tiny) == ThreadSplit(decode_threads=1, torch_threads=1, prefetch=2)  # measured best on 2 cores
+    assert default_split(2, 1e13) == default_split(2) == ThreadSplit(decode_threads=1, torch_threads=2, prefetch=2)
     assert default_split() == default_split(available_cores())
+    before = torch.get_num_threads()
+    try:
+        assert apply_split(tiny, torch_threads=3).torch_threads == 3 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_device_clips_pass_through_on_cpu(scene):
