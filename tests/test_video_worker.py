@@ -78,3 +78,25 @@ def test_stopping_early_ends_the_child(videos):
     assert len(multiprocessing.active_children()) == 1
     stream.close()
     assert multiprocessing.active_children() == []
+
+
+def test_stopping_early_ends_the_child_even_under_a_sigterm_handler(videos):
+    """The CLI handles SIGTERM (to flush its records); a forked child inherits the handler,
+    which must not keep it alive, blocked on a full queue, when the parent stops early."""
+    import signal
+    import threading
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        def stop_early():
+            stream = iter(ClipReader(videos["cfr"], clip_frames=1, stride=1, background="process", queue_size=1, **RAW))
+            next(stream)
+            stream.close()
+
+        worker = threading.Thread(target=stop_early, daemon=True)
+        worker.start()
+        worker.join(timeout=60)
+        assert not worker.is_alive(), "the parent is still waiting for its decoding child"
+        assert multiprocessing.active_children() == []
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -11,6 +11,7 @@ clip (its uint8 or float pixels and times).
 from __future__ import annotations
 
 import ctypes
+import gc
 import multiprocessing
 import os
 import pickle
@@ -22,7 +23,6 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-CHILD_NICE = 0  # priority steps below the parent (0: the same priority)
 _POLL_SECONDS = 0.5
 
 
@@ -59,6 +59,9 @@ def clips_from_child(decode: Callable[[], Iterator], progress, depth: int, path:
     finally:
         if child.is_alive():
             child.terminate()
+            child.join(timeout=5)
+            if child.is_alive():
+                child.kill()
         child.join()
         channel.close()
 
@@ -83,13 +86,20 @@ def _child_main(decode: Callable[[], Iterator], progress, channel, parent: int) 
     from longvid.video.reader import VideoError
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends this process
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler (e.g. the CLI's flush on SIGTERM) is not ours: end at once
     _end_with_parent(parent)
     torch.set_num_threads(1)  # the parent's OpenMP pool does not exist here; decoding needs no torch threads
-    if CHILD_NICE:
-        os.nice(CHILD_NICE)
+    # Objects are freed by this thread only, as they are decoded: the queue's feeder thread
+    # must never run a garbage collection that frees a decoder (FFmpeg then joins its frame
+    # threads from that thread: a deadlock was seen), and the parent's objects copied by the
+    # fork (whose threads do not exist here) are never freed at all.
+    gc.disable()
+    gc.freeze()
     try:
         for clip in decode():
             channel.put(("clip", np.asarray(clip.frames.numpy()), clip.timestamps.numpy(), clip.index, clip.start, clip.end, clip.num_valid))
+            gc.collect()
+        gc.collect()
         channel.put(("done", progress))
     except VideoError as err:
         channel.put(("video error", err.path, err.reason))
