@@ -256,7 +256,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     from longvid.answers import ask_settings_for
     from longvid.predict import DEFAULT_STREAM_PRESET, expand_videos, load_labels, load_stream_model, locked_output, run_stream, settings_for, shipped_labels
-    from longvid.stream_input import apply_split, model_work, prepare_model
+    from longvid.stream_input import apply_split, model_work, prepare_model, quiet_compile_logs
     from longvid.train.distributed import setup
 
     _check_stream_args(args)
@@ -273,6 +273,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     if dtype == torch.float16 and not device.startswith("cuda"):
         raise LongvidError("--dtype float16 needs --device cuda (use bfloat16 on CPU)")
     labels = load_labels(args.labels) if args.labels else None
+    if args.compile:
+        quiet_compile_logs()
     dist_info = setup(device)
     device = dist_info.device if device.startswith("cuda") else torch.device(device)
     prefix = f"longvid[rank {dist_info.rank}]" if dist_info.enabled else "longvid"
@@ -525,6 +527,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(json.dumps(metrics))
         return 0
     config = load_config(args.config, args.overrides)
+    if args.compile:
+        from longvid.stream_input import quiet_compile_logs
+
+        quiet_compile_logs()
     if args.predictions and not os.path.isdir(os.path.dirname(os.path.abspath(args.predictions))):
         raise LongvidError(f"--predictions {args.predictions}: its folder does not exist")
     metrics = evaluate_checkpoint(config, args.checkpoint or config.out_dir, args.pooling, progress=not args.quiet,

@@ -187,9 +187,8 @@ def prepare_model(model: torch.nn.Module, compile: bool = False, channels_last: 
 
 
 def _compiled_or_eager(forward: Callable, log: Callable[[str], None]) -> Callable:
-    """``forward`` compiled, run eagerly from the first failure on. torch's own compile-time
-    warnings (graph breaks, deprecations) are kept quiet: the outcome is the one line."""
-    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
+    """``forward`` compiled, run eagerly from the first failure on. Python warnings raised
+    while compiling are kept quiet (see :func:`quiet_compile_logs` for torch's log)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -216,6 +215,12 @@ def _compiled_or_eager(forward: Callable, log: Callable[[str], None]) -> Callabl
         return forward(*args, **kwargs)
 
     return run
+
+
+def quiet_compile_logs() -> None:
+    """Keep torch.compile's own log (graph-break warnings) off: for entry points, so that
+    ``--compile`` prints one line at most (it changes a process-wide logger)."""
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
 
 
 def _one_line(err: BaseException) -> str:
