@@ -20,7 +20,7 @@ import time
 import torch
 
 import longvid
-from longvid.stream_input import prepare_model
+from longvid.stream_input import prepare_model, quiet_compile_logs
 
 VARIANTS = {"eager": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True},
             "compile+channels-last": {"compile": True, "channels_last": True}}
@@ -36,6 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    quiet_compile_logs()
     device = torch.device(args.device)
     print(f"{device}, {torch.get_num_threads()} torch thread(s), batch 1, {args.rounds} interleaved rounds of {args.clips} clips")
     for preset in args.presets:
