@@ -6,13 +6,17 @@ memory full), training clips/s and peak memory at batch 8 (fp32 and bf16 autocas
 AdamW, memory carried between steps without its graph), the GEMM roofline of the device
 (fp32 and bf16 square matmuls) with each run's achieved GFLOP/s as a fraction of it
 (eval: 2 x ``longvid.flops`` multiply-adds per clip; training: 3x that), and the
-agreement of bf16 with fp32 (top-1 agreement, max |prob diff|) over the eval clips.
+agreement of bf16 with fp32 (top-1 agreement, max |prob diff|) over the eval clips, and
+the ``longvid stream`` pipeline on the device: decode-only, model-only and pipelined walls
+over a generated 320x240 video of ``--stream-seconds`` (decoding in its own process, uint8
+clips copied from pinned memory on a side stream and normalized on the GPU; see
+:mod:`longvid.bench.stream_overlap`).
 
 Without a GPU (or with ``--tiny``) it says "no GPU: CPU fallback" and runs the same
 checks on CPU with the tiny preset ``memvit_tiny`` (16x64x64, batches 1/4, training
 batch 2) on a budget of seconds.
 
-    python benchmarks/gpu_check.py [--tiny] [--seconds 8] [--gemm-n 2048] [--json]
+    python benchmarks/gpu_check.py [--tiny] [--seconds 8] [--gemm-n 2048] [--stream-seconds 60] [--json]
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -28,6 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from longvid.bench import roofline
+from longvid.bench.stream_overlap import describe as describe_overlap
+from longvid.bench.stream_overlap import measure_overlap
+from longvid.bench.synth import write_demo_video
 from longvid.flops import model_cost
 from longvid.models.memvit import build_model
 from longvid.train.loop import peak_memory_mb
@@ -153,11 +162,25 @@ def train_check(setup: Setup, dtype: str, gmacs: float, rates: dict) -> dict:
     }  # fmt: skip
 
 
+def stream_check(setup: Setup, seconds: float) -> dict:
+    """The stream pipeline's overlap on the device (2 interleaved repeats on a GPU, 1 on CPU)."""
+    from longvid.predict import settings_for
+
+    torch.manual_seed(0)
+    model = build_model(setup.preset).to(setup.device).eval()
+    settings = settings_for(model, clip_frames=setup.frames, size=setup.size)
+    with tempfile.TemporaryDirectory() as folder:
+        video = os.path.join(folder, "stream.mp4")
+        write_demo_video(video, seconds=seconds, width=320, height=240)
+        return measure_overlap(model, video, settings, repeats=2 if setup.device.type == "cuda" else 1, device=setup.device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="run the CPU fallback (memvit_tiny on CPU) even with a GPU")
     parser.add_argument("--seconds", type=float, default=None, help="time budget per measurement (GPU 10, CPU 1)")
     parser.add_argument("--gemm-n", type=int, default=None, help="roofline matmul size (GPU 2048, CPU 1024)")
+    parser.add_argument("--stream-seconds", type=float, default=None, help="stream overlap video length (GPU 60, CPU 4)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     setup, where = pick_setup(args)
@@ -191,8 +214,12 @@ def main() -> None:
             print(f"train batch {r['batch']:>2} {dtype:<9} {r['error']}", flush=True)
             continue
         print(f"train batch {r['batch']:>2} {dtype:<9} {r['clips_per_s']:8.2f} clips/s  peak memory {r['peak_mem_mb']:.0f} MB  {r['gflops_per_s']:8.1f} GFLOP/s = {100 * r['frac_float32_gemm']:.0f}% fp32 / {100 * r['frac_bfloat16_gemm']:.0f}% bf16 GEMM", flush=True)
+    stream_seconds = args.stream_seconds or (60.0 if setup.device.type == "cuda" else 4.0)
+    stream = stream_check(setup, stream_seconds)
+    print(f"stream {setup.preset} on {setup.device.type}, {stream_seconds:g} s 320x240 video: {describe_overlap(stream)}", flush=True)
     if args.json:
-        print(json.dumps({"where": where, "preset": setup.preset, "gemm_gflops_per_s": {d: r.gflops_per_s for d, r in rates.items()}, "eval": evals, "train": trains}))
+        print(json.dumps({"where": where, "preset": setup.preset, "gemm_gflops_per_s": {d: r.gflops_per_s for d, r in rates.items()},
+                          "eval": evals, "train": trains, "stream": stream}))
 
 
 if __name__ == "__main__":

@@ -268,6 +268,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from longvid.answers import ask_settings_for
     from longvid.precision import for_inference
     from longvid.predict import DEFAULT_STREAM_PRESET, expand_videos, load_labels, load_stream_model, locked_output, run_stream, settings_for, shipped_labels
+    from longvid.stream_input import apply_split, model_work, prepare_model, quiet_compile_logs
     from longvid.train.distributed import setup
 
     _check_stream_args(args)
@@ -282,8 +283,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         raise LongvidError("--device cuda: no CUDA device is available")
     dtype, dtype_note = _dtype_for(args.dtype, device)
     labels = load_labels(args.labels) if args.labels else None
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.compile:
+        quiet_compile_logs()
     dist_info = setup(device)
     device = dist_info.device if device.startswith("cuda") else torch.device(device)
     prefix = f"longvid[rank {dist_info.rank}]" if dist_info.enabled else "longvid"
@@ -297,10 +298,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
         if labels is None and args.checkpoint is None and "shipped" in note:
             labels = shipped_labels(args.model or DEFAULT_STREAM_PRESET)
         model = for_inference(model, dtype, device)
-        if log and dist_info.is_main:
-            if dtype_note:
-                log(dtype_note)
-            log(f"model {type(model).__name__} ({note}) on {device}, {dtype}".replace("torch.", ""))
+        model = prepare_model(model, compile=args.compile, channels_last=args.channels_last, log=log)
+        if log and dist_info.is_main and dtype_note:
+            log(dtype_note)
         if asks:
             ask = ask_settings_for(model, args.ask, every=args.every, at=_times(args.at), fps=args.fps,
                                    step_frames=args.clip_frames, size=args.size)
@@ -308,7 +308,13 @@ def cmd_stream(args: argparse.Namespace) -> int:
         else:
             ask = None
             settings = settings_for(model, clip_frames=args.clip_frames, stride=args.tau, size=args.size, topk=args.topk,
-                                    aggregate=args.aggregate == "video", background=True)
+                                    aggregate=args.aggregate == "video", decode_threads=args.decode_threads,
+                                    prefetch=args.prefetch, channels_last=args.channels_last)
+        split = apply_split(model_work(model, settings.clip_frames, settings.size) if settings else None, args.threads)
+        if log and dist_info.is_main:
+            decode = args.decode_threads if args.decode_threads is not None else split.decode_threads
+            threads = "" if live else f"; decoding {decode or 'auto'} thread(s) {args.prefetch or split.prefetch} clips ahead"
+            log(f"model {type(model).__name__} ({note}) on {device}, {dtype}, {split.torch_threads} thread(s){threads}".replace("torch.", ""))
         if live:
             return _stream_live(args, model, videos, labels, device, dtype, log)
         summary = run_stream(model, videos, out=args.out, settings=settings, labels=labels, batch_streams=args.batch_streams,
@@ -347,6 +353,8 @@ def _check_live_args(args: argparse.Namespace, videos: list[str]) -> bool:
         raise LongvidError("- (stdin) can be given once")
     if args.resume or args.save_scores or args.aggregate != "none" or args.at:
         raise LongvidError("--resume/--save-scores/--aggregate/--at are for video files, not live sources")
+    if args.decode_threads is not None or args.prefetch is not None:
+        raise LongvidError("--decode-threads/--prefetch are for video files, not live sources")
     for flag, value in (("--open-timeout", args.open_timeout), ("--read-timeout", args.read_timeout), ("--max-seconds", args.max_seconds)):
         if value is not None and not value > 0:
             raise LongvidError(f"{flag} must be > 0 seconds, got {value}")
@@ -489,9 +497,12 @@ def _check_stream_args(args: argparse.Namespace) -> None:
     from longvid.answers import AskSettings
 
     for flag, value in (("-T/--clip-frames", args.clip_frames), ("--tau", args.tau), ("--size", args.size),
-                        ("--topk", args.topk), ("--batch-streams", args.batch_streams), ("--threads", args.threads)):
+                        ("--topk", args.topk), ("--batch-streams", args.batch_streams), ("--threads", args.threads),
+                        ("--prefetch", args.prefetch)):
         if value is not None and value < 1:
             raise LongvidError(f"{flag} must be >= 1, got {value}")
+    if args.decode_threads is not None and args.decode_threads < 0:
+        raise LongvidError(f"--decode-threads must be >= 0 (0: FFmpeg chooses), got {args.decode_threads}")
     if args.out is not None and os.path.isdir(args.out):
         raise LongvidError(f"--out {args.out}: is a folder; give the JSON lines file to write")
     if args.resume and args.out is None:
@@ -540,6 +551,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(json.dumps(metrics))
         return 0
     config = load_config(args.config, args.overrides)
+    if args.compile:
+        from longvid.stream_input import quiet_compile_logs
+
+        quiet_compile_logs()
     if args.predictions and not os.path.isdir(os.path.dirname(os.path.abspath(args.predictions))):
         raise LongvidError(f"--predictions {args.predictions}: its folder does not exist")
     import torch
@@ -550,7 +565,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if dtype_note and not args.quiet:
         print(f"longvid: {dtype_note}", file=sys.stderr)
     metrics = evaluate_checkpoint(config, args.checkpoint or config.out_dir, args.pooling, progress=not args.quiet,
-                                  predictions=args.predictions, dtype=dtype)  # fmt: skip
+                                  predictions=args.predictions, dtype=dtype, compile=args.compile,
+                                  channels_last=args.channels_last)  # fmt: skip
     if args.json:
         print(json.dumps(metrics))
         return 0
@@ -787,7 +803,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--size", type=int, default=None, help="short side and center crop (default: the model's crop size)")
     sub.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     sub.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help=DTYPE_HELP + "; float16: CUDA only")
-    sub.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sub.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the thread split's, see --decode-threads)")
+    sub.add_argument("--decode-threads", type=int, default=None, metavar="N",
+                     help="FFmpeg threads of the decoding process (0: FFmpeg chooses; default: the split for this machine's cores)")
+    sub.add_argument("--prefetch", type=int, default=None, metavar="N", help="clips decoded ahead of the model (default 2)")
+    sub.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager, with a line, when compiling fails)")
+    sub.add_argument("--channels-last", action="store_true", help="3-D convolutions and the input in the channels-last-3d layout")
     sub.add_argument("--ask", action="append", default=None, metavar="QUESTION",
                      help="MA-LMM/ReWind: a question answered from the stream's memory (repeatable)")
     sub.add_argument("--every", type=float, default=None, metavar="SECONDS", help="--ask: answer every SECONDS of stream time")
@@ -865,6 +886,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_argument("--predictions", metavar="FILE", help="write the official submission file to FILE: EPIC challenge JSON, AVA detection CSV; "
                      "MA-LMM/ReWind presets: every sample's prediction as JSONL")
+    sub.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager, with a line, when compiling fails)")
+    sub.add_argument("--channels-last", action="store_true", help="3-D convolutions in the channels-last-3d layout")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub = command("models", cmd_models, "List every model preset of every family, one line each.")

@@ -23,6 +23,7 @@ import torch
 from longvid.answers import AskSettings, stream_answers
 from longvid.errors import LongvidError
 from longvid.fileio import exclusive_lock, write_atomically, write_lines_atomically
+from longvid.stream_input import DeviceClips, default_split, model_input
 from longvid.video import ClipReader, VideoError
 
 
@@ -34,15 +35,22 @@ class StreamSettings:
     stride: int = 4
     size: int = 224  # short side resize and center crop
     topk: int = 5
-    background: bool = True  # decode in a background thread (overlaps with compute)
+    background: bool | str = "process"  # decode ahead: "process" (a forked child), "thread" (or True), False (not ahead)
+    decode_threads: int | None = None  # FFmpeg decoding threads (0: FFmpeg chooses; None: the default split's)
+    prefetch: int | None = None  # clips decoded ahead of the model (None: the default split's)
+    channels_last: bool = False  # model input in the channels-last-3d layout (see stream_input.prepare_model)
     keep_scores: bool = False  # add each clip's full score vector (a list) to its record
     aggregate: bool = False  # add a per-video record averaging clip scores
 
     def __post_init__(self) -> None:
-        for name in ("clip_frames", "stride", "size", "topk"):
+        for name, least in (("clip_frames", 1), ("stride", 1), ("size", 1), ("topk", 1), ("prefetch", 1), ("decode_threads", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LongvidError(f"{name} must be an integer >= 1, got {value!r}")
+            if name in ("prefetch", "decode_threads") and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise LongvidError(f"{name} must be an integer >= {least}, got {value!r}")
+        if self.background not in (False, True, "thread", "process"):
+            raise LongvidError(f"background must be False, True, 'thread' or 'process', got {self.background!r}")
 
 
 @dataclass
@@ -57,14 +65,21 @@ class _Slot:
 
 
 def reader_for(model, video: str, settings: StreamSettings) -> ClipReader:
-    """The clip reader that feeds ``model`` from ``video`` (raises VideoError)."""
+    """The clip reader that feeds ``model`` from ``video`` (raises VideoError): uint8
+    clips, normalized where the model runs (:func:`longvid.stream_input.model_input`)."""
+    split = default_split()
     return ClipReader(
         video,
         clip_frames=settings.clip_frames,
         stride=settings.stride,
         short_side=settings.size,
         crop=settings.size,
+        mean=None,
+        std=None,
+        dtype=torch.uint8,
         background=settings.background,
+        queue_size=split.prefetch if settings.prefetch is None else settings.prefetch,
+        decode_threads=split.decode_threads if settings.decode_threads is None else settings.decode_threads,
     )
 
 
@@ -136,7 +151,7 @@ def stream_predictions(
             records: list[dict] = []
             batch, batch_slots, fresh = [], [], []
             for index in range(batch_streams):
-                clip = _next_clip(slots, index, pending, model, settings, labels, reader, records)
+                clip = _next_clip(slots, index, pending, model, settings, labels, reader, records, device)
                 if clip is not None:
                     batch.append(clip)
                     batch_slots.append(index)
@@ -144,9 +159,11 @@ def stream_predictions(
             yield from records
             if not batch:
                 return
-            clips = torch.stack([c.frames for c in batch]).to(device=device, dtype=dtype or torch.float32)  # (b, C, T, H, W)
+            clips = model_input([c.frames for c in batch], device, dtype, channels_last=settings.channels_last)  # (b, C, T, H, W)
             state = _state_for(model, state, batch_slots, fresh, batch_streams, device, dtype)
             logits, new_state = model(clips, _select(state, batch_slots))
+            for index in batch_slots:  # CUDA: the next clips' transfers start while the model computes
+                slots[index].clips.prefetch()
             state = _scatter(state, new_state, batch_slots)
             heads = _probabilities(logits)  # {head: (b, K)}
             if labels is not None and len(heads) == 1 and len(labels) != next(iter(heads.values())).shape[1]:
@@ -157,6 +174,7 @@ def stream_predictions(
                 slot.seen += 1
                 if not all(np.isfinite(probs).all() for probs in scores.values()):
                     yield from _not_finite(slot, clip, settings)
+                    slot.clips.close()
                     slots[index] = None  # its memory holds NaN now: the slot's next video starts afresh
                     continue
                 if settings.aggregate:
@@ -183,7 +201,7 @@ def _not_finite(slot: _Slot, clip, settings: StreamSettings) -> list[dict]:
     return [record, {"video": slot.video, "status": "error", "error": reason}]
 
 
-def _next_clip(slots, index, pending, model, settings, labels, reader, records) -> object | None:
+def _next_clip(slots, index, pending, model, settings, labels, reader, records, device) -> object | None:
     """The next clip for slot ``index``, starting the next pending video there when the
     slot is empty or its video ended (its closing and error records go to ``records``).
     None when no videos are left for the slot."""
@@ -194,7 +212,7 @@ def _next_clip(slots, index, pending, model, settings, labels, reader, records) 
             if video is None:
                 return None
             try:
-                slots[index] = slot = _Slot(video, iter(reader(model, video, settings)))
+                slots[index] = slot = _Slot(video, DeviceClips(iter(reader(model, video, settings)), device))
             except VideoError as err:
                 records.append({"video": video, "status": "error", "error": err.reason})
                 continue

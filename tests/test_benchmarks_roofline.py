@@ -51,6 +51,10 @@ def test_gpu_check_cpu_fallback():
     assert [t["dtype"] for t in report["train"]] == ["float32", "bfloat16"]
     for entry in report["train"]:
         assert entry["batch"] == 2 and entry["clips_per_s"] > 0 and entry["peak_mem_mb"] > 0
+    stream = report["stream"]  # 4 s at 30 fps: 2 clips of 16x4
+    assert stream["identical"] and {m["clips"] for m in stream["modes"].values()} == {2}
+    assert stream["ratio"] == stream["modes"]["pipelined"]["wall"] / max(stream["modes"]["decode"]["wall"], stream["modes"]["model"]["wall"])
+    assert lines[-2].startswith("stream memvit_tiny on cpu, 4 s 320x240 video: 2 clips: decode-only ")
 
 
 def test_memvit_speed_bf16_on_tiny_presets():

@@ -51,6 +51,8 @@ def one_error_line(capsys) -> str:
     (["--save-scores", "FILE"], "is a file; give a folder"),
     (["--out", "DIR"], "is a folder; give the JSON lines file"),
     (["--resume"], "--resume needs --out"),
+    (["--decode-threads", "-1"], "--decode-threads must be >= 0 (0: FFmpeg chooses), got -1"),
+    (["--prefetch", "0"], "--prefetch must be >= 1, got 0"),
 ])
 def test_bad_options_fail_before_the_model_loads(videos, tmp_path, capsys, option, message):
     (tmp_path / "FILE").write_text("not a folder")
@@ -205,3 +207,25 @@ def test_installed_script_streams_to_stdout_with_plain_progress(videos, tmp_path
     assert log[-2].startswith("stream: 2/2 video (") and log[-2].endswith("1 failed")  # progress, though not a terminal
     assert log[-1].startswith("longvid: 1 videos done, 1 failed, 0 skipped")
     assert "Traceback" not in err.read_text()
+
+
+def test_installed_script_takes_the_split_and_model_options(tmp_path, run_cli, monkeypatch):
+    video = tmp_path / "scene.mp4"
+    write_demo_video(str(video), seconds=3, width=96, height=72)
+    options = SMALL  # the shipped demo weights: the same model in both runs
+    code, printed = run_cli("stream", video, *options, "--out", tmp_path / "plain.jsonl")
+    assert code == 0, printed
+    monkeypatch.setenv("CXX", str(tmp_path / "no-compiler"))  # inductor cannot build its kernels: compiling fails
+    code, printed = run_cli("stream", video, *options, "--decode-threads", "1", "--prefetch", "3", "--channels-last", "--compile",
+                            "--out", tmp_path / "options.jsonl")
+    assert code == 0, printed
+    lines = printed.splitlines()
+    assert "1 thread(s); decoding 1 thread(s) 3 clips ahead" in lines[0]
+    assert [line for line in lines if "torch.compile" in line] == [lines[1]]
+    assert lines[1].startswith("longvid: torch.compile failed (") and lines[1].endswith("); running eagerly")
+    assert "Traceback" not in printed and lines[-1].startswith("longvid: 1 videos done")
+    plain, options = strict_records(tmp_path / "plain.jsonl"), strict_records(tmp_path / "options.jsonl")
+    assert len(plain) == len(options) > 2
+    for a, b in zip(plain, options):  # channels-last changes the last bits at most
+        assert [t["label"] for t in a.get("top", [])] == [t["label"] for t in b.get("top", [])]
+        assert np.allclose([t["score"] for t in a.get("top", [])], [t["score"] for t in b.get("top", [])], atol=2e-6)

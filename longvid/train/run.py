@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from longvid.errors import LongvidError
 from longvid.fileio import write_text_atomically
 from longvid.precision import for_inference
 from longvid.progress import progress as progress_bar
+from longvid.stream_input import prepare_model
 from longvid.train import checkpoint as ckpt
 from longvid.train import finetune, tasks
 from longvid.train.config import TrainConfig
@@ -65,12 +67,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> l
 
 
 def evaluate_checkpoint(config: TrainConfig, checkpoint: str, pooling: str = "mean", progress: bool = True,
-                        predictions: str | None = None, dtype: str | torch.dtype = "float32") -> dict:  # fmt: skip
+                        predictions: str | None = None, dtype: str | torch.dtype = "float32", compile: bool = False,
+                        channels_last: bool = False) -> dict:  # fmt: skip
     """Load a checkpoint's weights into the config's model and evaluate on ``val_data``
     (or ``data`` when there is none; generated data uses its held-out videos). The metrics
     are also written to ``out_dir/metrics.json``; ``predictions``: the EPIC challenge JSON
     of every evaluated segment is written there. ``dtype``: the weights and memory run in
-    it (:func:`longvid.precision.for_inference`)."""
+    it (:func:`longvid.precision.for_inference`); ``compile``/``channels_last``: see
+    :func:`longvid.stream_input.prepare_model`."""
     dist = setup()
     try:
         if predictions is not None and not (tasks.is_epic(config) or config.task == "ava"):
@@ -83,7 +87,9 @@ def evaluate_checkpoint(config: TrainConfig, checkpoint: str, pooling: str = "me
         model = build_model(config, data.actions).to(dist.device)
         tensors, _, path = ckpt.load_latest(checkpoint)
         ckpt.load_model_weights(model, tensors, path)
-        model = for_inference(model, dtype, dist.device, log=print if dist.is_main else (lambda _: None))
+        log = (lambda message: print(f"longvid: {message}", file=sys.stderr)) if dist.is_main else None
+        model = for_inference(model, dtype, dist.device, log=log or (lambda _: None))
+        model = prepare_model(model, compile=compile, channels_last=channels_last, log=log)
         source = data.val or data.train
         bar = progress_bar(desc="eval", unit="step", enabled=dist.is_main and progress)
         try:

@@ -36,6 +36,7 @@ from av.video.reformatter import VideoReformatter
 
 from longvid.errors import LongvidError
 from longvid.video.transforms import KINETICS_MEAN, KINETICS_STD, resize_and_crop, to_model_input
+from longvid.video.worker import can_fork, clips_from_child
 
 
 class VideoError(LongvidError):
@@ -490,9 +491,11 @@ class ClipReader:
             ``"drop"`` drops it.
         start, end: read only ``[start, end)`` seconds from the video's start (start
             seeks to the keyframe before it and decodes forward: exact in any container).
-        background: decode in a background thread with a bounded queue, so
-            decoding overlaps model compute.
-        queue_size: clips buffered by the background thread.
+        background: decode ahead, through a bounded queue, so decoding overlaps model
+            compute: ``"thread"`` (or True) in a thread of this process, ``"process"``
+            in a forked child process (no GIL shared with the model; a thread where
+            fork is unavailable); False decodes as the clips are asked for.
+        queue_size: clips decoded ahead in the background.
         decode_threads: FFmpeg decoding threads (0: let FFmpeg choose).
 
     Iterating yields :class:`Clip`. A file that stops decoding early (truncated,
@@ -515,7 +518,7 @@ class ClipReader:
         tail: str = "pad",
         start: float = 0.0,
         end: float | None = None,
-        background: bool = False,
+        background: bool | str = False,
         queue_size: int = 2,
         decode_threads: int = 0,
         dtype: torch.dtype = torch.float32,
@@ -538,6 +541,8 @@ class ClipReader:
             raise ValueError(f"dtype must be torch.float32 or torch.uint8, got {dtype}")
         if dtype == torch.uint8 and (mean is not None or std is not None):
             raise ValueError("uint8 clips cannot be normalized: pass mean=None, std=None")
+        if background not in (False, True, "thread", "process"):
+            raise ValueError(f"background must be False, True, 'thread' or 'process', got {background!r}")
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         self.path = os.fspath(path)
@@ -565,8 +570,17 @@ class ClipReader:
 
     def __iter__(self) -> "ClipStream":
         progress = _Progress()
-        clips = self._iter_background(progress) if self.background else self._iter_foreground(progress)
+        if self.background == "process" and can_fork():
+            clips = self._iter_process(progress)
+        elif self.background:
+            clips = self._iter_background(progress)
+        else:
+            clips = self._iter_foreground(progress)
         return ClipStream(clips, progress)
+
+    def _iter_process(self, progress: "_Progress") -> Iterator[Clip]:
+        yield from clips_from_child(lambda: self._decode_clips(progress), progress, self.queue_size, self.path)
+        self._finish(progress)
 
     def _iter_foreground(self, progress: "_Progress") -> Iterator[Clip]:
         yield from self._decode_clips(progress)

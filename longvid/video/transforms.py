@@ -108,12 +108,19 @@ def to_model_input(
     planar.copy_(x.permute(1, 0, 2, 3))  # the layout change, on the small uint8 data
     if dtype == torch.uint8:
         return planar
-    scale = 255.0 if x.dtype == torch.uint8 else 1.0
-    if mean is not None and std is not None:
-        # (x / scale - mean) / std, folded into one subtraction and one multiplication
-        shift = torch.tensor(mean, dtype=torch.float32).mul_(scale).view(-1, 1, 1, 1)
-        inverse = torch.tensor(std, dtype=torch.float32).mul_(scale).reciprocal_().view(-1, 1, 1, 1)
-        pixels = planar.to(torch.float32).sub_(shift).mul_(inverse)
-    else:
-        pixels = torch.mul(planar, 1.0 / scale)  # converts to float32 in the same pass
-    return pixels
+    return scale_and_normalize(planar, mean, std)
+
+
+def scale_and_normalize(pixels: torch.Tensor, mean: Sequence[float] | None = KINETICS_MEAN,
+                        std: Sequence[float] | None = KINETICS_STD) -> torch.Tensor:
+    """uint8 (or [0, 1] float) pixels ``(..., C, T, H, W)`` -> float32 ``(x / 255 - mean) / std``
+    per channel (only scaled without ``mean``/``std``), on the pixels' device. The same
+    arithmetic wherever it runs: normalizing a uint8 clip later (on the GPU, or after a
+    process hand-over) gives bitwise the model input the reader's float clips have on CPU."""
+    scale = 255.0 if pixels.dtype == torch.uint8 else 1.0
+    if mean is None or std is None:
+        return torch.mul(pixels, 1.0 / scale)  # converts to float32 in the same pass
+    # (x / scale - mean) / std, folded into one subtraction and one multiplication
+    shift = torch.tensor(mean, dtype=torch.float32).mul_(scale).view(-1, 1, 1, 1).to(pixels.device)
+    inverse = torch.tensor(std, dtype=torch.float32).mul_(scale).reciprocal_().view(-1, 1, 1, 1).to(pixels.device)
+    return pixels.to(torch.float32).sub_(shift).mul_(inverse)
