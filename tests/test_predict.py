@@ -169,7 +169,8 @@ def test_a_signal_stops_the_run_with_a_valid_file_and_resume_finishes(tmp_path, 
     videos = []
     for i in range(6):
         videos.append(str(tmp_path / f"v{i}.mp4"))
-        write_demo_video(videos[-1], seconds=3.0, width=64, height=48, seed=i)
+        # the first video short, the others long enough that the signal lands before the run ends
+        write_demo_video(videos[-1], seconds=3.0 if i == 0 else 15.0, width=64, height=48, seed=i)
     listing = tmp_path / "videos.txt"
     listing.write_text("\n".join(videos) + "\n")
     out, log = tmp_path / "out.jsonl", tmp_path / "log.txt"
