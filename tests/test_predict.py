@@ -162,6 +162,13 @@ def strict_records(path) -> list[dict]:
     return [json.loads(line, parse_constant=refuse) for line in lines]
 
 
+def _default_signals() -> None:
+    """The run starts with the signals a terminal gives: a harness started in the background
+    (``cmd &`` without job control) ignores SIGINT, and the CLI rightly keeps an ignored signal ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum, code, message", [(signal.SIGINT, 130, "longvid: interrupted"),
                                                    (signal.SIGTERM, 143, "longvid: stopped by SIGTERM")],
                          ids=["SIGINT", "SIGTERM"])
@@ -176,7 +183,7 @@ def test_a_signal_stops_the_run_with_a_valid_file_and_resume_finishes(tmp_path, 
     out, log = tmp_path / "out.jsonl", tmp_path / "log.txt"
     command = [longvid_script(), "stream", str(listing), "--out", str(out), "--size", "64", "--tau", "2", "--threads", "1"]
     with open(log, "w") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_default_signals)
         deadline = time.time() + 120
         while time.time() < deadline:  # wait until the first video is complete, then stop the run
             if out.exists() and '"status": "done"' in out.read_text():
@@ -206,7 +213,7 @@ def test_a_signal_while_opening_a_fifo_stops_the_run(tmp_path, clips_videos, sig
     os.mkfifo(fifo)
     command = [longvid_script(), "stream", str(fifo), clips_videos[1], "--model", "memvit_tiny", "--out", str(out), "--size", "32"]
     with open(log, "w") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_default_signals)
         wait_until_blocked_opening_a_fifo(process.pid)
         process.send_signal(signum)
         process.wait(timeout=60)
