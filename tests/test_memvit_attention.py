@@ -144,10 +144,12 @@ def _memory(attn, spec, valid, batch=2):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("sampler", ["consecutive", "gap2"])
-def test_memory_attention_equals_attention_over_concatenated_keys(sampler, impl):
+@pytest.mark.parametrize("filled", [False, True])
+def test_memory_attention_equals_attention_over_concatenated_keys(sampler, impl, filled):
     attn = _attention(impl=impl)
     spec = KVMemorySpec(2, sampler)
-    valid = memory_valid(spec, torch.tensor([spec.cache_len, spec.gap]))  # stream 1 has only the newest entry
+    seen = [spec.cache_len, spec.cache_len] if filled else [spec.cache_len, spec.gap]  # else stream 1 has only the newest entry
+    valid = memory_valid(spec, torch.tensor(seen))  # filled: every entry valid, so the folded paths use no mask
     memory = _memory(attn, spec, valid)
     x = torch.randn(2, 1 + 8 * 6 * 6, 8, dtype=torch.float64)
     with torch.no_grad():

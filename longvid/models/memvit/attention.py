@@ -531,11 +531,11 @@ class MultiScaleAttention(nn.Module):
 
     def _sdpa_mask(self, valid: Tensor | None, q_thw: Size3, k_thw: Size3, mem_thw: Size3 | None, like: Tensor) -> Tensor | None:
         """Float mask for :meth:`_attend_folded`: (B, 1, 1, Nk) memory mask, (B or 1, 1, Nq, Nk)
-        with the causal mask, or None."""
+        with the causal mask, or None (no causal mask and, on CPU, every memory entry valid)."""
         n = self.n_cls
         kt, kh, kw = k_thw
         mask = None
-        if valid is not None:
+        if valid is not None and (like.device.type != "cpu" or not bool(valid.all())):  # every entry valid: no mask (CPU: no sync to pay)
             tc, hc, wc = mem_thw
             neg = torch.zeros(valid.shape, dtype=like.dtype, device=like.device).masked_fill_(~valid, float("-inf"))  # (B, M)
             mask = torch.cat([neg.repeat_interleave(n + tc * hc * wc, dim=1), neg.new_zeros(valid.shape[0], n + kt * kh * kw)], dim=1)
@@ -550,7 +550,7 @@ class MultiScaleAttention(nn.Module):
         current = torch.cat([torch.cat([torch.ones(n, n, dtype=torch.bool, device=like.device),
                                         torch.zeros(n, nk_cur - n, dtype=torch.bool, device=like.device)], dim=1), current])
         causal = torch.zeros(current.shape, dtype=like.dtype, device=like.device).masked_fill_(current, float("-inf"))  # (Nq, Nk_cur)
-        nk_mem = 0 if mask is None else mask.shape[-1] - nk_cur
+        nk_mem = 0 if valid is None else valid.shape[1] * (n + math.prod(mem_thw))
         causal = F.pad(causal, (nk_mem, 0))[None, None]  # (1, 1, Nq, Nk)
         return causal if mask is None else mask + causal
 
