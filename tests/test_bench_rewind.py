@@ -17,7 +17,8 @@ from longvid.train.checkpoint import load_checkpoint
 from longvid.train.rewind import StageConfig, train_stage
 
 pytest.importorskip("transformers")
-QA_NAMES = ["rewind with DFS", "same model, top-2 relevance (no DPC-KNN)", "same model, DFS with the preset's L = 8",
+QA_NAMES = ["rewind with DFS", "same model, DFS without the relevance cut (top-L, DPC-KNN)",
+            "same model, top-2 relevance (no DPC-KNN)", "same model, DFS with the preset's L = 8",
             "same model, 2 random frames", "same model, the question's cue frames (oracle)", "rewind without DFS"]
 torch.set_num_threads(1)
 
@@ -108,10 +109,10 @@ def test_small_tables_have_the_right_structure(grounding_data):
     assert grounding[3]["R@0.3"] == 100 * sum(s >= 0.3 for s in shares) / len(shares)
     qa = qa_table(SMALL, log=None)
     assert [row["model"] for row in qa] == QA_NAMES
-    assert qa[0]["llm_tokens"] - qa[5]["llm_tokens"] == 2 * 4  # DFS adds K_c = 2 selected frames of 2x2 tokens
-    assert len({row["llm_tokens"] for row in qa[:5]}) == 1  # the ablations and references read as many frames
+    assert qa[0]["llm_tokens"] - qa[6]["llm_tokens"] == 2 * 4  # DFS adds K_c = 2 selected frames of 2x2 tokens
+    assert len({row["llm_tokens"] for row in qa[:6]}) == 1  # the ablations and references read as many frames
     assert all((row["accuracy"] * SMALL.qa_test_videos / 100).is_integer() for row in qa)  # counts of right answers
-    assert qa[4]["cue_frames"] == 100.0 and qa[5]["cue_frames"] == ""
+    assert qa[5]["cue_frames"] == 100.0 and qa[6]["cue_frames"] == ""
     assert "| model |" in format_table(qa)
 
 

@@ -7,8 +7,8 @@ import itertools
 
 from longvid.errors import LongvidError
 from longvid.models.rewind.selection import (
-    DFS, Candidates, NoSelector, OracleSelector, RandomSelector, UniformSelector, dpc_knn, relevance_scores,
-    sample_top_indices, select_frames, top_indices,
+    DFS, Candidates, NoSelector, OracleSelector, RandomSelector, UniformSelector, dpc_knn, relevance_cut,
+    relevance_scores, sample_top_indices, select_frames, top_indices,
 )
 
 
@@ -172,6 +172,55 @@ def test_dfs_selector_is_top_l_then_dpc_knn():
         assert torch.equal(frames, top[dpc_knn(c.vectors[top], 3, 2)])
     assert [len(f) for f in chosen] == [3, 3, 0]
     assert DFS(6, 3, 2).learned and not UniformSelector(3).learned
+
+
+def naive_relevance_cut(relevance, top_l, min_keep):
+    """Loops: rank the frames, try every n with a frame after it, keep the first largest drop."""
+    values = relevance.tolist()
+    ranked = sorted(range(len(values)), key=lambda i: (-values[i], i))
+    best_n, best_drop = None, -math.inf
+    for n in range(min_keep, min(top_l, len(values) - 1) + 1):
+        drop = values[ranked[n - 1]] - values[ranked[n]]
+        if drop > best_drop:
+            best_n, best_drop = n, drop
+    if best_n is None:
+        best_n = min(top_l, len(values))
+    return sorted(ranked[:best_n])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_relevance_cut_matches_naive_loops(seed):
+    gen = torch.Generator().manual_seed(seed)
+    n = 3 + seed * 3
+    relevance = torch.randn(n, generator=gen).round(decimals=1)  # rounded: equal values and equal drops happen
+    for top_l, min_keep in [(4, 2), (8, 2), (n, 1), (n + 3, 2), (3, 3), (2, 4)]:
+        assert relevance_cut(relevance, top_l, min_keep).tolist() == naive_relevance_cut(relevance, top_l, min_keep)
+
+
+def test_relevance_cut_keeps_the_moments_a_question_is_about():
+    # one moment: frames 5 and 6 stand out; two moments: frames 2, 3 then, lower, 9, 10
+    one = torch.tensor([0.0, 0.1, -0.2, 0.3, 0.0, 6.0, 5.8, 0.2, 0.1, 0.0, 0.4, 0.0])
+    two = torch.tensor([0.0, 0.1, 6.0, 5.9, 0.0, 0.2, 0.1, 0.0, 0.3, 4.1, 4.0, 0.0])
+    assert relevance_cut(one, top_l=4, min_keep=2).tolist() == [5, 6]
+    assert relevance_cut(two, top_l=4, min_keep=2).tolist() == [2, 3, 9, 10]
+    assert relevance_cut(two, top_l=3, min_keep=2).tolist() == [2, 3]  # never more than L
+
+
+def test_dfs_with_the_cut_reads_both_frames_of_one_moment_and_one_frame_of_each_of_two():
+    """The failure the cut fixes: with one relevant moment, DPC-KNN over the top L keeps one of
+    its frames and one unrelated frame; with the cut it reads that moment's two frames, and with
+    two moments still one frame of each."""
+    vectors = torch.zeros(12, 3)
+    vectors[5] = vectors[6] = torch.tensor([4.0, 0.0, 0.0])  # the moment's two (near-identical) frames
+    vectors[6, 1] = 0.1
+    vectors[3], vectors[10] = torch.tensor([0.0, 3.0, 0.0]), torch.tensor([0.0, 3.1, 0.2])
+    one = torch.tensor([0.0, 0.1, -0.2, 0.3, 0.0, 6.0, 5.8, 0.2, 0.1, 0.0, 0.4, 0.0])  # top 4: 5, 6, 10, 3
+    plain = select_frames(one, vectors, top_l=4, num_select=2, k=2)
+    assert len(set(plain.tolist()) & {5, 6}) == 1
+    assert select_frames(one, vectors, top_l=4, num_select=2, k=2, cut=True).tolist() == [5, 6]
+    two = torch.tensor([0.0, 0.1, 0.0, 4.0, 0.0, 6.0, 5.9, 0.0, 0.3, 0.2, 4.1, 0.0])  # moments {5, 6} and {3, 10}
+    chosen = DFS(top_l=4, num_select=2, k=2, cut=True)([Candidates(torch.arange(12.0), two, vectors)])[0]
+    assert len(set(chosen.tolist()) & {5, 6}) == 1 and len(set(chosen.tolist()) & {3, 10}) == 1
 
 
 def test_uniform_random_and_no_selectors():

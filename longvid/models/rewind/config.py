@@ -41,6 +41,7 @@ class RewindConfig:
     top_l: int = 64  # L frames kept by instruction relevance
     num_select: int = 8  # K_c frames kept by DPC-KNN
     dpc_k: int = 5  # DPC-KNN neighbours
+    relevance_cut: bool = False  # not in the paper: cut the top L at their largest relevance drop before DPC-KNN
     frame_pool: tuple[int, int] = (4, 8)  # patch grid of a selected frame pooled to 4 x 8 = 32 tokens
     lora_rank: int = 64  # 0: no LoRA
     lora_alpha: int = 32
@@ -92,5 +93,5 @@ def describe(name: str) -> str:
     m = c.memory
     backbones = "tiny random CLIP + LLaMA built in memory" if name in TINY_BACKBONES else "needs encoder= and llm="
     return (f"ReWind, memory D={m.dim} N_R={m.num_read}, {m.num_write} tokens per frame, {c.clip_frames}-frame sub-clips, "
-            f"DFS L={c.top_l} -> K_c={c.num_select} frames x {c.frame_tokens} tokens, LLM width {c.llm_dim}, "
+            f"DFS L={c.top_l}{' cut at the largest relevance drop' if c.relevance_cut else ''} -> K_c={c.num_select} frames x {c.frame_tokens} tokens, LLM width {c.llm_dim}, "
             f"LoRA r={c.lora_rank}; {backbones}")

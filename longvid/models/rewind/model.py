@@ -222,7 +222,7 @@ class ReWind(nn.Module):
         # select_key(a frame's mean memory token)), trained by the frame-level stage-1 loss.
         self.select_query = nn.Linear(config.llm_dim, mem.dim)
         self.select_key = nn.Linear(mem.dim, mem.dim)
-        self.selector = DFS(config.top_l, config.num_select, config.dpc_k) if selector is None else selector
+        self.selector = DFS(config.top_l, config.num_select, config.dpc_k, cut=config.relevance_cut) if selector is None else selector
         # Where a re-read token comes from, added to it (zero at init): the frame's place among the frames
         # read (in temporal order; the last row for any further frame) and the token's cell in the pooled grid.
         self.frame_order = nn.Parameter(torch.zeros(config.num_select, config.llm_dim))

@@ -6,6 +6,11 @@ peaks (DPC-KNN) and keeps the ``K_c`` frames with the largest
 ``density * distance-indicator``: frames that are both typical of a group and far from
 any denser frame, i.e. one representative per distinct moment.
 
+With ``cut`` (:func:`relevance_cut`, not in the paper; ``RewindConfig.relevance_cut``), the
+``L`` candidates are first cut where their sorted relevance drops most (keeping at least
+``K_c``): DPC-KNN then spreads the ``K_c`` frames over the relevant moments only, instead of
+spending one on an irrelevant frame when a single moment is relevant.
+
 A selector is passed to the model (``ReWind(..., selector=...)``, or ``selector=`` of
 ``answer``/``score``/...): called with one :class:`Candidates` per stream, it returns
 each stream's frame indices. :class:`DFS` is the paper's; :class:`UniformSelector`,
@@ -122,7 +127,32 @@ def relevance_scores(frame_tokens: torch.Tensor, query: torch.Tensor) -> torch.T
     return logits.mean(dim=1)
 
 
-def select_frames(relevance: Tensor, vectors: Tensor, top_l: int, num_select: int, k: int, dpc: bool = True) -> Tensor:
+def relevance_cut(relevance: Tensor, top_l: int, min_keep: int) -> Tensor:
+    """The ``n`` most relevant frames, ``n`` in ``min_keep .. top_l``, cut where relevance drops most.
+
+    With the relevances sorted ``r_1 >= r_2 >= ...`` (ties to the lower index), ``n`` is the
+    rank with the largest drop ``r_n - r_{n+1}`` (the smallest such ``n`` on ties). Relevances
+    are the logits of the relevance softmax, so a drop is a log ratio of probabilities: a
+    frame is kept when no larger gap separates it from the most relevant one. When no ``n``
+    in the range has a frame after it (``min_keep > min(top_l, N - 1)``) the
+    ``min(top_l, N)`` most relevant frames are kept, as without the cut.
+
+    Args:
+        relevance: ``(N,)`` each frame's relevance.
+    Returns a LongTensor ``(n,)`` of frame indices, ascending.
+    """
+    order = torch.sort(relevance, descending=True, stable=True).indices  # (N,)
+    last = min(top_l, relevance.shape[0] - 1)  # the largest n with a frame after it
+    if min_keep > last:
+        return torch.sort(order[: min(top_l, relevance.shape[0])]).values
+    ranked = relevance[order].double()
+    drops = ranked[min_keep - 1 : last] - ranked[min_keep : last + 1]  # drop after rank n = min_keep .. last
+    count = min_keep + int(torch.argmax(drops))  # argmax: first of equal drops
+    return torch.sort(order[:count]).values
+
+
+def select_frames(relevance: Tensor, vectors: Tensor, top_l: int, num_select: int, k: int, dpc: bool = True,
+                  cut: bool = False) -> Tensor:
     """Dynamic frame selection: the ``top_l`` frames most relevant to the instruction, then DPC-KNN.
 
     Args:
@@ -130,12 +160,14 @@ def select_frames(relevance: Tensor, vectors: Tensor, top_l: int, num_select: in
         vectors: ``(N, D)`` each frame's vector for DPC-KNN (its mean memory token).
         top_l, num_select, k: ``L``, ``K_c`` and the DPC-KNN neighbours.
         dpc: False keeps the ``num_select`` most relevant frames instead (an ablation).
+        cut: the candidates are the top ``L`` cut at their largest relevance drop
+            (:func:`relevance_cut`, at least ``num_select``) before DPC-KNN.
 
     Returns a LongTensor ``(min(num_select, top_l, N),)`` of frame indices, ascending.
     """
     if not dpc:
         return top_indices(relevance, min(num_select, top_l))
-    candidates = top_indices(relevance, top_l)  # (L,)
+    candidates = relevance_cut(relevance, top_l, num_select) if cut else top_indices(relevance, top_l)  # (<= L,)
     return candidates[dpc_knn(vectors[candidates], num_select, k)]
 
 
@@ -167,17 +199,20 @@ class Candidates:
 @dataclass(frozen=True)
 class DFS:
     """Dynamic frame selection (top-``L`` relevance, then ``K_c`` by DPC-KNN; ``dpc=False``: the
-    ``K_c`` most relevant instead). ``learned``: its choice follows the DFS projections, which
+    ``K_c`` most relevant instead; ``cut``: the top ``L`` cut at their largest relevance drop
+    first, :func:`relevance_cut`). ``learned``: its choice follows the DFS projections, which
     ``ReWind.answer_loss(policy_weight=...)`` trains."""
 
     top_l: int
     num_select: int
     k: int
     dpc: bool = True
+    cut: bool = False
     learned = True
 
     def __call__(self, candidates: Sequence[Candidates]) -> list[Tensor]:
-        return [select_frames(c.relevance, c.vectors, self.top_l, self.num_select, self.k, self.dpc) for c in candidates]
+        return [select_frames(c.relevance, c.vectors, self.top_l, self.num_select, self.k, self.dpc, self.cut)
+                for c in candidates]
 
 
 @dataclass(frozen=True)
