@@ -268,3 +268,18 @@ def test_bfloat16_backbones_train_and_evaluate_under_autocast(work, tmp_path):
     assert rewind_run.load_run_config("rewind_tiny", ["backbone_dtype=bfloat16"]).train_config().amp == "bf16"
     with pytest.raises(LongvidError, match="amp must be auto or bf16"):
         rewind_run.load_run_config("rewind_tiny", ["backbone_dtype=bfloat16", "amp=off"])
+
+
+def test_relevance_cut_is_a_run_option(work, tmp_path):
+    """``relevance_cut=true`` gives the run's model the DFS with the cut; a VideoChatGPT stage-2 step and its
+    evaluation run with it."""
+    plain, _ = rewind_run.build_run_model(rewind_run.load_run_config("rewind_tiny"))
+    assert not plain.selector.cut
+    common = ["stage=2", "max_new_tokens=4", "relevance_cut=true", f"video_root={work['videos']}", f"out_dir={tmp_path}"]
+    config = rewind_run.load_run_config("rewind_tiny", common)
+    model, _ = rewind_run.build_run_model(config)
+    assert model.selector.cut and model.selector.top_l == model.config.top_l
+    history = rewind_run.train("rewind_tiny", [f"data={work['videochatgpt']}", "max_steps=1", *common], progress=False)
+    assert len(history) == 1 and np.isfinite(history[0]["loss"])
+    metrics = rewind_run.evaluate("rewind_tiny", [f"val_data={work['videochatgpt']}", *common], progress=False)
+    assert 0.0 <= metrics["accuracy"] <= 100.0

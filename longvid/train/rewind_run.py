@@ -57,6 +57,7 @@ class RewindRunConfig:
     init: str | None = None  # start from these ReWind weights (a previous stage's out_dir/rewind.safetensors)
     model_seed: int = 0  # the random trainable parts (and a tiny preset's backbones) are drawn from this
     fps: float = 1.0  # frames read per second of video (ReWind: 1)
+    relevance_cut: bool = False  # DFS cuts its top L at the largest relevance drop before DPC-KNN (not in the paper)
     feature_cache: str | None = ""  # folder of cached encoder features ("": out_dir/features; null: in memory only)
     feature_dtype: str = "float16"  # cached features: float16 or float32
     backbone_dtype: str = "float32"  # the frozen encoder and LLM weights: float32, or bfloat16 (halves a 7B LLM; bf16 autocast)
@@ -201,6 +202,11 @@ def build_run_model(config: RewindRunConfig, device=None, weights: str | None = 
         if record["preset"] != config.model:
             raise LongvidError(f"{source} holds {record['preset']} weights, not {config.model} (set model={record['preset']})")
         model, stages = load_weights(source, encoder=config.encoder, llm=config.llm, device=device), list(record.get("stages", []))
+    if config.relevance_cut:
+        from longvid.models.rewind import DFS
+
+        c = model.config
+        model.selector = DFS(c.top_l, c.num_select, c.dpc_k, cut=True)
     return cast_frozen(model, getattr(torch, config.backbone_dtype)), stages
 
 
