@@ -175,7 +175,8 @@ def test_dfs_selector_is_top_l_then_dpc_knn():
 
 
 def naive_relevance_cut(relevance, top_l, min_keep):
-    """Loops: rank the frames, try every n with a frame after it, keep the first largest drop."""
+    """Loops: rank the frames, try every n >= 1 with a frame after it, keep the first largest drop."""
+    min_keep = max(min_keep, 1)
     values = relevance.tolist()
     ranked = sorted(range(len(values)), key=lambda i: (-values[i], i))
     best_n, best_drop = None, -math.inf
@@ -193,7 +194,7 @@ def test_relevance_cut_matches_naive_loops(seed):
     gen = torch.Generator().manual_seed(seed)
     n = 3 + seed * 3
     relevance = torch.randn(n, generator=gen).round(decimals=1)  # rounded: equal values and equal drops happen
-    for top_l, min_keep in [(4, 2), (8, 2), (n, 1), (n + 3, 2), (3, 3), (2, 4)]:
+    for top_l, min_keep in [(4, 2), (8, 2), (n, 1), (n + 3, 2), (3, 3), (2, 4), (4, 0)]:
         assert relevance_cut(relevance, top_l, min_keep).tolist() == naive_relevance_cut(relevance, top_l, min_keep)
 
 

@@ -141,6 +141,7 @@ def relevance_cut(relevance: Tensor, top_l: int, min_keep: int) -> Tensor:
         relevance: ``(N,)`` each frame's relevance.
     Returns a LongTensor ``(n,)`` of frame indices, ascending.
     """
+    min_keep = max(min_keep, 1)
     order = torch.sort(relevance, descending=True, stable=True).indices  # (N,)
     last = min(top_l, relevance.shape[0] - 1)  # the largest n with a frame after it
     if min_keep > last:
