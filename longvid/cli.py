@@ -16,10 +16,9 @@ from typing import Callable, Sequence
 from longvid.errors import LongvidError
 from longvid.progress import is_terminal
 
-
-
 DTYPE_HELP = ("weights and memory in this dtype (default float32); bfloat16 needs native CPU bf16 "
               "(AVX512-BF16/AMX), else it runs in float32 with a note")
+
 
 def _add_clip_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-T", "--clip-frames", type=int, default=16, help="frames per clip T (default 16)")
@@ -151,8 +150,10 @@ TRAINED_PARTS = {"malmm": "Q-Former, its queries and the LLM projection", "rewin
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    from longvid.precision import resolve_dtype
+
     _check_ask_args(args)
-    args.torch_dtype, note = _dtype_for(args.dtype, args.device or "cpu")
+    args.torch_dtype, note = resolve_dtype(args.dtype, args.device or "cpu")
     if note:
         print(f"longvid: {note}", file=sys.stderr)
     if args.model == "rewind":
@@ -266,7 +267,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     import torch
 
     from longvid.answers import ask_settings_for
-    from longvid.precision import for_inference
+    from longvid.precision import for_inference, resolve_dtype
     from longvid.predict import DEFAULT_STREAM_PRESET, expand_videos, load_labels, load_stream_model, locked_output, run_stream, settings_for, shipped_labels
     from longvid.stream_input import apply_split, model_work, prepare_model, quiet_compile_logs
     from longvid.train.distributed import setup
@@ -281,7 +282,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LongvidError("--device cuda: no CUDA device is available")
-    dtype, dtype_note = _dtype_for(args.dtype, device)
+    dtype, dtype_note = resolve_dtype(args.dtype, device)
     labels = load_labels(args.labels) if args.labels else None
     if args.compile:
         quiet_compile_logs()
@@ -325,14 +326,6 @@ def cmd_stream(args: argparse.Namespace) -> int:
         log(f"{summary.done} videos done, {summary.failed} failed, {summary.skipped} skipped (already complete), "
             f"{done} in {summary.seconds:.1f} s")
     return 1 if summary.failed else 0
-
-
-def _dtype_for(name: str, device: str):
-    """(torch dtype, note or None) for ``--dtype`` on ``device``: bfloat16 falls back to float32 on a
-    CPU without native bf16 (the note says so); float16 needs CUDA."""
-    from longvid.precision import resolve_dtype
-
-    return resolve_dtype(name, device)
 
 
 def _check_live_args(args: argparse.Namespace, videos: list[str]) -> bool:
@@ -559,9 +552,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise LongvidError(f"--predictions {args.predictions}: its folder does not exist")
     import torch
 
+    from longvid.precision import resolve_dtype
+
     if args.dtype != "float32" and config.model == "toy":
         raise LongvidError(f"--dtype {args.dtype} is for MeMViT models, not model=toy")
-    dtype, dtype_note = _dtype_for(args.dtype, "cuda" if torch.cuda.is_available() else "cpu")  # the device eval runs on
+    dtype, dtype_note = resolve_dtype(args.dtype, "cuda" if torch.cuda.is_available() else "cpu")  # the device eval runs on
     if dtype_note and not args.quiet:
         print(f"longvid: {dtype_note}", file=sys.stderr)
     metrics = evaluate_checkpoint(config, args.checkpoint or config.out_dir, args.pooling, progress=not args.quiet,
