@@ -28,7 +28,7 @@ import os
 import re
 import string
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -203,10 +203,7 @@ def build_run_model(config: RewindRunConfig, device=None, weights: str | None = 
             raise LongvidError(f"{source} holds {record['preset']} weights, not {config.model} (set model={record['preset']})")
         model, stages = load_weights(source, encoder=config.encoder, llm=config.llm, device=device), list(record.get("stages", []))
     if config.relevance_cut:
-        from longvid.models.rewind import DFS
-
-        c = model.config
-        model.selector = DFS(c.top_l, c.num_select, c.dpc_k, cut=True)
+        model.selector = replace(model.selector, cut=True)  # the preset's DFS, cut first
     return cast_frozen(model, getattr(torch, config.backbone_dtype)), stages
 
 
