@@ -36,11 +36,10 @@ import torch
 
 import longvid
 from longvid.bench import measure
-from longvid.bench.synth import COLOURS, SHAPES, SynthSpec, class_name
+from longvid.bench.synth import COLOURS, SHAPES, SynthSpec, caption_positives, class_name, frame_captions
 from longvid.models.stream import Frames
 
 QUESTION = "Which object flashed in the video?"
-GENERIC_CAPTION = "an object flashes"  # ReWind's stage-1 caption of every frame that shows a cue
 WORDS = ("which", "object", "flashed", "in", "the", "video", "?", *COLOURS, *SHAPES)
 CAPTION_WORDS = ("flashes", "an")  # ReWind's captions' words beyond WORDS
 
@@ -167,13 +166,11 @@ def answer_loss(model, state, questions: list[str], answers: list[str]) -> torch
 def caption_loss(model, state, labels: torch.Tensor, shown: torch.Tensor, num_classes: int) -> torch.Tensor:
     """ReWind's frame-level stage-1 loss (:meth:`ReWind.frame_contrastive_loss`) on the frames
     watched into ``state``: a frame that shows the cue (``shown (B, F)``) matches "the <class>
-    flashes" of its video's ``labels (B,)`` and :data:`GENERIC_CAPTION`; any other frame no caption."""
+    flashes" of its video's ``labels (B,)`` and :data:`~longvid.bench.synth.GENERIC_CAPTION`; any other frame no caption."""
     tokens = torch.cat([state.memory.frame_tokens(b)[0] for b in range(state.batch_size)])  # (B*F, N_W, D)
     classes = torch.where(shown, labels[:, None], -1).flatten()  # (B*F,) -1: no cue
-    positives = classes[:, None] == torch.arange(num_classes)[None]  # (B*F, K)
-    positives = torch.cat([positives, positives.any(1, keepdim=True)], dim=1)  # (B*F, K + 1)
-    captions = [f"the {class_name(k)} flashes" for k in range(num_classes)] + [GENERIC_CAPTION]
-    return model.frame_contrastive_loss(tokens, positives, *model.tokenize(captions))
+    positives = caption_positives(classes, num_classes)  # (B*F, K + 1)
+    return model.frame_contrastive_loss(tokens, positives, *model.tokenize(frame_captions(num_classes)))
 
 
 def train(row: LMMRow, model, frames: Frames, labels: torch.Tensor, spec: SynthSpec, seed: int,

@@ -47,7 +47,8 @@ import torch
 
 from longvid.bench.rewind_memory import cue_labels, probe_accuracy, within_video_cosine
 from longvid.bench.synth import (
-    Sample, Scene, SynthSpec, class_name, clip_times, make_sample, recall_sample, render, scene_clips,
+    GENERIC_CAPTION, Sample, Scene, SynthSpec, caption_positives, class_name, clip_times, frame_captions, make_sample,
+    recall_sample, render, scene_clips,
 )
 from longvid.errors import LongvidError
 from longvid.eval.metrics import grounding_metrics
@@ -59,7 +60,6 @@ from longvid.models.rewind.selection import inside_intervals
 from longvid.train.rewind import StageConfig, train_stage
 
 QA_CANDIDATES = {"recall": "classes", "order": "classes", "count": ("0", "1", "2", "3"), "where": ("left", "right")}
-GENERIC_CAPTION = "an object flashes"  # stage 1: every frame that shows a cue, whatever its class
 
 
 @dataclass(frozen=True)
@@ -275,10 +275,8 @@ def caption_loss(model: ReWind, items: Sequence[Item], state, num_classes: int) 
     and :data:`GENERIC_CAPTION`; a frame that shows none matches no caption."""
     tokens = torch.cat([state.memory.frame_tokens(b)[0] for b in range(len(items))])  # (frames, N_W, D)
     labels = torch.cat([cue_labels(i.times, i.cues, num_classes) for i in items])  # (frames,)
-    captions = [f"the {class_name(c)} flashes" for c in range(num_classes)] + [GENERIC_CAPTION]
-    positives = labels[:, None] == torch.arange(num_classes)[None]  # (frames, classes)
-    positives = torch.cat([positives, positives.any(1, keepdim=True)], dim=1)  # (frames, classes + 1)
-    return model.frame_contrastive_loss(tokens, positives, *model.tokenize(captions))
+    positives = caption_positives(labels, num_classes)  # (frames, classes + 1)
+    return model.frame_contrastive_loss(tokens, positives, *model.tokenize(frame_captions(num_classes)))
 
 
 def stage1_loss(model: ReWind, items: Sequence[Item], num_classes: int) -> torch.Tensor:

@@ -66,6 +66,23 @@ def class_name(index: int) -> str:
     return f"{colour} {shape}"
 
 
+GENERIC_CAPTION = "an object flashes"  # a frame-level caption of every frame that shows a cue, whatever its class
+
+
+def frame_captions(num_classes: int) -> list[str]:
+    """The frame-level captions of the benchmarks' ReWind stage 1: ``"the <class> flashes"`` for
+    each class, then :data:`GENERIC_CAPTION`."""
+    return [f"the {class_name(c)} flashes" for c in range(num_classes)] + [GENERIC_CAPTION]
+
+
+def caption_positives(frame_classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(N, num_classes + 1)`` bool: which of :func:`frame_captions` each frame matches, from the
+    class of the cue it shows ``frame_classes (N,)``: its class's caption and the generic one;
+    a frame whose value is not a class (no cue) matches none."""
+    positives = frame_classes[:, None] == torch.arange(num_classes)[None]  # (N, K)
+    return torch.cat([positives, positives.any(1, keepdim=True)], dim=1)  # (N, K + 1)
+
+
 @dataclass(frozen=True)
 class SynthSpec:
     """How scenes look and how they are sampled into clips.
