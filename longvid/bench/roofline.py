@@ -35,7 +35,8 @@ def gemm_flops(n: int) -> int:
     return 2 * n**3
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (CUDA; nothing to wait for on CPU), before reading a clock."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -52,17 +53,17 @@ def measure_gemm(dtype: str = "float32", n: int = 2048, device: str | torch.devi
     b = torch.randn(n, n, generator=generator).to(device=device, dtype=DTYPES[dtype])  # (n, n)
     out = torch.empty(n, n, device=device, dtype=DTYPES[dtype])
     torch.matmul(a, b, out=out)  # warm-up: kernel selection, page faults
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     torch.matmul(a, b, out=out)
-    _sync(device)
+    sync(device)
     calls = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-9)))
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(calls):
             torch.matmul(a, b, out=out)
-        _sync(device)
+        sync(device)
         best = min(best, (time.perf_counter() - start) / calls)
     threads = torch.get_num_threads() if device.type == "cpu" else 0
     return GemmRate(dtype, n, str(device), threads, best, gemm_flops(n) / best / 1e9)

@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from longvid.bench.roofline import sync
 from longvid.predict import StreamSettings, reader_for, stream_predictions
 
 MODES = ("decode", "model", "pipelined")
@@ -28,11 +29,6 @@ def cpu_seconds() -> float:
     """CPU time of this process and of its ended children."""
     times = os.times()
     return times.user + times.system + times.children_user + times.children_system
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _records(path: str) -> list[dict]:
@@ -59,7 +55,7 @@ def measure_overlap(model: torch.nn.Module, video: str, settings: StreamSettings
             for record in records:
                 sink.write(json.dumps(record) + "\n")
                 clips += "clip" in record
-        _sync(device)
+        sync(device)
         return clips
 
     def run(mode: str, folder: str) -> int:
