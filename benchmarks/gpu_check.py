@@ -71,11 +71,6 @@ def precision(device: torch.device, dtype: str):
     return torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def median_step_seconds(step, setup: Setup) -> float:
     """Run ``step()`` at least ``min_steps`` times and until ``seconds`` pass; the median step time.
 
@@ -83,11 +78,11 @@ def median_step_seconds(step, setup: Setup) -> float:
     bursts of load of a shared machine.
     """
     times: list[float] = []
-    sync(setup.device)
+    roofline.sync(setup.device)
     while len(times) < setup.min_steps or sum(times) < setup.seconds:
         start = time.perf_counter()
         step()
-        sync(setup.device)
+        roofline.sync(setup.device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
