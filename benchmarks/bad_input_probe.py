@@ -227,10 +227,10 @@ def make_stream_files(folder: str) -> None:
     from safetensors.torch import load_file, save_file
 
     import longvid
-    from longvid.bench.synth import write_demo_video
-    from longvid.checkpoints import read_metadata, save_checkpoint
-    from longvid.models.tiny import save_tiny_llm, save_tiny_vision
-    from longvid.train.checkpoint import save_checkpoint as save_training
+    from longvid.data.synth import write_demo_video
+    from longvid.core.checkpoints import read_metadata, save_checkpoint
+    from longvid.core.tiny import save_tiny_llm, save_tiny_vision
+    from longvid.engine.checkpoint import save_checkpoint as save_training
 
     from huggingface_hub.utils import disable_progress_bars
 

@@ -5,7 +5,7 @@ eval clips/s at batch 1 and 16 in fp32 and bf16 autocast (each stream at steady 
 memory full), training clips/s and peak memory at batch 8 (fp32 and bf16 autocast,
 AdamW, memory carried between steps without its graph), the GEMM roofline of the device
 (fp32 and bf16 square matmuls) with each run's achieved GFLOP/s as a fraction of it
-(eval: 2 x ``longvid.flops`` multiply-adds per clip; training: 3x that), and the
+(eval: 2 x ``longvid.memvit.flops`` multiply-adds per clip; training: 3x that), and the
 agreement of bf16 with fp32 (top-1 agreement, max |prob diff|) over the eval clips, and
 the ``longvid stream`` pipeline on the device: decode-only, model-only and pipelined walls
 over a generated 320x240 video of ``--stream-seconds`` (decoding in its own process, uint8
@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from longvid.bench import roofline
 from longvid.bench.stream_overlap import describe as describe_overlap
 from longvid.bench.stream_overlap import measure_overlap
-from longvid.bench.synth import write_demo_video
-from longvid.flops import model_cost
-from longvid.models.memvit import build_model
-from longvid.train.loop import peak_memory_mb
+from longvid.data.synth import write_demo_video
+from longvid.memvit.flops import model_cost
+from longvid.memvit import build_model
+from longvid.memvit.loop import peak_memory_mb
 
 TRAIN_STEP_FACTOR = 3  # forward + backward ~ 3x forward multiply-adds
 

@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's longvid
-from longvid.models.malmm import MALMM, get_config  # noqa: E402
+from longvid.malmm import MALMM, get_config  # noqa: E402
 
 
 class LiveTensorBytes(TorchDispatchMode):

@@ -2,7 +2,7 @@
 
 Tiny random frozen CLIP encoder and LLaMA-style LLM; the Q-Former side of each system is
 trained from scratch (about 2 minutes of CPU for the default two systems) and tested on
-held-out seeds. See :mod:`longvid.bench.malmm` for what each system sees.
+held-out seeds. See :mod:`longvid.malmm.bench` for what each system sees.
 
     python benchmarks/malmm_recall.py                            # malmm vs last-frame baseline
     python benchmarks/malmm_recall.py --systems malmm,last,concat  # + all frames concatenated (slower)
@@ -21,7 +21,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's longvid
-from longvid.bench.malmm import MALMMBenchSpec, format_table, run_malmm_bench  # noqa: E402
+from longvid.malmm.bench import MALMMBenchSpec, format_table, run_malmm_bench  # noqa: E402
 
 
 def main() -> None:

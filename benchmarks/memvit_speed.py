@@ -3,7 +3,7 @@
 Batch 1, 16x224x224, eval, ``torch.inference_mode()``, 2 threads (default). The same run
 measures the machine's GEMM throughput (fp32 and bf16 2048^3 matmuls, same thread count;
 once before the models and once per round, keeping the best) and prints each model's
-achieved GFLOP/s (2 x its multiply-adds per clip from ``longvid.flops``, over the min wall
+achieved GFLOP/s (2 x its multiply-adds per clip from ``longvid.memvit.flops``, over the min wall
 time) as a fraction of it. Each model first runs
 ``cache_len + 1`` clips so its memory is full (steady state); then the models are timed in
 alternating rounds (one clip each per round, a fresh random clip per round) so that load
@@ -33,8 +33,8 @@ import time
 import torch
 
 from longvid.bench import roofline
-from longvid.flops import model_cost
-from longvid.models.memvit import build_model
+from longvid.memvit.flops import model_cost
+from longvid.memvit import build_model
 from longvid.precision import for_inference
 
 

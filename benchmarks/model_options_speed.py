@@ -3,7 +3,7 @@
     python benchmarks/model_options_speed.py [--presets memvit_tiny memvit16_16x4] [--clips 4] [--rounds 3] [--threads N]
 
 For each preset, four copies of one model (eager, ``--channels-last``, ``--compile``, both;
-:func:`longvid.stream_input.prepare_model`) stream the same random clips with their own
+:func:`longvid.core.stream_input.prepare_model`) stream the same random clips with their own
 memory, batch 1, in interleaved rounds of ``--clips`` clips after a warm-up that fills
 the memory (and compiles). Prints each variant's first-call seconds (compile time),
 best and median seconds per clip, its speed against eager, and its largest |logit
@@ -20,7 +20,7 @@ import time
 import torch
 
 import longvid
-from longvid.stream_input import prepare_model, quiet_compile_logs
+from longvid.core.stream_input import prepare_model, quiet_compile_logs
 
 VARIANTS = {"eager": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True},
             "compile+channels-last": {"compile": True, "channels_last": True}}

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from longvid.bench.synth import moving_shapes, write_demo_video
+from longvid.data.synth import moving_shapes, write_demo_video
 from longvid.video import write_video
 
 # Peak RSS from /proc (VmHWM): getrusage's ru_maxrss would include the parent's RSS at the fork.

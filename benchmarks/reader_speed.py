@@ -26,7 +26,7 @@ import av
 import torch
 from av.video.reformatter import VideoReformatter
 
-from longvid.bench.synth import write_demo_video
+from longvid.data.synth import write_demo_video
 from longvid.video import ClipReader, probe
 
 

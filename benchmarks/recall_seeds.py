@@ -23,8 +23,8 @@ import tempfile
 import torch
 
 from longvid.bench import run as bench
-from longvid.bench.synth import class_name
-from longvid.train.loop import collect_scores
+from longvid.data.synth import class_name
+from longvid.memvit.loop import collect_scores
 
 
 def parse_row(name: str) -> bench.Variant:

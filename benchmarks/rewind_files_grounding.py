@@ -46,8 +46,8 @@ def write_data(folder: str, count: int, rng: np.random.Generator, name: str) -> 
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, dict]:
     from longvid.eval.metrics import grounding_metrics
-    from longvid.models.rewind.weights import save_weights
-    from longvid.train import rewind_run
+    from longvid.rewind.weights import save_weights
+    from longvid.rewind import run as rewind_run
 
     folder = tempfile.mkdtemp(prefix=f"rewind-files-{seed}-")
     rng = np.random.default_rng(seed)

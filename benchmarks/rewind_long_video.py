@@ -15,9 +15,9 @@ import tempfile
 import time
 
 from longvid.ask import ask_rewind
-from longvid.bench.synth import moving_shapes
-from longvid.models.rewind import build_model
-from longvid.models.tiny import tiny_llm, tiny_vision
+from longvid.data.synth import moving_shapes
+from longvid.rewind import build_model
+from longvid.core.tiny import tiny_llm, tiny_vision
 from longvid.video import write_video
 
 

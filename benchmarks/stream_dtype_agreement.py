@@ -3,7 +3,7 @@
     python benchmarks/stream_dtype_agreement.py [VIDEO] [--preset memvit16_16x4] [--seeds 0 1 2] [--head-scale 1 30] [--threads 2]
 
 For each seed, a random-weight checkpoint of the preset is written the way the CLI loads
-one (``longvid.checkpoints.save_checkpoint``: weights + config) after
+one (``longvid.core.checkpoints.save_checkpoint``: weights + config) after
 ``torch.manual_seed(seed)``; ``--head-scale S`` (S != 1) also writes a copy whose
 classifier weights and bias are multiplied by S, so that predictions are confident
 (random weights give near-uniform probabilities over the 400 classes, where top-1
@@ -27,8 +27,8 @@ import time
 import numpy as np
 import torch
 
-from longvid.checkpoints import save_checkpoint
-from longvid.models.memvit import build_model
+from longvid.core.checkpoints import save_checkpoint
+from longvid.memvit import build_model
 
 DEFAULT_VIDEO = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "malmm_example.mp4")
 

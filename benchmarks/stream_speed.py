@@ -16,7 +16,7 @@ pipelined / max(decode-only, model-only) for that split, and the CPU seconds (th
 decoding processes included). Decoding runs in a child process (the stream's default);
 a last row decodes in a thread of the model's process instead (the pipeline before),
 at the fastest split. Target: pipelined <= 1.15 x max(decode, model). The fastest
-split is the one to make the default (:func:`longvid.stream_input.default_split`; the
+split is the one to make the default (:func:`longvid.core.stream_input.default_split`; the
 last line prints the default on this machine).
 """
 
@@ -31,7 +31,7 @@ import sys
 import tempfile
 
 from longvid.bench.stream_overlap import MODES
-from longvid.bench.synth import write_demo_video
+from longvid.data.synth import write_demo_video
 
 
 def worker(video: str, preset: str, decode_threads: int, torch_threads: int, prefetch: int, repeats: int, background: str) -> dict:
@@ -63,7 +63,7 @@ import json, os, resource, sys, tempfile
 import longvid
 from longvid.predict import run_stream
 from longvid.predict import settings_for
-from longvid.stream_input import apply_split, model_work
+from longvid.core.stream_input import apply_split, model_work
 
 model = longvid.build_model(sys.argv[2]).eval()
 settings = settings_for(model)
@@ -100,7 +100,7 @@ def parse_split(text: str) -> tuple[int, int]:
 def overlap_table(video: str, preset: str, splits, prefetches, repeats: int, compare_thread: bool) -> None:
     import longvid
     from longvid.predict import settings_for
-    from longvid.stream_input import available_cores, default_split, model_work
+    from longvid.core.stream_input import available_cores, default_split, model_work
 
     model = longvid.build_model(preset)
     settings = settings_for(model)
@@ -130,7 +130,7 @@ def overlap_table(video: str, preset: str, splits, prefetches, repeats: int, com
           f"{best['modes']['pipelined']['wall'] / max(fastest.values()):.2f} x max(fastest decode-only {fastest['decode']:.2f}, "
           f"fastest model-only {fastest['model']:.2f}) over all rows")
     print(f"default split on this machine: {default.decode_threads}x{default.torch_threads}, prefetch {default.prefetch} "
-          f"(longvid.stream_input.default_split)")
+          f"(longvid.core.stream_input.default_split)")
 
 
 def main() -> None:

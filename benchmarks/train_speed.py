@@ -6,7 +6,7 @@ trained by the engine on generated clips. Each configuration runs in its own
 subprocess so peak memory is not shared. The same run measures the machine's GEMM
 throughput (fp32 and bf16 2048^3 matmuls, same thread count) and prints each model's
 achieved GFLOP/s as a fraction of it; a training step is counted as 3x the forward
-multiply-adds of ``longvid.flops`` (backward ~ 2x forward), 2 FLOPs each.
+multiply-adds of ``longvid.memvit.flops`` (backward ~ 2x forward), 2 FLOPs each.
 
 ``--dtype float32 bfloat16`` trains each model once per dtype (bfloat16: the engine's
 ``amp=bf16``, bf16 autocast on CPU, float32 weights and optimizer), same seed and clips,
@@ -32,9 +32,10 @@ def measure(model: str, dtype: str, args: argparse.Namespace) -> dict:
     import torch
 
     import longvid
-    from longvid.flops import model_cost
-    from longvid.train import Trainer, TrainConfig, seed_everything
-    from longvid.train.data import synthetic_source
+    from longvid.memvit.flops import model_cost
+    from longvid.memvit.loop import Trainer, seed_everything
+    from longvid.engine.config import TrainConfig
+    from longvid.memvit.data import synthetic_source
 
     torch.set_num_threads(args.threads)
     total = args.warmup + args.steps

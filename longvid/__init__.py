@@ -5,11 +5,11 @@ from longvid.errors import LongvidError
 __all__ = ["LongvidError", "build_model", "list_models", "load_checkpoint", "load_state", "save_state"]
 
 _LAZY = {
-    "build_model": "longvid.models.registry",
-    "list_models": "longvid.models.registry",
-    "load_checkpoint": "longvid.checkpoints",
-    "save_state": "longvid.state",
-    "load_state": "longvid.state",
+    "build_model": "longvid.registry",
+    "list_models": "longvid.registry",
+    "load_checkpoint": "longvid.core.checkpoints",
+    "save_state": "longvid.core.state",
+    "load_state": "longvid.core.state",
 }
 
 

@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from longvid.errors import LongvidError
-from longvid.models.stream import Frames
+from longvid.core.stream import Frames
 from longvid.video import ClipReader, VideoError
 
 

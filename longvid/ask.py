@@ -1,7 +1,7 @@
 """Ask a question about a video file: stream it at 1 fps into a model's memory, then answer.
 
 ``ask_rewind`` is what ``longvid ask VIDEO "question" --model rewind`` runs (the model from
-``longvid.models.rewind.build_model(preset, encoder=..., llm=..., checkpoint=...)``). With
+``longvid.rewind.build_model(preset, encoder=..., llm=..., checkpoint=...)``). With
 ``until`` (breakpoint mode) the video is read only up to ``until`` seconds, so the
 answer uses only what an online viewer had seen by then.
 """
@@ -59,13 +59,13 @@ def ask_rewind(
     spill_dir: str | os.PathLike | None = None,
     max_new_tokens: int = 32,
 ) -> Answer:
-    """Watch ``video`` at 1 fps with ``model`` (a :class:`longvid.models.rewind.ReWind`), the question
+    """Watch ``video`` at 1 fps with ``model`` (a :class:`longvid.rewind.ReWind`), the question
     as the memory's instruction, one sub-clip per step, and answer ``question``.
 
     ``keep_every`` / ``spill_dir``: the frame store's policy (every k-th frame; memory-mapped
     files in that folder).
     """
-    from longvid.models.stream import Frames
+    from longvid.core.stream import Frames
     from longvid.video import ClipReader
 
     _check_until(video, until)
@@ -99,7 +99,7 @@ def load_malmm(preset: str, encoder: str, llm: str, qformer_tokenizer: str | Non
                weights: str | os.PathLike | None = None, device=None):
     """An MA-LMM from a preset, an image encoder, an LLM and a Q-Former tokenizer (paths or
     hub ids), and trained weights (ours or a released ``.pth``; None: a random Q-Former)."""
-    from longvid.models.malmm import build_model, load_malmm_weights
+    from longvid.malmm import build_model, load_malmm_weights
 
     tensors = _read_weights(weights)
     model = build_model(preset, encoder=encoder, llm=llm, qformer_tokenizer=qformer_tokenizer, device=device)
@@ -109,7 +109,7 @@ def load_malmm(preset: str, encoder: str, llm: str, qformer_tokenizer: str | Non
 
 
 def _read_weights(path: str | os.PathLike | None) -> dict[str, torch.Tensor] | None:
-    from longvid.checkpoints import read_state_dict
+    from longvid.core.checkpoints import read_state_dict
 
     if path is None:
         return None
@@ -120,7 +120,7 @@ def _read_weights(path: str | os.PathLike | None) -> dict[str, torch.Tensor] | N
 
 def _load_weights(load, model, tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
     """``load(model, tensors)``, its errors naming the file."""
-    from longvid.checkpoints import CheckpointError
+    from longvid.core.checkpoints import CheckpointError
 
     try:
         load(model, tensors)
@@ -137,13 +137,13 @@ def ask_malmm(
     num_frames: int = 20,
     fps: float | None = None,
 ) -> Answer:
-    """Watch ``video`` with ``model`` (a :class:`longvid.models.malmm.MALMM` with encoder and LLM)
+    """Watch ``video`` with ``model`` (a :class:`longvid.malmm.MALMM` with encoder and LLM)
     one frame at a time and answer ``question`` (also the Q-Former instruction).
 
     Frames: ``num_frames`` spread uniformly over the video (or over ``[0, until]``), or a
     fixed ``fps`` for online use on videos of any length (memory stays at L slots).
     """
-    from longvid.models.stream import Frames
+    from longvid.core.stream import Frames
     from longvid.video import ClipReader
 
     duration = _check_until(video, until)

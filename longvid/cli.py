@@ -120,7 +120,7 @@ def cmd_clips(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_video(args: argparse.Namespace) -> int:
-    from longvid.bench.synth import SynthSpec, demo_sample, write_demo_video
+    from longvid.data.synth import SynthSpec, demo_sample, write_demo_video
 
     count = write_demo_video(args.out, seconds=args.seconds, fps=args.fps, width=args.width, height=args.height, seed=args.seed)
     print(f"wrote {args.out}: {count} frames, {args.width}x{args.height} at {args.fps:g} fps")
@@ -184,7 +184,7 @@ def _check_trained(preset: str | None, checkpoint: str | None, allow_untrained: 
     """An MA-LMM or ReWind preset answers only with trained weights: a ``checkpoint``, and (ReWind
     weights with their JSON record) one that went through a training stage; else a one-line error
     unless ``allow_untrained``."""
-    from longvid.models.registry import family_of
+    from longvid.registry import family_of
 
     if allow_untrained or preset is None or family_of(preset) == "memvit":
         return
@@ -193,7 +193,7 @@ def _check_trained(preset: str | None, checkpoint: str | None, allow_untrained: 
         raise LongvidError(f"{command} --model {preset} needs trained weights ({flag}): without them the "
                            f"{TRAINED_PARTS[family]} are random and the answers are noise (--allow-untrained runs it anyway)")
     if family == "rewind":
-        from longvid.models.rewind.weights import trained_stages
+        from longvid.rewind.weights import trained_stages
 
         if trained_stages(checkpoint) == []:
             raise LongvidError(f"{checkpoint}: its record says these ReWind weights were never trained (no stage); "
@@ -202,7 +202,7 @@ def _check_trained(preset: str | None, checkpoint: str | None, allow_untrained: 
 
 def _rewind_record(args: argparse.Namespace) -> dict | None:
     """The JSON record beside ``ask --model rewind --weights FILE`` (its preset, encoder and LLM), if any."""
-    from longvid.models.rewind.weights import config_path, read_weights_config
+    from longvid.rewind.weights import config_path, read_weights_config
 
     if args.model != "rewind" or args.checkpoint is None or not os.path.isfile(config_path(args.checkpoint)):
         return None
@@ -215,8 +215,8 @@ def _rewind_record(args: argparse.Namespace) -> dict | None:
 def _ask_rewind(args: argparse.Namespace) -> int:
     from longvid.ask import ask_rewind
     from longvid.precision import for_inference
-    from longvid.models.rewind import build_model
-    from longvid.models.rewind.weights import load_weights
+    from longvid.rewind import build_model
+    from longvid.rewind.weights import load_weights
 
     if _rewind_record(args) is not None:  # the frozen parts it names, unless --encoder/--llm give local copies
         model = load_weights(args.checkpoint, encoder=args.encoder, llm=args.llm, device=args.device)
@@ -269,8 +269,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from longvid.answers import ask_settings_for
     from longvid.precision import for_inference, resolve_dtype
     from longvid.predict import DEFAULT_STREAM_PRESET, expand_videos, load_labels, load_stream_model, locked_output, run_stream, settings_for, shipped_labels
-    from longvid.stream_input import apply_split, model_work, prepare_model, quiet_compile_logs
-    from longvid.train.distributed import setup
+    from longvid.core.stream_input import apply_split, model_work, prepare_model, quiet_compile_logs
+    from longvid.engine.distributed import setup
 
     _check_stream_args(args)
     videos = expand_videos(args.videos)
@@ -515,9 +515,9 @@ def _check_stream_args(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from longvid.train import load_config
-    from longvid.train.lmm_run import is_lmm_preset, train_lmm
-    from longvid.train.run import train
+    from longvid.engine.config import load_config
+    from longvid.runs import is_lmm_preset, train_lmm
+    from longvid.memvit.run import train
 
     if is_lmm_preset(args.config):  # MA-LMM / ReWind runs: their own configs, logs and metrics
         train_lmm(args.config, args.overrides, resume=args.resume, progress=not args.quiet)
@@ -532,9 +532,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from longvid.train import load_config
-    from longvid.train.lmm_run import eval_lmm, is_lmm_preset
-    from longvid.train.run import evaluate_checkpoint
+    from longvid.engine.config import load_config
+    from longvid.runs import eval_lmm, is_lmm_preset
+    from longvid.memvit.run import evaluate_checkpoint
 
     if is_lmm_preset(args.config):  # writes out_dir/metrics.json and prints its table
         if args.dtype != "float32":
@@ -545,7 +545,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     config = load_config(args.config, args.overrides)
     if args.compile:
-        from longvid.stream_input import quiet_compile_logs
+        from longvid.core.stream_input import quiet_compile_logs
 
         quiet_compile_logs()
     if args.predictions and not os.path.isdir(os.path.dirname(os.path.abspath(args.predictions))):
@@ -576,7 +576,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from longvid.models.registry import list_models
+    from longvid.registry import list_models
 
     found = list_models()
     if args.json:
@@ -592,8 +592,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
-    from longvid.flops import model_cost
-    from longvid.models.memvit import get_config
+    from longvid.memvit.flops import model_cost
+    from longvid.memvit import get_config
 
     blocks = None
     if args.memory_blocks == "all":
@@ -638,7 +638,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise LongvidError("--workers is an option of bench (recall) only")
     torch.set_num_threads(1)  # tiny tensors, one model at a time: one thread is much faster than two busy ones (and the recorded figures are single-threaded)
     if args.what == "scaling":
-        from longvid.bench.scaling import run_scaling
+        from longvid.memvit.scaling import run_scaling
 
         run_scaling(args.preset, size=args.size, out_dir=args.out)
         return 0
@@ -668,7 +668,7 @@ def _bench_malmm(args: argparse.Namespace) -> int:
 
     import torch
 
-    from longvid.bench.malmm import MALMMBenchSpec, format_table, run_malmm_bench
+    from longvid.malmm.bench import MALMMBenchSpec, format_table, run_malmm_bench
 
     if args.full or args.save_weights:
         raise LongvidError("bench malmm takes --quick, --out and --quiet only")
@@ -690,7 +690,7 @@ def _bench_malmm(args: argparse.Namespace) -> int:
 def _bench_rewind(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from longvid.bench.rewind import RewindBenchSpec, format_table, run_rewind_bench
+    from longvid.rewind.bench import RewindBenchSpec, format_table, run_rewind_bench
 
     if args.full or args.save_weights:
         raise LongvidError("bench rewind takes --quick, --seeds, --out and --quiet only")

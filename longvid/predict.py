@@ -23,7 +23,7 @@ import torch
 from longvid.answers import AskSettings, stream_answers
 from longvid.errors import LongvidError
 from longvid.fileio import exclusive_lock, write_atomically, write_lines_atomically
-from longvid.stream_input import DeviceClips, default_split, model_input
+from longvid.core.stream_input import DeviceClips, default_split, model_input
 from longvid.video import ClipReader, VideoError
 
 
@@ -66,7 +66,7 @@ class _Slot:
 
 def reader_for(model, video: str, settings: StreamSettings) -> ClipReader:
     """The clip reader that feeds ``model`` from ``video`` (raises VideoError): uint8
-    clips, normalized where the model runs (:func:`longvid.stream_input.model_input`)."""
+    clips, normalized where the model runs (:func:`longvid.core.stream_input.model_input`)."""
     split = default_split()
     return ClipReader(
         video,
@@ -570,7 +570,7 @@ def _json_line(record: dict) -> str:
 
 def _merge_parts(out: str, rank: int, world: int, summary: StreamSummary) -> None:
     """Add every rank's counts to ``summary``; rank 0 joins the parts into ``out``."""
-    from longvid.train.distributed import all_reduce, barrier
+    from longvid.engine.distributed import all_reduce, barrier
 
     names = ("videos", "done", "failed", "skipped", "clips", "answers")
     totals = all_reduce(torch.tensor([getattr(summary, name) for name in names]))
@@ -636,9 +636,9 @@ def load_stream_model(preset: str | None, checkpoint: str | None = None, default
     families (MA-LMM, ReWind) are built through the registry with their ``encoder`` /
     ``llm`` (path or hub id; default: the preset's) and trained ``checkpoint``.
     """
-    from longvid.checkpoints import load_checkpoint, load_model, read_metadata
-    from longvid.models.memvit import build_model
-    from longvid.models.registry import family_of
+    from longvid.core.checkpoints import load_checkpoint, load_model, read_metadata
+    from longvid.memvit import build_model
+    from longvid.registry import family_of
 
     if preset is not None and family_of(preset) != "memvit":
         return _load_frame_model(preset, checkpoint, encoder, llm)

@@ -11,9 +11,9 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from longvid.train import TrainConfig  # noqa: E402
-from longvid.train.distributed import cleanup, setup  # noqa: E402
-from longvid.train.qa import QAExample, QATrainer  # noqa: E402
+from longvid.engine.config import TrainConfig  # noqa: E402
+from longvid.engine.distributed import cleanup, setup  # noqa: E402
+from longvid.malmm.qa import QAExample, QATrainer  # noqa: E402
 
 
 class Linear(nn.Module):

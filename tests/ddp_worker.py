@@ -10,9 +10,11 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from longvid.train import ToyMemoryModel, Trainer, TrainConfig, seed_everything  # noqa: E402
-from longvid.train.data import synthetic_source  # noqa: E402
-from longvid.train.distributed import cleanup, setup  # noqa: E402
+from longvid.engine.toy import ToyMemoryModel  # noqa: E402
+from longvid.memvit.loop import Trainer, seed_everything
+from longvid.engine.config import TrainConfig
+from longvid.memvit.data import synthetic_source  # noqa: E402
+from longvid.engine.distributed import cleanup, setup  # noqa: E402
 
 
 def main(out_dir: str, batch_size: int) -> None:

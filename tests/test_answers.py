@@ -13,7 +13,7 @@ from conftest import gray_frames
 from longvid.answers import AskSettings, stream_answers
 from longvid.cli import main
 from longvid.errors import LongvidError
-from longvid.models.stream import Frames
+from longvid.core.stream import Frames
 from longvid.video import write_video
 
 

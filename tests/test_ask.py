@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from conftest import longvid_script
 from longvid.cli import main
-from longvid.models.tiny import save_tiny_llm, save_tiny_vision
+from longvid.core.tiny import save_tiny_llm, save_tiny_vision
 from longvid.video import write_video
 
 
@@ -97,7 +97,7 @@ def test_ask_damaged_weights_are_one_line_errors_naming_the_file(setup, capsys, 
 
 
 def test_installed_script_answers_and_refuses_as_a_user_sees_it(setup, tmp_path):
-    from longvid.models.rewind import build_model, trainable_state_dict
+    from longvid.rewind import build_model, trainable_state_dict
 
     video, vision, llm, _ = setup
     weights = str(tmp_path / "rewind.safetensors")

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from longvid.cli import main
-from longvid.models.malmm import build_model
-from longvid.models.tiny import save_tiny_llm, save_tiny_vision
+from longvid.malmm import build_model
+from longvid.core.tiny import save_tiny_llm, save_tiny_vision
 from longvid.video import write_video
 
 torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine

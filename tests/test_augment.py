@@ -5,10 +5,10 @@ import random
 import numpy as np
 import torch
 
-from longvid.train.augment import ClipAugment, View
-from longvid.train.windows import Window, WindowClips
+from longvid.memvit.augment import ClipAugment, View
+from longvid.memvit.windows import Window, WindowClips
 from longvid.video import ClipReader, write_video
-from longvid.video.datasets import FileVideos, Sample
+from longvid.data.annotations import FileVideos, Sample
 
 
 def test_apply_equals_slicing_and_mirroring():

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from longvid.errors import LongvidError
-from longvid.models.malmm.bank import MemoryBank, compress_memory_bank, compress_to_length
+from longvid.malmm.bank import MemoryBank, compress_memory_bank, compress_to_length
 
 
 def naive_compress(bank, counts):

@@ -9,15 +9,15 @@ import subprocess
 import pytest
 import torch
 
-import longvid.models.memvit
+import longvid.memvit
 from conftest import longvid_script
 from longvid.bench import recall_lmm
-from longvid.bench import measure
+from longvid.core import measure
 from longvid.bench import run as bench
-from longvid.bench.synth import recall_sample, scene_clips
-from longvid.checkpoints import load_model, read_metadata
+from longvid.data.synth import recall_sample, scene_clips
+from longvid.core.checkpoints import load_model, read_metadata
 from longvid.errors import LongvidError
-from longvid.train.loop import evaluate
+from longvid.memvit.loop import evaluate
 
 torch.set_num_threads(1)
 
@@ -216,7 +216,7 @@ def test_reach_rule_and_seed_summary():
 def test_memvit_variants_use_the_shipped_recall_preset():
     spec = bench.MODES["default"].spec
     model = bench.memvit(4).build(spec)
-    assert model.config == longvid.models.memvit.get_config("memvit_tiny_recall")
+    assert model.config == longvid.memvit.get_config("memvit_tiny_recall")
     assert model.config.reading_blocks == (model.config.depth - 1,)  # reach exactly M
     assert bench.memvit(2).reach == 2 and bench.baseline(5).reach == 4 and bench.short_term().reach == 0
 

@@ -3,12 +3,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from longvid.bench.malmm import QA_WORDS, MALMMBenchSpec, build_system, format_table, run_malmm_bench, system_view, video_frames
-from longvid.bench.synth import recall_sample, scene_clips
+from longvid.malmm.bench import QA_WORDS, MALMMBenchSpec, build_system, format_table, run_malmm_bench, system_view, video_frames
+from longvid.data.synth import recall_sample, scene_clips
 from longvid.errors import LongvidError
-from longvid.models.llm import CausalLM
-from longvid.models.tiny import save_tiny_llm
-from longvid.train.config import TrainConfig
+from longvid.core.llm import CausalLM
+from longvid.core.tiny import save_tiny_llm
+from longvid.engine.config import TrainConfig
 
 torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
 

@@ -6,15 +6,15 @@ import math
 import pytest
 import torch
 
-from longvid.bench.rewind import (
+from longvid.rewind.bench import (
     RewindBenchSpec, _data, benchmark_words, format_table, grounding_loss, grounding_table, qa_loss, qa_schedule,
     qa_table, qa_tables, reading, stage1_loss, tiny_rewind, uniform_loss, watch,
 )
 from longvid.errors import LongvidError
-from longvid.models.rewind.baselines import UniformFrames
-from longvid.models.rewind.grounding import best_span, frames_in, span_seconds
-from longvid.train.checkpoint import load_checkpoint
-from longvid.train.rewind import StageConfig, train_stage
+from longvid.rewind.baselines import UniformFrames
+from longvid.rewind.grounding import best_span, frames_in, span_seconds
+from longvid.engine.checkpoint import load_checkpoint
+from longvid.rewind.stages import StageConfig, train_stage
 
 pytest.importorskip("transformers")
 QA_NAMES = ["rewind with DFS", "same model, DFS without the relevance cut (top-L, DPC-KNN)",
@@ -118,7 +118,7 @@ def test_small_tables_have_the_right_structure(grounding_data):
 
 def test_qa_schedule_explores_then_trains_selection(monkeypatch):
     weights = []
-    monkeypatch.setattr("longvid.bench.rewind.qa_loss",
+    monkeypatch.setattr("longvid.rewind.bench.qa_loss",
                         lambda model, items, weight, selection, caption_weight, num_classes:
                         weights.append((weight, selection, caption_weight, num_classes)) or torch.zeros(()))
     selection = reading("random", 2, 0)
@@ -146,7 +146,7 @@ def test_qa_schedule_explores_then_trains_selection(monkeypatch):
 
 def test_qa_table_averages_seeds(monkeypatch):
     runs = {0: 30.0, 1: 50.0}
-    monkeypatch.setattr("longvid.bench.rewind.qa_rows", lambda spec, log: ([
+    monkeypatch.setattr("longvid.rewind.bench.qa_rows", lambda spec, log: ([
         {"model": "a", "accuracy": runs[spec.seed], "cue_frames": "", "llm_tokens": 65, "final_loss": 0.1234 + spec.seed},
         {"model": "b", "accuracy": 1.0, "cue_frames": 4 + spec.seed, "llm_tokens": 57, "final_loss": 0.5}],
         [{"vectors": "m", "probe cue": 90.0 + spec.seed, "probe balanced": 80.0, "within-video cosine": 0.5}]))
@@ -185,7 +185,7 @@ def test_bench_rewind_writes_both_tables(tmp_path, monkeypatch, capsys):
 
     from longvid import cli
 
-    monkeypatch.setattr("longvid.bench.rewind.RewindBenchSpec", lambda: SMALL)
+    monkeypatch.setattr("longvid.rewind.bench.RewindBenchSpec", lambda: SMALL)
     assert cli.main(["bench", "rewind", "--out", str(tmp_path), "--quiet"]) == 0
     assert "it/s" not in capsys.readouterr().err  # --quiet: no progress bars, the libraries' included
     record = json.loads((tmp_path / "rewind.json").read_text())
@@ -199,8 +199,8 @@ def test_bench_rewind_writes_both_tables(tmp_path, monkeypatch, capsys):
 
 
 def test_qa_questions_use_caption_words_and_where_reads_the_cue_half():
-    from longvid.bench.rewind import GENERIC_CAPTION, bench_sample
-    from longvid.bench.synth import Scene, class_name, clip_times, render
+    from longvid.rewind.bench import GENERIC_CAPTION, bench_sample
+    from longvid.data.synth import Scene, class_name, clip_times, render
 
     samples = [bench_sample("qa", seed, SMALL) for seed in range(60)]
     assert {s.task for s in samples} == {"recall", "count", "order", "where"}

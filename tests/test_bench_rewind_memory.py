@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from longvid.bench.rewind_memory import cue_labels, probe_accuracy, within_video_cosine
+from longvid.rewind.bench_memory import cue_labels, probe_accuracy, within_video_cosine
 
 
 def test_cue_labels_mark_the_frames_inside_each_cue():

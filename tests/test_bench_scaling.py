@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from longvid.bench import scaling
+from longvid.memvit import scaling
 from longvid.errors import LongvidError
-from longvid.flops import count_gflops
+from longvid.memvit.flops import count_gflops
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-from longvid.models.memvit import build_model
+from longvid.memvit import build_model
 
 
 def warmup_clips() -> int:

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import longvid
-from longvid.checkpoints import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from longvid.models.memvit import build_model
+from longvid.core.checkpoints import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from longvid.memvit import build_model
 
 torch.set_num_threads(1)  # the test machines are shared: avoid thread oversubscription
 
@@ -122,7 +122,7 @@ def _with_config(tmp_path, **changes):
     """A checkpoint whose stored config has ``changes`` (None: a config that is not JSON)."""
     from safetensors.torch import load_file, save_file
 
-    from longvid.checkpoints import read_metadata
+    from longvid.core.checkpoints import read_metadata
 
     good = tmp_path / "good.safetensors"
     save_checkpoint(_tiny(), good)
@@ -150,7 +150,7 @@ def test_bad_stored_configs_are_checkpoint_errors_naming_the_file(tmp_path, chan
 
 def test_cli_stream_and_eval_report_damaged_checkpoints_in_one_line(tmp_path, videos, capsys):
     from longvid.cli import main
-    from longvid.train.checkpoint import save_checkpoint as save_training_checkpoint
+    from longvid.engine.checkpoint import save_checkpoint as save_training_checkpoint
 
     bad_config = _with_config(tmp_path, num_classes=-1)
     assert main(["stream", videos["cfr"], "--checkpoint", str(bad_config), "--out", str(tmp_path / "out.jsonl"), "--quiet"]) == 1

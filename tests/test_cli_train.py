@@ -16,8 +16,8 @@ import pytest
 
 from conftest import gray_frames, longvid_script
 from longvid.cli import main
-from longvid.train import load_config
-from longvid.train.data import build_sources
+from longvid.engine.config import load_config
+from longvid.memvit.data import build_sources
 from longvid.video import write_video
 
 FIELDS = ["model=toy", "synthetic_videos=4", "synthetic_clips=2", "clip_frames=2", "size=4", "batch_size=2", "log_every=100"]

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from longvid.train.sampler import StreamSampler
+from longvid.engine.sampler import StreamSampler
 from longvid.video import write_video
-from longvid.video.datasets import (
+from longvid.data.annotations import (
     AnnotationError,
     FileVideos,
     ava_boxes,

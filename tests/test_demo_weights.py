@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from longvid.bench.synth import demo_sample, write_demo_video
+from longvid.data.synth import demo_sample, write_demo_video
 from longvid.predict import load_stream_model, settings_for, shipped_labels, shipped_weights, stream_predictions
 
 torch.set_num_threads(1)

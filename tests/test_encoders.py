@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from longvid.errors import LongvidError
-from longvid.models.encoders import FeatureCache, FrozenImageEncoder
-from longvid.models.tiny import save_tiny_vision
+from longvid.core.encoders import FeatureCache, FrozenImageEncoder
+from longvid.core.tiny import save_tiny_vision
 
 torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
 

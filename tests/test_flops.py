@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from longvid.cli import main
-from longvid.flops import count_gflops, model_cost
-from longvid.models.memvit import build_model
+from longvid.memvit.flops import count_gflops, model_cost
+from longvid.memvit import build_model
 
 torch.set_num_threads(1)  # the test machines are shared: avoid thread oversubscription
 

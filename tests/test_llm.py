@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from longvid.errors import LongvidError
-from longvid.models.llm import (
+from longvid.core.llm import (
     IGNORE, CausalLM, answer_log_likelihood, build_generation_inputs, build_training_inputs, next_token_loss, position_ids,
 )
-from longvid.models.tiny import save_tiny_llm
+from longvid.core.tiny import save_tiny_llm
 
 torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
 
@@ -113,7 +113,7 @@ def test_ragged_prefixes_equal_each_sample_alone(llm, padding):
 def test_repetition_penalty_reaches_every_generated_token_whatever_the_padding():
     """``transformers`` skips the penalty on a left-padded row's first generated tokens (as many as its
     padded columns); the adapter's penalty does not, so a ragged batch generates as each sample alone."""
-    from longvid.models.tiny import tiny_llm
+    from longvid.core.tiny import tiny_llm
 
     llm = tiny_llm(init_std=0.5, seed=1)
     prefixes, prompts, _ = _ragged(llm, seed=1)

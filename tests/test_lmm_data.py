@@ -9,8 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-from longvid.data.lmm import find_videos, read_dataset, read_uniform_frames
-from longvid.data.lmm.formats import LVU_TASKS, json_entries, process_caption, process_question
+from longvid.malmm.datasets import find_videos, read_dataset
+from longvid.malmm.frames import read_uniform_frames
+from longvid.malmm.datasets import LVU_TASKS, json_entries, process_caption, process_question
 from longvid.errors import LongvidError
 from longvid.video import write_video
 
@@ -135,7 +136,7 @@ def test_uniform_frames_are_the_nearest_to_linspace(tmp_path):
 def test_segment_times_draw_one_time_per_segment():
     import torch
 
-    from longvid.data.lmm.frames import segment_times
+    from longvid.malmm.frames import segment_times
 
     times = segment_times(2.0, 12.0, 5, torch.Generator().manual_seed(0))
     assert all(2.0 + 2 * i <= float(t) < 2.0 + 2 * (i + 1) for i, t in enumerate(times))
@@ -147,7 +148,7 @@ def test_random_resized_crop_is_one_crop_for_all_frames():
     """Frame t = a pattern + 10 t: every output frame must be the first one + 10 t (same crop and flip)."""
     import torch
 
-    from longvid.data.lmm.frames import random_resized_crop
+    from longvid.malmm.frames import random_resized_crop
 
     pattern = torch.arange(36 * 64).view(36, 64) % 97
     frames = torch.stack([(pattern + 10 * t).expand(3, 36, 64) for t in range(3)]).to(torch.uint8)

@@ -7,7 +7,8 @@ import importlib.util
 import pytest
 
 from longvid.errors import LongvidError
-from longvid.train import lmm_presets, lmm_run
+from longvid.engine import recipes as lmm_presets
+from longvid import runs as lmm_run
 
 
 def test_presets_are_routed_by_family(tmp_path):
@@ -19,7 +20,7 @@ def test_presets_are_routed_by_family(tmp_path):
     assert {"malmm_lvu", "malmm_tiny_lvu", "malmm_youcook2", "malmm_tiny_nsa"} <= set(lmm_presets.names("malmm"))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("longvid.train.rewind_run") is not None, reason="ReWind runs are installed")
+@pytest.mark.skipif(importlib.util.find_spec("longvid.rewind.run") is not None, reason="ReWind runs are installed")
 def test_a_missing_family_is_one_line():
     with pytest.raises(LongvidError, match=r"'rewind_tiny' is a rewind preset, but rewind training is not part of this installation"):
         lmm_run.train_lmm("rewind_tiny", [])

@@ -6,9 +6,9 @@ import torch
 
 import longvid
 from longvid.errors import LongvidError
-from longvid.models.malmm import MALMM, PRESETS, MALMMState, build_model, describe, get_config, load_malmm_weights
-from longvid.models.registry import list_models
-from longvid.models.stream import dummy_frames
+from longvid.malmm import MALMM, PRESETS, MALMMState, build_model, describe, get_config, load_malmm_weights
+from longvid.registry import list_models
+from longvid.core.stream import dummy_frames
 
 torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
 
@@ -134,7 +134,7 @@ def test_build_model_is_seeded_and_leaves_the_global_rng_alone():
 
 
 def test_parts_follow_what_is_attached():
-    from longvid.models.tiny import tiny_llm, tiny_vision
+    from longvid.core.tiny import tiny_llm, tiny_vision
 
     model = build_model("malmm_tiny", encoder=tiny_vision(hidden=32), llm=tiny_llm(hidden=64), memory_bank_length=2)
     assert (model.config.qformer.encoder_width, model.config.llm_hidden, model.config.qformer.memory_bank_length) == (32, 64, 2)
@@ -302,7 +302,7 @@ def test_errors():
         model.answer(model.init_state(1), ["what"])
     with pytest.raises(LongvidError, match="one question per stream"):
         model.score(run(model, torch.randn(2, 1, 17, 48), model.init_state(2))[1], ["what"], ["red"])
-    with pytest.raises(LongvidError, match="steps on longvid.models.stream.Frames"):
+    with pytest.raises(LongvidError, match="steps on longvid.core.stream.Frames"):
         model(torch.randn(1, 2, 17, 48), model.init_state(1))
     with pytest.raises(LongvidError, match="state holds 2 streams"):
         model(model.dummy_inputs(1), model.init_state(2))

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from longvid.train import malmm_run
+from longvid.malmm import run as malmm_run
 from longvid.video import write_video
 
 
@@ -122,7 +122,7 @@ def test_train_and_evaluate(dataset, tmp_path, monkeypatch):
 
 def test_scores_on_known_answers():
     """Accuracy rules on crafted predictions (not the tiny model's): first word for MSRVTT/MSVD only."""
-    from longvid.data.lmm import LMMItem
+    from longvid.malmm.datasets import LMMItem
 
     items = [LMMItem(str(i), "v", "q", answer, "g", 1) for i, answer in enumerate(["man", "two dogs", "red", "yes"])]
     predictions = ["Man is", "two dogs", "Red.", "no"]

@@ -10,8 +10,8 @@ import torch
 
 import longvid
 from longvid.errors import LongvidError
-from longvid.models.malmm.instructblip import lavis_name
-from longvid.models.tiny import tiny_llm_model, tiny_tokenizer
+from longvid.malmm.instructblip import lavis_name
+from longvid.core.tiny import tiny_llm_model, tiny_tokenizer
 
 QUERIES = 8
 
@@ -113,8 +113,8 @@ def test_lavis_checkpoint_loads_on_top_with_a_report(instructblip, tmp_path):
 def test_released_key_names_map_to_the_model(instructblip):
     """Every name of MA-LMM's released Q-Former layout (reference/malmm_qformer_keys.tsv) has a place in a
     full-size MA-LMM, with the shape the file gives."""
-    from longvid.models.malmm.instructblip import _our_name
-    from longvid.models.malmm import MALMM, get_config
+    from longvid.malmm.instructblip import _our_name
+    from longvid.malmm import MALMM, get_config
 
     keys = "/work/shared/reference/malmm_qformer_keys.tsv"
     if not os.path.exists(keys):
@@ -133,7 +133,7 @@ def test_runs_start_from_instructblip_and_lavis_weights(instructblip, tmp_path, 
     """``pretrained=`` / ``weights=`` through a run preset: the reports are printed, the run evaluates."""
     import numpy as np
 
-    from longvid.train import malmm_run
+    from longvid.malmm import run as malmm_run
     from longvid.video import write_video
 
     folder, blip = instructblip

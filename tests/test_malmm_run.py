@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from longvid.data.lmm import read_dataset
+from longvid.malmm.datasets import read_dataset
 from longvid.errors import LongvidError
-from longvid.train import malmm_run
+from longvid.malmm import run as malmm_run
 from longvid.video import write_video
 
 LVU_TRAIN = {  # the layout of MA-LMM's data/lvu/annotation/train.json (short videos)
@@ -118,7 +118,7 @@ def test_resume_continues_the_same_run(lvu, monkeypatch):
     logged = [json.loads(line)["loss"] for line in open("B/log.jsonl")]
     assert logged == pytest.approx([r["loss"] for r in whole], abs=1e-6)
     import longvid
-    from longvid.train.checkpoint import load_latest
+    from longvid.engine.checkpoint import load_latest
 
     model = longvid.build_model("malmm_tiny", checkpoint="A/weights.safetensors", num_frames=4, memory_bank_length=2)
     tensors, _, _ = load_latest("A")  # the final training checkpoint
@@ -154,7 +154,7 @@ def test_nsa_preset_trains_its_gates_on_both_memories(lvu, monkeypatch):
     the branch gates and block pooling of both kinds of layer learn."""
     import torch
 
-    from longvid.train.checkpoint import load_latest
+    from longvid.engine.checkpoint import load_latest
 
     monkeypatch.chdir(lvu)
     malmm_run.train("malmm_tiny_nsa", ["data=train.json", "val_data=val.json", "video_root=videos", "max_steps=2",

@@ -9,7 +9,7 @@ import torch
 
 import longvid
 from longvid.errors import LongvidError
-from longvid.models.memvit import PRESETS, block_layout, build_model
+from longvid.memvit import PRESETS, block_layout, build_model
 
 torch.set_num_threads(1)  # the test machines are shared: avoid thread oversubscription
 
@@ -273,7 +273,7 @@ def _naive_roi_align(feat, box, size, scale):
 
 
 def test_roi_align_matches_detectron2_semantics():
-    from longvid.models.memvit.heads import roi_align
+    from longvid.memvit.heads import roi_align
 
     g = torch.Generator().manual_seed(0)
     feat = torch.randn(2, 3, 7, 7, generator=g, dtype=torch.float64)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longvid.models.memvit.memory import KVMemorySpec, LayerCache, memory_valid
-from longvid.models.memvit.attention import LayerMemory, MultiScaleAttention, MultiScaleBlock, round_width
+from longvid.memvit.memory import KVMemorySpec, LayerCache, memory_valid
+from longvid.memvit.attention import LayerMemory, MultiScaleAttention, MultiScaleBlock, round_width
 
 torch.set_num_threads(1)  # the test machines are shared: avoid thread oversubscription
 

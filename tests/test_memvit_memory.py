@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from longvid.errors import LongvidError
-from longvid.models.memvit.memory import KVMemorySpec, KVMemoryState, LayerCache, compress_tokens, memory_step, memory_valid
-from longvid.models.memvit import build_model
+from longvid.memvit.memory import KVMemorySpec, KVMemoryState, LayerCache, compress_tokens, memory_step, memory_valid
+from longvid.memvit import build_model
 
 torch.set_num_threads(1)  # the test machines are shared: avoid thread oversubscription
 

@@ -13,7 +13,7 @@ from longvid import precision
 from longvid.cli import main
 from longvid.errors import LongvidError
 from longvid.bench.roofline import cpu_bf16_support
-from longvid.models.memvit import build_model
+from longvid.memvit import build_model
 
 torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
 needs_native_bf16 = pytest.mark.skipif(not cpu_bf16_support()[0], reason="this CPU has no native bf16: --dtype bfloat16 runs float32")
@@ -111,7 +111,7 @@ def test_attention_implementations_agree_in_a_whole_model(preset, overrides):
     clips = torch.randn(4, 2, 3, model.config.num_frames, model.config.crop_size, model.config.crop_size, generator=torch.Generator().manual_seed(2))
     outputs = {}
     for impl in ("explicit", "sdpa", "matmul"):
-        longvid.models.memvit.set_attention(model, impl)
+        longvid.memvit.set_attention(model, impl)
         state, outs = model.init_state(2), []
         with torch.inference_mode():
             for clip in clips:
@@ -121,7 +121,7 @@ def test_attention_implementations_agree_in_a_whole_model(preset, overrides):
     for impl in ("sdpa", "matmul"):
         torch.testing.assert_close(outputs[impl], outputs["explicit"], rtol=1e-4, atol=1e-5)
     with pytest.raises(LongvidError, match="unknown attention implementation 'flash'"):
-        longvid.models.memvit.set_attention(model, "flash")
+        longvid.memvit.set_attention(model, "flash")
 
 
 @needs_native_bf16
@@ -147,7 +147,7 @@ def test_eval_dtype_bfloat16_as_a_user_types_it(run_cli, tmp_path):
 
 
 def test_ask_dtype_bfloat16_as_a_user_types_it(run_cli, tmp_path):
-    from longvid.models.tiny import save_tiny_llm, save_tiny_vision
+    from longvid.core.tiny import save_tiny_llm, save_tiny_vision
     from longvid.video import write_video
 
     video = str(tmp_path / "v.mp4")

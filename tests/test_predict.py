@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import longvid
-from longvid.bench.synth import write_demo_video
+from longvid.data.synth import write_demo_video
 from conftest import longvid_script, wait_until_blocked_opening_a_fifo
 from longvid.cli import main
 from longvid.predict import StreamSettings, expand_videos, load_labels, read_records, run_stream, stream_predictions
@@ -237,7 +237,7 @@ def test_labels_must_match_the_classes(model, clips_videos):
 
 
 def test_torchrun_ranks_share_the_videos_and_merge(model, clips_videos, tmp_path):
-    from longvid.checkpoints import save_checkpoint
+    from longvid.core.checkpoints import save_checkpoint
 
     weights = tmp_path / "tiny.safetensors"
     save_checkpoint(model, weights)  # every process loads the same weights

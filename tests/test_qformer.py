@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from longvid.errors import LongvidError
-from longvid.models.malmm import QFormer, QFormerConfig, SparseMemoryConfig, load_qformer_state_dict
+from longvid.malmm import QFormer, QFormerConfig, SparseMemoryConfig, load_qformer_state_dict
 
 torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
 
@@ -154,7 +154,7 @@ def test_sparse_attention_covers_the_visual_memory():
     """With ``visual`` sparse only, the cross-attention layers read the visual bank through the gated
     branches (the self-attention stays dense): identical to dense on the first frame, different once
     blocks are dropped, and the visual bank stays at L slots."""
-    from longvid.models.malmm.qformer import SparseMemoryAttention
+    from longvid.malmm.qformer import SparseMemoryAttention
 
     torch.manual_seed(0)
     cfg = tiny_config(4, sparse=SparseMemoryConfig(block_slots=2, top_blocks=1, window_slots=1, query=False))
@@ -230,8 +230,8 @@ def naive_sparse_attention(att, hidden, now, now_mask, slots, counts):
 
 @pytest.mark.parametrize("kv_width, masked", [(64, True), (48, False)])  # query-memory self-attention / visual cross-attention
 def test_sparse_attention_equals_a_naive_loop(kv_width, masked):
-    from longvid.models.malmm.bank import MemoryBank
-    from longvid.models.malmm.qformer import SparseMemoryAttention
+    from longvid.malmm.bank import MemoryBank
+    from longvid.malmm.qformer import SparseMemoryAttention
 
     torch.manual_seed(0)
     att = SparseMemoryAttention(tiny_config(5), SparseMemoryConfig(block_slots=2, top_blocks=1, window_slots=2), kv_width).eval()

@@ -214,7 +214,7 @@ with open("/proc/self/status") as f:
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
 def test_memory_stays_bounded_for_long_videos(tmp_path):
-    from longvid.bench.synth import write_demo_video
+    from longvid.data.synth import write_demo_video
 
     peaks = {}
     for seconds in (10, 200):

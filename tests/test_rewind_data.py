@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from longvid.train.rewind_data import load_json_lines, read_data
-from longvid.video.datasets import AnnotationError
+from longvid.rewind.data import load_json_lines, read_data
+from longvid.data.annotations import AnnotationError
 
 # charades_sta_train.txt as released (Gao et al., TALL): "<video> <start> <end>##<sentence>"
 CHARADES = "AO8RW 0.0 6.9##a person is putting a book on a shelf.\n3MSZA 24.3 30.4##person turn a light on.\n"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from longvid.errors import LongvidError
-from longvid.models.rewind import FrameStore, RewindMemory, RewindMemoryConfig
+from longvid.rewind import FrameStore, RewindMemory, RewindMemoryConfig
 
 TINY = RewindMemoryConfig(dim=32, vision_dim=16, text_dim=24, num_read=4, num_write=2, num_heads=4,
                           perceiver_layers=1, mlp_ratio=2.0, max_clip_frames=8)

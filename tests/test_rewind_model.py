@@ -7,15 +7,15 @@ import torch.nn.functional as F
 
 import longvid
 from longvid.errors import LongvidError
-from longvid.models.encoders import FrozenImageEncoder
-from longvid.models.rewind import (
+from longvid.core.encoders import FrozenImageEncoder
+from longvid.rewind import (
     DFS, PRESETS, NoSelector, OracleSelector, RandomSelector, ReWind, RewindMemoryConfig, RewindState, UniformSelector,
     build_model, describe, get_config, select_frames, trainable_state_dict,
 )
-from longvid.models.rewind.model import pool_frame_features, sigmoid_contrastive_loss
-from longvid.models.rewind.selection import relevance_scores
-from longvid.models.stream import Frames
-from longvid.models.tiny import tiny_llm
+from longvid.rewind.model import pool_frame_features, sigmoid_contrastive_loss
+from longvid.rewind.selection import relevance_scores
+from longvid.core.stream import Frames
+from longvid.core.tiny import tiny_llm
 
 transformers = pytest.importorskip("transformers")
 
@@ -305,7 +305,7 @@ def test_reread_frames_carry_their_order_and_cell_codes():
 
 
 def test_watch_and_evaluation():
-    from longvid.eval.rewind import VideoQuestion, evaluate_grounding, evaluate_qa, parse_interval
+    from longvid.rewind.evaluate import VideoQuestion, evaluate_grounding, evaluate_qa, parse_interval
 
     assert parse_interval("from 12.5 to 3 s") == (3.0, 12.5) and parse_interval("never") is None
     model = build(get_config("rewind_tiny"), seed=5)
@@ -416,7 +416,7 @@ def test_build_model_is_seeded_and_leaves_the_global_rng_alone():
 def test_build_model_loads_backbones_and_weights_by_path(tmp_path):
     from safetensors.torch import save_file
 
-    from longvid.models.tiny import save_tiny_llm, save_tiny_vision
+    from longvid.core.tiny import save_tiny_llm, save_tiny_vision
 
     vision, llm = save_tiny_vision(str(tmp_path / "vision"), hidden=48), save_tiny_llm(str(tmp_path / "llm"), hidden=32)
     model = build_model("rewind_tiny", encoder=vision, llm=llm, seed=3)
@@ -506,7 +506,7 @@ def test_the_llm_reads_ragged_prompts_left_padded():
     """Streams with memories and questions of different lengths: the shared adapter's loss, answer
     log-likelihoods, scores, hidden states and generation are bitwise those of a hand-built
     left-padded batch (the layout ReWind was trained with)."""
-    from longvid.models.llm import answer_log_likelihood
+    from longvid.core.llm import answer_log_likelihood
 
     model = build(get_config("rewind_tiny"), seed=3)
     model.set_stage(2)

@@ -12,7 +12,7 @@ import torch
 
 from longvid.cli import main
 from longvid.errors import LongvidError
-from longvid.train import rewind_run
+from longvid.rewind import run as rewind_run
 from longvid.video import write_video
 
 torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
@@ -105,8 +105,8 @@ def test_cli_trains_and_evaluates_on_charades_sta(work, run_cli, tmp_path, monke
 
     # The batched eval (2 padded streams a step, cached 1-fps features) predicts what the model
     # says for each video streamed alone from its file, as `longvid ask` reads it.
-    from longvid.models.rewind.weights import load_weights
-    from longvid.models.stream import Frames
+    from longvid.rewind.weights import load_weights
+    from longvid.core.stream import Frames
     from longvid.video import ClipReader
 
     model = load_weights(out / "rewind.safetensors").eval()
@@ -133,7 +133,7 @@ def test_moviechat_trains_and_evaluates_global_and_breakpoint(work, run_cli, tmp
     assert [(r["group"], r["until"]) for r in rows] == [("global", None), ("global", None), ("breakpoint", 2.0), ("breakpoint", 5.0)]
     # Each answer is what `longvid ask` (--time for breakpoints: the file read only up to then) says.
     from longvid.ask import ask_rewind
-    from longvid.models.rewind.weights import load_weights
+    from longvid.rewind.weights import load_weights
 
     model = load_weights(out / "rewind.safetensors")
     assert len({r["prediction"] for r in rows}) > 1  # the tiny LLM says different things: the check below can fail
@@ -230,7 +230,7 @@ def test_stage_and_data_must_agree(work, tmp_path, capsys):
 def test_a_run_on_local_parts_answers_in_stream(work, tmp_path, capsys):
     """Train on a SigLIP tower and a Qwen2 LM saved locally (encoder= / llm= by path); `stream --ask`
     then answers with the run's weights, and refuses the same preset without them."""
-    from longvid.models.tiny import save_tiny_llm, save_tiny_vision
+    from longvid.core.tiny import save_tiny_llm, save_tiny_vision
 
     with torch.random.fork_rng(devices=[]):
         vision = save_tiny_vision(str(tmp_path / "siglip"), arch="siglip", image_size=32, patch=8, hidden=32)

@@ -10,9 +10,9 @@ import torch
 
 from longvid.cli import main
 from longvid.errors import LongvidError
-from longvid.models.rewind import build_model
-from longvid.models.rewind.weights import config_path, load_weights, save_weights, trained_stages
-from longvid.models.tiny import save_tiny_llm, save_tiny_vision
+from longvid.rewind import build_model
+from longvid.rewind.weights import config_path, load_weights, save_weights, trained_stages
+from longvid.core.tiny import save_tiny_llm, save_tiny_vision
 
 torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
 
@@ -84,8 +84,8 @@ def test_the_eva_tower_of_an_instructblip_checkpoint_is_the_image_encoder(parts,
     the tower alone is read out of the composite checkpoint (and out of a tower saved alone)."""
     from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration
 
-    from longvid.models.rewind.parts import image_encoder
-    from longvid.models.tiny import tiny_llm_model
+    from longvid.rewind.parts import image_encoder
+    from longvid.core.tiny import tiny_llm_model
 
     text = tiny_llm_model(hidden=32, layers=1).config.to_dict()
     config = InstructBlipConfig(
@@ -113,7 +113,7 @@ def test_the_eva_tower_of_an_instructblip_checkpoint_is_the_image_encoder(parts,
 def test_weights_written_before_the_frame_codes_load_with_zero_codes(parts, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from longvid.models.rewind import load_trainable
+    from longvid.rewind import load_trainable
 
     model = build_model("rewind_tiny", encoder=parts["vision"], llm=parts["llm"], seed=3).eval()
     path = save_weights(model, tmp_path / "old" / "rewind.safetensors", "rewind_tiny", parts["vision"], parts["llm"], seed=3,

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from longvid.train.sampler import StreamSampler, segments
-from longvid.video.datasets import TensorVideos
+from longvid.engine.sampler import StreamSampler, segments
+from longvid.data.annotations import TensorVideos
 
 
 def numbered_videos(lengths):

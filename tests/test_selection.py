@@ -6,7 +6,7 @@ import torch
 import itertools
 
 from longvid.errors import LongvidError
-from longvid.models.rewind.selection import (
+from longvid.rewind.selection import (
     DFS, Candidates, NoSelector, OracleSelector, RandomSelector, UniformSelector, dpc_knn, relevance_cut,
     relevance_scores, sample_top_indices, select_frames, top_indices,
 )

@@ -20,7 +20,7 @@ from conftest import longvid_script
 from live_sources import Pusher, free_tcp_port, free_udp_port, write_mpegts
 from longvid.serve.app import Server, ServeSettings, create_app
 from longvid.serve.engine import BatchedStepper, LiveEngine
-from longvid.state import load_state
+from longvid.core.state import load_state
 from longvid.video.live import LiveReader, LiveSettings
 
 TOKEN = "test-token-123"

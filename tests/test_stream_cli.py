@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import longvid
-from longvid.bench.synth import write_demo_video
-from longvid.checkpoints import save_checkpoint
+from longvid.data.synth import write_demo_video
+from longvid.core.checkpoints import save_checkpoint
 from conftest import longvid_script, wait_until_blocked_opening_a_fifo
 from longvid.cli import main
 from longvid.fileio import FileLockedError, exclusive_lock

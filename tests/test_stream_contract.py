@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import longvid
-from longvid.models.registry import list_models
+from longvid.registry import list_models
 
 TINY = ["memvit_tiny", "malmm_tiny", "rewind_tiny"]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from longvid.errors import LongvidError
-from longvid.models.stream import Frames, dummy_frames
+from longvid.core.stream import Frames, dummy_frames
 
 
 def test_select_cat_and_checks():

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import longvid
-from longvid.bench.synth import write_demo_video
+from longvid.data.synth import write_demo_video
 from longvid.predict import StreamSettings, stream_predictions
-from longvid.stream_input import (SMALL_MODEL_WORK, DeviceClips, ThreadSplit, apply_split, available_cores, default_split, model_input,
+from longvid.core.stream_input import (SMALL_MODEL_WORK, DeviceClips, ThreadSplit, apply_split, available_cores, default_split, model_input,
                                   model_work, prepare_model)
 from longvid.video import ClipReader
 

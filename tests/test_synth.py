@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import longvid
-from longvid.bench import synth
-from longvid.bench.synth import SynthSpec, recall_sample, scene_clips
+from longvid.data import synth
+from longvid.data.synth import SynthSpec, recall_sample, scene_clips
 from longvid.errors import LongvidError
-from longvid.video.datasets import load_annotations
+from longvid.data.annotations import load_annotations
 
 torch.set_num_threads(1)
 SPEC = SynthSpec()

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from longvid.data.ava import load_action_list, load_excluded, load_keyframes
+from longvid.memvit.ava_files import load_action_list, load_excluded, load_keyframes
 from longvid.errors import LongvidError
 from longvid.eval.metrics import Box
-from longvid.train.ava import AvaClips, ava_metrics
-from longvid.train.augment import View
+from longvid.memvit.ava import AvaClips, ava_metrics
+from longvid.memvit.augment import View
 from longvid.video import write_video
 
 PBTXT = """item {
@@ -129,7 +129,7 @@ def test_frame_map_equals_a_naive_per_class_loop():
             Box(frame(903), (0.3, 0.3, 0.7, 0.7), 3, 0.7), Box(frame(904), (0.2, 0.2, 0.4, 0.4), 3, 0.6),
             Box(frame(903), (0.1, 0.1, 0.5, 0.5), 1, 0.99)]  # fmt: skip
     from longvid.eval.metrics import frame_map
-    from longvid.data.ava import Keyframe
+    from longvid.memvit.ava_files import Keyframe
 
     for excluded in (set(), {frame(903)}):
         expected, per_class = naive_frame_map(dets, truths, [1, 3, 12], excluded)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from longvid.data.kinetics import load_kinetics_csv
+from longvid.memvit.kinetics_files import load_kinetics_csv
 from longvid.errors import LongvidError
-from longvid.train import load_config
-from longvid.train.checkpoint import load_latest
-from longvid.train.run import train
+from longvid.engine.config import load_config
+from longvid.engine.checkpoint import load_latest
+from longvid.memvit.run import train
 from longvid.video import write_video
 
 HEADER = "label,youtube_id,time_start,time_end,split,is_cc\n"  # Kinetics-400's train.csv header
@@ -93,7 +93,7 @@ def test_finetune_from_a_checkpoint_with_another_class_count(kinetics, tmp_path,
 
 def test_init_from_an_official_pyth_keeps_the_backbone(tmp_path):
     import longvid
-    from longvid.train.finetune import init_from
+    from longvid.memvit.finetune import init_from
 
     source = longvid.build_model("memvit_tiny", num_classes=400)
     torch.save({"model_state": source.state_dict(), "epoch": 30, "cfg": "..."}, tmp_path / "K400.pyth")  # PySlowFast layout

@@ -4,9 +4,9 @@ the same weights when written to a folder and loaded back by path."""
 import pytest
 import torch
 
-from longvid.models.encoders import FrozenImageEncoder
-from longvid.models.llm import CausalLM
-from longvid.models.tiny import save_tiny_llm, save_tiny_vision, tiny_llm, tiny_vision
+from longvid.core.encoders import FrozenImageEncoder
+from longvid.core.llm import CausalLM
+from longvid.core.tiny import save_tiny_llm, save_tiny_vision, tiny_llm, tiny_vision
 
 pytest.importorskip("transformers")
 

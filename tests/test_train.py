@@ -9,15 +9,17 @@ import os
 import pytest
 import torch
 
-from longvid.checkpoints import CheckpointError
+from longvid.core.checkpoints import CheckpointError
 from longvid.errors import LongvidError
-from longvid.train import checkpoint as ckpt
-from longvid.train import ToyMemoryModel, Trainer, TrainConfig, load_config, memory_drop_mask, seed_everything
-from longvid.train.data import class_frequencies, synthetic_source
-from longvid.train.losses import equalization_loss
-from longvid.train.optim import param_groups, warmup_cosine
-from longvid.train.sampler import StreamSampler
-from longvid.video.datasets import TensorVideos
+from longvid.engine import checkpoint as ckpt
+from longvid.engine.toy import ToyMemoryModel
+from longvid.memvit.loop import Trainer, memory_drop_mask, seed_everything
+from longvid.engine.config import TrainConfig, load_config
+from longvid.memvit.data import class_frequencies, synthetic_source
+from longvid.memvit.losses import equalization_loss
+from longvid.engine.optim import param_groups, warmup_cosine
+from longvid.engine.sampler import StreamSampler
+from longvid.data.annotations import TensorVideos
 
 
 def config(tmp_path, **fields):

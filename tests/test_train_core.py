@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from longvid.errors import LongvidError
-from longvid.train import checkpoint as ckpt
-from longvid.train.config import TrainConfig
-from longvid.train.optim import param_groups, warmup_cosine
-from longvid.train.qa import QAExample, QATrainer, epoch_order
-from longvid.train.rewind import StageConfig, train_stage
+from longvid.engine import checkpoint as ckpt
+from longvid.engine.config import TrainConfig
+from longvid.engine.optim import param_groups, warmup_cosine
+from longvid.malmm.qa import QAExample, QATrainer, epoch_order
+from longvid.rewind.stages import StageConfig, train_stage
 
 torch.set_num_threads(1)
 

@@ -3,8 +3,9 @@
 import torch
 
 import longvid
-from longvid.train import Trainer, TrainConfig, seed_everything
-from longvid.train.data import synthetic_source
+from longvid.memvit.loop import Trainer, seed_everything
+from longvid.engine.config import TrainConfig
+from longvid.memvit.data import synthetic_source
 
 
 def test_tiny_memvit_trains_and_loss_falls(tmp_path):

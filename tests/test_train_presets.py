@@ -7,11 +7,12 @@ import dataclasses
 import pytest
 import torch
 
-from longvid.data.ava import Keyframe
-from longvid.train import PRESETS, Trainer
-from longvid.train.run import build_model
-from longvid.train.tasks import memvit_config
-from longvid.video.datasets import TensorVideos
+from longvid.memvit.ava_files import Keyframe
+from longvid.engine.config import PRESETS
+from longvid.memvit.loop import Trainer
+from longvid.memvit.run import build_model
+from longvid.memvit.tasks import memvit_config
+from longvid.data.annotations import TensorVideos
 
 MEMORY_PRESETS = sorted(n for n, c in PRESETS.items() if (m := memvit_config(c)) is not None and m.memory_len)
 

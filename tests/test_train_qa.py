@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from longvid.errors import LongvidError
-from longvid.models.llm import CausalLM
-from longvid.models.malmm import MALMM, get_config
-from longvid.models.tiny import save_tiny_llm
-from longvid.train import checkpoint as ckpt
-from longvid.train.config import TrainConfig
-from longvid.train.qa import QAExample, QATrainer, epoch_order, stack_examples
+from longvid.core.llm import CausalLM
+from longvid.malmm import MALMM, get_config
+from longvid.core.tiny import save_tiny_llm
+from longvid.engine import checkpoint as ckpt
+from longvid.engine.config import TrainConfig
+from longvid.malmm.qa import QAExample, QATrainer, epoch_order, stack_examples
 
 torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
 

@@ -7,12 +7,12 @@ tiny random frozen CLIP tower and a tiny random frozen LLaMA, nothing downloaded
 the question as instruction, one ``model(Frames, state)`` step per clip, then
 ``score(state, questions, class names)`` (closed-set answer: the class name the LLM finds most
 likely). The LLM is given the benchmark's words (its vocabulary) and large random weights, so
-that a visual prefix can steer a frozen random LLM (see :func:`longvid.models.tiny.tiny_llm`).
+that a visual prefix can steer a frozen random LLM (see :func:`longvid.core.tiny.tiny_llm`).
 
 * MA-LMM trains its Q-Former side (Q-Former with its memory banks, ``ln_vision``,
   ``image_pe``, ``llm_proj``) with the answer cross-entropy of the LLM adapter on
-  ``visual_prefixes`` through :func:`longvid.train.rewind.train_stage`.
-* ReWind trains in two stages through :func:`longvid.train.rewind.train_stage`: stage 1, the
+  ``visual_prefixes`` through :func:`longvid.rewind.stages.train_stage`.
+* ReWind trains in two stages through :func:`longvid.rewind.stages.train_stage`: stage 1, the
   frame-level caption loss (:meth:`ReWind.frame_contrastive_loss`: each frame's memory tokens
   against "the <class> flashes" and "an object flashes", positives where the frame shows the
   cue), which trains the memory to keep each frame and DFS's relevance; stage 2, its stage-2
@@ -35,9 +35,9 @@ from dataclasses import dataclass
 import torch
 
 import longvid
-from longvid.bench import measure
-from longvid.bench.synth import COLOURS, SHAPES, SynthSpec, caption_positives, class_name, frame_captions
-from longvid.models.stream import Frames
+from longvid.core import measure
+from longvid.data.synth import COLOURS, SHAPES, SynthSpec, caption_positives, class_name, frame_captions
+from longvid.core.stream import Frames
 
 QUESTION = "Which object flashed in the video?"
 WORDS = ("which", "object", "flashed", "in", "the", "video", "?", *COLOURS, *SHAPES)
@@ -71,7 +71,7 @@ class LMMRow:
 
 def malmm() -> LMMRow:
     """``malmm_tiny``: memory banks of L = 5 slots, so a 10-frame video is compressed 5 times."""
-    from longvid.models.malmm import get_config
+    from longvid.malmm import get_config
 
     length = get_config("malmm_tiny").qformer.memory_bank_length
     return LMMRow(f"MA-LMM L={length}", "MA-LMM", "malmm_tiny", train_videos=512, epochs=6)
@@ -105,8 +105,8 @@ def clip_steps(frames: Frames, per_clip: int):
 
 def llm_width(preset: str) -> int:
     """The LLM width the tiny preset's projections are built for."""
-    from longvid.models.malmm import get_config as malmm_config
-    from longvid.models.rewind.config import get_config as rewind_config
+    from longvid.malmm import get_config as malmm_config
+    from longvid.rewind.config import get_config as rewind_config
 
     return malmm_config(preset).llm_hidden if preset.startswith("malmm") else rewind_config(preset).llm_dim
 
@@ -119,7 +119,7 @@ def vocabulary(row: LMMRow) -> tuple[str, ...]:
 def build(row: LMMRow, seed: int) -> torch.nn.Module:
     """The row's tiny preset (its own tiny random image encoder from ``seed``) with a tiny random
     LLM that knows the benchmark's words; ReWind with its stage-2 parts trainable."""
-    from longvid.models.tiny import tiny_llm
+    from longvid.core.tiny import tiny_llm
 
     llm = tiny_llm(hidden=llm_width(row.preset), words=vocabulary(row), seed=seed, init_std=row.llm_init_std)
     overrides = {} if row.top_l is None else {"top_l": row.top_l}
@@ -166,7 +166,7 @@ def answer_loss(model, state, questions: list[str], answers: list[str]) -> torch
 def caption_loss(model, state, labels: torch.Tensor, shown: torch.Tensor, num_classes: int) -> torch.Tensor:
     """ReWind's frame-level stage-1 loss (:meth:`ReWind.frame_contrastive_loss`) on the frames
     watched into ``state``: a frame that shows the cue (``shown (B, F)``) matches "the <class>
-    flashes" of its video's ``labels (B,)`` and :data:`~longvid.bench.synth.GENERIC_CAPTION`; any other frame no caption."""
+    flashes" of its video's ``labels (B,)`` and :data:`~longvid.data.synth.GENERIC_CAPTION`; any other frame no caption."""
     tokens = torch.cat([state.memory.frame_tokens(b)[0] for b in range(state.batch_size)])  # (B*F, N_W, D)
     classes = torch.where(shown, labels[:, None], -1).flatten()  # (B*F,) -1: no cue
     positives = caption_positives(classes, num_classes)  # (B*F, K + 1)
@@ -178,7 +178,7 @@ def train(row: LMMRow, model, frames: Frames, labels: torch.Tensor, spec: SynthS
     """Train ``model`` on the videos ``frames`` (answers: class names of ``labels``; ``shown (V, F)``:
     the frames that show the cue, for ReWind's caption loss) for ``row.epochs``, after
     ``row.stage1_steps`` steps of stage 1; returns the number of clips watched."""
-    from longvid.train.rewind import StageConfig, train_stage
+    from longvid.rewind.stages import StageConfig, train_stage
 
     watcher = Watcher(row, spec)
     answers = [class_name(int(y)) for y in labels]

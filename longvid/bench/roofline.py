@@ -3,7 +3,7 @@
 ``gemm_roofline`` times square ``n x n @ n x n`` matrix multiplies (``2 * n**3`` FLOPs each)
 in fp32 and bf16 on a CPU (with the caller's thread count) or a CUDA device, and reports
 the best rate over a few repeats (other processes only ever slow a run down). A model's
-achieved rate is ``2 * multiply-adds / seconds`` (``longvid.flops`` counts multiply-adds,
+achieved rate is ``2 * multiply-adds / seconds`` (``longvid.memvit.flops`` counts multiply-adds,
 fvcore's convention), and ``roofline_fraction`` puts it against that GEMM rate.
 """
 

@@ -1,7 +1,7 @@
 """``longvid bench``: what memory buys on ``recall``, trained from scratch on a CPU.
 
 Every row is trained here on generated recall videos of ``max(distances) + 1`` clips (see
-:mod:`longvid.bench.synth`) and evaluated on held-out scene seeds. Each row has a known
+:mod:`longvid.data.synth`) and evaluated on held-out scene seeds. Each row has a known
 *reach* (how many clips back a cue can be seen):
 
 * short-term MViT: the last clip only (reach 0);
@@ -37,15 +37,17 @@ import numpy as np
 import torch
 
 import longvid
-from longvid.bench import measure, recall_lmm
+from longvid.core import measure
+from longvid.bench import recall_lmm
 from longvid.bench.recall_lmm import LMMRow
-from longvid.bench.synth import SynthSpec, normalize_frames, recall_sample, scene_clips
+from longvid.data.synth import SynthSpec, normalize_frames, recall_sample, scene_clips
 from longvid.errors import LongvidError
 from longvid.progress import is_terminal
 from longvid.progress import progress as progress_bar
-from longvid.train import Trainer, TrainConfig, seed_everything
-from longvid.train.loop import evaluate
-from longvid.video.datasets import TensorVideos
+from longvid.memvit.loop import Trainer, seed_everything
+from longvid.engine.config import TrainConfig
+from longvid.memvit.loop import evaluate
+from longvid.data.annotations import TensorVideos
 
 EVAL_SEED_OFFSET = 1_000_000  # held-out scene seeds start here
 TRAIN_SEEDS_PER_RUN = 100_000  # run seed s trains on scene seeds s * 100_000 + i
@@ -584,10 +586,10 @@ def plot_results(rows: Sequence[dict], path: str, chance: float | None = None) -
 
 def save_demo_weights(results: dict, path: str) -> str:
     """Save the MeMViT of ``results`` with the longest reach (the package's demo
-    weights, first seed) with :func:`longvid.checkpoints.save_checkpoint`; the metadata holds the
+    weights, first seed) with :func:`longvid.core.checkpoints.save_checkpoint`; the metadata holds the
     class names, the clip timing and the row's accuracy. Returns ``path``."""
-    from longvid.bench.synth import class_name
-    from longvid.checkpoints import save_checkpoint
+    from longvid.data.synth import class_name
+    from longvid.core.checkpoints import save_checkpoint
 
     rows = [r for r in results["runs"][0]["rows"] if r["family"] == "MeMViT"]
     if not rows:

@@ -151,7 +151,7 @@ class Server:
 
     def resume(self) -> None:
         """Start again the streams whose memory ``state_dir`` holds."""
-        from longvid.state import load_state
+        from longvid.core.state import load_state
 
         folder = self.settings.state_dir
         for name in sorted(os.listdir(folder)):

@@ -8,7 +8,7 @@ filling a bounded buffer) and turns each step into JSON-ready records per stream
 labels (classifiers), answers every ``every`` seconds (LMMs), gaps (``dropped``), lost and
 reconnected connections, the end. It is written once against the stream contract
 (``docs/streams.md``) and knows no model family: a model with ``answer`` gets
-:class:`~longvid.models.stream.Frames` in [0, 1], any other a normalized clip tensor.
+:class:`~longvid.core.stream.Frames` in [0, 1], any other a normalized clip tensor.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from longvid.errors import LongvidError
-from longvid.models.stream import Frames
+from longvid.core.stream import Frames
 from longvid.video.live import ClipBuffer, Gap, LiveClip, LiveReader, LiveSettings, StreamEvent
 from longvid.video.reader import VideoError
 
@@ -486,7 +486,7 @@ class LiveEngine:
     def save(self, stream: LiveStream, folder: str) -> None:
         """Write the stream's memory (``save_state``) and what it watches to ``folder``."""
         from longvid.fileio import write_text_atomically
-        from longvid.state import save_state
+        from longvid.core.state import save_state
 
         save_state(self.stepper.row_state(stream.row), os.path.join(folder, f"{stream.id}.safetensors"))
         meta = {"id": stream.id, "source": stream.source, "ask": list(stream.ask), "every": stream.every,

@@ -60,7 +60,7 @@ def deployments(options: dict):
 
         def _load(self, stream_id: str) -> str:
             """Start ``stream_id`` here: its source, and its memory when ``state_dir`` has it."""
-            from longvid.state import load_state
+            from longvid.core.state import load_state
 
             if self.engine.get(stream_id) is not None:
                 return stream_id

@@ -1,0 +1,536 @@
+"""MA-LMM runs from the command line: ``longvid train malmm_* ...`` and ``longvid eval malmm_* ...``.
+
+A run preset (:class:`MALMMRun`) names a model preset, one of MA-LMM's data sets
+(:mod:`longvid.data.lmm`) and the optimisation of the released training scripts. A run:
+
+1. reads the annotation files (unchanged) and finds every video under ``video_root``,
+   saying how many were found and missing, before any compute;
+2. builds the model (frozen encoder and LLM; Q-Former, query tokens, ``ln_vision``,
+   ``image_pe`` and ``llm_proj`` train), from an InstructBLIP checkpoint (``pretrained=``)
+   and/or MA-LMM weights (``weights=``) when given;
+3. samples ``num_frames`` frames uniformly over each video / window / segment and encodes
+   them once into a feature cache (``cache_dir``, default ``out_dir/features``; or at every
+   use with ``feature_cache=false``);
+4. trains on the training core (:class:`~longvid.malmm.qa.QATask`: answer cross-entropy through
+   the frozen LLM, AdamW, warm-up + cosine, AMP, checkpoints, resume, ``log.jsonl``), then
+   evaluates on ``val_data``: generated answers (beam search), scored as MA-LMM scores them
+   (:mod:`longvid.malmm.metrics`), ``out_dir/metrics.json`` written atomically and printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from longvid.malmm.datasets import LMMItem, find_videos, read_dataset
+from longvid.malmm.datasets import LVU_TASKS
+from longvid.errors import LongvidError
+from longvid.fileio import write_atomically, write_lines_atomically, write_text_atomically
+from longvid.progress import progress as progress_bar
+from longvid.engine import recipes as lmm_presets
+
+CLASSIFICATION = ("lvu", "breakfast", "coin")
+FIRST_WORD_QA = ("msrvtt_qa", "msvd_qa")  # MA-LMM keeps only the first generated word
+
+
+@dataclass(frozen=True)
+class MALMMRun:
+    """One MA-LMM run: model, data, sampling, optimisation (defaults: the released LVU script)."""
+
+    model: str = "malmm_cls"  # model preset (longvid models)
+    dataset: str = "lvu"  # lvu, breakfast, coin, msrvtt_qa, msvd_qa, activitynet_qa, youcook2
+    data: str | None = None  # training annotation file
+    val_data: str | None = None  # evaluation annotation file
+    video_root: str | None = None  # folder of the videos (named as the data set names them)
+    references: str | None = None  # captions: COCO-format reference file of val_data (MA-LMM's coco_gt/cap_<split>.json)
+    meteor: bool = True  # captions: also METEOR (a Java program, slow to start)
+    split: str = "train"  # COIN: the subset of the training file
+    val_split: str = "val"  # COIN: the subset of the evaluation file
+    lvu_tasks: str = "all"  # LVU: comma-separated tasks (the paper trains one model per task)
+    train_sampling: str = "random"  # "random": a random frame per segment (MA-LMM's training draw); "uniform": as in evaluation
+    augment: bool = True  # training: MA-LMM's random resized crop (area 0.5-1) + horizontal flip
+    history: float = 100.0  # LVU window (s)
+    stride: float = 20.0  # LVU window step (s)
+    num_frames: int | None = None  # frames per sample (None: the model preset's)
+    memory_bank_length: int | None = None  # None: the model preset's
+    max_new_tokens: int | None = None
+    min_new_tokens: int | None = None
+    num_beams: int | None = None
+    length_penalty: float | None = None
+    pretrained: str | None = None  # transformers InstructBLIP checkpoint (folder or hub id)
+    weights: str | None = None  # MA-LMM / LAVIS .pth or longvid weights loaded on top
+    frozen_dtype: str = "auto"  # pretrained's frozen ViT and LLM: auto (float16 on CUDA, float32 on CPU), float16, bfloat16, float32
+    encoder: str | None = None  # override the preset's image encoder
+    llm: str | None = None  # override the preset's LLM
+    qformer_tokenizer: str | None = None
+    feature_cache: bool = True  # encode each sample's frames once into cache_dir (false: decode and encode at every use)
+    cache_dir: str | None = None  # encoder features (default out_dir/features)
+    cache_dtype: str = "float16"  # the released ViT runs in float16 anyway; float32 doubles the cache
+    skip_missing: bool = False  # leave out samples whose video is missing (default: an error)
+    batch_size: int = 16
+    eval_batch_size: int = 16
+    epochs: int = 20
+    max_steps: int | None = None  # run exactly this many steps (epochs repeat as needed); None: ``epochs``
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    warmup_steps: int = 1000
+    clip_grad: float | None = None
+    amp: str = "auto"
+    seed: int = 42
+    log_every: int = 10
+    checkpoint_every: int = 1000
+    eval_every_epoch: bool = True  # with val_data: evaluate after every epoch and keep the best weights (best.safetensors)
+    out_dir: str = "runs/malmm"
+
+    def tasks(self) -> tuple[str, ...]:
+        if self.lvu_tasks == "all":
+            return LVU_TASKS
+        return tuple(t.strip() for t in self.lvu_tasks.split(",") if t.strip())
+
+    def model_overrides(self) -> dict:
+        names = ("num_frames", "memory_bank_length", "max_new_tokens", "min_new_tokens", "num_beams", "length_penalty",
+                 "encoder", "llm", "qformer_tokenizer")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def train_config(self):
+        from longvid.engine.config import TrainConfig
+
+        return TrainConfig(
+            model=self.model, batch_size=self.batch_size, epochs=self.epochs, max_steps=self.max_steps, lr=self.lr,
+            min_lr=self.min_lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, clip_grad=self.clip_grad,
+            amp=self.amp, seed=self.seed, log_every=self.log_every, checkpoint_every=self.checkpoint_every, out_dir=self.out_dir,
+        ).validate()
+
+
+def _register_presets() -> None:
+    full = {
+        # the released run scripts (run_scripts/*/train.sh): per-GPU batch, 4 GPUs there
+        "malmm_lvu": MALMMRun(model="malmm_cls", dataset="lvu", max_new_tokens=5, epochs=20, batch_size=16, train_sampling="uniform"),
+        "malmm_breakfast": MALMMRun(model="malmm_cls", dataset="breakfast", epochs=20, batch_size=16),
+        "malmm_coin": MALMMRun(model="malmm_cls", dataset="coin", epochs=20, batch_size=16),
+        "malmm_msrvtt_qa": MALMMRun(model="malmm_qa", dataset="msrvtt_qa", epochs=5, batch_size=32, eval_batch_size=32),
+        "malmm_msvd_qa": MALMMRun(model="malmm_qa", dataset="msvd_qa", epochs=5, batch_size=32, eval_batch_size=32),
+        "malmm_activitynet_qa": MALMMRun(model="malmm_qa", dataset="activitynet_qa", epochs=5, batch_size=32, eval_batch_size=32),
+        "malmm_youcook2": MALMMRun(model="malmm_caption", dataset="youcook2", epochs=10, batch_size=16, max_new_tokens=30,
+                                   min_new_tokens=2),
+        "malmm_nsa": MALMMRun(model="malmm_nsa", dataset="lvu", max_new_tokens=5, epochs=20, batch_size=16, train_sampling="uniform"),
+    }
+    tiny = dict(num_frames=4, memory_bank_length=2, batch_size=2, eval_batch_size=2, epochs=1, lr=1e-3, warmup_steps=0,
+                log_every=1, checkpoint_every=2, seed=0, cache_dtype="float32", train_sampling="uniform", augment=False,
+                eval_every_epoch=False)
+    for name, run in list(full.items()):
+        model = "malmm_tiny_nsa" if name == "malmm_nsa" else "malmm_tiny"
+        tiny_name = "malmm_tiny_nsa" if name == "malmm_nsa" else name.replace("malmm_", "malmm_tiny_")
+        full[tiny_name] = dataclasses.replace(run, model=model, history=4.0, stride=2.0, max_new_tokens=4, min_new_tokens=None, **tiny)
+    full["malmm_tiny_nsa"] = dataclasses.replace(full["malmm_tiny_nsa"], num_frames=6, memory_bank_length=4)  # blocks get dropped
+    for name, run in full.items():
+        lmm_presets.register(name, "malmm", functools.partial(lambda r: r, run))
+
+
+_register_presets()
+
+
+def load_run(name: str, overrides: Sequence[str] = ()) -> MALMMRun:
+    """Run preset ``name`` with ``key=value`` overrides."""
+    preset = lmm_presets.PRESETS.get(name)
+    if preset is None or preset.family != "malmm":
+        raise LongvidError(f"unknown MA-LMM run preset {name!r}: choose from {', '.join(lmm_presets.names('malmm'))}")
+    run = lmm_presets.apply_overrides(preset.builder(), overrides, name)
+    _check(run)
+    return run
+
+
+def _check(run: MALMMRun) -> None:
+    checks = [
+        (run.batch_size >= 1 and run.eval_batch_size >= 1, "batch sizes must be >= 1"),
+        (run.num_frames is None or run.num_frames >= 1, f"num_frames must be >= 1, got {run.num_frames}"),
+        (run.history > 0 and run.stride > 0, "history and stride must be > 0"),
+        (run.train_sampling in ("random", "uniform"), f"train_sampling must be 'random' or 'uniform', got {run.train_sampling!r}"),
+        (run.cache_dtype in ("float16", "bfloat16", "float32"), f"cache_dtype must be float16, bfloat16 or float32, got {run.cache_dtype!r}"),
+        (not set(run.tasks()) - set(LVU_TASKS) and run.tasks(), f"lvu_tasks must be 'all' or among {', '.join(LVU_TASKS)}, got {run.lvu_tasks!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise LongvidError(f"config: {message}")
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+def read_items(run: MALMMRun, path: str | None, split: str, what: str, say=print) -> list[tuple[LMMItem, str]]:
+    """The samples of annotation file ``path`` with their video files; says found/missing."""
+    if not path:
+        raise LongvidError(f"give the {what} annotation file ({'data' if what == 'training' else 'val_data'}=FILE)")
+    if not run.video_root:
+        raise LongvidError("give the video folder: video_root=DIR")
+    items = read_dataset(run.dataset, path, split, run.tasks(), run.history, run.stride)
+    summary = find_videos(items, run.video_root, run.dataset)
+    say(summary.line(path))
+    if summary.missing and (not run.skip_missing or not summary.found):
+        hint = "; set skip_missing=true to leave their samples out" if summary.found else ""
+        raise LongvidError(f"{summary.line(path)} under {run.video_root}{hint}")
+    return [(item, summary.found[item.video]) for item in items if item.video in summary.found]
+
+
+def caption_references(run: MALMMRun, items: Sequence[LMMItem]) -> dict[str, list[str]] | None:
+    """Caption runs: the reference captions of every evaluated segment (``references=`` file, or the
+    annotation's own captions); an error naming what lacks one. None for other data sets."""
+    from longvid.malmm.datasets import read_coco_references
+
+    if run.dataset != "youcook2":
+        return None
+    if run.references:
+        references = read_coco_references(run.references)
+        lacking = [item.key for item in items if item.key not in references]
+        if lacking:
+            raise LongvidError(f"{run.references}: no reference caption for {len(lacking)} segment(s) of {run.val_data}, e.g. {lacking[0]}")
+        return references
+    empty = [item for item in items if not item.answer]
+    if empty:
+        raise LongvidError(f"{run.val_data}:{empty[0].line}: segment {empty[0].key!r} has an empty caption (MA-LMM's test files "
+                           f"keep captions in coco_gt/cap_<split>.json: give references=FILE)")
+    return {item.key: list(item.references) for item in items}
+
+
+def encoder_fingerprint(encoder) -> str:
+    """Identifies an encoder's weights for cache keys: its name and a hash of its first weights."""
+    first = next(encoder.parameters()).detach().float().cpu().contiguous()
+    return f"{encoder.name}|{hashlib.sha1(first.numpy().tobytes()).hexdigest()[:16]}"
+
+
+def _load_features(path: str) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(path)["features"].float()
+
+
+def _encode(encoder, video: str, item: LMMItem, num_frames: int) -> torch.Tensor:
+    """Encoder tokens ``(T, Nv, Cv)`` of ``num_frames`` uniform frames of the item's video / segment."""
+    from longvid.malmm.frames import read_uniform_frames
+
+    frames = read_uniform_frames(video, num_frames, encoder.image_size, item.start, item.end)  # (T, 3, S, S) uint8
+    return encoder.encode_frames(frames)
+
+
+def _encode_training_draw(encoder, video: str, item: LMMItem, num_frames: int, sampling: str, augment: bool) -> torch.Tensor:
+    """Encoder tokens ``(T, Nv, Cv)`` of a fresh training draw (random frames / crop from the global RNG,
+    which training checkpoints save, so a resumed run draws the same)."""
+    from longvid.malmm.frames import read_training_frames
+
+    return encoder.encode_frames(read_training_frames(video, num_frames, encoder.image_size, item.start, item.end, sampling, augment))
+
+
+def feature_loaders(model, samples: list[tuple[LMMItem, str]], num_frames: int, run: MALMMRun, progress: bool,
+                    training: bool = False) -> list:
+    """One function per sample returning its encoder tokens ``(T, Nv, Cv)``: with ``feature_cache``,
+    computed once into ``cache_dir`` (stored as ``cache_dtype``) and read back; without, decoded
+    and encoded at each use (what a data set too large to cache needs). Training draws that change
+    at every use (``train_sampling=random`` or ``augment``) are never cached."""
+    from longvid.core.encoders import FeatureCache
+
+    encoder = model.encoder
+    if encoder is None:
+        raise LongvidError(f"{run.model} has no image encoder: give encoder=PATH or pretrained=INSTRUCTBLIP")
+    if training and (run.train_sampling == "random" or run.augment):
+        return [functools.partial(_encode_training_draw, encoder, video, item, num_frames, run.train_sampling, run.augment)
+                for item, video in samples]
+    if not run.feature_cache:
+        return [functools.partial(_encode, encoder, video, item, num_frames) for item, video in samples]
+    store = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[run.cache_dtype]
+    cache = FeatureCache(run.cache_dir or os.path.join(run.out_dir, "features"))
+    fingerprint = encoder_fingerprint(encoder)
+    loaders, done = [], {}
+    bar = progress_bar(total=len(samples), desc="encode", unit="sample", enabled=progress)
+    for item, video in samples:
+        key = cache.key(video, fingerprint, f"uniform:{num_frames}:{item.start}:{item.end}:{encoder.image_size}:{run.cache_dtype}")
+        if key not in done:
+            cache.get_or_compute(key, lambda video=video, item=item: _encode(encoder, video, item, num_frames).to(store))
+            done[key] = functools.partial(_load_features, cache.path(key))
+        loaders.append(done[key])
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return loaders
+
+
+# -- model -----------------------------------------------------------------------------------
+
+
+def build_run_model(run: MALMMRun, device: torch.device, say=print):
+    """The run's model on ``device``, saying what each weights file gave (loaded / missing / unexpected)."""
+    from longvid.malmm import build_model
+
+    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    if run.frozen_dtype not in (*dtypes, "auto"):
+        raise LongvidError(f"frozen_dtype must be auto, {', '.join(dtypes)}; got {run.frozen_dtype!r}")
+    dtype = dtypes.get(run.frozen_dtype, torch.float16 if device.type == "cuda" else None)
+    model = build_model(run.model, pretrained=run.pretrained, checkpoint=run.weights, seed=run.seed, dtype=dtype,
+                        device=device if run.pretrained else None, **run.model_overrides())
+    for line in model.weight_reports:
+        say(line)
+    return model.to(device)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate_answers(model, samples: list[tuple[LMMItem, str]], features: list, batch_size: int, progress: bool) -> list[str]:
+    """Each sample's generated answer: its frames through the memory, then beam search."""
+    model.eval()
+    device = model.llm_proj.weight.device
+    answers = []
+    bar = progress_bar(total=len(samples), desc="eval", unit="sample", enabled=progress)
+    for first in range(0, len(samples), batch_size):
+        chunk = samples[first : first + batch_size]
+        tokens = torch.stack([load() for load in features[first : first + batch_size]]).to(device)  # (B, T, Nv, Cv)
+        prompts = [item.prompt for item, _ in chunk]
+        state = model.init_state(len(chunk), device, instructions=prompts)
+        _, state = model.step_tokens(tokens, state)
+        answers += model.answer(state, prompts)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return answers
+
+
+def score(dataset: str, items: Sequence[LMMItem], predictions: Sequence[str],
+          references: dict[str, list[str]] | None = None, meteor: bool = True) -> dict[str, float]:
+    """MA-LMM's metric for ``dataset`` (see :mod:`longvid.malmm.metrics`); captions are scored
+    against ``references`` (id -> captions; None: each item's own caption), the first prediction per id."""
+    from longvid.malmm.metrics import answer_correct, caption_metrics, grouped_accuracy
+
+    if dataset == "youcook2":
+        preds: dict[str, str] = {}
+        for item, prediction in zip(items, predictions):
+            preds.setdefault(item.key, prediction)
+        refs = references if references is not None else {item.key: list(item.references) for item in items}
+        return caption_metrics(preds, {key: refs[key] for key in preds}, meteor)
+    correct = [answer_correct(p, item.answer, dataset in FIRST_WORD_QA) for item, p in zip(items, predictions)]
+    per_group = grouped_accuracy([item.group for item in items], correct)
+    if dataset == "lvu":
+        groups = {k: v for k, v in per_group.items() if k != "mean"}
+        return {**groups, "mean": sum(groups.values()) / len(groups)}
+    return {"top1" if dataset in CLASSIFICATION else "accuracy": 100.0 * sum(correct) / len(correct)}
+
+
+def write_metrics(out_dir: str, dataset: str, metrics: dict[str, float], samples: int) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "metrics.json")
+    write_text_atomically(path, json.dumps({"dataset": dataset, "samples": samples, **metrics}, indent=2) + "\n")
+    return path
+
+
+def metrics_table(metrics: dict[str, float]) -> str:
+    width = max(len(k) for k in metrics)
+    return "\n".join(f"{name:<{width}}  {value:6.2f}" for name, value in metrics.items())
+
+
+class Validation:
+    """The evaluation samples of a run, read once; :meth:`answers` runs a model on them, each rank of
+    a ``torchrun`` job answering every ``world``-th sample; :meth:`score` and :meth:`write` on rank 0."""
+
+    def __init__(self, run: MALMMRun, say=print):
+        self.run = run
+        self.samples = read_items(run, run.val_data, run.val_split, "evaluation", say)
+        self.references = caption_references(run, [item for item, _ in self.samples])
+
+    def answers(self, model, progress: bool, rank: int = 0, world: int = 1) -> list[str]:
+        """Every sample's generated answer (on every rank)."""
+        from longvid.engine.distributed import all_gather_objects
+
+        mine = self.samples[rank::world]
+        features = feature_loaders(model, mine, model.config.num_frames, self.run, progress and rank == 0)
+        answered = generate_answers(model, mine, features, self.run.eval_batch_size, progress and rank == 0)
+        shards = all_gather_objects(answered)  # world lists, rank r's holds samples r, r + world, ...
+        return [shards[i % world][i // world] for i in range(len(self.samples))]
+
+    def score(self, answers: list[str]) -> dict[str, float]:
+        return score(self.run.dataset, [item for item, _ in self.samples], answers, self.references, self.run.meteor)
+
+    def write(self, answers: list[str], metrics: dict[str, float], predictions: str | None, say=print) -> None:
+        """``out_dir/metrics.json`` and the predictions file (default ``out_dir/predictions.jsonl``), printed as a table."""
+        items = [item for item, _ in self.samples]
+        rows = [json.dumps({"id": item.key, "group": item.group, "prompt": item.prompt, "prediction": answer, "answer": item.answer}) + "\n"
+                for item, answer in zip(items, answers)]
+        write_lines_atomically(predictions or os.path.join(self.run.out_dir, "predictions.jsonl"), rows)
+        path = write_metrics(self.run.out_dir, self.run.dataset, metrics, len(items))
+        say(metrics_table(metrics))
+        say(f"metrics of {len(items)} samples written to {path}")
+
+
+def aggregate(dataset: str, metrics: dict[str, float]) -> float:
+    """The one number that picks the best epoch (MA-LMM's ``agg_metrics``): LVU's mean, top-1,
+    accuracy, or for captions CIDEr + BLEU-4 + METEOR + ROUGE-L."""
+    if dataset == "lvu":
+        return metrics["mean"]
+    if dataset == "youcook2":
+        return sum(metrics.get(k, 0.0) for k in ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L"))
+    return metrics["top1" if dataset in CLASSIFICATION else "accuracy"]
+
+
+def _evaluate_model(run: MALMMRun, model, progress: bool, predictions: str | None, say=print) -> dict[str, float]:
+    validation = Validation(run, say)
+    answers = validation.answers(model, progress)
+    metrics = validation.score(answers)
+    validation.write(answers, metrics, predictions, say)
+    return metrics
+
+
+class BestEpoch:
+    """After every epoch, evaluates on the validation samples and keeps the best weights (by
+    :func:`aggregate`) in ``out_dir/best.safetensors`` with ``best.json`` (step, epoch, metrics),
+    as MA-LMM keeps its best validation epoch. Records go to the run log."""
+
+    def __init__(self, run: MALMMRun, validation: Validation, model, steps_per_epoch: int, is_main: bool, rank: int,
+                 world: int, resume: bool, say=print):
+        self.run, self.validation, self.model = run, validation, model
+        self.steps_per_epoch, self.is_main, self.rank, self.world, self.say = steps_per_epoch, is_main, rank, world, say
+        self.record_path = os.path.join(run.out_dir, "best.json")
+        self.best = -float("inf")
+        if resume and os.path.exists(self.record_path):  # a resumed run keeps its best so far
+            with open(self.record_path, encoding="utf-8") as f:
+                self.best = json.load(f)["score"]
+        self.run_log = None
+
+    def __call__(self, record: dict) -> None:
+        step = record["step"]
+        if step % self.steps_per_epoch:
+            return
+        answers = self.validation.answers(self.model, progress=False, rank=self.rank, world=self.world)
+        if not self.is_main:
+            return
+        metrics = self.validation.score(answers)
+        value = aggregate(self.run.dataset, metrics)
+        epoch = step // self.steps_per_epoch
+        self.say(f"epoch {epoch} (step {step}) val: " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+        if self.run_log is not None:
+            self.run_log.write({"step": step, "epoch": epoch, "val": metrics})
+        if value > self.best:
+            self.best = value
+            save_weights(self.model, self.run.out_dir, "best.safetensors")
+            write_text_atomically(self.record_path, json.dumps({"step": step, "epoch": epoch, "score": value, "metrics": metrics}) + "\n")
+
+
+def _load_trained(model, checkpoint: str, say=print) -> None:
+    from longvid.engine import checkpoint as ckpt
+    from longvid.engine.core import trainable_weights
+
+    tensors, _, base = ckpt.load_latest(checkpoint)
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    expected = set(trainable_weights(model))
+    if set(weights) != expected:
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        raise LongvidError(f"{base} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.load_state_dict(weights, strict=False)
+    say(f"loaded {base}")
+
+
+def save_weights(model, out_dir: str, name: str = "weights.safetensors") -> str:
+    """The trained part (longvid names, no optimizer state) as ``out_dir/weights.safetensors``: what
+    ``longvid ask --weights``, ``longvid stream --checkpoint`` and ``build_model(checkpoint=)`` load."""
+    from safetensors.torch import save_file
+
+    from longvid.engine.core import trainable_weights
+
+    path = os.path.join(out_dir, name)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in trainable_weights(model).items()}
+    write_atomically(path, lambda tmp: save_file(tensors, tmp))
+    return path
+
+
+# -- entry points ----------------------------------------------------------------------------
+
+
+def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False, progress: bool = True) -> list[dict]:
+    """``longvid train <malmm preset> key=value ...``: train, then evaluate on ``val_data`` if given."""
+    from longvid.engine.core import TaskTrainer
+    from longvid.engine.distributed import DistInfo, barrier, cleanup, setup
+    from longvid.memvit.loop import seed_everything
+    from longvid.malmm.qa import QAExample, QATask
+
+    run = load_run(config_name, overrides)
+    config = run.train_config()
+    dist = setup()
+    say = print if dist.is_main else (lambda text: None)
+    try:
+        samples = read_items(run, run.data, run.split, "training", say)
+        empty = next((item for item, _ in samples if not item.answer), None)
+        if empty is not None:
+            raise LongvidError(f"{run.data}:{empty.line}: sample {empty.key!r} has an empty target text: nothing to train on")
+        validation = Validation(run, say) if run.val_data else None  # read now: a bad file fails before compute
+        seed_everything(run.seed)
+        model = build_run_model(run, dist.device, say)
+        if not dist.is_main:
+            barrier()
+        features = feature_loaders(model, samples, model.config.num_frames, run, progress and dist.is_main, training=True)
+        if dist.is_main:
+            barrier()
+        examples = [QAExample(load, item.prompt, item.answer) for (item, _), load in zip(samples, features)]
+        task = QATask(examples, config.batch_size, config.seed, config.shuffle, dist.device, dist.rank, dist.world_size)
+        total = config.epochs * task.steps_per_epoch if config.max_steps is None else config.max_steps  # max_steps wins over epochs
+        if dist.is_main:
+            os.makedirs(run.out_dir, exist_ok=True)
+            for stale in ("best.json", "best.safetensors") if not resume else ():  # an earlier run's best is not this run's
+                if os.path.exists(os.path.join(run.out_dir, stale)):
+                    os.remove(os.path.join(run.out_dir, stale))
+            write_text_atomically(os.path.join(run.out_dir, "run.json"), json.dumps({"preset": config_name, **dataclasses.asdict(run)}, indent=2) + "\n")
+        best = None
+        if validation is not None and run.eval_every_epoch:
+            best = BestEpoch(run, validation, model, task.steps_per_epoch, dist.is_main, dist.rank, dist.world_size, resume, say)
+        trainer = TaskTrainer(model, task, config, total, run.out_dir, DistInfo(dist.rank, dist.world_size, dist.local_rank, dist.device),
+                              on_step=best, log=say)
+        if best is not None:
+            best.run_log = trainer.run_log
+        history = trainer.fit(resume=resume)
+        if dist.is_main:
+            weights = save_weights(model, run.out_dir)
+            say(f"trained {trainer.step} steps on {len(examples)} samples; checkpoints in {run.out_dir}; "
+                f"weights for ask / stream / weights=: {weights}")
+        if validation is not None:  # the final weights, every rank answering its share
+            answers = validation.answers(model, progress, dist.rank, dist.world_size)
+            if dist.is_main:
+                validation.write(answers, validation.score(answers), None, say)
+        return history
+    finally:
+        cleanup()
+
+
+def evaluate(config_name: str, overrides: Sequence[str] = (), checkpoint: str | None = None, progress: bool = True,
+             predictions: str | None = None) -> dict[str, float]:
+    """``longvid eval <malmm preset> val_data=FILE video_root=DIR ...``: the trained weights of
+    ``checkpoint`` (default: ``out_dir/best.safetensors``, the best validation epoch, when the run
+    kept one; else the latest checkpoint in ``out_dir``; none there: the model as built, said so)."""
+    from longvid.engine import checkpoint as ckpt
+
+    run = load_run(config_name, overrides)
+    caption_references(run, [item for item, _ in read_items(run, run.val_data, run.val_split, "evaluation", lambda text: None)])
+    model = build_run_model(run, _device())
+    best = os.path.join(run.out_dir, "best.safetensors")
+    if checkpoint is None and os.path.exists(best):
+        from longvid.malmm.model import load_checkpoint
+
+        load_checkpoint(model, best)
+        with open(os.path.join(run.out_dir, "best.json"), encoding="utf-8") as f:
+            print(f"loaded {best} (the best validation epoch: {json.load(f)['epoch']})")
+    elif checkpoint is None and ckpt.list_checkpoints(run.out_dir):
+        checkpoint = run.out_dir
+    if checkpoint is not None:
+        _load_trained(model, checkpoint)
+    elif not os.path.exists(best):
+        print(f"no training checkpoint in {run.out_dir}: evaluating the model as built (pretrained=/weights= or its initial weights)")
+    return _evaluate_model(run, model, progress, predictions)

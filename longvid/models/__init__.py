@@ -1,1 +1,0 @@
-"""Whole systems (MeMViT, MA-LMM, ReWind) and their shared blocks."""
