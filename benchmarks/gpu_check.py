@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from longvid.precision import cpu_bf16_support
 from longvid.bench import roofline
 from longvid.bench.stream_overlap import describe as describe_overlap
 from longvid.bench.stream_overlap import measure_overlap
@@ -181,7 +182,7 @@ def main() -> None:
     setup, where = pick_setup(args)
     print(where, flush=True)
     if setup.device.type == "cpu":
-        native, reason = roofline.cpu_bf16_support()
+        native, reason = cpu_bf16_support()
         print(f"bf16: {'native' if native else 'NOT native on this CPU: bf16 autocast runs emulated and slow'} ({reason})", flush=True)
     if setup.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (roofline and model alike)

@@ -32,6 +32,7 @@ import time
 
 import torch
 
+from longvid.precision import cpu_bf16_support
 from longvid.bench import roofline
 from longvid.memvit.flops import model_cost
 from longvid.memvit import build_model
@@ -65,7 +66,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    native_bf16, bf16_reason = roofline.cpu_bf16_support()
+    native_bf16, bf16_reason = cpu_bf16_support()
     if args.dtype == "bfloat16" and not args.json:
         print(f"bf16 ({args.bf16}): {'native' if native_bf16 else 'NOT native on this CPU: bf16 runs emulated and slow'} ({bf16_reason})")
     rates = roofline.gemm_roofline(args.gemm_n)

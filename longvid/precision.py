@@ -8,13 +8,14 @@ softmax and the fused attention kernels accumulate in float32 inside PyTorch's b
 kernels.
 
 bfloat16 runs on CPU only where the CPU does bf16 arithmetic natively (AVX512-BF16 or
-AMX, :func:`longvid.bench.roofline.cpu_bf16_support`); elsewhere PyTorch emulates it,
+AMX, :func:`cpu_bf16_support`); elsewhere PyTorch emulates it,
 slower than float32, so the request falls back to float32 and the caller gets one line
 saying so. On CUDA bfloat16 is used as asked (float16 too, which ``stream`` accepts there).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
@@ -37,14 +38,29 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     return DTYPES[key]
 
 
+def cpu_bf16_support() -> tuple[bool, str]:
+    """(native, reason): whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX-BF16), with what was found."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags: set[str] = set()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    found = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    mkldnn_bf16 = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    native = bool(found) or (mkldnn_bf16 and capability.startswith("AVX512"))
+    reason = f"CPU capability {capability}, bf16 flags {found or 'none'}, mkldnn bf16 {'yes' if mkldnn_bf16 else 'no'}"
+    return native, reason
+
+
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> tuple[torch.dtype, str | None]:
     """The dtype inference runs in on ``device`` and a one-line note when it is not the one asked.
 
     bfloat16 on a CPU without native bf16 falls back to float32 (note says why); float16
     needs CUDA (error).
     """
-    from longvid.bench.roofline import cpu_bf16_support
-
     wanted = parse_dtype(dtype)
     device_type = torch.device(device).type
     if wanted == torch.float16 and device_type != "cuda":

@@ -235,7 +235,7 @@ def test_http_sources_progressive_mpegts_and_hls(tmp_path):
 
 def test_unreadable_live_sources_fail_with_one_line():
     from longvid.video.live import open_source
-    from longvid.video.reader import VideoError
+    from longvid.video.types import VideoError
 
     with pytest.raises(VideoError, match="no such video device"):
         open_source("/dev/video99", SMALL)

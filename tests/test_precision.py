@@ -12,11 +12,15 @@ import longvid
 from longvid import precision
 from longvid.cli import main
 from longvid.errors import LongvidError
-from longvid.bench.roofline import cpu_bf16_support
 from longvid.memvit import build_model
 
 torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
-needs_native_bf16 = pytest.mark.skipif(not cpu_bf16_support()[0], reason="this CPU has no native bf16: --dtype bfloat16 runs float32")
+needs_native_bf16 = pytest.mark.skipif(not precision.cpu_bf16_support()[0], reason="this CPU has no native bf16: --dtype bfloat16 runs float32")
+
+
+def test_cpu_bf16_support_reports_a_reason():
+    native, reason = precision.cpu_bf16_support()
+    assert isinstance(native, bool) and "CPU capability" in reason
 
 
 def test_parse_dtype_names_and_one_line_errors():
@@ -31,15 +35,13 @@ def test_parse_dtype_names_and_one_line_errors():
 
 
 def test_bf16_falls_back_to_float32_with_a_note_where_the_cpu_lacks_it(monkeypatch):
-    import longvid.bench.roofline as roofline
-
-    monkeypatch.setattr(roofline, "cpu_bf16_support", lambda: (False, "CPU capability DEFAULT, bf16 flags none"))
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: (False, "CPU capability DEFAULT, bf16 flags none"))
     dtype, note = precision.resolve_dtype("bfloat16", "cpu")
     assert dtype is torch.float32 and note == "bfloat16 is not native on this CPU (CPU capability DEFAULT, bf16 flags none): running in float32 instead"
     lines = []
     model = precision.for_inference(build_model("memvit_tiny"), "bfloat16", log=lines.append)
     assert lines == [note] and all(p.dtype == torch.float32 for p in model.parameters())
-    monkeypatch.setattr(roofline, "cpu_bf16_support", lambda: (True, "AVX512"))
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: (True, "AVX512"))
     assert precision.resolve_dtype("bfloat16", "cpu") == (torch.bfloat16, None)
 
 

@@ -36,11 +36,6 @@ def test_roofline_fraction_of_model_rate():
     assert "GEMM roofline (64^3 matmul, CPU" in roofline.describe(rates)
 
 
-def test_cpu_bf16_support_reports_a_reason():
-    native, reason = roofline.cpu_bf16_support()
-    assert isinstance(native, bool) and "CPU capability" in reason
-
-
 def test_faster_keeps_the_best_rate_per_dtype():
     slow = {"float32": roofline.GemmRate("float32", 8, "cpu", 1, 2.0, 1.0), "bfloat16": roofline.GemmRate("bfloat16", 8, "cpu", 1, 0.5, 4.0)}
     fast = {"float32": roofline.GemmRate("float32", 8, "cpu", 1, 1.0, 2.0), "bfloat16": roofline.GemmRate("bfloat16", 8, "cpu", 1, 1.0, 2.0)}

@@ -9,7 +9,6 @@ fvcore's convention), and ``roofline_fraction`` puts it against that GEMM rate.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
@@ -87,23 +86,6 @@ def achieved_gflops_per_s(multiply_adds_g: float, seconds: float) -> float:
 def roofline_fraction(achieved: float, rate: GemmRate) -> float:
     """``achieved`` GFLOP/s as a fraction of the GEMM rate."""
     return achieved / rate.gflops_per_s
-
-
-def cpu_bf16_support() -> tuple[bool, str]:
-    """(native, reason): whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX-BF16), with what was found."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    flags: set[str] = set()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    found = sorted(flags & {"avx512_bf16", "amx_bf16"})
-    mkldnn_bf16 = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
-    native = bool(found) or (mkldnn_bf16 and capability.startswith("AVX512"))
-    reason = f"CPU capability {capability}, bf16 flags {found or 'none'}, mkldnn bf16 {'yes' if mkldnn_bf16 else 'no'}"
-    return native, reason
 
 
 def describe(rates: dict[str, GemmRate]) -> str:

@@ -47,6 +47,7 @@ from longvid.progress import progress as progress_bar
 from longvid.memvit.loop import Trainer, seed_everything
 from longvid.engine.config import TrainConfig
 from longvid.memvit.loop import evaluate
+from longvid.memvit.flops import gflops_per_clip
 from longvid.data.annotations import TensorVideos
 
 EVAL_SEED_OFFSET = 1_000_000  # held-out scene seeds start here
@@ -258,7 +259,7 @@ def run_variant(cfg: BenchConfig, variant: Variant, data: RunData, out_dir: str)
         "reach_clips": variant.reach,
         "support_s": (variant.reach + 1) * cfg.spec.clip_seconds,
         "accuracy": {str(d): a for d, a in accuracy.items()},
-        "gflops": measure.gflops_per_clip(model),
+        "gflops": gflops_per_clip(model),
         "params": measure.num_params(model),
         "state_bytes": measure.stream_state_bytes(model, clip, variant.clips),
         "train_mem_mb": measure.train_peak_mb(model, batch, cfg.spec.num_classes),

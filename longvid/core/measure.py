@@ -18,7 +18,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from longvid.memvit.flops import count_gflops
 
 
 class PeakMemory(TorchDispatchMode):
@@ -118,12 +117,6 @@ def inference_seconds(model: nn.Module, clip: torch.Tensor, repeats: int = 3) ->
             _, state = model(clip, state)
             times.append(time.perf_counter() - started)
     return sorted(times[1:])[len(times[1:]) // 2]
-
-
-def gflops_per_clip(model: nn.Module) -> float:
-    """Steady-state GFLOPs of one batch-1 clip at the model's configured clip size."""
-    cfg = model.config
-    return count_gflops(model, cfg.num_frames, cfg.crop_size)
 
 
 def num_params(model: nn.Module) -> int:

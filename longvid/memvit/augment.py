@@ -49,3 +49,8 @@ class ClipAugment:
     def reader_options(self, options: dict, view: View) -> dict:
         """ClipReader options that read a segment at the view's scale, uncropped."""
         return {**options, "short_side": view.short_side, "crop": None}
+
+
+def training_augment(config) -> ClipAugment | None:  # config: longvid.engine.config.TrainConfig
+    """The training clips' augmentation (``config.augment``), scaled to ``config.size``."""
+    return ClipAugment(config.size) if config.augment else None

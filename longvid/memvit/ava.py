@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from longvid.memvit.ava_files import FIRST_KEYFRAME, LAST_KEYFRAME, Keyframe, find_movie, load_action_list, load_excluded, load_keyframes
 from longvid.errors import LongvidError
 from longvid.eval.metrics import Box, frame_map
-from longvid.memvit.augment import ClipAugment, View
+from longvid.memvit.augment import ClipAugment, View, training_augment
 
 
 class AvaClips:
@@ -121,7 +121,6 @@ def ava_source(path: str, config, train: bool, classes: list[int]) -> tuple[AvaC
     """Training: the file's ground-truth boxes; evaluation: ``person_boxes`` (detections with
     scores >= ``box_threshold``) on the keyframes of the ground-truth file. Returns the source,
     the ground truth and a one-line summary."""
-    from longvid.memvit.data import training_augment
 
     root = config.video_root or os.path.dirname(os.path.abspath(path))
     truth = [k for k in load_keyframes(path, classes) if FIRST_KEYFRAME <= k.timestamp <= LAST_KEYFRAME]

@@ -12,7 +12,7 @@ import torch
 from longvid.memvit.kinetics_files import is_kinetics_csv, load_kinetics_csv
 from longvid.errors import LongvidError
 from longvid.fileio import write_text_atomically
-from longvid.memvit.augment import ClipAugment
+from longvid.memvit.augment import training_augment
 from longvid.engine.config import TrainConfig
 from longvid.data.annotations import ClipSource, FileVideos, TensorVideos, load_annotations, load_kinetics_folder
 
@@ -69,11 +69,6 @@ def file_source(path: str, config: TrainConfig, classes: list[str] | None = None
         stride=config.stride, short_side=config.size, crop=config.size,
     )  # fmt: skip
     return videos, names
-
-
-def training_augment(config: TrainConfig) -> ClipAugment | None:
-    """The training clips' augmentation (``config.augment``), scaled to ``config.size``."""
-    return ClipAugment(config.size) if config.augment else None
 
 
 def build_sources(config: TrainConfig, saved_in: Sequence[str] = (), need_train: bool = True) -> Sources:

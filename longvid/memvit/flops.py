@@ -110,3 +110,9 @@ def model_cost(preset: str, clip_frames: int | None = None, size: int | None = N
         sampler=config.sampler if config.memory_len else None,
         memory_blocks=config.reading_blocks,
     )
+
+
+def gflops_per_clip(model: torch.nn.Module) -> float:
+    """Steady-state GFLOPs of one batch-1 clip at the model's configured clip size."""
+    cfg = model.config
+    return count_gflops(model, cfg.num_frames, cfg.crop_size)

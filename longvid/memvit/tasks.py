@@ -26,6 +26,7 @@ from longvid.errors import LongvidError
 from longvid.eval.metrics import class_mean_recall, epic_accuracy
 from longvid.fileio import write_text_atomically
 from longvid.engine.config import TrainConfig
+from longvid.memvit.augment import training_augment
 from longvid.memvit.windows import Window, WindowClips, anticipation_window, classification_window, clip_seconds
 
 ACTIONS_FILE = "actions.json"  # anticipation: the (verb, noun) pair of each action class, saved in out_dir
@@ -146,7 +147,6 @@ def epic_source(path: str, config: TrainConfig, actions, train: bool) -> tuple[W
         windows = [w for w in windows if w.targets["action"] >= 0]
     if not windows:
         raise LongvidError(f"{path}: no segment leaves a clip to read (anticipation: every segment starts within tau_a={config.tau_a} s of its video's start)")
-    from longvid.memvit.data import training_augment
 
     augment = training_augment(config) if train else None
     source = WindowClips(windows, augment, clip_frames=config.clip_frames, stride=config.stride, short_side=config.size, crop=config.size)

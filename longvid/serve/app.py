@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from longvid.errors import LongvidError
 from longvid.serve.engine import LiveEngine, LiveStream
-from longvid.video.reader import VideoError
+from longvid.video.types import VideoError
 
 log = logging.getLogger("longvid.serve")
 

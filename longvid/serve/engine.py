@@ -31,7 +31,7 @@ import torch
 from longvid.errors import LongvidError
 from longvid.core.stream import Frames
 from longvid.video.live import ClipBuffer, Gap, LiveClip, LiveReader, LiveSettings, StreamEvent
-from longvid.video.reader import VideoError
+from longvid.video.types import VideoError
 
 
 def asks_questions(model) -> bool:

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 from longvid.serve.engine import LiveEngine, LiveStream
 from longvid.video.live import LiveSettings
-from longvid.video.reader import VideoError
+from longvid.video.types import VideoError
 
 
 @dataclass

@@ -74,7 +74,7 @@ def deployments(options: dict):
             return stream_id
 
         async def __call__(self, request: dict):
-            from longvid.video.reader import VideoError
+            from longvid.video.types import VideoError
 
             stream_id = serve.get_multiplexed_model_id()
             op = request["op"]

@@ -28,7 +28,8 @@ import av
 import numpy as np
 import torch
 
-from longvid.video.reader import Clip, VideoError, _FramePixels, _reason
+from longvid.video.reader import _FramePixels, _reason
+from longvid.video.types import Clip, VideoError
 from longvid.video.transforms import KINETICS_MEAN, KINETICS_STD, to_model_input
 
 NETWORK_SCHEMES = ("udp", "rtp", "tcp", "rtsp", "rtsps", "rtmp", "rtmps", "srt", "http", "https")

@@ -34,57 +34,9 @@ import torch
 from av.sidedata.sidedata import Type as SideDataType
 from av.video.reformatter import VideoReformatter
 
-from longvid.errors import LongvidError
+from longvid.video.types import Clip, VideoDamage, VideoDecodeWarning, VideoError
 from longvid.video.transforms import KINETICS_MEAN, KINETICS_STD, resize_and_crop, to_model_input
 from longvid.video.worker import can_fork, clips_from_child
-
-
-class VideoError(LongvidError):
-    """A video cannot be read. ``str(err)`` is one line: ``"<path>: <reason>"``."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-
-class VideoDecodeWarning(UserWarning):
-    """A video stopped decoding before its end (truncated or corrupt data)."""
-
-
-@dataclass(frozen=True)
-class VideoDamage:
-    """How a pass over a damaged video went.
-
-    reason:         why it counts as damaged (a decoder error, frames lost, an early end).
-    decoded_until:  the time (seconds from the video's start) of the last decoded frame.
-    stopped_early:  decoding ended before the end of the video (or of the requested range).
-    """
-
-    reason: str
-    decoded_until: float
-    stopped_early: bool
-
-
-@dataclass
-class Clip:
-    """One clip of a stream.
-
-    frames:      float tensor ``(C, T, H, W)``, model-ready (uint8 with ``dtype=torch.uint8``).
-    index:       position of the clip in the stream (0, 1, ...).
-    start, end:  seconds covered: ``start`` is the first frame's time, ``end`` the
-                 time the next clip starts (the last frame's end for the final clip).
-    timestamps:  float64 tensor ``(T,)``, the time of each sampled frame
-                 (padded frames repeat the last real one).
-    num_valid:   how many of the ``T`` frames are real (``< T`` for a padded tail).
-    """
-
-    frames: torch.Tensor
-    index: int
-    start: float
-    end: float
-    timestamps: torch.Tensor
-    num_valid: int
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from longvid.video.types import Clip, VideoError
+
 _POLL_SECONDS = 0.5
 
 
@@ -32,11 +34,10 @@ def can_fork() -> bool:
 
 
 def clips_from_child(decode: Callable[[], Iterator], progress, depth: int, path: str) -> Iterator:
-    """Run ``decode()`` (which yields :class:`~longvid.video.reader.Clip` and updates
+    """Run ``decode()`` (which yields :class:`~longvid.video.types.Clip` and updates
     ``progress``) in a forked child, at most ``depth`` clips ahead; yield its clips here,
     re-raise its errors here, and copy its final ``progress`` back. Stopping early (or
     an error here) ends the child."""
-    from longvid.video.reader import Clip, VideoError
 
     context = multiprocessing.get_context("fork")
     channel = context.Queue(maxsize=depth)
@@ -68,7 +69,6 @@ def clips_from_child(decode: Callable[[], Iterator], progress, depth: int, path:
 
 def _receive(channel, child, path: str) -> tuple:
     """The child's next message; an error when the child died without saying why."""
-    from longvid.video.reader import VideoError
 
     while True:
         try:
@@ -83,7 +83,6 @@ def _receive(channel, child, path: str) -> tuple:
 
 
 def _child_main(decode: Callable[[], Iterator], progress, channel, parent: int) -> None:
-    from longvid.video.reader import VideoError
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends this process
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler (e.g. the CLI's flush on SIGTERM) is not ours: end at once
