@@ -1,6 +1,7 @@
 """The benchmark's generated videos: chance by construction, determinism, cue timing, annotations."""
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 import pytest
 import torch
@@ -95,8 +96,9 @@ def test_task_labels_match_their_events():
 
 
 def decoded_frames(path) -> np.ndarray:
+    reformatter = VideoReformatter()  # not PyAV's thread-local one (see video_files.rgb)
     with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        return np.stack([reformatter.reformat(f, format="rgb24").to_ndarray() for f in container.decode(video=0)])
 
 
 @pytest.mark.parametrize("ext", ["csv", "json"])

@@ -4,6 +4,7 @@ stream-copied cuts, damaged packets. Used by test_reader.py and test_video_input
 from __future__ import annotations
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 
 
@@ -38,10 +39,19 @@ def as_displayed(frame: np.ndarray, degrees: int, hflip: bool) -> np.ndarray:
     return np.ascontiguousarray(shown[:, ::-1] if hflip else shown)
 
 
+def rgb(frame: av.VideoFrame, reformatter: VideoReformatter) -> np.ndarray:
+    """``frame.to_ndarray(format="rgb24")`` through a reformatter of the caller's. PyAV's own
+    ``to_ndarray(format=...)`` keeps a converter in a thread-local of the calling thread, which
+    a decoding child forked later from another thread frees on its way up and deadlocks on
+    (FFmpeg's slice threads do not exist there): tests must not leave one behind."""
+    return reformatter.reformat(frame, format="rgb24").to_ndarray()
+
+
 def decoded_frames(path: str) -> list[np.ndarray]:
     """Every frame as plain PyAV decodes it, RGB ``(H, W, 3)``, in the coded orientation."""
+    reformatter = VideoReformatter()
     with av.open(path) as container:
-        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        return [rgb(frame, reformatter) for frame in container.decode(video=0)]
 
 
 def copy_video(src: str, dst: str, cut: float = 0.0, shift: float = 0.0, format: str | None = None) -> None:
@@ -84,6 +94,7 @@ def naive_decode(path: str) -> list[tuple[float, np.ndarray]]:
     """(seconds from the first frame, RGB frame) of every frame plain PyAV decodes, packet
     by packet, skipping packets the decoder rejects."""
     frames = []
+    reformatter = VideoReformatter()
     with av.open(path) as container:
         stream = container.streams.video[0]
         for packet in container.demux(stream):
@@ -91,5 +102,5 @@ def naive_decode(path: str) -> list[tuple[float, np.ndarray]]:
                 decoded = packet.decode()
             except av.FFmpegError:
                 continue
-            frames += [(float((f.pts - stream.start_time) * stream.time_base), f.to_ndarray(format="rgb24")) for f in decoded]
+            frames += [(float((f.pts - stream.start_time) * stream.time_base), rgb(f, reformatter)) for f in decoded]
     return frames
