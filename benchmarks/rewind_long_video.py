@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 
-from longvid.ask import ask_rewind
+from longvid.rewind.ask import ask_rewind
 from longvid.data.synth import moving_shapes
 from longvid.rewind import build_model
 from longvid.core.tiny import tiny_llm, tiny_vision

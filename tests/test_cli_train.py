@@ -16,7 +16,7 @@ import pytest
 
 from conftest import gray_frames, longvid_script
 from longvid.cli import main
-from longvid.engine.config import load_config
+from longvid.memvit.recipes import load_config
 from longvid.memvit.data import build_sources
 from longvid.video import write_video
 

@@ -132,7 +132,7 @@ def test_moviechat_trains_and_evaluates_global_and_breakpoint(work, run_cli, tmp
     rows = read_rows(out / "predictions.jsonl")
     assert [(r["group"], r["until"]) for r in rows] == [("global", None), ("global", None), ("breakpoint", 2.0), ("breakpoint", 5.0)]
     # Each answer is what `longvid ask` (--time for breakpoints: the file read only up to then) says.
-    from longvid.ask import ask_rewind
+    from longvid.rewind.ask import ask_rewind
     from longvid.rewind.weights import load_weights
 
     model = load_weights(out / "rewind.safetensors")

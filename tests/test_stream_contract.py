@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import longvid
-from longvid.registry import list_models
+from longvid.registry import list_models, list_recipes
 
 TINY = ["memvit_tiny", "malmm_tiny", "rewind_tiny"]
 
@@ -102,4 +102,8 @@ def test_reset_makes_a_slot_a_fresh_stream(preset):
 def test_models_command_lists_every_preset(run_cli):
     code, printed = run_cli("models")
     assert code == 0, printed
-    assert [line.split()[0] for line in printed.splitlines()] == [info.name for info in list_models()]
+    models, recipes = printed.split("\n\n")
+    assert [line.split()[0] for line in models.splitlines()] == [info.name for info in list_models()]
+    rows = [line.split()[:3] for line in recipes.splitlines()[1:]]  # after the block's heading: name, family, model
+    assert rows == [[info.name, info.family, info.model] for info in list_recipes()]
+    assert ["malmm_tiny_lvu", "malmm", "malmm_tiny"] in rows and ["memvit_tiny_k400", "memvit", "memvit_tiny"] in rows

@@ -13,7 +13,7 @@ import torch
 from longvid.cli import main
 from longvid.memvit.epic_files import find_video, load_epic_actions, load_video_info
 from longvid.errors import LongvidError
-from longvid.engine.config import load_config
+from longvid.memvit.recipes import load_config
 from longvid.memvit.tasks import anticipation_metrics, marginals
 from longvid.memvit.windows import Window, WindowClips, anticipation_window, classification_window
 from longvid.video import write_video

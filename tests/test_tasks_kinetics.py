@@ -10,7 +10,7 @@ import torch
 
 from longvid.memvit.kinetics_files import load_kinetics_csv
 from longvid.errors import LongvidError
-from longvid.engine.config import load_config
+from longvid.memvit.recipes import load_config
 from longvid.engine.checkpoint import load_latest
 from longvid.memvit.run import train
 from longvid.video import write_video

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from longvid.memvit.ava_files import Keyframe
-from longvid.engine.config import PRESETS
+from longvid.memvit.recipes import PRESETS
 from longvid.memvit.loop import Trainer
 from longvid.memvit.run import build_model
 from longvid.memvit.tasks import memvit_config

@@ -98,6 +98,11 @@ class MALMMBenchSpec:
         return self
 
 
+def quick_spec(spec: MALMMBenchSpec) -> MALMMBenchSpec:
+    """``longvid bench malmm --quick``: a smoke run (too little training for the memory margin)."""
+    return replace(spec, train_videos=128, test_videos=64, train=replace(spec.train, epochs=3))
+
+
 @dataclass
 class RecallSet:
     """Encoder tokens ``(N, T, Nv, Cv)`` of N recall videos, their question, answers and labels ``(N,)``."""

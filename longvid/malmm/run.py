@@ -34,7 +34,7 @@ from longvid.malmm.datasets import LVU_TASKS
 from longvid.errors import LongvidError
 from longvid.fileio import write_atomically, write_lines_atomically, write_text_atomically
 from longvid.progress import progress as progress_bar
-from longvid.engine import recipes as lmm_presets
+from longvid.engine.overrides import apply_overrides
 
 CLASSIFICATION = ("lvu", "breakfast", "coin")
 FIRST_WORD_QA = ("msrvtt_qa", "msvd_qa")  # MA-LMM keeps only the first generated word
@@ -110,7 +110,8 @@ class MALMMRun:
         ).validate()
 
 
-def _register_presets() -> None:
+def _presets() -> dict[str, MALMMRun]:
+    """The run presets: the released run scripts and their tiny CPU versions."""
     full = {
         # the released run scripts (run_scripts/*/train.sh): per-GPU batch, 4 GPUs there
         "malmm_lvu": MALMMRun(model="malmm_cls", dataset="lvu", max_new_tokens=5, epochs=20, batch_size=16, train_sampling="uniform"),
@@ -131,19 +132,22 @@ def _register_presets() -> None:
         tiny_name = "malmm_tiny_nsa" if name == "malmm_nsa" else name.replace("malmm_", "malmm_tiny_")
         full[tiny_name] = dataclasses.replace(run, model=model, history=4.0, stride=2.0, max_new_tokens=4, min_new_tokens=None, **tiny)
     full["malmm_tiny_nsa"] = dataclasses.replace(full["malmm_tiny_nsa"], num_frames=6, memory_bank_length=4)  # blocks get dropped
-    for name, run in full.items():
-        lmm_presets.register(name, "malmm", functools.partial(lambda r: r, run))
+    return full
 
 
-_register_presets()
+PRESETS: dict[str, MALMMRun] = _presets()  # run preset name -> run (``longvid train NAME``; ``longvid models`` lists them)
+
+
+def describe(name: str) -> str:
+    """One line: the data set run preset ``name`` trains on."""
+    return f"dataset {PRESETS[name].dataset}"
 
 
 def load_run(name: str, overrides: Sequence[str] = ()) -> MALMMRun:
     """Run preset ``name`` with ``key=value`` overrides."""
-    preset = lmm_presets.PRESETS.get(name)
-    if preset is None or preset.family != "malmm":
-        raise LongvidError(f"unknown MA-LMM run preset {name!r}: choose from {', '.join(lmm_presets.names('malmm'))}")
-    run = lmm_presets.apply_overrides(preset.builder(), overrides, name)
+    if name not in PRESETS:
+        raise LongvidError(f"unknown MA-LMM run preset {name!r}: choose from {', '.join(sorted(PRESETS))}")
+    run = apply_overrides(PRESETS[name], overrides, name)
     _check(run)
     return run
 

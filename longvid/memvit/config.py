@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from longvid.errors import LongvidError
-from longvid.registry import preset_config
+from longvid.core.presets import preset_config
 from longvid.memvit.memory import KVMemorySpec
 
 Size3 = tuple[int, int, int]

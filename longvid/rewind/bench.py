@@ -102,6 +102,13 @@ class RewindBenchSpec:
     qa_seeds: tuple[int, ...] = (0,)  # QA: whole runs (backbones, data, training) averaged over these seeds
 
 
+def quick_spec(spec: RewindBenchSpec) -> RewindBenchSpec:
+    """``longvid bench rewind --quick``: a smoke run (too little training for the margins)."""
+    return dataclasses.replace(spec, train_videos=32, qa_train_videos=32, test_videos=16, qa_test_videos=16,
+                               stage1=dataclasses.replace(spec.stage1, steps=10), stage2=dataclasses.replace(spec.stage2, steps=20),
+                               qa_stage2=dataclasses.replace(spec.qa_stage2, steps=20), qa_explore_steps=10)
+
+
 @dataclass
 class Item:
     """One video: frozen features ``(N, P, D_v)``, timestamps ``(N,)`` seconds, its sample,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from longvid.errors import LongvidError
-from longvid.registry import preset_config
+from longvid.core.presets import preset_config
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ apart; GPT-judged scores are out of scope) and one line per row to ``predictions
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
@@ -134,20 +133,14 @@ PRESETS: dict[str, RewindRunConfig] = {
 }
 
 
-def _register_presets() -> None:
-    """The run presets in the LMM preset table that ``longvid train`` / ``eval`` dispatch by."""
-    from longvid.engine import recipes as lmm_presets
-
-    for name, config in PRESETS.items():
-        lmm_presets.register(name, "rewind", functools.partial(lambda c: c, config))
-
-
-_register_presets()
+def describe(name: str) -> str:
+    """One line: the training stage of run preset ``name``."""
+    return f"stage {PRESETS[name].stage}"
 
 
 def load_run_config(name: str, overrides: Sequence[str] = ()) -> RewindRunConfig:
     """Preset ``name`` with ``key=value`` overrides, validated."""
-    from longvid.engine.recipes import apply_overrides
+    from longvid.engine.overrides import apply_overrides
 
     if name not in PRESETS:
         raise LongvidError(f"unknown ReWind run preset {name!r}: choose from {', '.join(sorted(PRESETS))}")
