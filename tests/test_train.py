@@ -19,7 +19,7 @@ from longvid.memvit.data import class_frequencies, synthetic_source
 from longvid.memvit.losses import equalization_loss
 from longvid.engine.optim import param_groups, warmup_cosine
 from longvid.engine.sampler import StreamSampler
-from longvid.data.annotations import TensorVideos
+from longvid.data.sources import TensorVideos
 
 
 def config(tmp_path, **fields):

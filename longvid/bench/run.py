@@ -47,7 +47,7 @@ from longvid.progress import progress as progress_bar
 from longvid.memvit.loop import Trainer, seed_everything
 from longvid.engine.config import TrainConfig
 from longvid.memvit.loop import evaluate
-from longvid.data.annotations import TensorVideos
+from longvid.data.sources import TensorVideos
 
 EVAL_SEED_OFFSET = 1_000_000  # held-out scene seeds start here
 TRAIN_SEEDS_PER_RUN = 100_000  # run seed s trains on scene seeds s * 100_000 + i
