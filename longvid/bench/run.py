@@ -44,7 +44,8 @@ from longvid.data.synth import SynthSpec, normalize_frames, recall_sample, scene
 from longvid.errors import LongvidError
 from longvid.progress import is_terminal
 from longvid.progress import progress as progress_bar
-from longvid.memvit.loop import Trainer, seed_everything
+from longvid.core.seeding import seed_everything
+from longvid.memvit.loop import Trainer
 from longvid.engine.config import TrainConfig
 from longvid.memvit.loop import evaluate
 from longvid.data.sources import TensorVideos

@@ -33,12 +33,6 @@ from longvid.engine.sampler import StreamSampler
 from longvid.data.sources import ClipSource
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's and torch's global generators (all devices)."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def memory_length(model: nn.Module) -> int | None:
     """``M``, the memory steps a model keeps: ``model.memory_len`` or ``model.config.memory_len``."""
     value = getattr(model, "memory_len", None)
