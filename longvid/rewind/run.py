@@ -440,7 +440,7 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
-def normalize_answer(text: str) -> str:
+def strip_punctuation_and_articles(text: str) -> str:
     """The standard normalisation before exact match: lower case, punctuation and articles
     (a, an, the) removed, white space collapsed."""
     text = "".join(c for c in text.lower() if c not in string.punctuation)
@@ -448,7 +448,7 @@ def normalize_answer(text: str) -> str:
 
 
 def exact_match(prediction: str, answer: str) -> bool:
-    return normalize_answer(prediction) == normalize_answer(answer)
+    return strip_punctuation_and_articles(prediction) == strip_punctuation_and_articles(answer)
 
 
 def _weights_for(config: RewindRunConfig, checkpoint: str | None) -> str:
