@@ -33,7 +33,8 @@ def measure(model: str, dtype: str, args: argparse.Namespace) -> dict:
 
     import longvid
     from longvid.memvit.flops import model_cost
-    from longvid.memvit.loop import Trainer, seed_everything
+    from longvid.core.seeding import seed_everything
+    from longvid.memvit.loop import Trainer
     from longvid.engine.config import TrainConfig
     from longvid.memvit.data import synthetic_source
 

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from longvid.engine.toy import ToyMemoryModel  # noqa: E402
-from longvid.memvit.loop import Trainer, seed_everything
+from longvid.core.seeding import seed_everything
+from longvid.memvit.loop import Trainer
 from longvid.engine.config import TrainConfig
 from longvid.memvit.data import synthetic_source  # noqa: E402
 from longvid.engine.distributed import cleanup, setup  # noqa: E402

@@ -8,7 +8,8 @@ import torch
 from longvid.memvit.augment import ClipAugment, View
 from longvid.memvit.windows import Window, WindowClips
 from longvid.video import ClipReader, write_video
-from longvid.data.annotations import FileVideos, Sample
+from longvid.data.annotations import Sample
+from longvid.data.sources import FileVideos
 
 
 def test_apply_equals_slicing_and_mirroring():

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from longvid.rewind.data import load_json_lines, read_data
+from longvid.data.jsonfiles import read_json
+from longvid.rewind.data import read_data
 from longvid.data.annotations import AnnotationError
 
 # charades_sta_train.txt as released (Gao et al., TALL): "<video> <start> <end>##<sentence>"
@@ -107,6 +108,6 @@ def test_moviechat_without_fps_is_named(tmp_path):
 
 def test_json_lines_match_plain_json(tmp_path):
     text = json.dumps([{"a": [1, 2.5, {"b": None}], "c": "x\ny"}, [], {}, True], indent=2)
-    parsed = load_json_lines(write(tmp_path / "f.json", text))
+    parsed = read_json(write(tmp_path / "f.json", text))
     assert parsed == json.loads(text)
     assert parsed.line == 1 and parsed[0].line == 2 and parsed[0]["a"][2].line == 6

@@ -283,3 +283,8 @@ def test_relevance_cut_is_a_run_option(work, tmp_path):
     assert len(history) == 1 and np.isfinite(history[0]["loss"])
     metrics = rewind_run.evaluate("rewind_tiny", [f"val_data={work['videochatgpt']}", *common], progress=False)
     assert 0.0 <= metrics["accuracy"] <= 100.0
+
+
+def test_exact_match_ignores_case_punctuation_and_articles():
+    assert rewind_run.strip_punctuation_and_articles("The man opens  a DOOR, then-an apple!") == "man opens door thenan apple"
+    assert rewind_run.exact_match("A red ball.", "red ball") and not rewind_run.exact_match("red balls", "red ball")

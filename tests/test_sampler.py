@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from longvid.engine.sampler import StreamSampler, segments
-from longvid.data.annotations import TensorVideos
+from longvid.data.sources import TensorVideos
 
 
 def numbered_videos(lengths):

@@ -76,6 +76,17 @@ def test_files_in_the_published_layouts(ava, tmp_path):
     (tmp_path / "bad.csv").write_text("movieA0001,0902,0.5,0.2,0.1,0.9,12,0\n")
     with pytest.raises(LongvidError, match=r"bad.csv:1: box .* is not normalized"):
         load_keyframes(str(tmp_path / "bad.csv"), [12])
+    for row, message in [
+        ("vid,0902,0.1,0.1,0.5\n", "bad.csv:2: expected 7 or 8 fields, got 5"),
+        ("vid,0902,0.1,0.1,0.5,0.9,0,1\n", "bad.csv:2: action_id must be >= 1"),
+        ("vid,09x2,0.1,0.1,0.5,0.9,3,1\n", "bad.csv:2: invalid literal"),
+    ]:
+        (tmp_path / "bad.csv").write_text("vid,0902,0.1,0.1,0.5,0.9,80,1\n" + row)
+        with pytest.raises(LongvidError, match=message):
+            load_keyframes(str(tmp_path / "bad.csv"), [12])
+    # YouTube ids may start with '-' (the first movie of ava_val_v2.2.csv): kept as they are
+    (tmp_path / "dash.csv").write_text("-5KQ66BBWC4,0902,0.077,0.151,0.283,0.811,80,1\n")
+    assert [(k.video_id, k.timestamp) for k in load_keyframes(str(tmp_path / "dash.csv"), [80])] == [("-5KQ66BBWC4", 902)]
 
 
 def naive_frame_map(detections, truths, classes, excluded):

@@ -72,13 +72,28 @@ def test_reader_errors_name_file_and_line(tmp_path):
         (rows[3].replace(",1,juice,183,", ",1,juice,300,"), r"bad.csv:4: noun_class 300 is outside \[0, 300\)"),
         (rows[3].replace("00:00:26.25", "00:00:28.25"), r"bad.csv:4: stop_timestamp 00:00:27.50 is before"),
         (rows[3].replace("00:00:26.25", "26.25"), r"bad.csv:4: bad timestamp"),
+        (rows[3].replace(",put,1,juice,", ",put,three,juice,"), r"bad.csv:4: verb_class must be a class id, got 'three'"),
     ):
         path = tmp_path / "bad.csv"
         path.write_text("\n".join(rows[:3] + [bad] + rows[4:]) + "\n")
         with pytest.raises(LongvidError, match=message):
             load_epic_actions(str(path), str(tmp_path), check_videos=False)
+    (tmp_path / "not_epic.csv").write_text("video,label\na,b\n")
+    with pytest.raises(LongvidError, match=r"not_epic.csv:1: not an EPIC-KITCHENS-100 action CSV: missing columns narration_id"):
+        load_epic_actions(str(tmp_path / "not_epic.csv"), str(tmp_path), check_videos=False)
     info = load_video_info(os.path.join(FORMATS, "EPIC_100_video_info.sample.csv"))
     assert info["P03_21"] == pytest.approx(59.9400599400599)
+
+
+def test_reader_takes_quoted_noun_lists_and_times_past_an_hour(tmp_path):
+    """Rows of the official train file: several nouns make ``all_nouns`` a quoted list (commas
+    inside the field), and long videos have timestamps past the first hour."""
+    path = tmp_path / "EPIC_100_train.csv"
+    path.write_text(open(SAMPLE).readline()
+                    + "P01_01_2,P01,P01_01,00:01:05.000,01:00:05.50,01:00:07.25,1,2,put cup tap,put,1,cup,13,\"['cup', 'tap']\",\"[13, 8]\"\n")
+    (segment,) = load_epic_actions(str(path), str(tmp_path), check_videos=False).segments
+    assert (segment.start, segment.end) == pytest.approx((3605.5, 3607.25))
+    assert (segment.narration_id, segment.video_id, segment.verb, segment.noun, segment.line) == ("P01_01_2", "P01_01", 1, 13, 2)
 
 
 def test_windows_hold_context_then_segment_clips():

@@ -13,14 +13,15 @@ from longvid.core.checkpoints import CheckpointError
 from longvid.errors import LongvidError
 from longvid.engine import checkpoint as ckpt
 from longvid.engine.toy import ToyMemoryModel
-from longvid.memvit.loop import Trainer, memory_drop_mask, seed_everything
+from longvid.core.seeding import seed_everything
+from longvid.memvit.loop import Trainer, memory_drop_mask
 from longvid.engine.config import TrainConfig
 from longvid.memvit.recipes import load_config
 from longvid.memvit.data import class_frequencies, synthetic_source
 from longvid.memvit.losses import equalization_loss
 from longvid.engine.optim import param_groups, warmup_cosine
 from longvid.engine.sampler import StreamSampler
-from longvid.data.annotations import TensorVideos
+from longvid.data.sources import TensorVideos
 
 
 def config(tmp_path, **fields):

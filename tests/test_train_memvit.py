@@ -3,7 +3,8 @@
 import torch
 
 import longvid
-from longvid.memvit.loop import Trainer, seed_everything
+from longvid.core.seeding import seed_everything
+from longvid.memvit.loop import Trainer
 from longvid.engine.config import TrainConfig
 from longvid.memvit.data import synthetic_source
 

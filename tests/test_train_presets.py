@@ -12,7 +12,7 @@ from longvid.memvit.recipes import PRESETS
 from longvid.memvit.loop import Trainer
 from longvid.memvit.run import build_model
 from longvid.memvit.tasks import memvit_config
-from longvid.data.annotations import TensorVideos
+from longvid.data.sources import TensorVideos
 
 MEMORY_PRESETS = sorted(n for n, c in PRESETS.items() if (m := memvit_config(c)) is not None and m.memory_len)
 

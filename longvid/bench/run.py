@@ -44,11 +44,12 @@ from longvid.data.synth import SynthSpec, normalize_frames, recall_sample, scene
 from longvid.errors import LongvidError
 from longvid.progress import is_terminal
 from longvid.progress import progress as progress_bar
-from longvid.memvit.loop import Trainer, seed_everything
+from longvid.core.seeding import seed_everything
+from longvid.memvit.loop import Trainer
 from longvid.engine.config import TrainConfig
 from longvid.memvit.loop import evaluate
 from longvid.memvit.flops import gflops_per_clip
-from longvid.data.annotations import TensorVideos
+from longvid.data.sources import TensorVideos
 
 EVAL_SEED_OFFSET = 1_000_000  # held-out scene seeds start here
 TRAIN_SEEDS_PER_RUN = 100_000  # run seed s trains on scene seeds s * 100_000 + i

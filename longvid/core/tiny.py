@@ -10,12 +10,11 @@ loads back by path with :class:`longvid.core.llm.CausalLM` and
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from typing import Sequence
 
-import torch
+from longvid.core.seeding import seeded
 
 DEFAULT_WORDS = (
     "question answer what which who where when is are the a an of in on at to video color colour shape "
@@ -43,20 +42,6 @@ def save_tiny_tokenizer(folder: str, words: Sequence[str] = DEFAULT_WORDS) -> No
     tiny_tokenizer(words).save_pretrained(folder)
 
 
-@contextlib.contextmanager
-def _seeded(seed: int, isolated: bool):
-    """Draw random weights from ``seed``: in a fork of the global RNG (``isolated``), or by
-    seeding the global RNG itself (what the savers always did; the benchmarks' recorded
-    figures depend on the RNG state they leave)."""
-    if not isolated:
-        torch.manual_seed(seed)
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 def tiny_llm_model(
     arch: str = "llama", hidden: int = 32, layers: int = 2, words: Sequence[str] = DEFAULT_WORDS, seed: int = 0,
     init_std: float = 0.02, isolated: bool = True,
@@ -79,7 +64,7 @@ def tiny_llm_model(
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False, initializer_range=init_std,
     )  # fmt: skip
-    with _seeded(seed, isolated):
+    with seeded(seed, isolated):
         return model_class(config)
 
 
@@ -116,7 +101,7 @@ def tiny_vision_model(arch: str = "clip", image_size: int = 32, patch: int = 8, 
     config_class, model_class = classes[arch]
     config = config_class(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
                           image_size=image_size, patch_size=patch)
-    with _seeded(seed, isolated):
+    with seeded(seed, isolated):
         return model_class(config)
 
 

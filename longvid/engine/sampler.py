@@ -1,6 +1,6 @@
 """Sequential clip streams for training (MeMViT sections 4.3, A.2).
 
-:class:`StreamSampler` plays the videos of a :class:`~longvid.data.annotations.ClipSource`
+:class:`StreamSampler` plays the videos of a :class:`~longvid.data.sources.ClipSource`
 in ``B`` slots, clip after clip, the next video starting in a slot (with ``is_first``)
 when the previous one ends, as MeMViT's sequential training needs. It shards videos
 across ranks and can save and restore its position exactly.
@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 
 from longvid.errors import LongvidError
-from longvid.data.annotations import ClipSource
+from longvid.data.sources import ClipSource
 
 
 @dataclass

@@ -40,7 +40,7 @@ from longvid.core.llm import CausalLM
 from longvid.malmm import MALMM, get_config
 from longvid.core.tiny import DEFAULT_WORDS, save_tiny_llm, save_tiny_vision
 from longvid.engine.config import TrainConfig
-from longvid.memvit.loop import seed_everything
+from longvid.core.seeding import seed_everything
 from longvid.malmm.qa import QAExample, QATrainer
 
 SYSTEMS = ("malmm", "last", "concat")

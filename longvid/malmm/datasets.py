@@ -27,10 +27,10 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable
 
 from longvid.errors import LongvidError
 from longvid.data.annotations import VIDEO_EXTENSIONS, AnnotationError
+from longvid.data.jsonfiles import JsonWording, read_json_object
 
 LVU_TASKS = ("director", "genre", "relationship", "scene", "way_speaking", "writer", "year")
 
@@ -59,15 +59,8 @@ class LMMItem:
     references: tuple[str, ...] = field(default=(), compare=False)
 
 
-def _position_to_line(text: str) -> Callable[[int], int]:
-    starts = [0] + [m.end() for m in re.finditer("\n", text)]
-
-    def line(position: int) -> int:
-        import bisect
-
-        return bisect.bisect_right(starts, position)
-
-    return line
+MALMM_JSON = JsonWording(syntax="{}", key="expected a quoted key", colon="expected ':' after the key",
+                         extra="extra data after the JSON object")  # fmt: skip
 
 
 def json_entries(path: str) -> list[tuple[str, object, int]]:
@@ -75,45 +68,7 @@ def json_entries(path: str) -> list[tuple[str, object, int]]:
     (``line``: where the key is, 1-based)."""
     if not os.path.isfile(path):
         raise AnnotationError(f"{path}: no such annotation file")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    line_of = _position_to_line(text)
-    decoder = json.JSONDecoder()
-    whitespace = re.compile(r"\s*")
-
-    def fail(position: int, what: str):
-        raise AnnotationError(f"{path}:{line_of(position)}: {what}")
-
-    try:
-        position = whitespace.match(text, 0).end()
-        if not text.startswith("{", position):
-            fail(position, "expected a JSON object keyed by id (MA-LMM's annotation layout)")
-        position = whitespace.match(text, position + 1).end()
-        entries = []
-        if text.startswith("}", position):
-            return entries
-        while True:
-            if not text.startswith('"', position):
-                fail(position, "expected a quoted key")
-            key_line = line_of(position)
-            key, position = json.decoder.scanstring(text, position + 1)
-            position = whitespace.match(text, position).end()
-            if not text.startswith(":", position):
-                fail(position, "expected ':' after the key")
-            value, position = decoder.raw_decode(text, whitespace.match(text, position + 1).end())
-            entries.append((key, value, key_line))
-            position = whitespace.match(text, position).end()
-            if text.startswith(",", position):
-                position = whitespace.match(text, position + 1).end()
-            elif text.startswith("}", position):
-                break
-            else:
-                fail(position, "expected ',' or '}'")
-    except json.JSONDecodeError as err:
-        raise AnnotationError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
-    if whitespace.match(text, position + 1).end() != len(text):
-        fail(position + 1, "extra data after the JSON object")
-    return entries
+    return read_json_object(path, "expected a JSON object keyed by id (MA-LMM's annotation layout)", MALMM_JSON)
 
 
 def _need(path: str, line: int, key: str, entry: object, name: str, kind: type | tuple[type, ...]):

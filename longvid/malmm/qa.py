@@ -105,7 +105,7 @@ class QATrainer(TaskTrainer):
     ``requires_grad`` train.
 
     Like every library part, it leaves the global RNG alone: the caller seeds it (e.g.
-    :func:`~longvid.memvit.loop.seed_everything`) when dropout should be reproducible.
+    :func:`~longvid.core.seeding.seed_everything`) when dropout should be reproducible.
     """
 
     def __init__(

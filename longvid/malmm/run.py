@@ -464,7 +464,7 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
     """``longvid train <malmm preset> key=value ...``: train, then evaluate on ``val_data`` if given."""
     from longvid.engine.core import TaskTrainer
     from longvid.engine.distributed import DistInfo, barrier, cleanup, setup
-    from longvid.memvit.loop import seed_everything
+    from longvid.core.seeding import seed_everything
     from longvid.malmm.qa import QAExample, QATask
 
     run = load_run(config_name, overrides)

@@ -25,7 +25,7 @@ from longvid.memvit.augment import ClipAugment, View, training_augment
 
 
 class AvaClips:
-    """Movies as streams of keyframe clips (a :class:`~longvid.data.annotations.ClipSource`
+    """Movies as streams of keyframe clips (a :class:`~longvid.data.sources.ClipSource`
     with per-clip boxes: ``clip_extras``)."""
 
     def __init__(self, movies: list[tuple[str, list[Keyframe]]], clip_frames: int, stride: int, size: int, augment: ClipAugment | None = None):

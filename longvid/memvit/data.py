@@ -14,7 +14,8 @@ from longvid.errors import LongvidError
 from longvid.fileio import write_text_atomically
 from longvid.memvit.augment import training_augment
 from longvid.engine.config import TrainConfig
-from longvid.data.annotations import ClipSource, FileVideos, TensorVideos, load_annotations, load_kinetics_folder
+from longvid.data.annotations import load_annotations, load_kinetics_folder
+from longvid.data.sources import ClipSource, FileVideos, TensorVideos
 
 
 def synthetic_source(config: TrainConfig, seed: int) -> TensorVideos:

@@ -30,13 +30,7 @@ from longvid.engine.distributed import DistInfo, all_gather_objects, all_reduce
 from longvid.memvit.ava import box_batch, box_loss
 from longvid.memvit.losses import head_outputs, stream_loss
 from longvid.engine.sampler import StreamSampler
-from longvid.data.annotations import ClipSource
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's and torch's global generators (all devices)."""
-    random.seed(seed)
-    torch.manual_seed(seed)
+from longvid.data.sources import ClipSource
 
 
 def memory_length(model: nn.Module) -> int | None:

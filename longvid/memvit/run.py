@@ -19,7 +19,8 @@ from longvid.memvit import finetune, tasks
 from longvid.engine.config import TrainConfig
 from longvid.memvit.data import build_sources, class_frequencies, save_class_list
 from longvid.engine.distributed import cleanup, setup
-from longvid.memvit.loop import Trainer, seed_everything
+from longvid.core.seeding import seed_everything
+from longvid.memvit.loop import Trainer
 from longvid.engine.toy import ToyMemoryModel
 
 

@@ -65,7 +65,7 @@ def anticipation_window(video: str, start: float, tau_a: float, span: float, con
 
 
 class WindowClips:
-    """A :class:`~longvid.data.annotations.ClipSource` over :class:`Window` items.
+    """A :class:`~longvid.data.sources.ClipSource` over :class:`Window` items.
 
     ``scored(item, clip)``: whether clip ``clip`` of item ``item`` carries the loss and the
     score (the clips after the context). ``augment`` (a

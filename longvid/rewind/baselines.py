@@ -15,7 +15,8 @@ from torch import Tensor
 from longvid.core.llm import CausalLM
 from longvid.rewind.config import RewindConfig
 from longvid.rewind.grounding import GroundingHead
-from longvid.rewind.model import _seeded, add_lora, pool_frame_features
+from longvid.core.seeding import seeded
+from longvid.rewind.model import add_lora, pool_frame_features
 from longvid.rewind.selection import uniform_indices
 
 
@@ -26,7 +27,7 @@ class UniformFrames(nn.Module):
     def __init__(self, config: RewindConfig, llm: CausalLM, num_frames: int, seed: int = 0):
         super().__init__()
         self.config, self.num_frames = config, num_frames
-        with _seeded(seed):
+        with seeded(seed):
             self.llm = add_lora(llm, config)
             self.frame_proj = nn.Linear(config.memory.vision_dim, config.llm_dim)
             self.separator = nn.Parameter(torch.randn(config.llm_dim) * 0.02)

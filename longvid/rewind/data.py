@@ -18,10 +18,7 @@ whole video are computed once and cached on disk (:class:`FeatureFiles`).
 
 from __future__ import annotations
 
-import bisect
-import json
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -30,6 +27,7 @@ import torch
 
 from longvid.errors import LongvidError
 from longvid.data.annotations import AnnotationError
+from longvid.data.jsonfiles import read_json
 
 FORMATS = ("charades_sta", "didemo", "activitynet", "moviechat", "videochatgpt", "captions")
 KIND = {"charades_sta": "grounding", "didemo": "grounding", "activitynet": "grounding", "moviechat": "qa",
@@ -83,79 +81,6 @@ class VideoTexts:
     def without(self, missing: list[str]) -> "VideoTexts":
         gone = set(missing)
         return replace(self, items=tuple(item for item in self.items if item.video not in gone))
-
-
-# -- JSON with line numbers -------------------------------------------------------------------
-
-
-class LinedDict(dict):
-    """A JSON object and the line it starts on."""
-
-    line = 0
-
-
-class LinedList(list):
-    """A JSON array and the line it starts on."""
-
-    line = 0
-
-
-def load_json_lines(path: str):
-    """``path`` parsed as JSON, its objects and arrays as :class:`LinedDict` / :class:`LinedList`
-    knowing their line; invalid JSON is an :class:`AnnotationError` naming ``file:line``."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    newlines = [m.start() for m in re.finditer("\n", text)]
-    decoder = json.JSONDecoder()
-    space = re.compile(r"[ \t\n\r]*")
-
-    def line_of(pos: int) -> int:
-        return bisect.bisect_left(newlines, pos) + 1
-
-    def fail(pos: int, message: str):
-        raise AnnotationError(f"{path}:{line_of(pos)}: invalid JSON ({message})")
-
-    def skip(pos: int) -> int:
-        return space.match(text, pos).end()
-
-    def value(pos: int):
-        pos = skip(pos)
-        opener = text[pos : pos + 1]
-        if opener not in ("{", "["):
-            try:
-                return decoder.raw_decode(text, pos)
-            except json.JSONDecodeError as err:
-                fail(err.pos, err.msg)
-        closer = "}" if opener == "{" else "]"
-        container = LinedDict() if opener == "{" else LinedList()
-        container.line = line_of(pos)
-        pos = skip(pos + 1)
-        if text[pos : pos + 1] == closer:
-            return container, pos + 1
-        while True:
-            if opener == "{":
-                key, pos = value(pos)
-                if not isinstance(key, str):
-                    fail(pos, "object keys must be strings")
-                pos = skip(pos)
-                if text[pos : pos + 1] != ":":
-                    fail(pos, "expected ':'")
-                container[key], pos = value(pos + 1)
-            else:
-                item, pos = value(pos)
-                container.append(item)
-            pos = skip(pos)
-            if text[pos : pos + 1] == ",":
-                pos += 1
-                continue
-            if text[pos : pos + 1] == closer:
-                return container, pos + 1
-            fail(pos, f"expected ',' or '{closer}'")
-
-    parsed, end = value(0)
-    if skip(end) != len(text):
-        fail(skip(end), "extra data after the JSON value")
-    return parsed
 
 
 def _where(path: str, node) -> str:
@@ -218,7 +143,7 @@ def read_didemo(path: str, video_root: str, ext: str = ".mp4") -> list[VideoText
     """DiDeMo: a list of ``{"video", "description", "times"}``; ``times`` holds each annotator's
     ``[first, last]`` 5-second segment; the target is the most common pair (``train_times``'s
     first when given), ``[first * 5, (last + 1) * 5]`` seconds."""
-    rows = load_json_lines(path)
+    rows = read_json(path)
     if not isinstance(rows, list):
         raise AnnotationError(f"{path}:1: a DiDeMo file is a JSON list of moments")
     items = []
@@ -246,7 +171,7 @@ def _didemo_video(root: str, name: str, ext: str) -> str:
 def read_activitynet(path: str, video_root: str, ext: str = ".mp4") -> list[VideoText]:
     """ActivityNet Captions: ``{"v_<id>": {"duration", "timestamps": [[s, e], ...], "sentences": [...]}}``,
     one row per sentence; an end past the duration is cut to it."""
-    videos = load_json_lines(path)
+    videos = read_json(path)
     if not isinstance(videos, dict):
         raise AnnotationError(f"{path}:1: an ActivityNet Captions file is a JSON object keyed by video id")
     items = []
@@ -275,7 +200,7 @@ def read_moviechat(path: str, video_root: str, ext: str = ".mp4") -> list[VideoT
         raise AnnotationError(f"{path}: no MovieChat-1K .json files in this folder")
     items = []
     for file in files:
-        movie = load_json_lines(file)
+        movie = read_json(file)
         info = _field(file, movie, "info", dict)
         video = _video(video_root, _field(file, info, "video_path", str), ext)
         fps = float(_field(file, info, "fps", (int, float), " (info)"))
@@ -297,7 +222,7 @@ def read_moviechat(path: str, video_root: str, ext: str = ".mp4") -> list[VideoT
 
 def read_videochatgpt(path: str, video_root: str, ext: str = ".mp4") -> list[VideoText]:
     """Video-ChatGPT instruction data: a list of ``{"q", "a", "video_id"}`` (ActivityNet ids, ``v_...``)."""
-    rows = load_json_lines(path)
+    rows = read_json(path)
     if not isinstance(rows, list):
         raise AnnotationError(f"{path}:1: a Video-ChatGPT file is a JSON list of {{'q', 'a', 'video_id'}}")
     return [VideoText(_video(video_root, _field(path, row, "video_id", str), ext), _where(path, row),
@@ -306,7 +231,7 @@ def read_videochatgpt(path: str, video_root: str, ext: str = ".mp4") -> list[Vid
 
 def read_captions(path: str, video_root: str, ext: str = ".mp4") -> list[VideoText]:
     """Video-caption pairs: a list of ``{"video", "caption"}`` with optional ``"start"``/``"end"`` seconds."""
-    rows = load_json_lines(path)
+    rows = read_json(path)
     if not isinstance(rows, list):
         raise AnnotationError(f"{path}:1: a caption file is a JSON list of {{'video', 'caption'}}")
     items = []
@@ -333,7 +258,7 @@ def detect_format(path: str) -> str:
         return "moviechat"
     if path.endswith(".txt"):
         return "charades_sta"
-    data = load_json_lines(path)
+    data = read_json(path)
     if isinstance(data, dict):
         if "info" in data and ("global" in data or "breakpoint" in data):
             return "moviechat"

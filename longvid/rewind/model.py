@@ -41,7 +41,6 @@ much worse its answer cross-entropy is than with the frames DFS would pick.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -56,6 +55,7 @@ from torch import Tensor
 
 from longvid.errors import LongvidError
 from longvid.core.llm import CausalLM, pad_ids
+from longvid.core.seeding import seeded
 from longvid.rewind.config import TINY_BACKBONES, RewindConfig, RewindMemoryConfig, get_config
 from longvid.rewind.grounding import GroundingHead, best_span, pointer_loss, span_seconds
 from longvid.rewind.memory import MemoryState, RewindMemory
@@ -576,14 +576,6 @@ def _check_batch(state: RewindState, count: int) -> None:
 # -- building ----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """Draw from the CPU RNG seeded with ``seed``, leaving the global RNG as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(seed)
-        yield
-
-
 def _encoder(name: str, encoder, config: RewindConfig, seed: int, device) -> nn.Module:
     """The image encoder: a module as given, loaded from a path or hub id, or the preset's tiny one."""
     from longvid.core.encoders import FrozenImageEncoder
@@ -639,7 +631,7 @@ def build_model(name: str, encoder=None, llm=None, checkpoint: str | os.PathLike
     width = getattr(vision, "width", base.memory.vision_dim)
     memory = RewindMemoryConfig(**{**base.memory.__dict__, "vision_dim": width, "text_dim": language.hidden_size})
     config = get_config(name, **{"memory": memory, "llm_dim": language.hidden_size, **overrides})
-    with _seeded(seed):
+    with seeded(seed):
         model = ReWind(config, vision, language, selector)
     if tensors is not None:
         _load_checkpoint(model, tensors, checkpoint)

@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from longvid.core.seeding import seeded
 from longvid.errors import LongvidError
 from longvid.rewind.data import FORMATS, FeatureFiles, VideoText, VideoTexts, read_data, video_features
 
@@ -367,15 +368,6 @@ def grounding_loss(model, videos, questions: list[str], intervals: list[tuple[fl
 # -- train -----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """The global RNG seeded inside (dropout, DFS draws), restored after: library code leaves it alone."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 def _logger(progress: bool) -> Callable[[str], None] | None:
     """Run notes on stderr, plain like the progress lines (``longvid:`` starts errors and warnings)."""
     return (lambda message: print(message, file=sys.stderr, flush=True)) if progress else None
@@ -417,7 +409,7 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
 
         say = None if bar is None else bar.write
         try:
-            with _seeded(config.seed):
+            with seeded(config.seed):
                 trainer = TaskTrainer(model, task, config.train_config(), total, config.out_dir, dist, on_step=on_step,
                                       log=say, norm_order="groups")
                 history = trainer.fit(resume=resume)
@@ -441,7 +433,7 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
-def normalize_answer(text: str) -> str:
+def strip_punctuation_and_articles(text: str) -> str:
     """The standard normalisation before exact match: lower case, punctuation and articles
     (a, an, the) removed, white space collapsed."""
     text = "".join(c for c in text.lower() if c not in string.punctuation)
@@ -449,7 +441,7 @@ def normalize_answer(text: str) -> str:
 
 
 def exact_match(prediction: str, answer: str) -> bool:
-    return normalize_answer(prediction) == normalize_answer(answer)
+    return strip_punctuation_and_articles(prediction) == strip_punctuation_and_articles(answer)
 
 
 def _weights_for(config: RewindRunConfig, checkpoint: str | None) -> str:

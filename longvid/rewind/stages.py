@@ -11,7 +11,6 @@ RNG is left as it was.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sized
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from longvid.errors import LongvidError
+from longvid.core.seeding import seeded
 from longvid.engine.config import TrainConfig
 from longvid.engine.core import TaskTrainer
 from longvid.engine.distributed import DistInfo
@@ -68,17 +68,6 @@ class StageTask:
         return len(batch) if isinstance(batch, Sized) else None
 
 
-@contextlib.contextmanager
-def _seeded(seed: int):
-    """The global RNG (CPU and the CUDA devices in use) seeded with ``seed`` inside, restored after."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.random.default_generator.manual_seed(seed)
-        if devices:
-            torch.cuda.manual_seed_all(seed)
-        yield
-
-
 def train_stage(
     model: nn.Module,
     loss_fn: Callable[[nn.Module, Any], torch.Tensor],
@@ -104,7 +93,7 @@ def train_stage(
         raise LongvidError("nothing to train: no parameter requires grad (call set_stage first)")
     report = None if on_step is None else (lambda r: on_step({"step": r["step"] - 1, "loss": r["loss"], "lr": r["lr"]}))
     device = next(model.parameters()).device
-    with _seeded(config.seed):
+    with seeded(config.seed):
         trainer = TaskTrainer(model, StageTask(loss_fn, batches), config.train_config(), config.steps, out_dir,
                               DistInfo(device=device), on_step=report, log=None,
                               norm_order="groups")
