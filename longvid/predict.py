@@ -636,8 +636,8 @@ def load_stream_model(preset: str | None, checkpoint: str | None = None, default
     families (MA-LMM, ReWind) are built through the registry with their ``encoder`` /
     ``llm`` (path or hub id; default: the preset's) and trained ``checkpoint``.
     """
-    from longvid.core.checkpoints import load_checkpoint, load_model, read_metadata
-    from longvid.memvit import build_model
+    from longvid.core.checkpoints import load_checkpoint, read_metadata
+    from longvid.memvit import build_model, load_model
     from longvid.registry import family_of
 
     if preset is not None and family_of(preset) != "memvit":

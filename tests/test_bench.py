@@ -15,7 +15,8 @@ from longvid.bench import recall_lmm
 from longvid.core import measure
 from longvid.bench import run as bench
 from longvid.data.synth import recall_sample, scene_clips
-from longvid.core.checkpoints import load_model, read_metadata
+from longvid.core.checkpoints import read_metadata
+from longvid.memvit.model import load_model
 from longvid.errors import LongvidError
 from longvid.memvit.loop import evaluate
 

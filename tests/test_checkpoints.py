@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import longvid
-from longvid.core.checkpoints import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from longvid.core.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from longvid.memvit.model import load_model
 from longvid.memvit import build_model
 
 torch.set_num_threads(1)  # the test machines are shared: avoid thread oversubscription

@@ -1,7 +1,7 @@
 """Model checkpoints: our safetensors files and released MeMViT ``.pyth`` files.
 
 - ``save_checkpoint(model, path)``: safetensors with the model's config in the metadata.
-- ``load_model(path)``: rebuild the model from such a file.
+  (:func:`longvid.memvit.model.load_model` rebuilds a MeMViT from such a file.)
 - ``load_checkpoint(model, path)``: load weights into an existing model from a
   ``.safetensors`` file (ours) or an official PySlowFast ``.pyth`` (``model_state``,
   read with ``torch.load(..., weights_only=True)``). Our parameter names *are* the
@@ -108,22 +108,6 @@ def _readable_safetensors(path: str):
     except SafetensorError as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{path}: not a readable safetensors file, truncated or damaged? ({reason})") from None
-
-
-def load_model(path: str | os.PathLike):
-    """Rebuild a model saved by ``save_checkpoint`` (config from the file) and load it."""
-    from longvid.memvit import MeMViT, MeMViTConfig
-
-    meta = read_metadata(path)
-    if meta.get("architecture") != "MeMViT" or "config" not in meta:
-        raise CheckpointError(f"{path}: no MeMViT config in the file's metadata; build the model and use load_checkpoint")
-    config = stored_config(MeMViTConfig, meta["config"], os.fspath(path))
-    try:
-        model = MeMViT(config)
-    except (ArithmeticError, RuntimeError, TypeError, ValueError) as err:  # values the config's own checks let through
-        raise CheckpointError(f"{path}: the stored config does not build a model ({type(err).__name__}: {err})") from None
-    load_checkpoint(model, path)
-    return model
 
 
 def stored_config(cls, text: str, path: str):

@@ -20,11 +20,13 @@ released checkpoints.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from longvid.core.checkpoints import CheckpointError, load_checkpoint, read_metadata, stored_config
 from longvid.errors import LongvidError
 from longvid.memvit.attention import LayerMemory, MultiScaleBlock, PatchEmbed, conv_out_size, round_width
 from longvid.memvit.config import MeMViTConfig, Size3, get_config
@@ -301,3 +303,18 @@ def _init_weights(m: nn.Module) -> None:
 def build_model(name: str, **overrides) -> MeMViT:
     """Build a preset (``PRESETS``), e.g. ``build_model("memvit_tiny", num_classes=10)``."""
     return MeMViT(get_config(name, **overrides))
+
+
+def load_model(path: str | os.PathLike):
+    """Rebuild a MeMViT saved by :func:`longvid.core.checkpoints.save_checkpoint` (config from
+    the file) and load it."""
+    meta = read_metadata(path)
+    if meta.get("architecture") != "MeMViT" or "config" not in meta:
+        raise CheckpointError(f"{path}: no MeMViT config in the file's metadata; build the model and use load_checkpoint")
+    config = stored_config(MeMViTConfig, meta["config"], os.fspath(path))
+    try:
+        model = MeMViT(config)
+    except (ArithmeticError, RuntimeError, TypeError, ValueError) as err:  # values the config's own checks let through
+        raise CheckpointError(f"{path}: the stored config does not build a model ({type(err).__name__}: {err})") from None
+    load_checkpoint(model, path)
+    return model
