@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from longvid.data.synth import demo_sample, write_demo_video
-from longvid.predict import load_stream_model, settings_for, shipped_labels, shipped_weights, stream_predictions
+from longvid.loading import load_stream_model, shipped_labels, shipped_weights
+from longvid.predict import settings_for, stream_predictions
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.skipif(shipped_weights("memvit_tiny_recall") is None, reason="no shipped demo weights")

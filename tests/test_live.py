@@ -116,7 +116,8 @@ def test_stream_from_a_pipe_with_a_queue_matches_the_same_video_read_as_a_file(t
     assert [r["clip"] for r in live] == [0, 1, 2, 3]  # 2 s of 0.5 s clips, none dropped with a long queue
     assert not [r for r in _records(out) if "dropped" in r and "clip" not in r and "status" not in r]
     assert _records(out)[-1]["status"] == "done"
-    from longvid.predict import load_stream_model, settings_for, shipped_labels, stream_predictions
+    from longvid.loading import load_stream_model, shipped_labels
+    from longvid.predict import settings_for, stream_predictions
 
     model, _ = load_stream_model(None)
     settings = settings_for(model, size=32, stride=2)

@@ -13,7 +13,9 @@ import longvid
 from longvid.data.synth import write_demo_video
 from conftest import longvid_script, wait_until_blocked_opening_a_fifo
 from longvid.cli import main
-from longvid.predict import StreamSettings, expand_videos, load_labels, read_records, run_stream, stream_predictions
+from longvid.data.labels import load_labels
+from longvid.outputs import read_records
+from longvid.predict import StreamSettings, expand_videos, run_stream, stream_predictions
 from longvid.video import ClipReader
 
 SETTINGS = StreamSettings(clip_frames=16, stride=2, size=64, topk=3, keep_scores=True, background=False)

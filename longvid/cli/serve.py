@@ -14,7 +14,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import torch
 
     from longvid.ask import check_trained
-    from longvid.predict import DEFAULT_STREAM_PRESET, load_labels, load_stream_model, shipped_labels
+    from longvid.data.labels import load_labels
+    from longvid.loading import DEFAULT_STREAM_PRESET, load_stream_model, shipped_labels
     from longvid.serve.app import ServeSettings
     from longvid.serve.engine import LiveEngine, live_settings_for
     from longvid.serve.run import TOKEN_VARIABLE, check_serve_options, serve

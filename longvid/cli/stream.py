@@ -16,7 +16,10 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     from longvid.answers import ask_settings_for
     from longvid.precision import for_inference, resolve_dtype
-    from longvid.predict import DEFAULT_STREAM_PRESET, expand_videos, load_labels, load_stream_model, locked_output, run_stream, settings_for, shipped_labels
+    from longvid.data.labels import load_labels
+    from longvid.loading import DEFAULT_STREAM_PRESET, load_stream_model, shipped_labels
+    from longvid.outputs import locked_output
+    from longvid.predict import expand_videos, run_stream, settings_for
     from longvid.core.stream_input import apply_split, model_work, prepare_model, quiet_compile_logs
     from longvid.engine.distributed import setup
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -11,10 +10,10 @@ import torch
 
 from longvid.memvit.kinetics_files import is_kinetics_csv, load_kinetics_csv
 from longvid.errors import LongvidError
-from longvid.fileio import write_text_atomically
 from longvid.memvit.augment import training_augment
 from longvid.engine.config import TrainConfig
 from longvid.data.annotations import load_annotations, load_kinetics_folder
+from longvid.data.labels import CLASSES_FILE, load_labels
 from longvid.data.sources import ClipSource, FileVideos, TensorVideos
 
 
@@ -30,9 +29,6 @@ def synthetic_source(config: TrainConfig, seed: int) -> TensorVideos:
         videos.append(patterns[label] + 0.5 * torch.randn(shape, generator=gen))  # (N, 3, T, S, S)
         targets.append({"label": label})
     return TensorVideos(videos, targets)
-
-
-CLASSES_FILE = "classes.json"  # the class list a run saved in its out_dir (names -> indices)
 
 
 @dataclass
@@ -87,7 +83,7 @@ def build_sources(config: TrainConfig, saved_in: Sequence[str] = (), need_train:
         return _ava_sources(config, need_train)
     if config.data == "synthetic":
         return Sources(synthetic_source(config, config.seed), synthetic_source(config, config.seed + 1))
-    classes = read_class_list(config.classes) if config.classes else _saved_classes(saved_in)
+    classes = load_labels(config.classes) if config.classes else _saved_classes(saved_in)
     lines: list[str] = []
     if not need_train and config.val_data and (classes is not None or not os.path.exists(config.data)):
         return Sources(None, file_source(config.val_data, config, classes, lines)[0], classes, summary=lines)
@@ -130,26 +126,11 @@ def _ava_sources(config: TrainConfig, need_train: bool) -> Sources:
     return Sources(sources.get("train"), sources.get("val"), summary=lines)
 
 
-def read_class_list(path: str) -> list[str]:
-    """Class names, index order: a .txt (one a line), .csv or .json file."""
-    from longvid.predict import load_labels
-
-    return load_labels(path)
-
-
-def save_class_list(directory: str, classes: list[str]) -> str:
-    """Write ``directory/classes.json`` (atomically); returns its path."""
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, CLASSES_FILE)
-    write_text_atomically(path, json.dumps(classes, indent=0) + "\n")
-    return path
-
-
 def _saved_classes(folders: Sequence[str]) -> list[str] | None:
     for folder in folders:
         path = os.path.join(folder, CLASSES_FILE)
         if os.path.isfile(path):
-            return read_class_list(path)
+            return load_labels(path)
     return None
 
 

@@ -17,7 +17,8 @@ from longvid.core.stream_input import prepare_model
 from longvid.engine import checkpoint as ckpt
 from longvid.memvit import finetune, tasks
 from longvid.engine.config import TrainConfig
-from longvid.memvit.data import build_sources, class_frequencies, save_class_list
+from longvid.data.labels import save_class_list
+from longvid.memvit.data import build_sources, class_frequencies
 from longvid.engine.distributed import cleanup, setup
 from longvid.core.seeding import seed_everything
 from longvid.memvit.loop import Trainer

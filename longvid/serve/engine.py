@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from longvid.data.labels import top_labels
 from longvid.errors import LongvidError
 from longvid.core.stream import Frames
 from longvid.video.live import ClipBuffer, Gap, LiveClip, LiveReader, LiveSettings, StreamEvent
@@ -173,11 +174,6 @@ class BatchedStepper:
 def _probabilities(logits) -> dict[str, np.ndarray]:
     outputs = logits if isinstance(logits, dict) else {"logits": logits}
     return {name: torch.softmax(v.float(), dim=-1).double().cpu().numpy() for name, v in outputs.items() if v.dim() == 2}
-
-
-def top_labels(scores: np.ndarray, k: int, labels: Sequence[str] | None) -> list[dict]:
-    order = np.argsort(-scores, kind="stable")[:k]
-    return [{"label": labels[i] if labels is not None else int(i), "score": round(float(scores[i]), 6)} for i in order]
 
 
 @dataclass

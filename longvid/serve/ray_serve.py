@@ -38,7 +38,7 @@ def deployments(options: dict):
         def __init__(self):
             import torch
 
-            from longvid.predict import DEFAULT_STREAM_PRESET, load_stream_model, shipped_labels
+            from longvid.loading import DEFAULT_STREAM_PRESET, load_stream_model, shipped_labels
             from longvid.serve.app import Server
             from longvid.serve.engine import LiveEngine, live_settings_for
 
