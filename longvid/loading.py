@@ -62,11 +62,11 @@ def load_stream_model(preset: str | None, checkpoint: str | None = None, default
 
 
 def _load_frame_model(preset: str, checkpoint: str | None, encoder: str | None, llm: str | None):
-    import longvid
+    from longvid.registry import build_model
 
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise LongvidError(f"{checkpoint}: no such checkpoint file")
     given = {k: v for k, v in (("encoder", encoder), ("llm", llm), ("checkpoint", checkpoint)) if v is not None}
-    model = longvid.build_model(preset, **given)
+    model = build_model(preset, **given)
     note = f"weights from {checkpoint}" if checkpoint else "RANDOM trainable weights (untrained): pass --checkpoint for real answers"
     return model, note

@@ -3,7 +3,7 @@ held-out scenes as the MeMViT rows, answered through an LLM.
 
 Each system is its family's tiny self-contained preset (``malmm_tiny``, ``rewind_tiny``: a
 tiny random frozen CLIP tower and a tiny random frozen LLaMA, nothing downloaded), built with
-:func:`longvid.build_model` and driven through the stream contract only: ``init_state`` with
+:func:`longvid.registry.build_model` and driven through the stream contract only: ``init_state`` with
 the question as instruction, one ``model(Frames, state)`` step per clip, then
 ``score(state, questions, class names)`` (closed-set answer: the class name the LLM finds most
 likely). The LLM is given the benchmark's words (its vocabulary) and large random weights, so
@@ -34,10 +34,10 @@ from dataclasses import dataclass
 
 import torch
 
-import longvid
 from longvid.core import measure
 from longvid.data.synth import COLOURS, SHAPES, SynthSpec, caption_positives, class_name, frame_captions
 from longvid.core.stream import Frames
+from longvid.registry import build_model
 
 QUESTION = "Which object flashed in the video?"
 WORDS = ("which", "object", "flashed", "in", "the", "video", "?", *COLOURS, *SHAPES)
@@ -123,7 +123,7 @@ def build(row: LMMRow, seed: int) -> torch.nn.Module:
 
     llm = tiny_llm(hidden=llm_width(row.preset), words=vocabulary(row), seed=seed, init_std=row.llm_init_std)
     overrides = {} if row.top_l is None else {"top_l": row.top_l}
-    model = longvid.build_model(row.preset, llm=llm, seed=seed, **overrides)
+    model = build_model(row.preset, llm=llm, seed=seed, **overrides)
     if row.family == "ReWind":
         model.set_stage(2)
     return model

@@ -12,7 +12,7 @@ Every row is trained here on generated recall videos of ``max(distances) + 1`` c
   through an LLM (reach: every clip of the video).
 
 The MViT rows are tiny MViTs (``memvit_tiny`` layout) trained with the training engine
-(:class:`longvid.train.Trainer`, loss on each video's last clip). Evaluation is paired:
+(:class:`longvid.memvit.loop.Trainer`, loss on each video's last clip). Evaluation is paired:
 every held-out scene is shown once per cue class, so a model that cannot see the cue
 scores exactly ``1 / K``. Temporal support is ``(reach + 1) x clip seconds``.
 
@@ -36,7 +36,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-import longvid
 from longvid.core import measure
 from longvid.bench import recall_lmm
 from longvid.bench.recall_lmm import LMMRow
@@ -46,6 +45,7 @@ from longvid.progress import is_terminal
 from longvid.progress import progress as progress_bar
 from longvid.core.seeding import seed_everything
 from longvid.memvit.loop import Trainer
+from longvid.registry import build_model
 from longvid.engine.config import TrainConfig
 from longvid.memvit.loop import evaluate
 from longvid.memvit.flops import gflops_per_clip
@@ -80,8 +80,8 @@ class Variant:
         overrides = dict(num_classes=spec.num_classes, num_frames=self.clips * spec.clip_frames, crop_size=spec.size,
                          head_dropout=0.0, linear_init=self.linear_init)  # fmt: skip
         if self.memory_len:
-            return longvid.build_model("memvit_tiny_recall", memory_len=self.memory_len, **overrides)
-        return longvid.build_model("mvit_tiny", **overrides)
+            return build_model("memvit_tiny_recall", memory_len=self.memory_len, **overrides)
+        return build_model("mvit_tiny", **overrides)
 
 
 def short_term() -> Variant:

@@ -30,9 +30,9 @@ def build_model(config: TrainConfig, actions=None) -> nn.Module:
     the task's head (``actions``: the anticipation action classes)."""
     if config.model == "toy":
         return ToyMemoryModel(num_classes=config.num_classes)
-    import longvid
+    from longvid.registry import build_model as build_preset
 
-    return longvid.build_model(config.model, **tasks.model_overrides(config, actions))
+    return build_preset(config.model, **tasks.model_overrides(config, actions))
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> list[dict]:
