@@ -26,13 +26,13 @@ from longvid.engine.toy import ToyMemoryModel
 
 
 def build_model(config: TrainConfig, actions=None) -> nn.Module:
-    """``toy`` (:class:`ToyMemoryModel`) or a model preset sized for the config's clips, with
+    """``toy`` (:class:`ToyMemoryModel`) or a MeMViT preset sized for the config's clips, with
     the task's head (``actions``: the anticipation action classes)."""
     if config.model == "toy":
         return ToyMemoryModel(num_classes=config.num_classes)
-    from longvid.registry import build_model as build_preset
+    from longvid.memvit.model import build_model as build_memvit
 
-    return build_preset(config.model, **tasks.model_overrides(config, actions))
+    return build_memvit(config.model, **tasks.model_overrides(config, actions))
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> list[dict]:

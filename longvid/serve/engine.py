@@ -13,7 +13,6 @@ reconnected connections, the end. It is written once against the stream contract
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -23,7 +22,7 @@ import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +31,6 @@ from longvid.data.labels import top_labels
 from longvid.errors import LongvidError
 from longvid.core.stream import Frames
 from longvid.video.live import ClipBuffer, Gap, LiveClip, LiveReader, LiveSettings, StreamEvent
-from longvid.video.types import VideoError
 
 
 def asks_questions(model) -> bool:

@@ -11,7 +11,6 @@ time) and ``latency`` (seconds from the clip's last frame arriving to its record
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
