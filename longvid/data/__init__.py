@@ -1,3 +1,5 @@
-"""Annotation files of the papers' data sets, read unchanged: EPIC-KITCHENS-100
-(:mod:`longvid.memvit.epic_files`), Kinetics (:mod:`longvid.memvit.kinetics_files`), AVA v2.2
-(:mod:`longvid.memvit.ava_files`) and MA-LMM's data sets (:mod:`longvid.data.lmm`)."""
+"""Data every family shares: generic annotation files with file:line errors
+(:mod:`~longvid.data.annotations`), JSON with line numbers (:mod:`~longvid.data.jsonfiles`),
+label files (:mod:`~longvid.data.labels`), clip sources (:mod:`~longvid.data.sources`) and
+generated videos (:mod:`~longvid.data.synth`). Each data set a family reads (EPIC-KITCHENS-100,
+Kinetics, AVA; MA-LMM's; ReWind's) lives in that family's folder."""

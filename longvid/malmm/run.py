@@ -1,7 +1,7 @@
 """MA-LMM runs from the command line: ``longvid train malmm_* ...`` and ``longvid eval malmm_* ...``.
 
 A run preset (:class:`MALMMRun`) names a model preset, one of MA-LMM's data sets
-(:mod:`longvid.data.lmm`) and the optimisation of the released training scripts. A run:
+(:mod:`longvid.malmm.datasets`) and the optimisation of the released training scripts. A run:
 
 1. reads the annotation files (unchanged) and finds every video under ``video_root``,
    saying how many were found and missing, before any compute;
