@@ -205,3 +205,21 @@ def test_best_validation_epoch_is_kept_and_evaluated(lvu, monkeypatch, capsys):
     metrics = malmm_run.evaluate("malmm_tiny_lvu", ["val_data=val.json", "video_root=videos", "out_dir=V"], progress=False)
     assert "V/best.safetensors (the best validation epoch" in capsys.readouterr().out
     assert metrics == best["metrics"]
+
+
+def test_lvu_task_the_file_does_not_label_is_named(tmp_path, capsys):
+    """MA-LMM's released LVU train.json (entries copied unchanged) labels no year: ``lvu_tasks=year``
+    names the task and what the file labels, from the reader and from ``longvid train``."""
+    from longvid.cli import main
+    from longvid.data.annotations import AnnotationError
+
+    formats = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "formats")
+    sample = os.path.join(formats if os.path.isdir(formats) else "/work/shared/reference/formats", "lvu_train.sample.json")
+    path = tmp_path / "train.json"
+    shutil.copyfile(sample, path)
+    with pytest.raises(AnnotationError, match=r"train.json: no lvu samples for lvu_tasks=year in this file \(its entries label director, "):
+        read_dataset("lvu", str(path), lvu_tasks=("year",))
+    assert main(["train", "malmm_tiny_lvu", f"data={path}", "lvu_tasks=year", f"video_root={tmp_path}", "max_steps=1",
+                 f"out_dir={tmp_path / 'out'}", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no lvu samples for lvu_tasks=year" in err, err

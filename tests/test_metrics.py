@@ -8,6 +8,7 @@ import torch
 from longvid.eval import (
     Box,
     box_iou,
+    clamp_intervals,
     class_mean_recall,
     epic_accuracy,
     frame_map,
@@ -148,3 +149,12 @@ def test_temporal_iou_and_grounding():
     assert m["mIoU"] == pytest.approx(100 * (1 + 1 / 3) / 4)
     with pytest.raises(ValueError):
         temporal_iou(pred, target[:2])
+
+
+def test_intervals_are_cut_to_their_video():
+    intervals = torch.tensor([[-0.5, 3.0], [2.0, 31.9], [40.0, 45.0], [1.0, 2.0]], dtype=torch.float64)
+    durations = torch.tensor([10.0, 30.4, 30.0, 5.0], dtype=torch.float64)
+    assert clamp_intervals(intervals, durations).tolist() == [[0.0, 3.0], [2.0, 30.4], [30.0, 30.0], [1.0, 2.0]]
+    assert temporal_iou(clamp_intervals(intervals, durations)[2:3], torch.tensor([[0.0, 30.0]]))[0] == 0.0  # past the end: empty
+    with pytest.raises(ValueError):
+        clamp_intervals(intervals, durations[:2])

@@ -89,7 +89,6 @@ def test_each_official_layout_reads_with_its_times_and_lines(tmp_path):
 @pytest.mark.parametrize("name, text, message", [
     ("charades_sta_train.txt", "AO8RW 0.0 6.9##ok\nAO8RW 1.0 a##bad\n", "charades_sta_train.txt:2: start and end must be seconds"),
     ("charades_sta_train.txt", "AO8RW 0.0 6.9 no separator\n", "charades_sta_train.txt:1: expected '<video> <start> <end>##<sentence>'"),
-    ("charades_sta_train.txt", "\nAO8RW 5.0 2.0##backwards\n", "charades_sta_train.txt:2: the interval must have 0 <= start < end"),
     ("train_data.json", '[{"video": "a.mov", "description": "x", "times": [[0, 0]]},\n {"video": "b.mov", "times": [[1, 1]]}]',
      "train_data.json:2: missing field 'description'"),
     ("train_data.json", '[{"video": "a.mov",\n "description": "x",\n "times": [[0, 0]],}]', "train_data.json:3: invalid JSON"),
@@ -111,3 +110,71 @@ def test_json_lines_match_plain_json(tmp_path):
     parsed = read_json(write(tmp_path / "f.json", text))
     assert parsed == json.loads(text)
     assert parsed.line == 1 and parsed[0].line == 2 and parsed[0]["a"][2].line == 6
+
+
+# Issue 29: the released files hold rows no loader can use. charades_sta_train.txt's line 8252 is
+# "LEOL6 8.0 7.0##..." (start >= end; its sentence is not reproduced here), ActivityNet Captions'
+# train.json has sentences with start >= end (v_N7ppHQNikv8, ...) and is written on one line.
+QUIRKY_CHARADES = CHARADES + "LEOL6 8.0 7.0##a person is sitting in a chair.\n"
+ONE_LINE_ACTIVITYNET = json.dumps({
+    "v_QOlSCBRmfWY": json.loads(ACTIVITYNET)["v_QOlSCBRmfWY"],
+    "v_N7ppHQNikv8": {"duration": 20.0, "timestamps": [[0.0, 5.5], [12.3, 12.3]],
+                      "sentences": ["A man is seen speaking to the camera.", " He then holds up a tool."]}})
+
+
+def test_rows_that_cannot_be_used_are_skipped_and_listed_or_refused_with_strict(tmp_path):
+    path = write(tmp_path / "charades_sta_train.txt", QUIRKY_CHARADES)
+    data = read_data(path, "V")
+    assert [i.video for i in data.items] == ["V/AO8RW.mp4", "V/3MSZA.mp4"]
+    assert data.skipped == ((f"{path}:3", "start 8 >= end 7"),)
+    summary = data.summary()
+    assert "\n" not in summary and "skipped 1 row that cannot be used" in summary
+    assert "charades_sta_train.txt:3 (start 8 >= end 7)" in summary
+    with pytest.raises(AnnotationError, match=r"charades_sta_train.txt:3: the interval must have start < end, got 8 7"):
+        read_data(path, "V", strict=True)
+    with pytest.raises(AnnotationError, match=r"no grounding rows .*1 rows that cannot be used were skipped.*:1: start 8 >= end 7"):
+        read_data(write(tmp_path / "only.txt", "LEOL6 8.0 7.0##a person is sitting in a chair.\n"), "V")
+
+
+def test_one_line_json_names_the_video_and_sentence(tmp_path):
+    path = write(tmp_path / "train.json", ONE_LINE_ACTIVITYNET)
+    assert "\n" not in ONE_LINE_ACTIVITYNET
+    data = read_data(path, "V")
+    assert [i.where for i in data.items] == [f"{path}: v_QOlSCBRmfWY sentence {k}" for k in (1, 2, 3)] + [
+        f"{path}: v_N7ppHQNikv8 sentence 1"]
+    assert data.skipped == ((f"{path}: v_N7ppHQNikv8 sentence 2", "start 12.3 >= end 12.3"),)
+    assert "train.json: v_N7ppHQNikv8 sentence 2 (start 12.3 >= end 12.3)" in data.summary()
+    with pytest.raises(AnnotationError, match=r"train.json: v_N7ppHQNikv8 sentence 2: the interval must have start < end"):
+        read_data(path, "V", strict=True)
+    # an error names the video, not the useless line 1
+    broken = json.loads(ONE_LINE_ACTIVITYNET)
+    del broken["v_N7ppHQNikv8"]["duration"]
+    with pytest.raises(AnnotationError, match=r"train.json: v_N7ppHQNikv8: missing field 'duration'"):
+        read_data(write(tmp_path / "train.json", json.dumps(broken)), "V")
+    # a file over several lines keeps file:line, and its skips still name the sentence
+    pretty = write(tmp_path / "val_1.json", json.dumps(json.loads(ONE_LINE_ACTIVITYNET), indent=1))
+    data = read_data(pretty, "V")
+    assert data.items[0].where == f"{pretty}:2"
+    line = open(pretty).read().split("\n").index(' "v_N7ppHQNikv8": {') + 1
+    assert data.skipped[0][0] == f"{pretty}:{line}: v_N7ppHQNikv8 sentence 2"
+
+    didemo = write(tmp_path / "train_data.json", json.dumps(json.loads(DIDEMO)))  # released on one line
+    assert [i.where for i in read_data(didemo, "V").items] == [
+        f"{didemo}: moment 1 (12090392@N02_13482799053_87ef417396.mov)", f"{didemo}: moment 2 (21574226@N00_2952305418_f51d7c8b2a.mov)"]
+
+
+def test_intervals_are_cut_to_the_video_and_rows_past_its_end_skipped(tmp_path):
+    # 3MSZA's query ends past a 28-s video (as 1,805 Charades-STA train queries do); AO8RW's starts after a 5-s one.
+    path = write(tmp_path / "charades_sta_train.txt", CHARADES)
+    data = read_data(path, "V").clamped_to({"V/AO8RW.mp4": 5.0, "V/3MSZA.mp4": 28.0})
+    assert [(i.video, i.interval) for i in data.items] == [("V/AO8RW.mp4", (0.0, 5.0)), ("V/3MSZA.mp4", (24.3, 28.0))]
+    data = read_data(path, "V").clamped_to({"V/AO8RW.mp4": 0.0, "V/3MSZA.mp4": 24.0})  # 0: unknown, left as it is
+    assert [i.interval for i in data.items] == [(0.0, 6.9)] and data.clamped == 0
+    assert data.skipped == ((f"{path}:2", "starts at 24.3 s, at or after the video's end (24 s)"),)
+    with pytest.raises(AnnotationError, match=r"charades_sta_train.txt:2: the interval 24.3-30.4 starts at 24.3 s"):
+        read_data(path, "V").clamped_to({"V/3MSZA.mp4": 24.0}, strict=True)
+    # DiDeMo's last 5-s segment on a shorter video
+    didemo = read_data(write(tmp_path / "train_data.json", DIDEMO), "V")
+    clamped = didemo.clamped_to({didemo.items[1].video: 12.5})
+    assert [i.interval for i in clamped.items] == [(0.0, 5.0), (5.0, 12.5)]
+    assert clamped.summary() == "1 interval cut to the video's duration"

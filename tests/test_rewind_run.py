@@ -288,3 +288,50 @@ def test_relevance_cut_is_a_run_option(work, tmp_path):
 def test_exact_match_ignores_case_punctuation_and_articles():
     assert rewind_run.strip_punctuation_and_articles("The man opens  a DOOR, then-an apple!") == "man opens door thenan apple"
     assert rewind_run.exact_match("A red ball.", "red ball") and not rewind_run.exact_match("red balls", "red ball")
+
+
+def test_quirky_rows_are_skipped_and_named_and_intervals_cut_to_the_video(work, run_cli, tmp_path, monkeypatch):
+    """Issue 29: the released charades_sta_train.txt has lines with start >= end (line 8252 begins
+    ``LEOL6 8.0 7.0##``; its sentence is not reproduced here) and queries that end past the video.
+    ``longvid train`` skips and names the first, cuts the second, and trains; ``strict=true`` refuses."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    data = tmp_path / "charades_sta_train.txt"
+    data.write_text(work["charades_train"].read_text() + "LEOL6 8.0 7.0##a person is sitting in a chair.\n"
+                    "AO8RW 6.0 10.5##person walks out.\n")  # AO8RW lasts 9 s
+    out = tmp_path / "Q"
+    common = [f"video_root={work['videos']}", f"out_dir={out}"]
+    code, printed = run_cli("train", "rewind_tiny", "stage=grounding", f"data={data}", "max_steps=2", *common)
+    assert code == 0, printed
+    summary = [line for line in printed.splitlines() if line.startswith("train data ")]
+    assert summary == [f"train data {data}: charades_sta, 4 rows, 3 videos: 3 found, 0 missing; skipped 1 row that cannot "
+                       "be used (strict=true refuses the file): charades_sta_train.txt:4 (start 8 >= end 7); "
+                       "1 interval cut to the video's duration"], printed
+    assert "trained 2 steps" in printed
+
+    code, printed = run_cli("train", "rewind_tiny", "stage=grounding", f"data={data}", "max_steps=2", "strict=true", *common)
+    assert code == 1 and printed.strip().splitlines()[-1].endswith(
+        "charades_sta_train.txt:4: the interval must have start < end, got 8 7"), printed
+
+    # eval: targets cut to the video, predictions inside [0, duration]
+    metrics = rewind_run.evaluate("rewind_tiny", [f"val_data={data}", *common], progress=False)
+    rows = read_rows(out / "predictions.jsonl")
+    assert metrics["samples"] == 4 and [r["where"].rsplit(":", 1)[1] for r in rows] == ["1", "2", "3", "5"]
+    assert rows[3]["target"] == [6.0, 9.0]
+    for row in rows:
+        seconds = VIDEOS[os.path.basename(row["video"])[:-4]]
+        assert 0.0 <= row["prediction"][0] <= row["prediction"][1] <= seconds, row
+
+
+def test_predictions_are_cut_to_the_video(work, tmp_path, monkeypatch):
+    """A prediction reaching past the video's end (or before 0) is cut to it before scoring."""
+    common = [f"video_root={work['videos']}", f"out_dir={tmp_path}"]
+    rewind_run.train("rewind_tiny", ["stage=grounding", f"data={work['charades_test']}", "max_steps=1", *common], progress=False)
+    from longvid.rewind.model import ReWind
+
+    def too_wide(self, state, questions, until=None):
+        return torch.tensor([[-3.0, 99.0]] * len(questions), dtype=torch.float64)
+
+    monkeypatch.setattr(ReWind, "ground", too_wide)
+    rewind_run.evaluate("rewind_tiny", [f"val_data={work['charades_test']}", *common], progress=False)
+    rows = read_rows(tmp_path / "predictions.jsonl")
+    assert [r["prediction"] for r in rows] == [[0.0, float(VIDEOS[os.path.basename(r["video"])[:-4]])] for r in rows]

@@ -171,6 +171,22 @@ def test_boxes_follow_the_crop_and_the_flip(tmp_path):
     assert torch.equal(flipped, torch.tensor([[16 - 16, 12.0, 16 - 12, 16.0]]))  # x 12..24 clipped to 12..16, mirrored
 
 
+def test_every_ava_file_is_closed(ava):
+    """Reading the action list, the excluded timestamps and the box CSVs leaves no file open
+    (a ResourceWarning, CPython's "unclosed file", fails the test)."""
+    import gc
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        load_action_list(str(ava / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"))
+        load_excluded(str(ava / "ava_val_excluded_timestamps_v2.2.csv"))
+        load_keyframes(str(ava / "ava_train_v2.2.csv"), [1, 3, 12])
+        load_keyframes(str(ava / "ava_val_predicted_boxes.csv"), [1, 3, 12], detections=True, threshold=0.8)
+        gc.collect()  # an unreferenced open file warns when collected
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
 def test_train_and_eval_tiny_ava(ava, run_cli, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny model: threads only contend
     files = [f"action_list={ava / 'ava_action_list_v2.2_for_activitynet_2019.pbtxt'}", f"video_root={ava / 'movies'}"]
@@ -178,6 +194,7 @@ def test_train_and_eval_tiny_ava(ava, run_cli, tmp_path, monkeypatch):
     code, text = run_cli("train", "memvit_tiny_ava", f"data={ava / 'ava_train_v2.2.csv'}", *files, "max_steps=2", f"out_dir={out}")
     assert code == 0, text
     assert "ava_train_v2.2.csv: 3 keyframes in 1 movies; 1 movies missing (skipped)" in text
+    assert "unclosed file" not in text  # issue 29: the .pbtxt was opened and never closed
     code, text = run_cli("eval", "memvit_tiny_ava", f"val_data={ava / 'ava_val_v2.2.csv'}", *files, f"out_dir={out}",
                          f"person_boxes={ava / 'ava_val_predicted_boxes.csv'}",
                          f"excluded_timestamps={ava / 'ava_val_excluded_timestamps_v2.2.csv'}", "--predictions", tmp_path / "dets.csv")  # fmt: skip

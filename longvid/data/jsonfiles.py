@@ -24,15 +24,17 @@ from longvid.data.annotations import AnnotationError
 
 
 class LinedDict(dict):
-    """A JSON object and the line it starts on."""
+    """A JSON object and the line it starts on (a file's top value: ``lines``, the line it ends on)."""
 
     line = 0
+    lines = 0
 
 
 class LinedList(list):
-    """A JSON array and the line it starts on."""
+    """A JSON array and the line it starts on (a file's top value: ``lines``, the line it ends on)."""
 
     line = 0
+    lines = 0
 
 
 @dataclass(frozen=True)
@@ -134,10 +136,13 @@ class LinedJson:
 
 def read_json(path: str, wording: JsonWording = JsonWording()):
     """``path`` parsed as JSON, its objects and arrays as :class:`LinedDict` / :class:`LinedList`
-    knowing their line; invalid JSON is an :class:`AnnotationError` naming ``file:line``."""
+    knowing their line (the top one also ``lines``: 1 for a file written on one line, whose
+    line numbers say nothing); invalid JSON is an :class:`AnnotationError` naming ``file:line``."""
     doc = LinedJson(path, wording)
     parsed, end = doc.value(0)
     doc.finish(end)
+    if isinstance(parsed, (LinedDict, LinedList)):
+        parsed.lines = doc.line(end - 1)
     return parsed
 
 

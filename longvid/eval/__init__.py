@@ -3,6 +3,7 @@
 from longvid.eval.metrics import (
     Box,
     box_iou,
+    clamp_intervals,
     class_mean_recall,
     epic_accuracy,
     frame_map,
@@ -16,6 +17,7 @@ from longvid.eval.metrics import (
 __all__ = [
     "Box",
     "box_iou",
+    "clamp_intervals",
     "class_mean_recall",
     "epic_accuracy",
     "frame_map",

@@ -195,6 +195,15 @@ def frame_map(
 # -- temporal grounding -----------------------------------------------------------------
 
 
+def clamp_intervals(intervals: torch.Tensor, durations: torch.Tensor) -> torch.Tensor:
+    """Time intervals ``(N, 2)`` cut to their video, ``[0, durations (N,)]`` seconds, as the
+    grounding references do before scoring (a start past the end becomes the end: an empty interval)."""
+    if intervals.dim() != 2 or intervals.shape[1] != 2 or durations.shape != intervals.shape[:1]:
+        raise ValueError(f"need intervals (N, 2) and durations (N,), got {tuple(intervals.shape)} and {tuple(durations.shape)}")
+    top = durations.to(intervals.dtype)[:, None]
+    return torch.minimum(intervals.clamp(min=0), top)
+
+
 def temporal_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """IoU of time intervals ``pred (N, 2)`` and ``target (N, 2)`` as ``(start, end)`` -> ``(N,)``.
 

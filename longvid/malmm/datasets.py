@@ -117,9 +117,10 @@ def read_lvu(path: str, tasks=LVU_TASKS, history: float = 100, stride: float = 2
     unknown = sorted(set(tasks) - set(LVU_TASKS))
     if unknown or not tasks:
         raise LongvidError(f"LVU tasks must be among {', '.join(LVU_TASKS)}, got {', '.join(unknown) or 'none'}")
-    items = []
+    items, labelled = [], set()
     for key, entry, line in json_entries(path):
         duration = _number(path, line, key, entry, "duration")
+        labelled.update(t for t in LVU_TASKS if t in entry)
         for task in tasks:
             if task not in entry:
                 continue
@@ -128,6 +129,10 @@ def read_lvu(path: str, tasks=LVU_TASKS, history: float = 100, stride: float = 2
             for start in starts:
                 end = min(start + history - 1, duration)
                 items.append(LMMItem(f"{key}_{int(start)}_{task}", key, LVU_PROMPT.format(task), process_caption(label), task, line, start, end))
+    if not items:
+        asked = ",".join(tasks) if set(tasks) != set(LVU_TASKS) else "all"
+        has = f"its entries label {', '.join(sorted(labelled))}" if labelled else "no entry labels an LVU task"
+        raise AnnotationError(f"{path}: no lvu samples for lvu_tasks={asked} in this file ({has})")
     return items
 
 

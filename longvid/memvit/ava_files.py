@@ -28,7 +28,8 @@ def load_action_list(path: str) -> dict[int, str]:
     ``label { name: ".." label_id: N ... }``)."""
     if not os.path.isfile(path):
         raise AnnotationError(f"{path}: no such file")
-    text = open(path, encoding="utf-8").read()
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
     actions = {}
     for match in _ITEM.finditer(text):
         body = match.group(1)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -59,11 +59,20 @@ class VideoText:
 
 @dataclass(frozen=True)
 class VideoTexts:
-    """A data set read from ``path``: its ``format``, ``kind`` (grounding, qa, caption) and rows."""
+    """A data set read from ``path``: its ``format``, ``kind`` (grounding, qa, caption) and rows.
+
+    skipped:   ``(where, why)`` of each row that cannot be used (an interval with start >= end,
+               one that starts after its video's end), left out and listed by :meth:`summary`.
+    clamped:   how many intervals were cut to their video's duration (:meth:`clamped_to`).
+    durations: video -> seconds, once probed (:meth:`clamped_to`; the run's predictions are cut to them).
+    """
 
     path: str
     format: str
     items: tuple[VideoText, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+    clamped: int = 0
+    durations: dict[str, float] | None = field(default=None, compare=False)
 
     @property
     def kind(self) -> str:
@@ -82,32 +91,93 @@ class VideoTexts:
         gone = set(missing)
         return replace(self, items=tuple(item for item in self.items if item.video not in gone))
 
+    def clamped_to(self, durations: dict[str, float], strict: bool = False) -> "VideoTexts":
+        """Intervals cut to their video's duration (``durations``: video -> seconds; a video not in
+        it, or 0, is left as it is), as the reference loaders do; a row whose interval starts at or
+        after its video's end is skipped (with ``strict``: an :class:`AnnotationError` naming it)."""
+        items, skipped, clamped = [], list(self.skipped), 0
+        for item in self.items:
+            duration = durations.get(item.video) or 0.0
+            if item.interval is not None and duration > 0:
+                start, end = item.interval
+                if start >= duration:
+                    why = f"starts at {start:g} s, at or after the video's end ({duration:g} s)"
+                    if strict:
+                        raise AnnotationError(f"{item.where}: the interval {start:g}-{end:g} {why}")
+                    skipped.append((item.where, why))
+                    continue
+                if end > duration:
+                    item = replace(item, interval=(start, float(duration)))
+                    clamped += 1
+            items.append(item)
+        return replace(self, items=tuple(items), skipped=tuple(skipped), clamped=self.clamped + clamped,
+                       durations=dict(durations))
+
+    def summary(self, most: int = 20) -> str:
+        """One line on the rows left out (``file:line``, or in a one-line JSON file the video and
+        the sentence) and the intervals cut to their video ("" when neither happened)."""
+        parts = []
+        if self.skipped:
+            listed = [f"{os.path.basename(where)} ({why})" for where, why in self.skipped[:most]]
+            more = f"; and {len(self.skipped) - most} more" if len(self.skipped) > most else ""
+            rows = "row" if len(self.skipped) == 1 else "rows"
+            parts.append(f"skipped {len(self.skipped)} {rows} that cannot be used (strict=true refuses the file): "
+                         + "; ".join(listed) + more)
+        if self.clamped:
+            parts.append(f"{self.clamped} interval{'s' if self.clamped > 1 else ''} cut to the video's duration")
+        return "; ".join(parts)
+
+
+class _Places:
+    """Where a node of JSON file ``path`` is written: ``file:line``, or, in a file written on one
+    line (its line numbers say nothing), ``file: <label>`` (e.g. ``train.json: v_x sentence 2``)."""
+
+    def __init__(self, path: str, top):
+        self.path, self.one_line = path, getattr(top, "lines", 0) == 1
+
+    def __call__(self, node, label: str) -> str:
+        return f"{self.path}: {label}" if self.one_line else f"{self.path}:{getattr(node, 'line', 0)}"
+
 
 def _where(path: str, node) -> str:
     return f"{path}:{getattr(node, 'line', 0)}"
 
 
-def _field(path: str, row, name: str, kind: type | tuple, what: str = ""):
-    """``row[name]`` checked to be a ``kind``; a clear ``file:line`` error otherwise."""
+def _field(where: str, row, name: str, kind: type | tuple, what: str = ""):
+    """``row[name]`` checked to be a ``kind``; a clear error naming ``where`` otherwise."""
     if not isinstance(row, dict):
-        raise AnnotationError(f"{_where(path, row)}: expected a JSON object{what}, got {type(row).__name__}")
+        raise AnnotationError(f"{where}: expected a JSON object{what}, got {type(row).__name__}")
     if name not in row:
-        raise AnnotationError(f"{_where(path, row)}: missing field {name!r}{what}")
+        raise AnnotationError(f"{where}: missing field {name!r}{what}")
     value = row[name]
     if not isinstance(value, kind) or isinstance(value, bool):
         names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise AnnotationError(f"{_where(path, row)}: field {name!r} must be {names}, got {value!r}")
+        raise AnnotationError(f"{where}: field {name!r} must be {names}, got {value!r}")
     return value
 
 
-def _interval(where: str, start: float, end: float, duration: float | None = None) -> tuple[float, float]:
-    if not (start >= 0 and end > start):
-        raise AnnotationError(f"{where}: the interval must have 0 <= start < end, got {start:g} {end:g}")
-    if duration is not None:
-        end = min(end, duration)
-        if end <= start:
-            raise AnnotationError(f"{where}: the interval {start:g}-{end:g} starts after the video's duration {duration:g}")
-    return float(start), float(end)
+Skipped = list  # (where, why) of the rows a reader leaves out; a reader given None refuses the first instead
+
+
+def _interval(where: str, start: float, end: float, duration: float | None = None,
+              skipped: Skipped | None = None) -> tuple[float, float] | None:
+    """``(start, end)`` seconds cut to ``[0, duration]``; None for a row that cannot be used
+    (start >= end, nothing after 0, a start past ``duration``): listed in ``skipped``, or, when
+    ``skipped`` is None (strict), an :class:`AnnotationError` naming ``where``."""
+    start, end = float(start), float(end)
+    why = None
+    if not end > start:
+        why, message = f"start {start:g} >= end {end:g}", f"the interval must have start < end, got {start:g} {end:g}"
+    elif end <= 0:
+        why = message = f"the interval {start:g}-{end:g} ends before the video starts"
+    elif duration is not None and start >= duration:
+        why = message = f"the interval {start:g}-{end:g} starts after the video's duration {duration:g}"
+    if why is not None:
+        if skipped is None:
+            raise AnnotationError(f"{where}: {message}")
+        skipped.append((where, why))
+        return None
+    return max(start, 0.0), (min(end, duration) if duration is not None else end)
 
 
 def _video(root: str, name: str, ext: str) -> str:
@@ -116,10 +186,14 @@ def _video(root: str, name: str, ext: str) -> str:
 
 
 # -- readers -----------------------------------------------------------------------------------
+#
+# Each reader takes ``(path, video_root, ext, skipped)``: rows that cannot be used are appended to
+# ``skipped`` as ``(where, why)`` and left out; with ``skipped=None`` (strict) the first one is an error.
 
 
-def read_charades_sta(path: str, video_root: str, ext: str = ".mp4") -> list[VideoText]:
-    """Charades-STA: ``<video id> <start> <end>##<sentence>`` a line (seconds)."""
+def read_charades_sta(path: str, video_root: str, ext: str = ".mp4", skipped: Skipped | None = None) -> list[VideoText]:
+    """Charades-STA: ``<video id> <start> <end>##<sentence>`` a line (seconds). The released
+    ``charades_sta_train.txt`` has 4 lines with start >= end (e.g. ``LEOL6 8.0 7.0``): skipped."""
     items = []
     with open(path, encoding="utf-8") as f:
         for line, text in enumerate(f, 1):
@@ -134,30 +208,35 @@ def read_charades_sta(path: str, video_root: str, ext: str = ".mp4") -> list[Vid
                 start, end = float(fields[1]), float(fields[2])
             except ValueError:
                 raise AnnotationError(f"{where}: start and end must be seconds, got {fields[1]!r} {fields[2]!r}") from None
-            items.append(VideoText(_video(video_root, fields[0], ext), where, sentence.strip(),
-                                   interval=_interval(where, start, end)))
+            interval = _interval(where, start, end, skipped=skipped)
+            if interval is not None:
+                items.append(VideoText(_video(video_root, fields[0], ext), where, sentence.strip(), interval=interval))
     return items
 
 
-def read_didemo(path: str, video_root: str, ext: str = ".mp4") -> list[VideoText]:
+def read_didemo(path: str, video_root: str, ext: str = ".mp4", skipped: Skipped | None = None) -> list[VideoText]:
     """DiDeMo: a list of ``{"video", "description", "times"}``; ``times`` holds each annotator's
     ``[first, last]`` 5-second segment; the target is the most common pair (``train_times``'s
-    first when given), ``[first * 5, (last + 1) * 5]`` seconds."""
+    first when given), ``[first * 5, (last + 1) * 5]`` seconds (the run cuts the last segment to
+    a shorter video). In the one-line released files a moment is named ``file: moment <k> (<video>)``."""
     rows = read_json(path)
     if not isinstance(rows, list):
         raise AnnotationError(f"{path}:1: a DiDeMo file is a JSON list of moments")
+    place = _Places(path, rows)
     items = []
-    for row in rows:
-        video = _field(path, row, "video", str)
-        description = _field(path, row, "description", str)
-        times = row.get("train_times") or _field(path, row, "times", list)
+    for k, row in enumerate(rows, 1):
+        where = place(row, f"moment {k}")
+        video = _field(where, row, "video", str)
+        where = place(row, f"moment {k} ({video})")
+        description = _field(where, row, "description", str)
+        times = row.get("train_times") or _field(where, row, "times", list)
         pairs = [tuple(t) for t in times if isinstance(t, list) and len(t) == 2 and all(isinstance(i, int) for i in t)]
         if not pairs or len(pairs) != len(times):
-            raise AnnotationError(f"{_where(path, row)}: 'times' must be [[first, last], ...] segment indices, got {times!r}")
+            raise AnnotationError(f"{where}: 'times' must be [[first, last], ...] segment indices, got {times!r}")
         first, last = Counter(pairs).most_common(1)[0][0]
-        where = _where(path, row)
-        items.append(VideoText(_didemo_video(video_root, video, ext), where, description.strip(),
-                               interval=_interval(where, first * DIDEMO_SEGMENT, (last + 1) * DIDEMO_SEGMENT)))
+        interval = _interval(where, first * DIDEMO_SEGMENT, (last + 1) * DIDEMO_SEGMENT, skipped=skipped)
+        if interval is not None:
+            items.append(VideoText(_didemo_video(video_root, video, ext), where, description.strip(), interval=interval))
     return items
 
 
@@ -168,31 +247,37 @@ def _didemo_video(root: str, name: str, ext: str) -> str:
     return given if os.path.isfile(given) or not os.path.isfile(converted) else converted
 
 
-def read_activitynet(path: str, video_root: str, ext: str = ".mp4") -> list[VideoText]:
+def read_activitynet(path: str, video_root: str, ext: str = ".mp4", skipped: Skipped | None = None) -> list[VideoText]:
     """ActivityNet Captions: ``{"v_<id>": {"duration", "timestamps": [[s, e], ...], "sentences": [...]}}``,
-    one row per sentence; an end past the duration is cut to it."""
+    one row per sentence; an end past the duration is cut to it. The released files are one line
+    of JSON: a sentence is named ``file: <video id> sentence <k>`` (the first is sentence 1);
+    ``train.json``'s 4 sentences with start >= end (e.g. ``v_N7ppHQNikv8``) are skipped."""
     videos = read_json(path)
     if not isinstance(videos, dict):
         raise AnnotationError(f"{path}:1: an ActivityNet Captions file is a JSON object keyed by video id")
+    place = _Places(path, videos)
     items = []
     for video_id, row in videos.items():
-        duration = float(_field(path, row, "duration", (int, float)))
-        stamps = _field(path, row, "timestamps", list)
-        sentences = _field(path, row, "sentences", list)
-        where = _where(path, row)
+        where = place(row, video_id)
+        duration = float(_field(where, row, "duration", (int, float)))
+        stamps = _field(where, row, "timestamps", list)
+        sentences = _field(where, row, "sentences", list)
         if len(stamps) != len(sentences):
             raise AnnotationError(f"{where}: {video_id} has {len(stamps)} timestamps for {len(sentences)} sentences")
-        for stamp, sentence in zip(stamps, sentences):
+        for k, (stamp, sentence) in enumerate(zip(stamps, sentences), 1):
+            named = place(row, f"{video_id} sentence {k}")
+            said = named if place.one_line else f"{named}: {video_id} sentence {k}"  # errors and skips name the sentence
             if not (isinstance(stamp, list) and len(stamp) == 2 and all(isinstance(t, (int, float)) for t in stamp)):
-                raise AnnotationError(f"{where}: {video_id}: a timestamp must be [start, end] seconds, got {stamp!r}")
+                raise AnnotationError(f"{said}: a timestamp must be [start, end] seconds, got {stamp!r}")
             if not isinstance(sentence, str) or not sentence.strip():
-                raise AnnotationError(f"{where}: {video_id}: a sentence must be non-empty text, got {sentence!r}")
-            items.append(VideoText(_video(video_root, video_id, ext), where, sentence.strip(),
-                                   interval=_interval(where, *stamp, duration=duration)))
+                raise AnnotationError(f"{said}: a sentence must be non-empty text, got {sentence!r}")
+            interval = _interval(said, *stamp, duration=duration, skipped=skipped)
+            if interval is not None:
+                items.append(VideoText(_video(video_root, video_id, ext), named, sentence.strip(), interval=interval))
     return items
 
 
-def read_moviechat(path: str, video_root: str, ext: str = ".mp4") -> list[VideoText]:
+def read_moviechat(path: str, video_root: str, ext: str = ".mp4", skipped: Skipped | None = None) -> list[VideoText]:
     """MovieChat-1K: a video's JSON file, or a folder of them (read in name order). Breakpoint
     times are frame indices at ``info.fps``: asked at ``time / fps`` seconds."""
     files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".json")) if os.path.isdir(path) else [path]
@@ -201,51 +286,65 @@ def read_moviechat(path: str, video_root: str, ext: str = ".mp4") -> list[VideoT
     items = []
     for file in files:
         movie = read_json(file)
-        info = _field(file, movie, "info", dict)
-        video = _video(video_root, _field(file, info, "video_path", str), ext)
-        fps = float(_field(file, info, "fps", (int, float), " (info)"))
+        place = _Places(file, movie)
+        info = _field(place(movie, "the file"), movie, "info", dict)
+        video = _video(video_root, _field(place(info, "info"), info, "video_path", str), ext)
+        fps = float(_field(place(info, "info"), info, "fps", (int, float), " (info)"))
         if not fps > 0:
-            raise AnnotationError(f"{_where(file, info)}: info.fps must be > 0, got {fps:g}")
+            raise AnnotationError(f"{place(info, 'info')}: info.fps must be > 0, got {fps:g}")
         for group in ("global", "breakpoint"):
-            for row in movie.get(group, []):
-                question = _field(file, row, "question", str)
-                answer = _field(file, row, "answer", (str, int, float))
+            for k, row in enumerate(movie.get(group, []), 1):
+                where = place(row, f"{group} question {k}")
+                question = _field(where, row, "question", str)
+                answer = _field(where, row, "answer", (str, int, float))
                 until = None
                 if group == "breakpoint":
-                    frame = _field(file, row, "time", (int, float))
+                    frame = _field(where, row, "time", (int, float))
                     if frame < 0:
-                        raise AnnotationError(f"{_where(file, row)}: breakpoint time must be >= 0 (a frame index), got {frame}")
+                        raise AnnotationError(f"{where}: breakpoint time must be >= 0 (a frame index), got {frame}")
                     until = frame / fps
-                items.append(VideoText(video, _where(file, row), question.strip(), str(answer).strip(), until=until, group=group))
+                items.append(VideoText(video, where, question.strip(), str(answer).strip(), until=until, group=group))
     return items
 
 
-def read_videochatgpt(path: str, video_root: str, ext: str = ".mp4") -> list[VideoText]:
+def read_videochatgpt(path: str, video_root: str, ext: str = ".mp4", skipped: Skipped | None = None) -> list[VideoText]:
     """Video-ChatGPT instruction data: a list of ``{"q", "a", "video_id"}`` (ActivityNet ids, ``v_...``)."""
     rows = read_json(path)
     if not isinstance(rows, list):
         raise AnnotationError(f"{path}:1: a Video-ChatGPT file is a JSON list of {{'q', 'a', 'video_id'}}")
-    return [VideoText(_video(video_root, _field(path, row, "video_id", str), ext), _where(path, row),
-                      _field(path, row, "q", str).strip(), _field(path, row, "a", str).strip()) for row in rows]
+    place = _Places(path, rows)
+    items = []
+    for k, row in enumerate(rows, 1):
+        where = place(row, f"question {k}")
+        video_id = _field(where, row, "video_id", str)
+        where = place(row, f"question {k} ({video_id})")
+        items.append(VideoText(_video(video_root, video_id, ext), where, _field(where, row, "q", str).strip(),
+                               _field(where, row, "a", str).strip()))
+    return items
 
 
-def read_captions(path: str, video_root: str, ext: str = ".mp4") -> list[VideoText]:
+def read_captions(path: str, video_root: str, ext: str = ".mp4", skipped: Skipped | None = None) -> list[VideoText]:
     """Video-caption pairs: a list of ``{"video", "caption"}`` with optional ``"start"``/``"end"`` seconds."""
     rows = read_json(path)
     if not isinstance(rows, list):
         raise AnnotationError(f"{path}:1: a caption file is a JSON list of {{'video', 'caption'}}")
+    place = _Places(path, rows)
     items = []
-    for row in rows:
-        video, caption = _field(path, row, "video", str), _field(path, row, "caption", str)
-        where = _where(path, row)
+    for k, row in enumerate(rows, 1):
+        where = place(row, f"caption {k}")
+        video, caption = _field(where, row, "video", str), _field(where, row, "caption", str)
+        where = place(row, f"caption {k} ({video})")
         interval = None
         if "start" in row or "end" in row:
-            interval = _interval(where, float(_field(path, row, "start", (int, float))), float(_field(path, row, "end", (int, float))))
+            interval = _interval(where, _field(where, row, "start", (int, float)), _field(where, row, "end", (int, float)),
+                                 skipped=skipped)
+            if interval is None:
+                continue
         items.append(VideoText(_video(video_root, video, ext), where, caption.strip(), interval=interval))
     return items
 
 
-READERS: dict[str, Callable[[str, str, str], list[VideoText]]] = {
+READERS: dict[str, Callable[..., list[VideoText]]] = {
     "charades_sta": read_charades_sta, "didemo": read_didemo, "activitynet": read_activitynet,
     "moviechat": read_moviechat, "videochatgpt": read_videochatgpt, "captions": read_captions,
 }
@@ -274,19 +373,37 @@ def detect_format(path: str) -> str:
     raise AnnotationError(f"{path}: cannot tell its format; set format= one of {', '.join(FORMATS)}")
 
 
-def read_data(path: str, video_root: str | None = None, format: str = "auto", ext: str = ".mp4") -> VideoTexts:
+def read_data(path: str, video_root: str | None = None, format: str = "auto", ext: str = ".mp4",
+              strict: bool = False) -> VideoTexts:
     """Read annotation file (or MovieChat-1K folder) ``path``; videos under ``video_root``
-    (default: the annotation's folder)."""
+    (default: the annotation's folder). Rows that cannot be used (an interval with start >= end)
+    are left out and listed in ``skipped``; with ``strict`` the first one is an :class:`AnnotationError`."""
     if not os.path.exists(path):
         raise AnnotationError(f"{path}: no such annotation file")
     if format != "auto" and format not in READERS:
         raise LongvidError(f"format must be auto or one of {', '.join(FORMATS)}, got {format!r}")
     fmt = detect_format(path) if format == "auto" else format
     root = video_root or (path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
-    items = READERS[fmt](path, root, ext)
+    skipped: Skipped | None = None if strict else []
+    items = READERS[fmt](path, root, ext, skipped)
     if not items:
-        raise AnnotationError(f"{path}: no {KIND[fmt]} rows in this {fmt} file")
-    return VideoTexts(path, fmt, tuple(items))
+        left = f" ({len(skipped)} rows that cannot be used were skipped, the first {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise AnnotationError(f"{path}: no {KIND[fmt]} rows in this {fmt} file{left}")
+    return VideoTexts(path, fmt, tuple(items), tuple(skipped or ()))
+
+
+def video_durations(videos: list[str]) -> dict[str, float]:
+    """Each video's duration in seconds from its header (:func:`longvid.video.probe`); a video that
+    cannot be probed is left out (its intervals are not cut; reading its frames reports the error)."""
+    from longvid.video import VideoError, probe
+
+    durations = {}
+    for video in videos:
+        try:
+            durations[video] = float(probe(video).duration)
+        except (VideoError, OSError):
+            continue
+    return durations
 
 
 # -- features ----------------------------------------------------------------------------------

@@ -50,9 +50,10 @@ def best_span(logits: torch.Tensor) -> tuple[int, int]:
 
 def span_seconds(times: torch.Tensor, start: int, end: int) -> tuple[float, float]:
     """Seconds covered by frames ``start..end`` of frames at ``times (n,)``: half the frame
-    spacing (1 s for a single frame) before the first and after the last."""
+    spacing (1 s for a single frame) before the first and after the last, never before 0 (the
+    end is cut to the video's duration where that is known: :func:`longvid.eval.metrics.clamp_intervals`)."""
     spacing = float(times[1] - times[0]) if len(times) > 1 else 1.0
-    return float(times[start]) - spacing / 2, float(times[end]) + spacing / 2
+    return max(0.0, float(times[start]) - spacing / 2), float(times[end]) + spacing / 2
 
 
 def frames_in(times: torch.Tensor, interval: tuple[float, float]) -> tuple[int, int]:

@@ -34,7 +34,8 @@ import torch
 
 from longvid.core.seeding import seeded
 from longvid.errors import LongvidError
-from longvid.rewind.data import FORMATS, FeatureFiles, VideoText, VideoTexts, read_data, video_features
+from longvid.rewind.data import (FORMATS, FeatureFiles, VideoText, VideoTexts, read_data, video_durations,
+                                 video_features)
 
 STAGES = ("1", "2", "grounding")
 STAGE_KINDS = {"1": ("caption", "grounding"), "2": ("qa",), "grounding": ("grounding",)}
@@ -52,6 +53,7 @@ class RewindRunConfig:
     video_root: str | None = None  # videos folder (default: the annotation file's folder)
     video_ext: str = ".mp4"  # extension added to video ids
     missing: str = "error"  # a listed video that is not there: "error" before step 1, or "skip" its rows
+    strict: bool = False  # a row that cannot be used (start >= end, a start past the video's end): error (else skipped and counted)
     encoder: str | None = None  # frozen image encoder: path or hub id (tiny presets: built in)
     llm: str | None = None  # causal LM: path or hub id (tiny presets: built in)
     init: str | None = None  # start from these ReWind weights (a previous stage's out_dir/rewind.safetensors)
@@ -152,17 +154,27 @@ def load_run_config(name: str, overrides: Sequence[str] = ()) -> RewindRunConfig
 
 
 def read_checked(config: RewindRunConfig, path: str, role: str, log: Callable[[str], None] | None) -> VideoTexts:
-    """Read ``path``, say how many of its videos are there, and drop or refuse missing ones."""
-    data = read_data(path, config.video_root, config.format, config.video_ext)
+    """Read ``path``, say how many of its videos are there, and drop or refuse missing ones; cut
+    the intervals to each video's duration (its header's), and say in the same line which rows
+    were skipped (``strict``: refused) and how many intervals were cut."""
+    data = read_data(path, config.video_root, config.format, config.video_ext, strict=config.strict)
     found, missing = data.found_missing()
+    if not (missing and (config.missing == "error" or not found)):
+        data = data.without(missing)
+        if data.kind in ("grounding", "caption"):
+            data = data.clamped_to(video_durations(found), strict=config.strict)
     if log:
+        summary = data.summary()
         log(f"{role} data {path}: {data.format}, {len(data.items)} rows, {len(found) + len(missing)} videos: "
-            f"{len(found)} found, {len(missing)} missing" + (f" (first: {missing[0]})" if missing else ""))
+            f"{len(found)} found, {len(missing)} missing" + (f" (first: {missing[0]})" if missing else "")
+            + (f"; {summary}" if summary else ""))
     if missing and (config.missing == "error" or not found):
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         hint = f" (missing=skip {'trains' if role == 'train' else 'evaluates'} on the rest)" if found else ""
         raise LongvidError(f"{role} data {path}: video {missing[0]} not found{more}{hint}")
-    return data.without(missing)
+    if not data.items:
+        raise LongvidError(f"{role} data {path}: no rows left to use ({data.summary()})")
+    return data
 
 
 def _check_kind(config: RewindRunConfig, data: VideoTexts) -> None:
@@ -489,7 +501,7 @@ def evaluate(config_name: str, overrides: Sequence[str] = (), checkpoint: str | 
             for first in range(0, len(data.items), config.batch_size):
                 batch = list(data.items[first : first + config.batch_size])
                 with autocast(config, device):
-                    found = _evaluate_batch(config, model, features, data.kind, batch)
+                    found = _evaluate_batch(config, model, features, data.kind, batch, data.durations or {})
                 for row in found:
                     out.write(json.dumps(row) + "\n")
                     out.flush()
@@ -508,14 +520,20 @@ def evaluate(config_name: str, overrides: Sequence[str] = (), checkpoint: str | 
     return metrics
 
 
-def _evaluate_batch(config: RewindRunConfig, model, features: FeatureFiles, kind: str, batch: list[VideoText]) -> list[dict]:
+def _evaluate_batch(config: RewindRunConfig, model, features: FeatureFiles, kind: str, batch: list[VideoText],
+                    durations: dict[str, float]) -> list[dict]:
     videos = [upto(_read(features, model, config.fps, item.video), item.until) for item in batch]
     questions = [question_of(config, item, kind) for item in batch]
     state = watch(model, videos, questions)
     if kind == "grounding":
         from longvid.eval.metrics import temporal_iou
 
+        from longvid.eval.metrics import clamp_intervals
+
         predicted = model.ground(state, questions)  # (B, 2) seconds
+        # cut to each video's duration (its header's; unknown: the last frame's time + half a frame)
+        ends = [durations.get(item.video) or float(times[-1]) + 0.5 / config.fps for item, (_, times) in zip(batch, videos)]
+        predicted = clamp_intervals(predicted, torch.tensor(ends, dtype=torch.float64))
         target = torch.tensor([item.interval for item in batch], dtype=torch.float64)
         iou = temporal_iou(predicted, target)
         return [{"where": item.where, "video": item.video, "query": item.text, "prediction": [float(p[0]), float(p[1])],
