@@ -35,12 +35,12 @@ def measure(model: str, dtype: str, args: argparse.Namespace) -> dict:
     from longvid.memvit.flops import model_cost
     from longvid.core.seeding import seed_everything
     from longvid.memvit.loop import Trainer
-    from longvid.engine.config import TrainConfig
+    from longvid.memvit.run_config import MeMViTRunConfig
     from longvid.memvit.data import synthetic_source
 
     torch.set_num_threads(args.threads)
     total = args.warmup + args.steps
-    cfg = TrainConfig(
+    cfg = MeMViTRunConfig(
         model=model, num_classes=10, clip_frames=args.frames, size=args.size, synthetic_videos=args.batch,
         synthetic_clips=total, batch_size=args.batch, epochs=1, max_steps=total, eval_every=0, log_every=10**9,
         checkpoint_every=10**9, out_dir=tempfile.mkdtemp(prefix="longvid-speed-"), amp="bf16" if dtype == "bfloat16" else "off",

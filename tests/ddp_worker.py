@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from longvid.engine.toy import ToyMemoryModel  # noqa: E402
 from longvid.core.seeding import seed_everything
 from longvid.memvit.loop import Trainer
-from longvid.engine.config import TrainConfig
+from longvid.memvit.run_config import MeMViTRunConfig
 from longvid.memvit.data import synthetic_source  # noqa: E402
 from longvid.engine.distributed import cleanup, setup  # noqa: E402
 
@@ -21,7 +21,7 @@ from longvid.engine.distributed import cleanup, setup  # noqa: E402
 def main(out_dir: str, batch_size: int) -> None:
     torch.set_num_threads(1)
     dist = setup("cpu")
-    cfg = TrainConfig(
+    cfg = MeMViTRunConfig(
         num_classes=4, clip_frames=2, size=4, synthetic_videos=8, synthetic_clips=3, batch_size=batch_size, epochs=1,
         lr=0.1, optimizer="sgd", momentum=0.0, weight_decay=0.0, clip_grad=None, memory_drop=False, max_steps=3,
         log_every=1000, checkpoint_every=1000, out_dir=os.path.join(out_dir, "run"), eval_every=0,

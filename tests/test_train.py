@@ -15,7 +15,7 @@ from longvid.engine import checkpoint as ckpt
 from longvid.engine.toy import ToyMemoryModel
 from longvid.core.seeding import seed_everything
 from longvid.memvit.loop import Trainer, memory_drop_mask
-from longvid.engine.config import TrainConfig
+from longvid.memvit.run_config import MeMViTRunConfig
 from longvid.memvit.recipes import load_config
 from longvid.memvit.data import class_frequencies, synthetic_source
 from longvid.memvit.losses import equalization_loss
@@ -30,7 +30,7 @@ def config(tmp_path, **fields):
         lr=0.05, log_every=1000, checkpoint_every=1000, out_dir=str(tmp_path / "run"), eval_every=0,
     )  # fmt: skip
     base.update(fields)
-    return TrainConfig(**base)
+    return MeMViTRunConfig(**base)
 
 
 class SpyModel(ToyMemoryModel):

@@ -46,7 +46,7 @@ from longvid.progress import progress as progress_bar
 from longvid.core.seeding import seed_everything
 from longvid.memvit.loop import Trainer
 from longvid.registry import build_model
-from longvid.engine.config import TrainConfig
+from longvid.memvit.run_config import MeMViTRunConfig
 from longvid.memvit.loop import evaluate
 from longvid.memvit.flops import gflops_per_clip
 from longvid.data.sources import TensorVideos
@@ -226,8 +226,8 @@ class RunData:
 # -- one MViT row -----------------------------------------------------------------------------
 
 
-def train_config(cfg: BenchConfig, variant: Variant, out_dir: str) -> TrainConfig:
-    return TrainConfig(
+def train_config(cfg: BenchConfig, variant: Variant, out_dir: str) -> MeMViTRunConfig:
+    return MeMViTRunConfig(
         model="memvit_tiny" if variant.memory_len else "mvit_tiny", num_classes=cfg.spec.num_classes,
         clip_frames=variant.clips * cfg.spec.clip_frames, size=cfg.spec.size, batch_size=cfg.batch_size,
         epochs=cfg.epochs, lr=cfg.lr, warmup_steps=cfg.warmup_steps, memory_drop=False, loss_clips="last",

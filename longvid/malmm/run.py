@@ -104,7 +104,7 @@ class MALMMRun:
         from longvid.engine.config import TrainConfig
 
         return TrainConfig(
-            model=self.model, batch_size=self.batch_size, epochs=self.epochs, max_steps=self.max_steps, lr=self.lr,
+            batch_size=self.batch_size, epochs=self.epochs, max_steps=self.max_steps, lr=self.lr,
             min_lr=self.min_lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, clip_grad=self.clip_grad,
             amp=self.amp, seed=self.seed, log_every=self.log_every, checkpoint_every=self.checkpoint_every, out_dir=self.out_dir,
         ).validate()

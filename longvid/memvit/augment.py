@@ -51,6 +51,6 @@ class ClipAugment:
         return {**options, "short_side": view.short_side, "crop": None}
 
 
-def training_augment(config) -> ClipAugment | None:  # config: longvid.engine.config.TrainConfig
+def training_augment(config) -> ClipAugment | None:  # config: longvid.memvit.run_config.MeMViTRunConfig
     """The training clips' augmentation (``config.augment``), scaled to ``config.size``."""
     return ClipAugment(config.size) if config.augment else None

@@ -11,13 +11,13 @@ import torch
 from longvid.memvit.kinetics_files import is_kinetics_csv, load_kinetics_csv
 from longvid.errors import LongvidError
 from longvid.memvit.augment import training_augment
-from longvid.engine.config import TrainConfig
+from longvid.memvit.run_config import MeMViTRunConfig
 from longvid.data.annotations import load_annotations, load_kinetics_folder
 from longvid.data.labels import CLASSES_FILE, load_labels
 from longvid.data.sources import ClipSource, FileVideos, TensorVideos
 
 
-def synthetic_source(config: TrainConfig, seed: int) -> TensorVideos:
+def synthetic_source(config: MeMViTRunConfig, seed: int) -> TensorVideos:
     """``synthetic_videos`` videos of ``synthetic_clips`` clips ``(3, T, size, size)``:
     a fixed per-class colour pattern plus noise, so the class is learnable from any clip."""
     gen = torch.Generator().manual_seed(seed)
@@ -43,7 +43,7 @@ class Sources:
     summary: list[str] = field(default_factory=list)  # one line per annotation file: what was found / missing
 
 
-def file_source(path: str, config: TrainConfig, classes: list[str] | None = None, summary: list[str] | None = None,
+def file_source(path: str, config: MeMViTRunConfig, classes: list[str] | None = None, summary: list[str] | None = None,
                 train: bool = False) -> tuple[FileVideos, list[str] | None]:  # fmt: skip
     """Clips of an annotation file (generic, or the official Kinetics CSV) or a
     ``root/<class>/<video>`` folder, every label checked against ``config.num_classes``; and
@@ -68,7 +68,7 @@ def file_source(path: str, config: TrainConfig, classes: list[str] | None = None
     return videos, names
 
 
-def build_sources(config: TrainConfig, saved_in: Sequence[str] = (), need_train: bool = True) -> Sources:
+def build_sources(config: MeMViTRunConfig, saved_in: Sequence[str] = (), need_train: bool = True) -> Sources:
     """Training and validation data for ``config.data`` / ``config.val_data``.
 
     Class names map to indices through one list, used for both files: ``config.classes``
@@ -92,7 +92,7 @@ def build_sources(config: TrainConfig, saved_in: Sequence[str] = (), need_train:
     return Sources(train, val, classes, summary=lines)
 
 
-def _epic_sources(config: TrainConfig, saved_in: Sequence[str], need_train: bool) -> Sources:
+def _epic_sources(config: MeMViTRunConfig, saved_in: Sequence[str], need_train: bool) -> Sources:
     from longvid.memvit import tasks
 
     read_train = need_train or not config.val_data
@@ -112,7 +112,7 @@ def _epic_sources(config: TrainConfig, saved_in: Sequence[str], need_train: bool
     return Sources(train, val, None, actions, lines)
 
 
-def _ava_sources(config: TrainConfig, need_train: bool) -> Sources:
+def _ava_sources(config: MeMViTRunConfig, need_train: bool) -> Sources:
     from longvid.memvit.ava import ava_source, evaluated_classes
 
     classes = evaluated_classes(config)

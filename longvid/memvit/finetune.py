@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from longvid.core.checkpoints import CheckpointError, load_tensors, read_state_dict
 from longvid.engine import checkpoint as ckpt
-from longvid.engine.config import TrainConfig
+from longvid.memvit.run_config import MeMViTRunConfig
 
 HEAD_PREFIXES = ("head.", "box_blocks.")  # task-specific modules: re-initialized when they do not fit, trained under freeze=backbone
 
@@ -19,7 +19,7 @@ def is_head(name: str) -> bool:
     return name.startswith(HEAD_PREFIXES)
 
 
-def prepare(model: nn.Module, config: TrainConfig) -> list[str]:
+def prepare(model: nn.Module, config: MeMViTRunConfig) -> list[str]:
     """Apply ``init_from`` and ``freeze`` to a freshly built model; returns one line for each."""
     notes = []
     if config.init_from:

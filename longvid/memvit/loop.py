@@ -24,7 +24,7 @@ from torch import nn
 from longvid.errors import LongvidError
 from longvid.eval.metrics import epic_accuracy, topk_accuracy
 from longvid.engine import checkpoint as ckpt
-from longvid.engine.config import TrainConfig
+from longvid.memvit.run_config import MeMViTRunConfig
 from longvid.engine.core import Optimization, RunLog
 from longvid.engine.distributed import DistInfo, all_gather_objects, all_reduce
 from longvid.memvit.ava import box_batch, box_loss
@@ -78,7 +78,7 @@ class Trainer:
 
     Args:
         model: the memory model (built with the same seed on every rank).
-        config: the run's :class:`TrainConfig`.
+        config: the run's :class:`MeMViTRunConfig`.
         train_source, val_source: clips and targets (each rank gets its shard).
         class_freq: per head, each class's share of training samples (equalization loss).
         dist: rank / world / device (from :func:`longvid.engine.distributed.setup`).
@@ -91,7 +91,7 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        config: TrainConfig,
+        config: MeMViTRunConfig,
         train_source: ClipSource,
         val_source: ClipSource | None = None,
         class_freq: dict[str, torch.Tensor] | None = None,

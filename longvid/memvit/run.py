@@ -16,7 +16,7 @@ from longvid.progress import progress as progress_bar
 from longvid.core.stream_input import prepare_model
 from longvid.engine import checkpoint as ckpt
 from longvid.memvit import finetune, tasks
-from longvid.engine.config import TrainConfig
+from longvid.memvit.run_config import MeMViTRunConfig
 from longvid.data.labels import save_class_list
 from longvid.memvit.data import build_sources, class_frequencies
 from longvid.engine.distributed import cleanup, setup
@@ -25,7 +25,7 @@ from longvid.memvit.loop import Trainer
 from longvid.engine.toy import ToyMemoryModel
 
 
-def build_model(config: TrainConfig, actions=None) -> nn.Module:
+def build_model(config: MeMViTRunConfig, actions=None) -> nn.Module:
     """``toy`` (:class:`ToyMemoryModel`) or a MeMViT preset sized for the config's clips, with
     the task's head (``actions``: the anticipation action classes)."""
     if config.model == "toy":
@@ -35,7 +35,7 @@ def build_model(config: TrainConfig, actions=None) -> nn.Module:
     return build_memvit(config.model, **tasks.model_overrides(config, actions))
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> list[dict]:
+def train(config: MeMViTRunConfig, resume: bool = False, progress: bool = True) -> list[dict]:
     """Train ``config`` (single process, or one rank under ``torchrun``); returns step records."""
     dist = setup()
     try:
@@ -68,7 +68,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> l
         cleanup()
 
 
-def evaluate_checkpoint(config: TrainConfig, checkpoint: str, pooling: str = "mean", progress: bool = True,
+def evaluate_checkpoint(config: MeMViTRunConfig, checkpoint: str, pooling: str = "mean", progress: bool = True,
                         predictions: str | None = None, dtype: str | torch.dtype = "float32", compile: bool = False,
                         channels_last: bool = False) -> dict:  # fmt: skip
     """Load a checkpoint's weights into the config's model and evaluate on ``val_data``

@@ -1,5 +1,5 @@
 """The MeMViT paper's tasks on their official files: what each ``task`` of a
-:class:`~longvid.engine.config.TrainConfig` builds (data, head), and how it is scored.
+:class:`~longvid.memvit.run_config.MeMViTRunConfig` builds (data, head), and how it is scored.
 
 | task | data | head | loss | metrics |
 |---|---|---|---|---|
@@ -25,18 +25,18 @@ from longvid.memvit.epic_files import EpicAnnotations, load_epic_actions, load_i
 from longvid.errors import LongvidError
 from longvid.eval.metrics import class_mean_recall, epic_accuracy
 from longvid.fileio import write_text_atomically
-from longvid.engine.config import TrainConfig
+from longvid.memvit.run_config import MeMViTRunConfig
 from longvid.memvit.augment import training_augment
 from longvid.memvit.windows import Window, WindowClips, anticipation_window, classification_window, clip_seconds
 
 ACTIONS_FILE = "actions.json"  # anticipation: the (verb, noun) pair of each action class, saved in out_dir
 
 
-def is_epic(config: TrainConfig) -> bool:
+def is_epic(config: MeMViTRunConfig) -> bool:
     return config.task in ("epic_verb_noun", "epic_anticipation")
 
 
-def memvit_config(config: TrainConfig):
+def memvit_config(config: MeMViTRunConfig):
     """The MeMViT config the run builds (memory overrides applied), or None for other models."""
     from longvid.memvit.config import PRESETS, get_config
 
@@ -45,7 +45,7 @@ def memvit_config(config: TrainConfig):
     return get_config(config.model, **memory_overrides(config))
 
 
-def memory_overrides(config: TrainConfig) -> dict:
+def memory_overrides(config: MeMViTRunConfig) -> dict:
     out = {}
     if config.memory_len is not None:
         out["memory_len"] = config.memory_len
@@ -54,7 +54,7 @@ def memory_overrides(config: TrainConfig) -> dict:
     return out
 
 
-def model_overrides(config: TrainConfig, actions: Sequence[tuple[int, int]] | None = None) -> dict:
+def model_overrides(config: MeMViTRunConfig, actions: Sequence[tuple[int, int]] | None = None) -> dict:
     """``build_model`` keyword arguments for the task's head (and the config's clip size and memory)."""
     out = {"num_frames": config.clip_frames, "crop_size": config.size, **memory_overrides(config)}
     if config.task == "classify":
@@ -70,7 +70,7 @@ def model_overrides(config: TrainConfig, actions: Sequence[tuple[int, int]] | No
     return {**out, "num_classes": len(actions), "head": "anticipation"}
 
 
-def context_clips(config: TrainConfig) -> int:
+def context_clips(config: MeMViTRunConfig) -> int:
     """Clips read before each EPIC item to build memory: ``context_clips``, else the model's
     reach (``M * gap`` past clips), 0 without memory."""
     if config.context_clips is not None:
@@ -82,7 +82,7 @@ def context_clips(config: TrainConfig) -> int:
 # -- EPIC-KITCHENS-100 data ------------------------------------------------------------------
 
 
-def read_epic(path: str, config: TrainConfig) -> EpicAnnotations:
+def read_epic(path: str, config: MeMViTRunConfig) -> EpicAnnotations:
     root = config.video_root or os.path.dirname(os.path.abspath(path))
     return load_epic_actions(path, root, config.num_verbs, config.num_nouns, config.strict)
 
@@ -108,7 +108,7 @@ def saved_actions(folders: Sequence[str]) -> list[tuple[int, int]] | None:
     return None
 
 
-def epic_windows(annotations: EpicAnnotations, config: TrainConfig, actions: Sequence[tuple[int, int]] | None) -> list[Window]:
+def epic_windows(annotations: EpicAnnotations, config: MeMViTRunConfig, actions: Sequence[tuple[int, int]] | None) -> list[Window]:
     """One window per segment (anticipation: segments starting within ``tau_a`` of their
     video's start have nothing to observe and are left out)."""
     info = load_video_info(config.video_info) if config.video_info else {}
@@ -140,7 +140,7 @@ def _fps_and_duration(video: str, fps: float | None) -> tuple[float, float | Non
     return (fps or info.fps), (info.duration or None)
 
 
-def epic_source(path: str, config: TrainConfig, actions, train: bool) -> tuple[WindowClips, EpicAnnotations]:
+def epic_source(path: str, config: MeMViTRunConfig, actions, train: bool) -> tuple[WindowClips, EpicAnnotations]:
     annotations = read_epic(path, config)
     windows = epic_windows(annotations, config, actions)
     if train and config.task == "epic_anticipation":
@@ -156,7 +156,7 @@ def epic_source(path: str, config: TrainConfig, actions, train: bool) -> tuple[W
 # -- scores -> metrics -----------------------------------------------------------------------
 
 
-def evaluate_task(config: TrainConfig, model, source, dist=None, actions=None, pooling: str = "mean", progress=None):
+def evaluate_task(config: MeMViTRunConfig, model, source, dist=None, actions=None, pooling: str = "mean", progress=None):
     """Run ``model`` over ``source`` and score it as the task does: ``(metrics, results)`` where
     results are the AVA detections or the per-item scores (for :func:`write_predictions`)."""
     if config.task == "ava":
@@ -172,7 +172,7 @@ def evaluate_task(config: TrainConfig, model, source, dist=None, actions=None, p
     return task_metrics(config, items, source, actions), items
 
 
-def predictions_text(config: TrainConfig, results, source, actions=None) -> str:
+def predictions_text(config: MeMViTRunConfig, results, source, actions=None) -> str:
     """The official submission file: the EPIC challenge JSON or the AVA detection CSV."""
     if config.task == "ava":
         from longvid.memvit.ava import detection_csv
@@ -184,7 +184,7 @@ def predictions_text(config: TrainConfig, results, source, actions=None) -> str:
 
 
 
-def task_metrics(config: TrainConfig, items: list[tuple[int, dict, dict]], source, actions=None) -> dict[str, float]:
+def task_metrics(config: MeMViTRunConfig, items: list[tuple[int, dict, dict]], source, actions=None) -> dict[str, float]:
     """The task's metrics from ``[(item index, scores per head, targets per head)]``."""
     if not items:
         raise LongvidError("no videos were evaluated")
@@ -197,7 +197,7 @@ def task_metrics(config: TrainConfig, items: list[tuple[int, dict, dict]], sourc
     return classification_metrics([(s, t) for _, s, t in items])
 
 
-def epic_classification_metrics(items, source: WindowClips, config: TrainConfig) -> dict[str, float]:
+def epic_classification_metrics(items, source: WindowClips, config: MeMViTRunConfig) -> dict[str, float]:
     """verb/noun/action top1/top5; with the official split files, the same on the tail
     classes (``tail_``: verbs in the tail-verb list, nouns in the tail-noun list, actions
     with either) and the unseen participants (``unseen_``).
@@ -268,7 +268,7 @@ def anticipation_metrics(items, source: WindowClips, actions: Sequence[tuple[int
 # -- submission files ------------------------------------------------------------------------
 
 
-def epic_submission(config: TrainConfig, items, source: WindowClips, actions=None, top_actions: int = 100) -> dict:
+def epic_submission(config: MeMViTRunConfig, items, source: WindowClips, actions=None, top_actions: int = 100) -> dict:
     """The EPIC-KITCHENS-100 challenge JSON: per ``narration_id``, verb and noun scores
     (softmax) for recognition; plus the ``top_actions`` best ``"verb,noun"`` action scores for
     anticipation."""
