@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 from longvid.errors import LongvidError
-
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+from longvid.data.videos import VIDEO_EXTENSIONS  # noqa: F401  (also imported from here)
 
 
 class AnnotationError(LongvidError):

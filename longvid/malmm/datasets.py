@@ -29,7 +29,8 @@ import re
 from dataclasses import dataclass, field
 
 from longvid.errors import LongvidError
-from longvid.data.annotations import VIDEO_EXTENSIONS, AnnotationError
+from longvid.data.annotations import AnnotationError
+from longvid.data.videos import VideoFinder
 from longvid.data.jsonfiles import JsonWording, read_json_object
 
 LVU_TASKS = ("director", "genre", "relationship", "scene", "way_speaking", "writer", "year")
@@ -231,33 +232,16 @@ def video_candidates(dataset: str, name: str) -> list[str]:
     return found
 
 
-def _video_files(root: str, max_depth: int = 3) -> dict[str, str]:
-    """Relative path without extension (and bare file stem) -> file, for the videos under ``root``."""
-    listing: dict[str, str] = {}
-    root = os.path.normpath(root)
-    for folder, subfolders, files in os.walk(root):
-        depth = 0 if folder == root else os.path.relpath(folder, root).count(os.sep) + 1
-        if depth >= max_depth:
-            subfolders[:] = []
-        for name in sorted(files):
-            stem, ext = os.path.splitext(name)
-            if ext.lower() in VIDEO_EXTENSIONS:
-                path = os.path.join(folder, name)
-                relative = os.path.relpath(os.path.join(folder, stem), root).replace(os.sep, "/")
-                listing.setdefault(relative, path)
-                listing.setdefault(stem, path)
-    return listing
-
-
 def find_videos(items: list[LMMItem], video_root: str, dataset: str = "") -> VideoSummary:
-    """Look up each item's video under ``video_root`` (any video extension, up to 3 folders deep;
-    see :func:`video_candidates` for the names tried)."""
+    """Look up each item's video under ``video_root`` with the shared resolver
+    (:mod:`longvid.data.videos`: any video extension, ``.mp4`` first on ties; the root and up to 3
+    folders deep; see :func:`video_candidates` for the names tried)."""
     if not os.path.isdir(video_root):
         raise LongvidError(f"video_root {video_root!r} is not a folder")
-    listing = _video_files(video_root)
+    index = VideoFinder(video_root).index(max_depth=3)
     found, missing = {}, []
     for name in dict.fromkeys(item.video for item in items):
-        path = next((listing[c] for c in video_candidates(dataset, name) if c in listing), None)
+        path = index.find(name, video_candidates(dataset, name)[1:])
         if path is None:
             missing.append(name)
         else:

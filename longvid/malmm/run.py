@@ -49,6 +49,7 @@ class MALMMRun:
     data: str | None = None  # training annotation file
     val_data: str | None = None  # evaluation annotation file
     video_root: str | None = None  # folder of the videos (named as the data set names them)
+    val_video_root: str | None = None  # folder of val_data's videos (default: video_root)
     references: str | None = None  # captions: COCO-format reference file of val_data (MA-LMM's coco_gt/cap_<split>.json)
     meteor: bool = True  # captions: also METEOR (a Java program, slow to start)
     split: str = "train"  # COIN: the subset of the training file
@@ -173,14 +174,15 @@ def read_items(run: MALMMRun, path: str | None, split: str, what: str, say=print
     """The samples of annotation file ``path`` with their video files; says found/missing."""
     if not path:
         raise LongvidError(f"give the {what} annotation file ({'data' if what == 'training' else 'val_data'}=FILE)")
-    if not run.video_root:
+    video_root = (run.val_video_root or run.video_root) if what == "evaluation" else run.video_root
+    if not video_root:
         raise LongvidError("give the video folder: video_root=DIR")
     items = read_dataset(run.dataset, path, split, run.tasks(), run.history, run.stride)
-    summary = find_videos(items, run.video_root, run.dataset)
+    summary = find_videos(items, video_root, run.dataset)
     say(summary.line(path))
     if summary.missing and (not run.skip_missing or not summary.found):
         hint = "; set skip_missing=true to leave their samples out" if summary.found else ""
-        raise LongvidError(f"{summary.line(path)} under {run.video_root}{hint}")
+        raise LongvidError(f"{summary.line(path)} under {video_root}{hint}")
     return [(item, summary.found[item.video]) for item in items if item.video in summary.found]
 
 

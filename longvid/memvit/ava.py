@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from longvid.data.videos import VideoFinder
 from longvid.memvit.ava_files import FIRST_KEYFRAME, LAST_KEYFRAME, Keyframe, find_movie, load_action_list, load_excluded, load_keyframes
 from longvid.errors import LongvidError
 from longvid.eval.metrics import Box, frame_map
@@ -122,7 +123,7 @@ def ava_source(path: str, config, train: bool, classes: list[int]) -> tuple[AvaC
     scores >= ``box_threshold``) on the keyframes of the ground-truth file. Returns the source,
     the ground truth and a one-line summary."""
 
-    root = config.video_root or os.path.dirname(os.path.abspath(path))
+    root = config.video_folder(path, val=not train)
     truth = [k for k in load_keyframes(path, classes) if FIRST_KEYFRAME <= k.timestamp <= LAST_KEYFRAME]
     keyframes = truth
     if not train:
@@ -134,9 +135,9 @@ def ava_source(path: str, config, train: bool, classes: list[int]) -> tuple[AvaC
     by_movie: dict[str, list[Keyframe]] = {}
     for k in keyframes:
         by_movie.setdefault(k.video_id, []).append(k)
-    movies, missing = [], []
+    movies, missing, finder = [], [], VideoFinder(root)
     for video_id, frames in by_movie.items():
-        movie = find_movie(root, video_id)
+        movie = find_movie(finder, video_id)
         if movie is None:
             if config.strict:
                 raise LongvidError(f"{path}: movie {video_id} not found in {root} (expected ROOT/<video_id>.mp4/.mkv/.webm)")

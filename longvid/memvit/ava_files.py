@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from longvid.data.annotations import VIDEO_EXTENSIONS, AnnotationError
+from longvid.data.annotations import AnnotationError
+from longvid.data.videos import VideoFinder
 
 FIRST_KEYFRAME, LAST_KEYFRAME = 902, 1798
 
@@ -130,9 +131,7 @@ def load_keyframes(path: str, classes: list[int], detections: bool = False, thre
     return out
 
 
-def find_movie(root: str, video_id: str) -> str | None:
-    for ext in VIDEO_EXTENSIONS:
-        path = os.path.join(root, video_id + ext)
-        if os.path.isfile(path):
-            return path
-    return None
+def find_movie(root: str | VideoFinder, video_id: str) -> str | None:
+    """``ROOT/<video_id>.<ext>`` (any video extension: the AVA download mixes .mp4, .mkv, .webm), or None."""
+    finder = root if isinstance(root, VideoFinder) else VideoFinder(root)
+    return finder.find(video_id)

@@ -50,8 +50,7 @@ def file_source(path: str, config: MeMViTRunConfig, classes: list[str] | None = 
     the class list used (None: integer labels). ``summary`` collects one line per file;
     ``train`` clips are augmented when ``config.augment``."""
     if is_kinetics_csv(path):
-        root = config.video_root or os.path.dirname(os.path.abspath(path))
-        annotations, line = load_kinetics_csv(path, root, classes, config.strict)
+        annotations, line = load_kinetics_csv(path, config.video_folder(path, val=not train), classes, config.strict)
         if summary is not None:
             summary.append(line)
     elif os.path.isdir(path):

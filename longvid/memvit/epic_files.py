@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from longvid.errors import LongvidError
 from longvid.data.annotations import AnnotationError, parse_timestamp
+from longvid.data.videos import VideoFinder
 
 REQUIRED = ("narration_id", "participant_id", "video_id", "start_timestamp", "stop_timestamp")
 
@@ -58,14 +59,10 @@ class EpicAnnotations:
         return f"{os.path.basename(self.path)}: {len(self.segments)} segments in {videos} videos{missing}"
 
 
-def find_video(root: str, participant_id: str, video_id: str) -> str | None:
-    """``ROOT/P01/videos/P01_11.MP4`` or ``ROOT/P01_11.MP4`` (either extension case), or None."""
-    for folder in (os.path.join(root, participant_id, "videos"), root):
-        for ext in (".MP4", ".mp4"):
-            path = os.path.join(folder, video_id + ext)
-            if os.path.isfile(path):
-                return path
-    return None
+def find_video(root: str | VideoFinder, participant_id: str, video_id: str) -> str | None:
+    """``ROOT/P01/videos/P01_11.MP4`` or ``ROOT/P01_11.MP4`` (any video extension, in any case), or None."""
+    finder = root if isinstance(root, VideoFinder) else VideoFinder(root)
+    return finder.find(video_id, folders=(os.path.join(participant_id, "videos"), ""))
 
 
 def load_epic_actions(
@@ -80,7 +77,7 @@ def load_epic_actions(
     if not os.path.isfile(path):
         raise AnnotationError(f"{path}: no such annotation file")
     found: dict[str, str | None] = {}
-    segments, missing, skipped = [], [], 0
+    segments, missing, skipped, finder = [], [], 0, VideoFinder(video_root)
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
@@ -95,7 +92,7 @@ def load_epic_actions(
             segment = _segment(path, line, row, labelled, num_verbs, num_nouns)
             video_id = segment.video_id
             if video_id not in found:
-                found[video_id] = find_video(video_root, segment.participant_id, video_id) if check_videos else ""
+                found[video_id] = find_video(finder, segment.participant_id, video_id) if check_videos else ""
                 if found[video_id] is None:
                     where = os.path.join(video_root, segment.participant_id, "videos", video_id + ".MP4")
                     if strict:

@@ -9,7 +9,8 @@ import csv
 import os
 from typing import Sequence
 
-from longvid.data.annotations import VIDEO_EXTENSIONS, AnnotationError, Annotations, Sample
+from longvid.data.annotations import AnnotationError, Annotations, Sample
+from longvid.data.videos import VideoFinder
 
 COLUMNS = ("youtube_id", "time_start", "time_end")
 
@@ -28,13 +29,11 @@ def video_name(youtube_id: str, start: int, end: int) -> str:
     return f"{youtube_id}_{start:06d}_{end:06d}"
 
 
-def find_video(root: str, label: str, name: str) -> str | None:
-    for folder in (root, os.path.join(root, label), os.path.join(root, label.replace(" ", "_"))):
-        for ext in VIDEO_EXTENSIONS:
-            path = os.path.join(folder, name + ext)
-            if os.path.isfile(path):
-                return path
-    return None
+def find_video(root: str | VideoFinder, label: str, name: str) -> str | None:
+    """Clip ``name`` (any video extension) in ``root``, else in its class folder ``root/<label>/``
+    (as written, or with ``_`` for spaces); None when missing."""
+    finder = root if isinstance(root, VideoFinder) else VideoFinder(root)
+    return finder.find(name, folders=("", label, label.replace(" ", "_")))
 
 
 def load_kinetics_csv(
@@ -72,11 +71,11 @@ def load_kinetics_csv(
         raise AnnotationError(f"{path}: no samples (the file has no rows besides its header)")
     names = list(classes) if classes is not None else sorted({label for _, label, _ in rows})
     index = {name: i for i, name in enumerate(names)}
-    samples, missing = [], 0
+    samples, missing, finder = [], 0, VideoFinder(video_root)
     for line, label, name in rows:
         if label not in index:
             raise AnnotationError(f"{path}:{line}: label {label!r} is not in the class list ({len(names)} classes)")
-        video = find_video(video_root, label, name)
+        video = find_video(finder, label, name)
         if video is None:
             if strict:
                 raise AnnotationError(f"{path}:{line}: video {name}.mp4 not found in {video_root} or {os.path.join(video_root, label)}")

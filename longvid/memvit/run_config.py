@@ -4,6 +4,7 @@ data, model and loss fields of a MeMViT run (``longvid train`` / ``longvid eval`
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from longvid.engine.config import TrainConfig
@@ -29,6 +30,7 @@ class MeMViTRunConfig(TrainConfig):
     val_data: str | None = None
     classes: str | None = None  # class list file (names, index order) for files that name classes
     video_root: str | None = None  # folder of the videos an annotation file names (default: the file's folder)
+    val_video_root: str | None = None  # folder of val_data's videos (default: video_root), e.g. Kinetics' val/
     strict: bool = False  # a video an annotation file names is missing: error (else skipped and counted)
     memory_len: int | None = None  # MeMViT memory length M (None: the model preset's)
     sampler: str | None = None  # MeMViT memory sampler: consecutive | gapN (None: the model preset's)
@@ -64,6 +66,12 @@ class MeMViTRunConfig(TrainConfig):
     eql_lambda: float = 0.003
     eval_every: int = 1  # epochs; 0: never
     find_unused_parameters: bool = True  # DDP: memory modules get no gradient while memory is empty
+
+    def video_folder(self, path: str, val: bool = False) -> str:
+        """Where the videos of annotation file ``path`` are: ``val_video_root`` for ``val_data``
+        (``val``) when set, else ``video_root``, else ``path``'s folder."""
+        root = (self.val_video_root or self.video_root) if val else self.video_root
+        return root or os.path.dirname(os.path.abspath(path))
 
     def clips_per_video(self, epoch: int) -> int | None:
         """Segment length for ``epoch`` under the progressive schedule (None: whole videos)."""

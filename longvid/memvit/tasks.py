@@ -82,9 +82,8 @@ def context_clips(config: MeMViTRunConfig) -> int:
 # -- EPIC-KITCHENS-100 data ------------------------------------------------------------------
 
 
-def read_epic(path: str, config: MeMViTRunConfig) -> EpicAnnotations:
-    root = config.video_root or os.path.dirname(os.path.abspath(path))
-    return load_epic_actions(path, root, config.num_verbs, config.num_nouns, config.strict)
+def read_epic(path: str, config: MeMViTRunConfig, val: bool = False) -> EpicAnnotations:
+    return load_epic_actions(path, config.video_folder(path, val), config.num_verbs, config.num_nouns, config.strict)
 
 
 def action_list(annotations: EpicAnnotations) -> list[tuple[int, int]]:
@@ -141,7 +140,7 @@ def _fps_and_duration(video: str, fps: float | None) -> tuple[float, float | Non
 
 
 def epic_source(path: str, config: MeMViTRunConfig, actions, train: bool) -> tuple[WindowClips, EpicAnnotations]:
-    annotations = read_epic(path, config)
+    annotations = read_epic(path, config, val=not train)
     windows = epic_windows(annotations, config, actions)
     if train and config.task == "epic_anticipation":
         windows = [w for w in windows if w.targets["action"] >= 0]

@@ -28,6 +28,7 @@ import torch
 from longvid.errors import LongvidError
 from longvid.data.annotations import AnnotationError
 from longvid.data.jsonfiles import read_json
+from longvid.data.videos import VideoFinder
 
 FORMATS = ("charades_sta", "didemo", "activitynet", "moviechat", "videochatgpt", "captions")
 KIND = {"charades_sta": "grounding", "didemo": "grounding", "activitynet": "grounding", "moviechat": "qa",
@@ -180,9 +181,20 @@ def _interval(where: str, start: float, end: float, duration: float | None = Non
     return max(start, 0.0), (min(end, duration) if duration is not None else end)
 
 
-def _video(root: str, name: str, ext: str) -> str:
-    """``root/name`` when ``name`` has a video extension, else ``root/name + ext``."""
-    return os.path.join(root, name if os.path.splitext(name)[1] else name + ext)
+def _video(finder: VideoFinder, name: str, ext: str, names: tuple[str, ...] = ()) -> str:
+    """The file of video ``name`` (or of one of ``names``) under the finder's root, by the shared
+    resolver (:mod:`longvid.data.videos`: any video extension, ``ext`` first on ties; ``x.mov.mp4``
+    for ``x.mov``); when none is there, the path it was expected at: ``root/name`` when ``name``
+    has an extension, else ``root/name + ext``."""
+    found = finder.find(name, names=names)
+    if found is not None:
+        return found
+    return os.path.join(finder.root, name if os.path.splitext(name)[1] else name + ext)
+
+
+def _activitynet_names(video_id: str) -> tuple[str, ...]:
+    """ActivityNet videos are saved as ``v_<id>`` or ``<id>``: the other spelling of ``video_id``."""
+    return (video_id[2:],) if video_id.startswith("v_") else ("v_" + video_id,)
 
 
 # -- readers -----------------------------------------------------------------------------------
@@ -194,7 +206,7 @@ def _video(root: str, name: str, ext: str) -> str:
 def read_charades_sta(path: str, video_root: str, ext: str = ".mp4", skipped: Skipped | None = None) -> list[VideoText]:
     """Charades-STA: ``<video id> <start> <end>##<sentence>`` a line (seconds). The released
     ``charades_sta_train.txt`` has 4 lines with start >= end (e.g. ``LEOL6 8.0 7.0``): skipped."""
-    items = []
+    items, finder = [], VideoFinder(video_root, (ext,))
     with open(path, encoding="utf-8") as f:
         for line, text in enumerate(f, 1):
             if not text.strip():
@@ -210,7 +222,7 @@ def read_charades_sta(path: str, video_root: str, ext: str = ".mp4", skipped: Sk
                 raise AnnotationError(f"{where}: start and end must be seconds, got {fields[1]!r} {fields[2]!r}") from None
             interval = _interval(where, start, end, skipped=skipped)
             if interval is not None:
-                items.append(VideoText(_video(video_root, fields[0], ext), where, sentence.strip(), interval=interval))
+                items.append(VideoText(_video(finder, fields[0], ext), where, sentence.strip(), interval=interval))
     return items
 
 
@@ -223,7 +235,7 @@ def read_didemo(path: str, video_root: str, ext: str = ".mp4", skipped: Skipped 
     if not isinstance(rows, list):
         raise AnnotationError(f"{path}:1: a DiDeMo file is a JSON list of moments")
     place = _Places(path, rows)
-    items = []
+    items, finder = [], VideoFinder(video_root, (ext,))
     for k, row in enumerate(rows, 1):
         where = place(row, f"moment {k}")
         video = _field(where, row, "video", str)
@@ -236,15 +248,15 @@ def read_didemo(path: str, video_root: str, ext: str = ".mp4", skipped: Skipped 
         first, last = Counter(pairs).most_common(1)[0][0]
         interval = _interval(where, first * DIDEMO_SEGMENT, (last + 1) * DIDEMO_SEGMENT, skipped=skipped)
         if interval is not None:
-            items.append(VideoText(_didemo_video(video_root, video, ext), where, description.strip(), interval=interval))
+            items.append(VideoText(_didemo_video(finder, video, ext), where, description.strip(), interval=interval))
     return items
 
 
-def _didemo_video(root: str, name: str, ext: str) -> str:
-    """DiDeMo names the original Flickr file (``.mov``, ``.avi``, ...); a copy converted to ``ext`` is used when that is what exists."""
-    given = os.path.join(root, name)
-    converted = os.path.join(root, os.path.splitext(name)[0] + ext)
-    return given if os.path.isfile(given) or not os.path.isfile(converted) else converted
+def _didemo_video(finder: VideoFinder, name: str, ext: str) -> str:
+    """DiDeMo names the original Flickr file (``.mov``, ``.avi``, ...): that file, else the AWS
+    download script's ``<name>.mp4`` (``x.mov.mp4``), else a converted copy (``x.mp4``); when none
+    is there, ``root/<name>``."""
+    return finder.find(name) or os.path.join(finder.root, name)
 
 
 def read_activitynet(path: str, video_root: str, ext: str = ".mp4", skipped: Skipped | None = None) -> list[VideoText]:
@@ -256,7 +268,7 @@ def read_activitynet(path: str, video_root: str, ext: str = ".mp4", skipped: Ski
     if not isinstance(videos, dict):
         raise AnnotationError(f"{path}:1: an ActivityNet Captions file is a JSON object keyed by video id")
     place = _Places(path, videos)
-    items = []
+    items, finder = [], VideoFinder(video_root, (ext,))
     for video_id, row in videos.items():
         where = place(row, video_id)
         duration = float(_field(where, row, "duration", (int, float)))
@@ -273,7 +285,7 @@ def read_activitynet(path: str, video_root: str, ext: str = ".mp4", skipped: Ski
                 raise AnnotationError(f"{said}: a sentence must be non-empty text, got {sentence!r}")
             interval = _interval(said, *stamp, duration=duration, skipped=skipped)
             if interval is not None:
-                items.append(VideoText(_video(video_root, video_id, ext), named, sentence.strip(), interval=interval))
+                items.append(VideoText(_video(finder, video_id, ext, _activitynet_names(video_id)), named, sentence.strip(), interval=interval))
     return items
 
 
@@ -283,12 +295,12 @@ def read_moviechat(path: str, video_root: str, ext: str = ".mp4", skipped: Skipp
     files = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".json")) if os.path.isdir(path) else [path]
     if not files:
         raise AnnotationError(f"{path}: no MovieChat-1K .json files in this folder")
-    items = []
+    items, finder = [], VideoFinder(video_root, (ext,))
     for file in files:
         movie = read_json(file)
         place = _Places(file, movie)
         info = _field(place(movie, "the file"), movie, "info", dict)
-        video = _video(video_root, _field(place(info, "info"), info, "video_path", str), ext)
+        video = _video(finder, _field(place(info, "info"), info, "video_path", str), ext)
         fps = float(_field(place(info, "info"), info, "fps", (int, float), " (info)"))
         if not fps > 0:
             raise AnnotationError(f"{place(info, 'info')}: info.fps must be > 0, got {fps:g}")
@@ -313,12 +325,12 @@ def read_videochatgpt(path: str, video_root: str, ext: str = ".mp4", skipped: Sk
     if not isinstance(rows, list):
         raise AnnotationError(f"{path}:1: a Video-ChatGPT file is a JSON list of {{'q', 'a', 'video_id'}}")
     place = _Places(path, rows)
-    items = []
+    items, finder = [], VideoFinder(video_root, (ext,))
     for k, row in enumerate(rows, 1):
         where = place(row, f"question {k}")
         video_id = _field(where, row, "video_id", str)
         where = place(row, f"question {k} ({video_id})")
-        items.append(VideoText(_video(video_root, video_id, ext), where, _field(where, row, "q", str).strip(),
+        items.append(VideoText(_video(finder, video_id, ext, _activitynet_names(video_id)), where, _field(where, row, "q", str).strip(),
                                _field(where, row, "a", str).strip()))
     return items
 
@@ -329,7 +341,7 @@ def read_captions(path: str, video_root: str, ext: str = ".mp4", skipped: Skippe
     if not isinstance(rows, list):
         raise AnnotationError(f"{path}:1: a caption file is a JSON list of {{'video', 'caption'}}")
     place = _Places(path, rows)
-    items = []
+    items, finder = [], VideoFinder(video_root, (ext,))
     for k, row in enumerate(rows, 1):
         where = place(row, f"caption {k}")
         video, caption = _field(where, row, "video", str), _field(where, row, "caption", str)
@@ -340,7 +352,7 @@ def read_captions(path: str, video_root: str, ext: str = ".mp4", skipped: Skippe
                                  skipped=skipped)
             if interval is None:
                 continue
-        items.append(VideoText(_video(video_root, video, ext), where, caption.strip(), interval=interval))
+        items.append(VideoText(_video(finder, video, ext), where, caption.strip(), interval=interval))
     return items
 
 

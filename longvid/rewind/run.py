@@ -51,7 +51,8 @@ class RewindRunConfig:
     val_data: str | None = None  # evaluation annotation file (eval falls back to data)
     format: str = "auto"  # charades_sta, didemo, activitynet, moviechat, videochatgpt, captions, or auto
     video_root: str | None = None  # videos folder (default: the annotation file's folder)
-    video_ext: str = ".mp4"  # extension added to video ids
+    val_video_root: str | None = None  # videos folder of val_data (default: video_root)
+    video_ext: str = ".mp4"  # preferred extension: any video extension is found, this one wins ties
     missing: str = "error"  # a listed video that is not there: "error" before step 1, or "skip" its rows
     strict: bool = False  # a row that cannot be used (start >= end, a start past the video's end): error (else skipped and counted)
     encoder: str | None = None  # frozen image encoder: path or hub id (tiny presets: built in)
@@ -157,7 +158,8 @@ def read_checked(config: RewindRunConfig, path: str, role: str, log: Callable[[s
     """Read ``path``, say how many of its videos are there, and drop or refuse missing ones; cut
     the intervals to each video's duration (its header's), and say in the same line which rows
     were skipped (``strict``: refused) and how many intervals were cut."""
-    data = read_data(path, config.video_root, config.format, config.video_ext, strict=config.strict)
+    video_root = config.video_root if role == "train" else (config.val_video_root or config.video_root)
+    data = read_data(path, video_root, config.format, config.video_ext, strict=config.strict)
     found, missing = data.found_missing()
     if not (missing and (config.missing == "error" or not found)):
         data = data.without(missing)
