@@ -3,6 +3,7 @@ class folders) through the installed ``longvid`` script; fine-tuning from a save
 into a head of another class count."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -66,6 +67,30 @@ def test_train_and_eval_tiny_k400_from_the_official_csv(kinetics, run_cli, tmp_p
     assert code == 0, text
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"top1", "top5"} and "top1 " in text
+
+
+def test_train_and_val_videos_in_separate_split_folders(kinetics, run_cli, tmp_path, monkeypatch):
+    """The download layout ``train/<label>/`` and ``val/<label>/``: ``val_video_root`` is where
+    ``val_data``'s videos are (``video_root`` stays the training videos' folder)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    for video in (kinetics / "val").glob("*.mp4"):  # val/<label>/ as the download scripts save it
+        label = CLASSES[int(video.name[3])]
+        (tmp_path / "val" / label.replace(" ", "_")).mkdir(parents=True, exist_ok=True)
+        os.link(video, tmp_path / "val" / label.replace(" ", "_") / video.name)
+    files = [f"data={kinetics / 'train.csv'}", f"val_data={kinetics / 'validate.csv'}", f"video_root={kinetics / 'train'}"]
+    code, text = run_cli("train", "memvit_tiny_k400", *files, f"val_video_root={tmp_path / 'val'}", "max_steps=2", "epochs=1",
+                         f"out_dir={tmp_path / 'a'}")  # fmt: skip
+    assert code == 0, text
+    assert "train.csv: 6 videos of 3 classes; 1 videos missing (skipped)" in text and "validate.csv: 3 videos of 3 classes" in text
+    # a whole epoch (2 steps of 6 streams) ends with the evaluation of the validation videos
+    code, text = run_cli("train", "memvit_tiny_k400", *files, f"val_video_root={tmp_path / 'val'}", "epochs=1", "batch_size=6",
+                         f"out_dir={tmp_path / 'b'}")  # fmt: skip
+    assert code == 0, text
+    assert "epoch 0 eval top1 " in text
+    evals = [json.loads(line) for line in open(tmp_path / "b" / "log.jsonl") if '"eval"' in line]
+    assert len(evals) == 1 and set(evals[0]["eval"]) == {"top1", "top5"}
+    code, text = run_cli("train", "memvit_tiny_k400", *files, "max_steps=2", f"out_dir={tmp_path / 'c'}")  # val/ not given
+    assert code == 1 and "validate.csv: none of the 3 videos was found under" in text, text
 
 
 def test_finetune_from_a_checkpoint_with_another_class_count(kinetics, tmp_path, capsys):

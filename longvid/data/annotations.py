@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 from longvid.errors import LongvidError
-from longvid.data.videos import VIDEO_EXTENSIONS  # noqa: F401  (also imported from here)
+from longvid.data.videos import VIDEO_EXTENSIONS  # also imported from here
 
 
 class AnnotationError(LongvidError):

@@ -26,7 +26,7 @@ annotation file without a ``stat`` per candidate.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 # Preference order (see the module docstring): what ties go by.
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
@@ -131,7 +131,7 @@ class VideoFinder:
                     return path
         return None
 
-    def index(self, max_depth: int = 3) -> "VideoIndex":
+    def index(self, max_depth: int = 3) -> VideoIndex:
         """Every video in the root and up to ``max_depth`` folders below it, by relative path and
         by bare name (folders visited depth-first in name order: the first one holding a name wins)."""
         listing = _Listing(self._rank)
