@@ -170,3 +170,16 @@ def test_didemo_found_as_mov_mp4_through_rewind_train_and_eval(tmp_path, run_cli
     code, text = run_cli("eval", "rewind_tiny", f"val_data={tmp_path / 'train_data.json'}", f"video_root={tmp_path / 'empty'}",
                          f"out_dir={out}")
     assert code == 1 and "video " in text and "not found and 1 more" in text, text
+
+
+def test_malmm_reads_val_data_videos_from_val_video_root(tmp_path):
+    from longvid.malmm.run import MALMMRun, read_items
+
+    path = os.path.join(SAMPLES, "msvd_qa_test.sample.json")
+    touch(tmp_path / "train", "jfrrO5K_vKM_55_65.avi")
+    touch(tmp_path / "val", "jfrrO5K_vKM_55_65.mkv")
+    run = MALMMRun(dataset="msvd_qa", video_root=str(tmp_path / "train"), val_video_root=str(tmp_path / "val"))
+    said = []
+    assert {v for _, v in read_items(run, path, "val", "evaluation", said.append)} == {str(tmp_path / "val" / "jfrrO5K_vKM_55_65.mkv")}
+    assert {v for _, v in read_items(run, path, "train", "training", said.append)} == {str(tmp_path / "train" / "jfrrO5K_vKM_55_65.avi")}
+    assert said == [f"{path}: 1 videos found, 0 missing"] * 2
