@@ -83,5 +83,13 @@ def caption_metrics(predictions: dict[str, str], references: dict[str, Sequence[
     if meteor:
         from pycocoevalcap.meteor.meteor import Meteor
 
-        metrics["METEOR"] = 100.0 * Meteor().compute_score(gts, res)[0]
+        scorer = Meteor()  # a Java process; its stdout/stderr pipes are closed here (pycocoevalcap leaves them open)
+        try:
+            metrics["METEOR"] = 100.0 * scorer.compute_score(gts, res)[0]
+        finally:
+            scorer.meteor_p.stdin.close()
+            scorer.meteor_p.kill()
+            scorer.meteor_p.wait()
+            scorer.meteor_p.stdout.close()
+            scorer.meteor_p.stderr.close()
     return metrics
