@@ -78,7 +78,13 @@ def test_cli_trains_and_evaluates_lvu(lvu, run_cli):
     naive = naive_lvu_accuracy(LVU_VAL, predictions)
     assert metrics["samples"] == len(predictions) == 6
     assert {k: metrics[k] for k in naive} == pytest.approx(naive)
-    assert set(metrics) == {"dataset", "samples", "director", "writer", "genre", "mean"}
+    assert set(metrics) == {"dataset", "samples", "director", "writer", "genre", "mean", "director_top5", "writer_top5", "genre_top5",
+                            "mean_top5"}
+    # top-5: the label among the first five class names the predictions file ranks (the val file's labels)
+    labels = {"director": ["steven"], "writer": ["david"], "genre": ["drama"]}
+    for p in predictions:
+        assert sorted(p["top5"]) == labels[p["group"]]
+    assert metrics["mean_top5"] == 100.0
     assert trained == metrics  # the same checkpoint evaluated after training and from the CLI
 
 
@@ -132,7 +138,7 @@ def test_bad_input_fails_before_compute_with_one_line(lvu, monkeypatch):
     with pytest.raises(LongvidError, match=r"val.json: 1 videos found, 1 missing \(AL7UDurxc3w\) under videos; set skip_missing"):
         malmm_run.evaluate("malmm_tiny_lvu", ["val_data=val.json", "video_root=videos", "out_dir=E"], progress=False)
     metrics = malmm_run.evaluate("malmm_tiny_lvu", ["val_data=val.json", "video_root=videos", "out_dir=E", "skip_missing=true"], progress=False)
-    assert set(metrics) == {"director", "writer", "mean"}
+    assert set(metrics) == {"director", "writer", "mean", "director_top5", "writer_top5", "mean_top5"}
     (lvu / "bad.json").write_text('{\n "x": {"duration": 6, "genre": "drama"},\n "y": {"genre": "drama"}\n}')
     with pytest.raises(LongvidError, match=r"bad.json:3: entry 'y' has no 'duration' field"):
         malmm_run.train("malmm_tiny_lvu", ["data=bad.json", "video_root=videos"], progress=False)
@@ -160,7 +166,8 @@ def test_nsa_preset_trains_its_gates_on_both_memories(lvu, monkeypatch):
     malmm_run.train("malmm_tiny_nsa", ["data=train.json", "val_data=val.json", "video_root=videos", "max_steps=2",
                                        "out_dir=N", "lr=0.01"], progress=False)  # fmt: skip
     metrics = json.loads((lvu / "N" / "metrics.json").read_text())
-    assert set(metrics) == {"dataset", "samples", "director", "writer", "genre", "mean"}
+    assert set(metrics) == {"dataset", "samples", "director", "writer", "genre", "mean", "director_top5", "writer_top5", "genre_top5",
+                            "mean_top5"}
     tensors, _, _ = load_latest("N")
     for name in ("qformer.layers.0.attention.gate.bias", "qformer.layers.0.crossattention.gate.bias",
                  "qformer.layers.2.crossattention.block_pool"):

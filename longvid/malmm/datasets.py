@@ -16,6 +16,8 @@ data set       entry fields used                                     prompt -> t
 ``msvd_qa``    (same)
 ``activitynet_qa`` (same; video files ``<video>`` or ``v_<video>``)
 ``youcook2``   ``video``, ``start_time``, ``end_time``, ``caption``   ``what does the video describe?`` -> caption
+``msrvtt_caption`` ``video``, ``caption`` (one entry per caption)     ``what does the video describe?`` -> caption
+``msvd_caption``   (same)
 =============  ====================================================  ==========================================
 
 Errors name the file and the line of the offending entry (``file:line: ...``).
@@ -186,7 +188,39 @@ def read_youcook2(path: str) -> list[LMMItem]:
     return items
 
 
-DATASETS = ("lvu", "breakfast", "coin", "msrvtt_qa", "msvd_qa", "activitynet_qa", "youcook2")
+def read_video_captions(path: str, name: str) -> list[LMMItem]:
+    """MSRVTT / MSVD captions as MA-LMM releases them (``data/<set>/annotation/cap_<split>.json``:
+    ``{id: {video, caption, frame_length, ...}}``, one entry per caption, read by MA-LMM's
+    ``MSRVTTCapDataset`` / ``MSVDCapDataset``): one item per entry, frames from the whole video.
+    Training uses every entry; evaluation scores one caption per video (:func:`one_per_video`)."""
+    items = []
+    for key, entry, line in json_entries(path):
+        video = _need(path, line, key, entry, "video", str)
+        caption = process_caption(_need(path, line, key, entry, "caption", str))
+        items.append(LMMItem(key, video, CAPTION_PROMPT, caption, name, line, references=(caption,) if caption else ()))
+    return items
+
+
+def one_per_video(items: list[LMMItem]) -> list[LMMItem]:
+    """One item per video (in file order), keyed by the video name, with every non-empty caption of
+    that video's entries as its references: what MA-LMM's caption evaluation scores (it captions every
+    entry and keeps the first caption per ``image_id`` = video; with deterministic frames and one
+    prompt the other entries' captions are the same, so they are not generated again)."""
+    videos: dict[str, list[LMMItem]] = {}
+    for item in items:
+        videos.setdefault(item.video, []).append(item)
+    merged = []
+    for video, entries in videos.items():
+        references = tuple(ref for item in entries for ref in item.references)
+        first = entries[0]
+        merged.append(LMMItem(video, video, first.prompt, references[0] if references else "", first.group, first.line,
+                              first.start, first.end, references=references))
+    return merged
+
+
+VIDEO_CAPTIONS = ("msrvtt_caption", "msvd_caption")  # captions scored per video (MA-LMM's image_id = video)
+CAPTIONS = ("youcook2", *VIDEO_CAPTIONS)
+DATASETS = ("lvu", "breakfast", "coin", "msrvtt_qa", "msvd_qa", "activitynet_qa", "youcook2", *VIDEO_CAPTIONS)
 
 
 def read_dataset(name: str, path: str, split: str = "train", lvu_tasks=LVU_TASKS, history: float = 100, stride: float = 20) -> list[LMMItem]:
@@ -201,6 +235,8 @@ def read_dataset(name: str, path: str, split: str = "train", lvu_tasks=LVU_TASKS
         items = read_qa(path, name)
     elif name == "youcook2":
         items = read_youcook2(path)
+    elif name in VIDEO_CAPTIONS:
+        items = read_video_captions(path, name)
     else:
         raise LongvidError(f"unknown data set {name!r}: choose from {', '.join(DATASETS)}")
     if not items:

@@ -4,7 +4,7 @@
   (both normalised), per group (an LVU task) and the mean over groups;
 - open-ended QA (MSRVTT-QA, MSVD-QA, ActivityNet-QA): exact match after the same
   normalisation; for MSRVTT/MSVD only the prediction's first word counts (MA-LMM's rule);
-- captions (YouCook2): the COCO caption metrics of ``pycocoevalcap`` (CIDEr, BLEU-4, ROUGE-L;
+- captions (YouCook2, MSRVTT, MSVD): the COCO caption metrics of ``pycocoevalcap`` (CIDEr, BLEU-4, ROUGE-L;
   METEOR when Java runs), never re-implemented here.
 
 Accuracies are percentages.
@@ -50,21 +50,28 @@ def grouped_accuracy(groups: Sequence[str], correct: Sequence[bool]) -> dict[str
     return result
 
 
+def check_caption_metrics() -> None:
+    """An error unless the caption metrics can run (pycocoevalcap installed, Java on PATH): runs check
+    it before any compute."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("pycocoevalcap") is None:
+        raise LongvidError("caption metrics need pycocoevalcap: pip install 'longvid[caption]'")
+    if shutil.which("java") is None:
+        raise LongvidError("caption metrics need Java (pycocoevalcap's tokenizer and METEOR are Java programs): install a JRE")
+
+
 def caption_metrics(predictions: dict[str, str], references: dict[str, Sequence[str]], meteor: bool = True) -> dict[str, float]:
     """COCO caption metrics (pycocoevalcap) of ``predictions`` (id -> caption) against ``references``
     (id -> captions), tokenised with its PTB tokenizer (Java): CIDEr, BLEU-4, ROUGE-L and, with
     ``meteor``, METEOR."""
-    try:
-        from pycocoevalcap.bleu.bleu import Bleu
-        from pycocoevalcap.cider.cider import Cider
-        from pycocoevalcap.rouge.rouge import Rouge
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-    except ImportError:
-        raise LongvidError("caption metrics need pycocoevalcap: pip install 'longvid[caption]'") from None
-    import shutil
+    check_caption_metrics()
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    if shutil.which("java") is None:
-        raise LongvidError("caption metrics need Java (pycocoevalcap's tokenizer and METEOR are Java programs)")
     ids = sorted(predictions)
     tokenizer = PTBTokenizer()
     res = tokenizer.tokenize({i: [{"caption": predictions[i]}] for i in ids})
@@ -76,5 +83,13 @@ def caption_metrics(predictions: dict[str, str], references: dict[str, Sequence[
     if meteor:
         from pycocoevalcap.meteor.meteor import Meteor
 
-        metrics["METEOR"] = 100.0 * Meteor().compute_score(gts, res)[0]
+        scorer = Meteor()  # a Java process; its stdout/stderr pipes are closed here (pycocoevalcap leaves them open)
+        try:
+            metrics["METEOR"] = 100.0 * scorer.compute_score(gts, res)[0]
+        finally:
+            scorer.meteor_p.stdin.close()
+            scorer.meteor_p.kill()
+            scorer.meteor_p.wait()
+            scorer.meteor_p.stdout.close()
+            scorer.meteor_p.stderr.close()
     return metrics

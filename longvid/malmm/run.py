@@ -29,7 +29,7 @@ from typing import Sequence
 
 import torch
 
-from longvid.malmm.datasets import LMMItem, find_videos, read_dataset
+from longvid.malmm.datasets import CAPTIONS, VIDEO_CAPTIONS, LMMItem, find_videos, one_per_video, read_dataset
 from longvid.malmm.datasets import LVU_TASKS
 from longvid.errors import LongvidError
 from longvid.fileio import write_atomically, write_lines_atomically, write_text_atomically
@@ -45,13 +45,14 @@ class MALMMRun:
     """One MA-LMM run: model, data, sampling, optimisation (defaults: the released LVU script)."""
 
     model: str = "malmm_cls"  # model preset (longvid models)
-    dataset: str = "lvu"  # lvu, breakfast, coin, msrvtt_qa, msvd_qa, activitynet_qa, youcook2
+    dataset: str = "lvu"  # lvu, breakfast, coin, msrvtt_qa, msvd_qa, activitynet_qa, youcook2, msrvtt_caption, msvd_caption
     data: str | None = None  # training annotation file
     val_data: str | None = None  # evaluation annotation file
     video_root: str | None = None  # folder of the videos (named as the data set names them)
     val_video_root: str | None = None  # folder of val_data's videos (default: video_root)
     references: str | None = None  # captions: COCO-format reference file of val_data (MA-LMM's coco_gt/cap_<split>.json)
     meteor: bool = True  # captions: also METEOR (a Java program, slow to start)
+    top5: bool = True  # classification (lvu, breakfast, coin): also top-5, ranking the class names by their LLM log-likelihood
     split: str = "train"  # COIN: the subset of the training file
     val_split: str = "val"  # COIN: the subset of the evaluation file
     lvu_tasks: str = "all"  # LVU: comma-separated tasks (the paper trains one model per task)
@@ -123,6 +124,12 @@ def _presets() -> dict[str, MALMMRun]:
         "malmm_activitynet_qa": MALMMRun(model="malmm_qa", dataset="activitynet_qa", epochs=5, batch_size=32, eval_batch_size=32),
         "malmm_youcook2": MALMMRun(model="malmm_caption", dataset="youcook2", epochs=10, batch_size=16, max_new_tokens=30,
                                    min_new_tokens=2),
+        # cap_msrvtt.yaml / cap_msvd.yaml as run by run_scripts/{msrvtt,msvd}/train_cap.sh: T 80, L 40, lr 1e-5,
+        # 10 epochs, batch 16 per GPU (x4 GPUs x accum_grad_iters 2 = 128), beams 5, max_len 50, min_len 1
+        "malmm_msrvtt_caption": MALMMRun(model="malmm_caption", dataset="msrvtt_caption", epochs=10, batch_size=16, eval_batch_size=16,
+                                         lr=1e-5, max_new_tokens=50, min_new_tokens=1),
+        "malmm_msvd_caption": MALMMRun(model="malmm_caption", dataset="msvd_caption", epochs=10, batch_size=16, eval_batch_size=16,
+                                       lr=1e-5, max_new_tokens=50, min_new_tokens=1),
         "malmm_nsa": MALMMRun(model="malmm_nsa", dataset="lvu", max_new_tokens=5, epochs=20, batch_size=16, train_sampling="uniform"),
     }
     tiny = dict(num_frames=4, memory_bank_length=2, batch_size=2, eval_batch_size=2, epochs=1, lr=1e-3, warmup_steps=0,
@@ -186,24 +193,49 @@ def read_items(run: MALMMRun, path: str | None, split: str, what: str, say=print
     return [(item, summary.found[item.video]) for item in items if item.video in summary.found]
 
 
+def read_eval_items(run: MALMMRun, say=print) -> list[tuple[LMMItem, str]]:
+    """The evaluation samples of ``val_data``: MSRVTT / MSVD captions one per video (:func:`one_per_video`)."""
+    samples = read_items(run, run.val_data, run.val_split, "evaluation", say)
+    if run.dataset not in VIDEO_CAPTIONS:
+        return samples
+    videos = dict((item.video, video) for item, video in samples)
+    return [(item, videos[item.video]) for item in one_per_video([item for item, _ in samples])]
+
+
 def caption_references(run: MALMMRun, items: Sequence[LMMItem]) -> dict[str, list[str]] | None:
-    """Caption runs: the reference captions of every evaluated segment (``references=`` file, or the
-    annotation's own captions); an error naming what lacks one. None for other data sets."""
+    """Caption runs: the reference captions of every evaluated segment / video (``references=`` file, or
+    the annotation's own captions); an error naming what lacks one. None for other data sets."""
     from longvid.malmm.datasets import read_coco_references
 
-    if run.dataset != "youcook2":
+    if run.dataset not in CAPTIONS:
         return None
+    from longvid.malmm.metrics import check_caption_metrics
+
+    check_caption_metrics()  # before any compute
+    what = "segment" if run.dataset == "youcook2" else "video"
     if run.references:
         references = read_coco_references(run.references)
         lacking = [item.key for item in items if item.key not in references]
         if lacking:
-            raise LongvidError(f"{run.references}: no reference caption for {len(lacking)} segment(s) of {run.val_data}, e.g. {lacking[0]}")
+            raise LongvidError(f"{run.references}: no reference caption for {len(lacking)} {what}(s) of {run.val_data}, e.g. {lacking[0]}")
         return references
-    empty = [item for item in items if not item.answer]
+    empty = [item for item in items if not item.references or not item.answer]
     if empty:
-        raise LongvidError(f"{run.val_data}:{empty[0].line}: segment {empty[0].key!r} has an empty caption (MA-LMM's test files "
+        raise LongvidError(f"{run.val_data}:{empty[0].line}: {what} {empty[0].key!r} has an empty caption (MA-LMM's test files "
                            f"keep captions in coco_gt/cap_<split>.json: give references=FILE)")
     return {item.key: list(item.references) for item in items}
+
+
+def class_names(run: MALMMRun, items: Sequence[LMMItem]) -> dict[str, list[str]] | None:
+    """Classification with ``top5``: the class names of each group (an LVU task, or the data set), ranked
+    for top-5: every label the evaluation file gives that group (so ``train`` and ``eval`` rank the same
+    names). None otherwise."""
+    if run.dataset not in CLASSIFICATION or not run.top5:
+        return None
+    classes: dict[str, set[str]] = {}
+    for item in items:
+        classes.setdefault(item.group, set()).add(item.answer)
+    return {group: sorted(names) for group, names in classes.items()}
 
 
 def encoder_fingerprint(encoder) -> str:
@@ -294,11 +326,34 @@ def _device() -> torch.device:
 
 
 @torch.no_grad()
+def rank_classes(model, state, prompts: Sequence[str], groups: Sequence[str], classes: dict[str, list[str]]) -> list[list[str]]:
+    """Each stream's class names of its group, most likely first: summed log-likelihood of the name's
+    tokens (+ EOS) under the LLM after the visual tokens and the prompt (MA-LMM's ``predict_class``,
+    which ranks candidates by their LLM loss); ties keep the names' sorted order."""
+    ranked: list[list[str]] = [[] for _ in prompts]
+    for group in dict.fromkeys(groups):
+        rows = [i for i, g in enumerate(groups) if g == group]
+        sub = state.index_select(torch.tensor(rows))
+        scores = model.score(sub, [prompts[i] for i in rows], classes[group])  # (b, K)
+        for row, order in zip(rows, torch.argsort(-scores, dim=1, stable=True).tolist()):
+            ranked[row] = [classes[group][k] for k in order]
+    return ranked
+
+
+@torch.no_grad()
 def generate_answers(model, samples: list[tuple[LMMItem, str]], features: list, batch_size: int, progress: bool) -> list[str]:
     """Each sample's generated answer: its frames through the memory, then beam search."""
+    return answer_and_rank(model, samples, features, batch_size, progress)[0]
+
+
+@torch.no_grad()
+def answer_and_rank(model, samples: list[tuple[LMMItem, str]], features: list, batch_size: int, progress: bool,
+                    classes: dict[str, list[str]] | None = None) -> tuple[list[str], list[list[str]] | None]:
+    """Each sample's generated answer (its frames through the memory, then beam search) and, with
+    ``classes`` (group -> class names), its group's class names ranked by :func:`rank_classes`."""
     model.eval()
     device = model.llm_proj.weight.device
-    answers = []
+    answers, rankings = [], []
     bar = progress_bar(total=len(samples), desc="eval", unit="sample", enabled=progress)
     for first in range(0, len(samples), batch_size):
         chunk = samples[first : first + batch_size]
@@ -307,20 +362,35 @@ def generate_answers(model, samples: list[tuple[LMMItem, str]], features: list, 
         state = model.init_state(len(chunk), device, instructions=prompts)
         _, state = model.step_tokens(tokens, state)
         answers += model.answer(state, prompts)
+        if classes is not None:
+            rankings += rank_classes(model, state, prompts, [item.group for item, _ in chunk], classes)
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    return answers
+    return answers, (rankings if classes is not None else None)
 
 
 def score(dataset: str, items: Sequence[LMMItem], predictions: Sequence[str],
-          references: dict[str, list[str]] | None = None, meteor: bool = True) -> dict[str, float]:
+          references: dict[str, list[str]] | None = None, meteor: bool = True,
+          rankings: Sequence[Sequence[str]] | None = None) -> dict[str, float]:
     """MA-LMM's metric for ``dataset`` (see :mod:`longvid.malmm.metrics`); captions are scored
-    against ``references`` (id -> captions; None: each item's own caption), the first prediction per id."""
+    against ``references`` (id -> captions; None: each item's own caption), the first prediction per id.
+    Classification with ``rankings`` (each item's class names, most likely first): also top-5, the
+    label among the first five (LVU: ``<task>_top5`` and ``mean_top5``; else ``top5``)."""
     from longvid.malmm.metrics import answer_correct, caption_metrics, grouped_accuracy
 
-    if dataset == "youcook2":
+    top5 = {}
+    if rankings is not None and dataset in CLASSIFICATION:
+        if len(rankings) != len(items):
+            raise LongvidError(f"top-5 needs one ranking per sample: {len(rankings)} for {len(items)} samples")
+        hits = [item.answer in list(ranked)[:5] for item, ranked in zip(items, rankings)]
+        if dataset == "lvu":
+            per_task = {k: v for k, v in grouped_accuracy([item.group for item in items], hits).items() if k != "mean"}
+            top5 = {**{f"{k}_top5": v for k, v in per_task.items()}, "mean_top5": sum(per_task.values()) / len(per_task)}
+        else:
+            top5 = {"top5": 100.0 * sum(hits) / len(hits)}
+    if dataset in CAPTIONS:
         preds: dict[str, str] = {}
         for item, prediction in zip(items, predictions):
             preds.setdefault(item.key, prediction)
@@ -330,8 +400,8 @@ def score(dataset: str, items: Sequence[LMMItem], predictions: Sequence[str],
     per_group = grouped_accuracy([item.group for item in items], correct)
     if dataset == "lvu":
         groups = {k: v for k, v in per_group.items() if k != "mean"}
-        return {**groups, "mean": sum(groups.values()) / len(groups)}
-    return {"top1" if dataset in CLASSIFICATION else "accuracy": 100.0 * sum(correct) / len(correct)}
+        return {**groups, "mean": sum(groups.values()) / len(groups), **top5}
+    return {"top1" if dataset in CLASSIFICATION else "accuracy": 100.0 * sum(correct) / len(correct), **top5}
 
 
 def write_metrics(out_dir: str, dataset: str, metrics: dict[str, float], samples: int) -> str:
@@ -352,27 +422,35 @@ class Validation:
 
     def __init__(self, run: MALMMRun, say=print):
         self.run = run
-        self.samples = read_items(run, run.val_data, run.val_split, "evaluation", say)
+        self.samples = read_eval_items(run, say)
         self.references = caption_references(run, [item for item, _ in self.samples])
+        self.classes = class_names(run, [item for item, _ in self.samples])
+        self.rankings: list[list[str]] | None = None  # of the last :meth:`answers` call
 
     def answers(self, model, progress: bool, rank: int = 0, world: int = 1) -> list[str]:
-        """Every sample's generated answer (on every rank)."""
+        """Every sample's generated answer (on every rank); with class names (top-5), also every sample's
+        ranked class names in :attr:`rankings`."""
         from longvid.engine.distributed import all_gather_objects
 
         mine = self.samples[rank::world]
         features = feature_loaders(model, mine, model.config.num_frames, self.run, progress and rank == 0)
-        answered = generate_answers(model, mine, features, self.run.eval_batch_size, progress and rank == 0)
-        shards = all_gather_objects(answered)  # world lists, rank r's holds samples r, r + world, ...
-        return [shards[i % world][i // world] for i in range(len(self.samples))]
+        classes = self.classes
+        answered, ranked = answer_and_rank(model, mine, features, self.run.eval_batch_size, progress and rank == 0, classes)
+        shards = all_gather_objects(list(zip(answered, ranked or [None] * len(answered))))  # rank r's: samples r, r + world, ...
+        pairs = [shards[i % world][i // world] for i in range(len(self.samples))]
+        self.rankings = [p[1] for p in pairs] if classes is not None else None
+        return [p[0] for p in pairs]
 
     def score(self, answers: list[str]) -> dict[str, float]:
-        return score(self.run.dataset, [item for item, _ in self.samples], answers, self.references, self.run.meteor)
+        return score(self.run.dataset, [item for item, _ in self.samples], answers, self.references, self.run.meteor, self.rankings)
 
     def write(self, answers: list[str], metrics: dict[str, float], predictions: str | None, say=print) -> None:
         """``out_dir/metrics.json`` and the predictions file (default ``out_dir/predictions.jsonl``), printed as a table."""
         items = [item for item, _ in self.samples]
-        rows = [json.dumps({"id": item.key, "group": item.group, "prompt": item.prompt, "prediction": answer, "answer": item.answer}) + "\n"
-                for item, answer in zip(items, answers)]
+        ranked = self.rankings or [None] * len(items)
+        rows = [json.dumps({"id": item.key, "group": item.group, "prompt": item.prompt, "prediction": answer, "answer": item.answer,
+                            **({"top5": top[:5]} if top is not None else {})}) + "\n"
+                for item, answer, top in zip(items, answers, ranked)]
         write_lines_atomically(predictions or os.path.join(self.run.out_dir, "predictions.jsonl"), rows)
         path = write_metrics(self.run.out_dir, self.run.dataset, metrics, len(items))
         say(metrics_table(metrics))
@@ -384,7 +462,7 @@ def aggregate(dataset: str, metrics: dict[str, float]) -> float:
     accuracy, or for captions CIDEr + BLEU-4 + METEOR + ROUGE-L."""
     if dataset == "lvu":
         return metrics["mean"]
-    if dataset == "youcook2":
+    if dataset in CAPTIONS:
         return sum(metrics.get(k, 0.0) for k in ("CIDEr", "BLEU-4", "METEOR", "ROUGE-L"))
     return metrics["top1" if dataset in CLASSIFICATION else "accuracy"]
 
@@ -524,7 +602,9 @@ def evaluate(config_name: str, overrides: Sequence[str] = (), checkpoint: str | 
     from longvid.engine import checkpoint as ckpt
 
     run = load_run(config_name, overrides)
-    caption_references(run, [item for item, _ in read_items(run, run.val_data, run.val_split, "evaluation", lambda text: None)])
+    samples = read_eval_items(run, lambda text: None)
+    caption_references(run, [item for item, _ in samples])
+    class_names(run, [item for item, _ in samples])
     model = build_run_model(run, _device())
     best = os.path.join(run.out_dir, "best.safetensors")
     if checkpoint is None and os.path.exists(best):
