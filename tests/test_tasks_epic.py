@@ -184,3 +184,52 @@ def test_bad_epic_input_is_one_line(epic_root, tmp_path, capsys):
     assert "task must be one of" in capsys.readouterr().err
     assert main(["eval", "memvit_tiny_synthetic", f"out_dir={tmp_path / 'r'}", "--predictions", str(tmp_path / "x.json")]) == 1
     assert "has no submission format" in capsys.readouterr().err
+
+
+TEST_COLUMNS = ("narration_id", "participant_id", "video_id", "start_timestamp", "stop_timestamp", "start_frame", "stop_frame")
+
+
+def _test_timestamps(path):
+    """``EPIC_100_test_timestamps.csv``'s layout (its official columns, no labels) on the sample's rows."""
+    import csv
+
+    with open(SAMPLE, newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, TEST_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return [r["narration_id"] for r in rows]
+
+
+def test_test_split_submissions_for_classification_and_anticipation(epic_root, run_cli, tmp_path, one_thread):
+    ann = epic_root / "annotations"
+    val = ann / "EPIC_100_validation.csv"
+    test = tmp_path / "EPIC_100_test_timestamps.csv"
+    ids = _test_timestamps(test)
+    common = [f"video_root={epic_root / 'EPIC-KITCHENS'}", "stride=4", "context_clips=1", "--quiet"]
+    for preset, challenge in (("memvit_tiny_epic", "action_recognition"), ("memvit_tiny_epic_anticipation", "action_anticipation")):
+        out = tmp_path / preset
+        code, text = run_cli("train", preset, f"data={val}", *common, "max_steps=1", f"out_dir={out}")
+        assert code == 0, text
+        # training on the test file is refused in one line
+        code, text = run_cli("train", preset, f"data={test}", *common, "max_steps=1", f"out_dir={tmp_path / 'x'}")
+        assert code == 1 and "no verb_class/noun_class columns" in text and text.strip().count("\n") == 0, text
+        # evaluating it without --predictions: nothing to score, said before any compute
+        code, text = run_cli("eval", preset, f"val_data={test}", *common, f"out_dir={out}")
+        assert code == 1 and "has no labels to score: add --predictions FILE" in text, text
+        before = (out / "metrics.json").read_text() if (out / "metrics.json").exists() else None
+        sub = tmp_path / f"{preset}.json"
+        code, text = run_cli("eval", preset, f"val_data={test}", *common, f"out_dir={out}", "--predictions", sub)
+        assert code == 0, text
+        assert "EPIC_100_test_timestamps.csv: 12 segments in 1 videos (no labels: the test split)" in text
+        assert f"EPIC_100_test_timestamps.csv has no labels (the test split): no metrics computed; submission of 12 segments written to {sub}" in text
+        assert "verb_top1" not in text and "recall5" not in text
+        assert ((out / "metrics.json").read_text() if (out / "metrics.json").exists() else None) == before
+        submission = json.loads(sub.read_text())
+        assert submission["challenge"] == challenge and sorted(submission["results"]) == sorted(ids)
+        first = submission["results"]["P03_21_0"]
+        assert len(first["verb"]) == 97 and len(first["noun"]) == 300
+        assert sum(first["verb"].values()) == pytest.approx(1.0, abs=1e-3)
+        if challenge == "action_anticipation":
+            assert len(first["action"]) == 10  # the 10 actions of the training file

@@ -82,8 +82,10 @@ def context_clips(config: MeMViTRunConfig) -> int:
 # -- EPIC-KITCHENS-100 data ------------------------------------------------------------------
 
 
-def read_epic(path: str, config: MeMViTRunConfig, val: bool = False) -> EpicAnnotations:
-    return load_epic_actions(path, config.video_folder(path, val), config.num_verbs, config.num_nouns, config.strict)
+def read_epic(path: str, config: MeMViTRunConfig, val: bool = False, require_labels: bool = True) -> EpicAnnotations:
+    """``require_labels=False`` also takes ``EPIC_100_test_timestamps.csv`` (class ids -1)."""
+    return load_epic_actions(path, config.video_folder(path, val), config.num_verbs, config.num_nouns, config.strict,
+                             require_labels=require_labels)  # fmt: skip
 
 
 def action_list(annotations: EpicAnnotations) -> list[tuple[int, int]]:
@@ -139,9 +141,15 @@ def _fps_and_duration(video: str, fps: float | None) -> tuple[float, float | Non
     return (fps or info.fps), (info.duration or None)
 
 
-def epic_source(path: str, config: MeMViTRunConfig, actions, train: bool) -> tuple[WindowClips, EpicAnnotations]:
-    annotations = read_epic(path, config, val=not train)
+def epic_source(path: str, config: MeMViTRunConfig, actions, train: bool, require_labels: bool = True) -> tuple[WindowClips, EpicAnnotations, str]:
+    """The file's windows as clips, its annotations and its summary line. ``require_labels=False``
+    (evaluation only) takes the unlabelled test file: ``source.labelled`` is then False."""
+    annotations = read_epic(path, config, val=not train, require_labels=require_labels or train)
     windows = epic_windows(annotations, config, actions)
+    summary = annotations.summary()
+    if config.task == "epic_anticipation" and len(windows) < len(annotations.segments):
+        early = len(annotations.segments) - len(windows)
+        summary += f"; {early} segments start within tau_a={config.tau_a} s of their video's start (nothing to observe: left out)"
     if train and config.task == "epic_anticipation":
         windows = [w for w in windows if w.targets["action"] >= 0]
     if not windows:
@@ -149,7 +157,8 @@ def epic_source(path: str, config: MeMViTRunConfig, actions, train: bool) -> tup
 
     augment = training_augment(config) if train else None
     source = WindowClips(windows, augment, clip_frames=config.clip_frames, stride=config.stride, short_side=config.size, crop=config.size)
-    return source, annotations
+    source.labelled = annotations.labelled
+    return source, annotations, summary
 
 
 # -- scores -> metrics -----------------------------------------------------------------------
@@ -157,7 +166,8 @@ def epic_source(path: str, config: MeMViTRunConfig, actions, train: bool) -> tup
 
 def evaluate_task(config: MeMViTRunConfig, model, source, dist=None, actions=None, pooling: str = "mean", progress=None):
     """Run ``model`` over ``source`` and score it as the task does: ``(metrics, results)`` where
-    results are the AVA detections or the per-item scores (for :func:`write_predictions`)."""
+    results are the AVA detections or the per-item scores (for :func:`predictions_text`);
+    metrics are ``{}`` for an unlabelled source (the EPIC test file)."""
     if config.task == "ava":
         from longvid.memvit.ava import ava_metrics, collect_detections
 
@@ -168,6 +178,8 @@ def evaluate_task(config: MeMViTRunConfig, model, source, dist=None, actions=Non
 
     device = next(model.parameters()).device
     items = collect_scores(model, source, config.batch_size, device, pooling, dist, progress)
+    if not getattr(source, "labelled", True):  # the EPIC test file: scores for the submission, no metrics
+        return {}, items
     return task_metrics(config, items, source, actions), items
 
 
