@@ -66,6 +66,8 @@ class MeMViTRunConfig(TrainConfig):
     eql_lambda: float = 0.003
     eval_every: int = 1  # epochs; 0: never
     find_unused_parameters: bool = True  # DDP: memory modules get no gradient while memory is empty
+    # issue 29: AVA test view
+    ava_test_crop: str = "full"  # AVA evaluation: "full" frames (short side size; the paper's) or the "center" size crop
 
     def video_folder(self, path: str, val: bool = False) -> str:
         """Where the videos of annotation file ``path`` are: ``val_video_root`` for ``val_data``
@@ -102,4 +104,5 @@ class MeMViTRunConfig(TrainConfig):
              f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
             (finite(self.eql_lambda) and self.eql_lambda >= 0, f"eql_lambda must be >= 0, got {self.eql_lambda}"),
             (self.eval_every >= 0, f"eval_every must be >= 0 (0: never), got {self.eval_every}"),
+            (self.ava_test_crop in ("full", "center"), f"ava_test_crop must be 'full' or 'center', got {self.ava_test_crop!r}"),
         ]  # fmt: skip
