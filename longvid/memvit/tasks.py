@@ -46,11 +46,17 @@ def memvit_config(config: MeMViTRunConfig):
 
 
 def memory_overrides(config: MeMViTRunConfig) -> dict:
+    """The run's memory fields that replace the model preset's (``memory_len``, ``sampler``,
+    and the ablation knobs ``compress_stride``, ``memory_blocks``)."""
     out = {}
     if config.memory_len is not None:
         out["memory_len"] = config.memory_len
     if config.sampler is not None:
         out["sampler"] = config.sampler
+    if config.compress_stride is not None:
+        out["compress_stride"] = tuple(config.compress_stride)
+    if config.memory_blocks is not None:
+        out["memory_blocks"] = tuple(config.memory_blocks)
     return out
 
 
