@@ -146,3 +146,43 @@ def test_train_in_a_terminal_draws_a_bar(tmp_path):
     assert process.wait(timeout=120) == 0, printed
     text = printed.decode()
     assert "trained 2 steps" in text and "2/2" in text and "\r" in text  # a tqdm bar, redrawn in place
+
+
+def test_memory_ablation_fields_reach_the_model(run_cli, tmp_path):
+    """``compress_stride`` and ``memory_blocks`` (the paper's Tables 1b/1c) as run-config fields:
+    passed to the model like memory_len; a bad value is one line before any work."""
+    import torch
+
+    from longvid.memvit.config import get_config
+    from longvid.memvit.run import build_model
+
+    fields = ["compress_stride=2,1,1", "memory_blocks=1,3"]
+    config = load_config("memvit_tiny_k400", ["data=synthetic", *fields])
+    assert (config.compress_stride, config.memory_blocks) == ((2, 1, 1), (1, 3))
+    model = build_model(config).eval()
+    assert model.config == get_config("memvit_tiny", num_frames=4, crop_size=32, num_classes=400, head="linear",
+                                      compress_stride=(2, 1, 1), memory_blocks=(1, 3))  # fmt: skip
+    assert model.reading_blocks == (1, 3)
+    default = build_model(load_config("memvit_tiny_k400", ["data=synthetic"])).eval()
+    assert default.reading_blocks == (0, 2) and default.config.compress_stride == (4, 2, 2)
+    clip = torch.randn(1, 3, 4, 32, 32)
+    shapes = []
+    for m in (default, model):
+        state = m.init_state(1)
+        for _ in range(2):
+            _, state = m(clip, state)
+        shapes.append(tuple(state.state_dict()["keys.0.compressed"].shape))
+    assert shapes[0][2] < shapes[1][2]  # a smaller stride keeps more tokens per memory entry
+
+    out = tmp_path / "run"
+    small = ["data=synthetic", "synthetic_videos=4", "synthetic_clips=2", "num_classes=4", "--quiet"]
+    code, text = run_cli("train", "memvit_tiny_k400", *small, *fields, "max_steps=1", f"out_dir={out}")
+    assert code == 0 and "trained 1 steps" in text, text
+    code, text = run_cli("eval", "memvit_tiny_k400", *small, *fields, f"out_dir={out}")
+    assert code == 0 and "top1" in text, text
+    for bad, message in (("compress_stride=4,2", "compress_stride must be three strides T,H,W >= 1"),
+                         ("memory_blocks=1,1", "memory_blocks must be distinct block indices >= 0"),
+                         ("memory_blocks=9", "memory_blocks [9] outside 0..3")):  # fmt: skip
+        code, text = run_cli("train", "memvit_tiny_k400", *small, bad, "max_steps=1", f"out_dir={tmp_path / 'bad'}")
+        assert code == 1 and text.count("\n") == 1 and message in text, text
+        assert not (tmp_path / "bad" / "log.jsonl").exists()

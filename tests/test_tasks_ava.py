@@ -171,6 +171,53 @@ def test_boxes_follow_the_crop_and_the_flip(tmp_path):
     assert torch.equal(flipped, torch.tensor([[16 - 16, 12.0, 16 - 12, 16.0]]))  # x 12..24 clipped to 12..16, mirrored
 
 
+def test_full_frame_boxes_and_padding(tmp_path):
+    """Full-frame testing: boxes scaled to the whole resized frame; a movie narrower than the
+    source's widest is padded at the right (boxes stay put) so both stack in one batch."""
+    wide, narrow = str(tmp_path / "wide.mkv"), str(tmp_path / "narrow.mkv")
+    write_video(wide, (np.full((24, 48, 3), 200, np.uint8) for _ in range(4)), fps=4)
+    write_video(narrow, (np.full((24, 32, 3), 200, np.uint8) for _ in range(4)), fps=4)
+    from longvid.memvit.ava_files import Keyframe
+
+    keyframe = Keyframe("v", 1, torch.tensor([[0.25, 0.5, 0.5, 1.0]]), None, None)
+    source = AvaClips([(wide, [keyframe]), (narrow, [keyframe])], clip_frames=2, stride=1, size=16, crop="full")
+    assert torch.equal(source.box_pixels(keyframe.boxes, 0), torch.tensor([[8.0, 8.0, 16.0, 16.0]]))  # 16x32 frame
+    assert torch.equal(source.box_pixels(keyframe.boxes, 1), torch.tensor([[0.25 * 21, 8.0, 0.5 * 21, 16.0]]))  # 16x21 frame
+    (a,), (b,) = list(source.clips(0)), list(source.clips(1))
+    assert a.shape == b.shape == (3, 2, 16, 32)
+    assert b[..., 21:].abs().max() == 0 and b[..., :21].abs().min() > 0  # the padding is the narrow movie's right
+    center = AvaClips([(wide, [keyframe])], clip_frames=2, stride=1, size=16)  # the center crop, as before
+    assert next(iter(center.clips(0))).shape == (3, 2, 16, 16)
+    with pytest.raises(ValueError, match="crop must be 'center' or 'full'"):
+        AvaClips([(wide, [])], clip_frames=2, stride=1, size=16, crop="middle")
+
+
+def test_full_frame_detections_equal_a_direct_model_call(ava):
+    """Scores from the full-frame source equal the model run by hand on the whole resized
+    frames with the boxes scaled to them."""
+    from longvid.memvit.ava import collect_detections
+    from longvid.memvit.model import build_model
+    from longvid.video.reader import ClipReader
+
+    torch.manual_seed(0)
+    model = build_model("memvit_tiny_ava", num_frames=4, crop_size=32, num_classes=3, head="ava").eval()
+    keyframes = [k for k in load_keyframes(str(ava / "ava_val_predicted_boxes.csv"), [1, 3, 12], detections=True, threshold=0.8)]
+    movie = str(ava / "movies" / "movieA0001.mkv")
+    source = AvaClips([(movie, keyframes)], clip_frames=4, stride=1, size=32, crop="full")
+    found = collect_detections(model, source, 1, "cpu", [1, 3, 12])
+    state = model.init_state(1)
+    expected = []
+    for k in keyframes:  # 32x24 frames -> short side 32: 32 x 43 (W = round(32 * 32 / 24))
+        start = max(0.0, k.timestamp - 4 / 2)
+        clip = next(iter(ClipReader(movie, 4, 1, short_side=32, crop=None, start=start, end=start + 4, tail="pad"))).frames
+        assert clip.shape[-2:] == (32, 43)
+        boxes = k.boxes * torch.tensor([43.0, 32.0, 43.0, 32.0])
+        with torch.no_grad():
+            logits, state = model(clip[None], state, boxes=torch.cat([torch.zeros(len(boxes), 1), boxes], 1))
+        expected += logits.sigmoid().flatten().tolist()
+    assert [b.score for b in found] == pytest.approx(expected, abs=1e-5)
+
+
 def test_every_ava_file_is_closed(ava):
     """Reading the action list, the excluded timestamps and the box CSVs leaves no file open
     (a ResourceWarning, CPython's "unclosed file", fails the test)."""
@@ -199,7 +246,17 @@ def test_train_and_eval_tiny_ava(ava, run_cli, tmp_path, monkeypatch):
                          f"person_boxes={ava / 'ava_val_predicted_boxes.csv'}",
                          f"excluded_timestamps={ava / 'ava_val_excluded_timestamps_v2.2.csv'}", "--predictions", tmp_path / "dets.csv")  # fmt: skip
     assert code == 0, text
+    assert "ava_val_v2.2.csv: 3 keyframes in 1 movies; tested on full frames (short side 32)" in text  # the paper's default
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"map", "ap/1", "ap/3", "ap/12"} and 0 <= metrics["map"] <= 100
     rows = (tmp_path / "dets.csv").read_text().splitlines()
     assert len(rows) == 4 * 3 and rows[0].startswith("movieA0001,0902,0.101,0.199,0.500,0.900,1,")  # 4 boxes x 3 classes
+    code, text = run_cli("eval", "memvit_tiny_ava", f"val_data={ava / 'ava_val_v2.2.csv'}", *files, f"out_dir={out}",
+                         f"person_boxes={ava / 'ava_val_predicted_boxes.csv'}", "ava_test_crop=center", "--predictions", tmp_path / "c.csv")
+    assert code == 0, text
+    assert "tested on the center 32 crop" in text
+    center_rows = (tmp_path / "c.csv").read_text().splitlines()
+    assert [r.rsplit(",", 1)[0] for r in center_rows] == [r.rsplit(",", 1)[0] for r in rows]
+    assert [r.rsplit(",", 1)[1] for r in center_rows] != [r.rsplit(",", 1)[1] for r in rows]  # another view, other scores
+    code, text = run_cli("eval", "memvit_tiny_ava", f"val_data={ava / 'ava_val_v2.2.csv'}", *files, f"out_dir={out}", "ava_test_crop=middle")
+    assert code == 1 and "ava_test_crop must be 'full' or 'center', got 'middle'" in text, text

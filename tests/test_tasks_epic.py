@@ -127,6 +127,59 @@ def test_marginals_and_recall_against_loops():
     assert metrics["action_recall5"] == 100.0  # 4 actions: all in the top 5
 
 
+def _naive_recall5(scores, labels, classes):
+    """Class-mean recall@5 by loops over the classes in ``classes`` that have segments."""
+    per_class = []
+    for c in classes:
+        rows = [i for i, label in enumerate(labels) if label == c]
+        if rows:
+            per_class.append(sum(c in sorted(range(len(scores[i])), key=lambda k: -scores[i][k])[:5] for i in rows) / len(rows))
+    return 100.0 * sum(per_class) / len(per_class)
+
+
+def test_anticipation_tail_and_unseen_metrics_against_loops(tmp_path):
+    """tail_: the class mean over the tail verbs / tail nouns / actions with either; unseen_:
+    over the unseen participants' segments; checked against loops over the classes."""
+    gen = torch.Generator().manual_seed(3)
+    actions = [(v, n) for v in range(8) for n in range(9) if (v + n) % 3 == 0]  # 24 actions over 8 verbs, 9 nouns
+    count = 60
+    picks = torch.randint(len(actions), (count,), generator=gen).tolist()
+    pairs = [actions[a] for a in picks]
+    pairs[5], pairs[9] = (7, 1), (2, 2)  # pairs that are no action class: verbs and nouns only
+    labels = [actions.index(p) if p in actions else -1 for p in pairs]
+    people = ["P01" if i % 3 else "P12" for i in range(count)]
+    scores = torch.randn(count, len(actions), generator=gen)
+    windows = [Window("v", 0, 1, 1, 0, {}, meta={"verb": v, "noun": n, "participant_id": p}) for (v, n), p in zip(pairs, people)]
+    items = [(i, {"action": scores[i]}, {"action": torch.tensor(labels[i])}) for i in range(count)]
+    (tmp_path / "tv.csv").write_text("verb\n1\n6\n7\n")
+    (tmp_path / "tn.csv").write_text("noun\n0\n8\n")
+    (tmp_path / "up.csv").write_text("participant_id\nP12\n")
+    config = load_config("memvit_tiny_epic_anticipation", [f"tail_verbs={tmp_path / 'tv.csv'}", f"tail_nouns={tmp_path / 'tn.csv'}",
+                                                            f"unseen_participants={tmp_path / 'up.csv'}"])  # fmt: skip
+    metrics = anticipation_metrics(items, WindowClips(windows), actions, config)
+    verb, noun = marginals(scores, actions, 8, 9)
+    verbs, nouns = [v for v, _ in pairs], [n for _, n in pairs]
+    tail_actions = [a for a, (v, n) in enumerate(actions) if v in (1, 6, 7) or n in (0, 8)]
+    naive = {
+        "verb_recall5": _naive_recall5(verb.tolist(), verbs, range(8)),
+        "noun_recall5": _naive_recall5(noun.tolist(), nouns, range(9)),
+        "action_recall5": _naive_recall5(scores.tolist(), labels, range(len(actions))),
+        "tail_verb_recall5": _naive_recall5(verb.tolist(), verbs, (1, 6, 7)),
+        "tail_noun_recall5": _naive_recall5(noun.tolist(), nouns, (0, 8)),
+        "tail_action_recall5": _naive_recall5(scores.tolist(), labels, tail_actions),
+    }
+    unseen = [i for i, p in enumerate(people) if p == "P12"]
+    naive["unseen_verb_recall5"] = _naive_recall5([verb[i].tolist() for i in unseen], [verbs[i] for i in unseen], range(8))
+    naive["unseen_noun_recall5"] = _naive_recall5([noun[i].tolist() for i in unseen], [nouns[i] for i in unseen], range(9))
+    naive["unseen_action_recall5"] = _naive_recall5([scores[i].tolist() for i in unseen], [labels[i] for i in unseen], range(len(actions)))
+    assert set(metrics) == set(naive)
+    for key, value in naive.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-4), key
+    assert metrics["tail_verb_recall5"] != metrics["verb_recall5"] and metrics["unseen_action_recall5"] != metrics["action_recall5"]
+    # without split files: the three overall recalls only
+    assert set(anticipation_metrics(items, WindowClips(windows), actions)) == {"verb_recall5", "noun_recall5", "action_recall5"}
+
+
 @pytest.fixture
 def one_thread(monkeypatch):
     """Tiny models in the CLI processes: one thread each (threads only contend on a shared CPU)."""
@@ -166,10 +219,15 @@ def test_train_and_eval_tiny_anticipation(epic_root, run_cli, tmp_path, one_thre
     code, text = run_cli("train", "memvit_tiny_epic_anticipation", f"data={val}", *common, "max_steps=3", f"out_dir={out}")
     assert code == 0, text
     assert json.loads((out / "actions.json").read_text())[0] == [0, 10]  # sorted (verb, noun) pairs of the training file
-    code, text = run_cli("eval", "memvit_tiny_epic_anticipation", *common, f"out_dir={out}", "--predictions", tmp_path / "sub.json")
+    splits = [f"tail_verbs={ann / 'EPIC_100_tail_verbs.csv'}", f"tail_nouns={ann / 'EPIC_100_tail_nouns.csv'}",
+              f"unseen_participants={ann / 'EPIC_100_unseen_participant_ids_validation.csv'}"]  # fmt: skip
+    code, text = run_cli("eval", "memvit_tiny_epic_anticipation", *common, *splits, f"out_dir={out}", "--predictions", tmp_path / "sub.json")
     assert code == 0, text
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"verb_recall5", "noun_recall5", "action_recall5"}
+    keys = {"verb_recall5", "noun_recall5", "action_recall5"}
+    assert set(metrics) == keys | {f"{p}{k}" for p in ("tail_", "unseen_") for k in keys}
+    assert all(0 <= v <= 100 for v in metrics.values())
+    assert {k: metrics[f"unseen_{k}"] for k in keys} == {k: metrics[k] for k in keys}  # every segment is P03's (unseen)
     submission = json.loads((tmp_path / "sub.json").read_text())
     assert submission["challenge"] == "action_anticipation"
     assert all(len(r["action"]) == 10 for r in submission["results"].values())  # 10 actions in the file
@@ -184,3 +242,52 @@ def test_bad_epic_input_is_one_line(epic_root, tmp_path, capsys):
     assert "task must be one of" in capsys.readouterr().err
     assert main(["eval", "memvit_tiny_synthetic", f"out_dir={tmp_path / 'r'}", "--predictions", str(tmp_path / "x.json")]) == 1
     assert "has no submission format" in capsys.readouterr().err
+
+
+TEST_COLUMNS = ("narration_id", "participant_id", "video_id", "start_timestamp", "stop_timestamp", "start_frame", "stop_frame")
+
+
+def _test_timestamps(path):
+    """``EPIC_100_test_timestamps.csv``'s layout (its official columns, no labels) on the sample's rows."""
+    import csv
+
+    with open(SAMPLE, newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, TEST_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return [r["narration_id"] for r in rows]
+
+
+def test_test_split_submissions_for_classification_and_anticipation(epic_root, run_cli, tmp_path, one_thread):
+    ann = epic_root / "annotations"
+    val = ann / "EPIC_100_validation.csv"
+    test = tmp_path / "EPIC_100_test_timestamps.csv"
+    ids = _test_timestamps(test)
+    common = [f"video_root={epic_root / 'EPIC-KITCHENS'}", "stride=4", "context_clips=1", "--quiet"]
+    for preset, challenge in (("memvit_tiny_epic", "action_recognition"), ("memvit_tiny_epic_anticipation", "action_anticipation")):
+        out = tmp_path / preset
+        code, text = run_cli("train", preset, f"data={val}", *common, "max_steps=1", f"out_dir={out}")
+        assert code == 0, text
+        # training on the test file is refused in one line
+        code, text = run_cli("train", preset, f"data={test}", *common, "max_steps=1", f"out_dir={tmp_path / 'x'}")
+        assert code == 1 and "no verb_class/noun_class columns" in text and text.strip().count("\n") == 0, text
+        # evaluating it without --predictions: nothing to score, said before any compute
+        code, text = run_cli("eval", preset, f"val_data={test}", *common, f"out_dir={out}")
+        assert code == 1 and "has no labels to score: add --predictions FILE" in text, text
+        before = (out / "metrics.json").read_text() if (out / "metrics.json").exists() else None
+        sub = tmp_path / f"{preset}.json"
+        code, text = run_cli("eval", preset, f"val_data={test}", *common, f"out_dir={out}", "--predictions", sub)
+        assert code == 0, text
+        assert "EPIC_100_test_timestamps.csv: 12 segments in 1 videos (no labels: the test split)" in text
+        assert f"EPIC_100_test_timestamps.csv has no labels (the test split): no metrics computed; submission of 12 segments written to {sub}" in text
+        assert "verb_top1" not in text and "recall5" not in text
+        assert ((out / "metrics.json").read_text() if (out / "metrics.json").exists() else None) == before
+        submission = json.loads(sub.read_text())
+        assert submission["challenge"] == challenge and sorted(submission["results"]) == sorted(ids)
+        first = submission["results"]["P03_21_0"]
+        assert len(first["verb"]) == 97 and len(first["noun"]) == 300
+        assert sum(first["verb"].values()) == pytest.approx(1.0, abs=1e-3)
+        if challenge == "action_anticipation":
+            assert len(first["action"]) == 10  # the 10 actions of the training file

@@ -5,9 +5,13 @@ over the evaluated classes on detected boxes with the excluded timestamps left o
 official evaluation computes it.
 
 A clip is ``clip_frames x stride`` frames centered on its keyframe, resized to short side
-``size`` and cropped to a ``size`` square (training: the random scale, crop and flip of
-:mod:`longvid.memvit.augment`, one view per stream segment, boxes moved with it); boxes are
-clipped to the crop, so a person outside it is pooled from its clipped (possibly empty) box.
+``size``. Training crops a ``size`` square (the random scale, crop and flip of
+:mod:`longvid.memvit.augment`, one view per stream segment, boxes moved with it; the center
+crop without ``augment``); boxes are clipped to the crop, so a person outside it is pooled
+from its clipped (possibly empty) box. Evaluation (``ava_test_crop``) reads the full frame,
+the paper's default (boxes scaled to the resized frame; movies of another shape than the
+source's largest are zero-padded at the bottom and right so one batch can hold them, which
+leaves every box where it is), or the center ``size`` crop.
 """
 
 from __future__ import annotations
@@ -29,10 +33,15 @@ class AvaClips:
     """Movies as streams of keyframe clips (a :class:`~longvid.data.sources.ClipSource`
     with per-clip boxes: ``clip_extras``)."""
 
-    def __init__(self, movies: list[tuple[str, list[Keyframe]]], clip_frames: int, stride: int, size: int, augment: ClipAugment | None = None):
+    def __init__(self, movies: list[tuple[str, list[Keyframe]]], clip_frames: int, stride: int, size: int, augment: ClipAugment | None = None,
+                 crop: str = "center"):  # fmt: skip
+        if crop not in ("center", "full"):
+            raise ValueError(f"crop must be 'center' or 'full', got {crop!r}")
         self.movies = movies  # (path, keyframes in time order)
         self.clip_frames, self.stride, self.size = clip_frames, stride, size
         self.augment = augment
+        self.crop = crop  # without augment: the center size x size crop, or the full frame (short side size)
+        self._canvas: tuple[int, int] | None = None
         self._views: dict[tuple[int, int], View | None] = {}  # (movie, first clip of the segment) -> its view
         self._spans: dict[int, float] = {}
 
@@ -69,7 +78,20 @@ class AvaClips:
             clip = next(iter(reader)).frames  # (C, T, H', W')
             yield self._crop(clip, view)
 
+    def full_frames(self, view: View | None = None) -> bool:
+        return view is None and self.crop == "full"
+
+    def canvas(self) -> tuple[int, int]:
+        """(H, W) every full-frame clip is padded to: the largest resized frame of the movies."""
+        if self._canvas is None:
+            sizes = [_resized_size(path, self.size) for path, _ in self.movies]
+            self._canvas = (max(h for h, _ in sizes), max(w for _, w in sizes))
+        return self._canvas
+
     def _crop(self, clip: torch.Tensor, view: View | None) -> torch.Tensor:
+        if self.full_frames(view):
+            height, width = self.canvas()
+            return F.pad(clip, (0, width - clip.shape[-1], 0, height - clip.shape[-2]))  # (C, T, H, W): bottom/right
         if view is not None:
             return ClipAugment(self.size).apply(clip, view)
         return ClipAugment(self.size).apply(clip, View(0, 0.5, 0.5, False))
@@ -82,9 +104,15 @@ class AvaClips:
         return {"keyframe": keyframe, "pixels": self.box_pixels(keyframe.boxes, video, view)}
 
     def box_pixels(self, boxes: torch.Tensor, video: int, view: View | None = None) -> torch.Tensor:
-        """Normalized ``(P, 4)`` boxes -> pixels of the crop (moved and mirrored with the view)."""
-        view = view or View(self.size, 0.5, 0.5, False)
+        """Normalized ``(P, 4)`` boxes -> pixels of the crop (moved and mirrored with the view),
+        or of the full resized frame (``crop="full"`` without a view)."""
         path = self.movies[video][0]
+        if self.full_frames(view):
+            height, width = _resized_size(path, self.size)
+            x = (boxes[:, [0, 2]] * width).clamp(0, width)
+            y = (boxes[:, [1, 3]] * height).clamp(0, height)
+            return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+        view = view or View(self.size, 0.5, 0.5, False)
         height, width = _resized_size(path, view.short_side or self.size)
         top = int(view.y * (height - self.size) + 0.5)
         left = int(view.x * (width - self.size) + 0.5)
@@ -147,9 +175,12 @@ def ava_source(path: str, config, train: bool, classes: list[int]) -> tuple[AvaC
     if not movies:
         raise LongvidError(f"{path}: none of the {len(by_movie)} movies was found under {root}")
     augment = training_augment(config) if train else None
-    source = AvaClips(movies, config.clip_frames, config.stride, config.size, augment)
+    crop = "center" if train else config.ava_test_crop
+    source = AvaClips(movies, config.clip_frames, config.stride, config.size, augment, crop=crop)
     found = sum(len(f) for _, f in movies)
     summary = f"{os.path.basename(path)}: {found} keyframes in {len(movies)} movies" + (f"; {len(missing)} movies missing (skipped)" if missing else "")
+    if not train:
+        summary += f"; tested on full frames (short side {config.size})" if crop == "full" else f"; tested on the center {config.size} crop"
     return source, truth, summary
 
 

@@ -100,14 +100,15 @@ def _epic_sources(config: MeMViTRunConfig, saved_in: Sequence[str], need_train: 
     if read_train:
         if config.task == "epic_anticipation" and actions is None:
             actions = tasks.action_list(tasks.read_epic(config.data, config))
-        train, annotations = tasks.epic_source(config.data, config, actions, train=True)
-        lines.append(annotations.summary())
+        train, _, line = tasks.epic_source(config.data, config, actions, train=True)
+        lines.append(line)
     elif config.task == "epic_anticipation" and actions is None:
         raise LongvidError(f"no {tasks.ACTIONS_FILE} in {', '.join(saved_in)}: the action classes come from the training run")
     val = None
     if config.val_data:
-        val, annotations = tasks.epic_source(config.val_data, config, actions, train=False)
-        lines.append(annotations.summary())
+        # evaluation of a saved run also takes EPIC_100_test_timestamps.csv (no labels: submission only)
+        val, _, line = tasks.epic_source(config.val_data, config, actions, train=False, require_labels=need_train)
+        lines.append(line)
     return Sources(train, val, None, actions, lines)
 
 

@@ -3,8 +3,9 @@
 
 * ``EPIC_100_train.csv`` / ``EPIC_100_validation.csv`` (``narration_id, participant_id,
   video_id, narration_timestamp, start_timestamp, stop_timestamp, start_frame, stop_frame,
-  narration, verb, verb_class, noun, noun_class, all_nouns, all_noun_classes``); the test
-  file has no class columns;
+  narration, verb, verb_class, noun, noun_class, all_nouns, all_noun_classes``) and
+  ``EPIC_100_test_timestamps.csv`` (``narration_id, participant_id, video_id, start_timestamp,
+  stop_timestamp, start_frame, stop_frame``: no class columns, read with ``require_labels=False``);
 * ``EPIC_100_video_info.csv`` (``video_id, duration, fps, resolution``);
 * ``EPIC_100_verb_classes.csv`` / ``EPIC_100_noun_classes.csv`` (``id, key, instances, category``);
 * ``EPIC_100_tail_verbs.csv`` / ``EPIC_100_tail_nouns.csv`` (first column: class id) and
@@ -52,11 +53,13 @@ class EpicAnnotations:
     missing_videos: list[str] = field(default_factory=list)
     skipped_segments: int = 0
     fps: dict[str, float] = field(default_factory=dict)  # video_id -> fps (EPIC_100_video_info.csv)
+    labelled: bool = True  # False: the test timestamps file (no verb_class/noun_class; every class id -1)
 
     def summary(self) -> str:
         videos = len({s.video_id for s in self.segments})
         missing = f"; {len(self.missing_videos)} videos missing ({self.skipped_segments} segments skipped)" if self.missing_videos else ""
-        return f"{os.path.basename(self.path)}: {len(self.segments)} segments in {videos} videos{missing}"
+        unlabelled = " (no labels: the test split)" if not self.labelled else ""
+        return f"{os.path.basename(self.path)}: {len(self.segments)} segments in {videos} videos{unlabelled}{missing}"
 
 
 def find_video(root: str | VideoFinder, participant_id: str, video_id: str) -> str | None:
@@ -86,7 +89,7 @@ def load_epic_actions(
             raise AnnotationError(f"{path}:1: not an EPIC-KITCHENS-100 action CSV: missing columns {', '.join(absent)}")
         labelled = "verb_class" in columns and "noun_class" in columns
         if require_labels and not labelled:
-            raise AnnotationError(f"{path}:1: no verb_class/noun_class columns (the test file has no labels to train or evaluate on)")
+            raise AnnotationError(f"{path}:1: no verb_class/noun_class columns (the test file has no labels to train on or score: `longvid eval ... val_data=FILE --predictions OUT.json` writes its submission)")
         for row in reader:
             line = reader.line_num
             segment = _segment(path, line, row, labelled, num_verbs, num_nouns)
@@ -106,7 +109,7 @@ def load_epic_actions(
         raise AnnotationError(f"{path}: no segments (the file has no rows besides its header)")
     if not segments:
         raise AnnotationError(f"{path}: none of the {len(missing)} videos was found under {video_root} (expected ROOT/P01/videos/P01_11.MP4 or ROOT/P01_11.MP4)")
-    return EpicAnnotations(path, segments, missing, skipped)
+    return EpicAnnotations(path, segments, missing, skipped, labelled=labelled)
 
 
 def _segment(path: str, line: int, row: dict, labelled: bool, num_verbs: int, num_nouns: int) -> EpicSegment:

@@ -74,7 +74,9 @@ def evaluate_checkpoint(config: MeMViTRunConfig, checkpoint: str, pooling: str =
     """Load a checkpoint's weights into the config's model and evaluate on ``val_data``
     (or ``data`` when there is none; generated data uses its held-out videos). The metrics
     are also written to ``out_dir/metrics.json``; ``predictions``: the EPIC challenge JSON
-    of every evaluated segment is written there. ``dtype``: the weights and memory run in
+    of every evaluated segment is written there. ``val_data`` may be the unlabelled
+    ``EPIC_100_test_timestamps.csv``: then ``predictions`` is required, no metrics are
+    computed, and ``{}`` is returned. ``dtype``: the weights and memory run in
     it (:func:`longvid.precision.for_inference`); ``compile``/``channels_last``: see
     :func:`longvid.core.stream_input.prepare_model`."""
     dist = setup()
@@ -83,6 +85,10 @@ def evaluate_checkpoint(config: MeMViTRunConfig, checkpoint: str, pooling: str =
             raise LongvidError(f"--predictions writes the EPIC challenge JSON or the AVA detection CSV: task {config.task!r} has no submission format")
         folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
         data = build_sources(config, saved_in=[config.out_dir, folder], need_train=False)
+        source = data.val or data.train
+        unlabelled = not getattr(source, "labelled", True)
+        if unlabelled and predictions is None:
+            raise LongvidError(f"{config.val_data}: the test split has no labels to score: add --predictions FILE to write its challenge JSON")
         if dist.is_main:
             for line in data.summary:
                 print(line)
@@ -92,7 +98,6 @@ def evaluate_checkpoint(config: MeMViTRunConfig, checkpoint: str, pooling: str =
         log = (lambda message: print(f"longvid: {message}", file=sys.stderr)) if dist.is_main else None
         model = for_inference(model, dtype, dist.device, log=log or (lambda _: None))
         model = prepare_model(model, compile=compile, channels_last=channels_last, log=log)
-        source = data.val or data.train
         bar = progress_bar(desc="eval", unit="step", enabled=dist.is_main and progress)
         try:
             metrics, results = tasks.evaluate_task(config, model, source, dist, data.actions, pooling, bar)
@@ -100,10 +105,14 @@ def evaluate_checkpoint(config: MeMViTRunConfig, checkpoint: str, pooling: str =
             if bar is not None:
                 bar.close()
         if dist.is_main:
-            os.makedirs(config.out_dir, exist_ok=True)
-            write_text_atomically(os.path.join(config.out_dir, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
+            if not unlabelled:
+                os.makedirs(config.out_dir, exist_ok=True)
+                write_text_atomically(os.path.join(config.out_dir, "metrics.json"), json.dumps(metrics, indent=1) + "\n")
             if predictions is not None:
                 write_text_atomically(predictions, tasks.predictions_text(config, results, source, data.actions))
+            if unlabelled:
+                print(f"{os.path.basename(config.val_data)} has no labels (the test split): no metrics computed; "
+                      f"submission of {len(results)} segments written to {predictions}")
         return metrics
     finally:
         cleanup()

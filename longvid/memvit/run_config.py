@@ -66,6 +66,10 @@ class MeMViTRunConfig(TrainConfig):
     eql_lambda: float = 0.003
     eval_every: int = 1  # epochs; 0: never
     find_unused_parameters: bool = True  # DDP: memory modules get no gradient while memory is empty
+    # issue 29: AVA test view; MeMViT ablation knobs (None: the model preset's)
+    ava_test_crop: str = "full"  # AVA evaluation: "full" frames (short side size; the paper's) or the "center" size crop
+    compress_stride: tuple[int, ...] | None = None  # memory compression stride T,H,W, e.g. 4,2,2 (Table 1c; 1,1,1: none)
+    memory_blocks: tuple[int, ...] | None = None  # blocks that read memory, e.g. 0,2,4 (Table 1b; None: the even blocks)
 
     def video_folder(self, path: str, val: bool = False) -> str:
         """Where the videos of annotation file ``path`` are: ``val_video_root`` for ``val_data``
@@ -102,4 +106,10 @@ class MeMViTRunConfig(TrainConfig):
              f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
             (finite(self.eql_lambda) and self.eql_lambda >= 0, f"eql_lambda must be >= 0, got {self.eql_lambda}"),
             (self.eval_every >= 0, f"eval_every must be >= 0 (0: never), got {self.eval_every}"),
+            (self.ava_test_crop in ("full", "center"), f"ava_test_crop must be 'full' or 'center', got {self.ava_test_crop!r}"),
+            (self.compress_stride is None or (len(self.compress_stride) == 3 and min(self.compress_stride) >= 1),
+             f"compress_stride must be three strides T,H,W >= 1 (e.g. 4,2,2), got {self.compress_stride}"),
+            (self.memory_blocks is None or (len(self.memory_blocks) > 0 and min(self.memory_blocks) >= 0
+                                            and len(set(self.memory_blocks)) == len(self.memory_blocks)),
+             f"memory_blocks must be distinct block indices >= 0 (e.g. 0,2,4), got {self.memory_blocks}"),
         ]  # fmt: skip

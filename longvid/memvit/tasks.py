@@ -5,7 +5,7 @@
 |---|---|---|---|---|
 | ``classify`` | generic CSV/JSON, Kinetics CSV or class folders | linear | ``loss`` (CE/BCE/EQL) | top1, top5 |
 | ``epic_verb_noun`` | EPIC-100 action CSV | verb + noun | CE + CE | verb/noun/action top1/top5 (+ tail_, unseen_) |
-| ``epic_anticipation`` | EPIC-100 action CSV | one action head (causal model) | EQL | verb/noun/action class-mean recall@5 |
+| ``epic_anticipation`` | EPIC-100 action CSV | one action head (causal model) | EQL | verb/noun/action class-mean recall@5 (+ tail_, unseen_) |
 | ``ava`` | AVA v2.2 CSV, action list, excluded timestamps, person boxes | box head | sigmoid BCE | frame-mAP@0.5, AP per class |
 
 EPIC items are clip windows (:mod:`longvid.memvit.windows`): the clips of each segment (or
@@ -46,11 +46,17 @@ def memvit_config(config: MeMViTRunConfig):
 
 
 def memory_overrides(config: MeMViTRunConfig) -> dict:
+    """The run's memory fields that replace the model preset's (``memory_len``, ``sampler``,
+    and the ablation knobs ``compress_stride``, ``memory_blocks``)."""
     out = {}
     if config.memory_len is not None:
         out["memory_len"] = config.memory_len
     if config.sampler is not None:
         out["sampler"] = config.sampler
+    if config.compress_stride is not None:
+        out["compress_stride"] = tuple(config.compress_stride)
+    if config.memory_blocks is not None:
+        out["memory_blocks"] = tuple(config.memory_blocks)
     return out
 
 
@@ -82,8 +88,10 @@ def context_clips(config: MeMViTRunConfig) -> int:
 # -- EPIC-KITCHENS-100 data ------------------------------------------------------------------
 
 
-def read_epic(path: str, config: MeMViTRunConfig, val: bool = False) -> EpicAnnotations:
-    return load_epic_actions(path, config.video_folder(path, val), config.num_verbs, config.num_nouns, config.strict)
+def read_epic(path: str, config: MeMViTRunConfig, val: bool = False, require_labels: bool = True) -> EpicAnnotations:
+    """``require_labels=False`` also takes ``EPIC_100_test_timestamps.csv`` (class ids -1)."""
+    return load_epic_actions(path, config.video_folder(path, val), config.num_verbs, config.num_nouns, config.strict,
+                             require_labels=require_labels)  # fmt: skip
 
 
 def action_list(annotations: EpicAnnotations) -> list[tuple[int, int]]:
@@ -139,9 +147,15 @@ def _fps_and_duration(video: str, fps: float | None) -> tuple[float, float | Non
     return (fps or info.fps), (info.duration or None)
 
 
-def epic_source(path: str, config: MeMViTRunConfig, actions, train: bool) -> tuple[WindowClips, EpicAnnotations]:
-    annotations = read_epic(path, config, val=not train)
+def epic_source(path: str, config: MeMViTRunConfig, actions, train: bool, require_labels: bool = True) -> tuple[WindowClips, EpicAnnotations, str]:
+    """The file's windows as clips, its annotations and its summary line. ``require_labels=False``
+    (evaluation only) takes the unlabelled test file: ``source.labelled`` is then False."""
+    annotations = read_epic(path, config, val=not train, require_labels=require_labels or train)
     windows = epic_windows(annotations, config, actions)
+    summary = annotations.summary()
+    if config.task == "epic_anticipation" and len(windows) < len(annotations.segments):
+        early = len(annotations.segments) - len(windows)
+        summary += f"; {early} segments start within tau_a={config.tau_a} s of their video's start (nothing to observe: left out)"
     if train and config.task == "epic_anticipation":
         windows = [w for w in windows if w.targets["action"] >= 0]
     if not windows:
@@ -149,7 +163,8 @@ def epic_source(path: str, config: MeMViTRunConfig, actions, train: bool) -> tup
 
     augment = training_augment(config) if train else None
     source = WindowClips(windows, augment, clip_frames=config.clip_frames, stride=config.stride, short_side=config.size, crop=config.size)
-    return source, annotations
+    source.labelled = annotations.labelled
+    return source, annotations, summary
 
 
 # -- scores -> metrics -----------------------------------------------------------------------
@@ -157,7 +172,8 @@ def epic_source(path: str, config: MeMViTRunConfig, actions, train: bool) -> tup
 
 def evaluate_task(config: MeMViTRunConfig, model, source, dist=None, actions=None, pooling: str = "mean", progress=None):
     """Run ``model`` over ``source`` and score it as the task does: ``(metrics, results)`` where
-    results are the AVA detections or the per-item scores (for :func:`write_predictions`)."""
+    results are the AVA detections or the per-item scores (for :func:`predictions_text`);
+    metrics are ``{}`` for an unlabelled source (the EPIC test file)."""
     if config.task == "ava":
         from longvid.memvit.ava import ava_metrics, collect_detections
 
@@ -168,6 +184,8 @@ def evaluate_task(config: MeMViTRunConfig, model, source, dist=None, actions=Non
 
     device = next(model.parameters()).device
     items = collect_scores(model, source, config.batch_size, device, pooling, dist, progress)
+    if not getattr(source, "labelled", True):  # the EPIC test file: scores for the submission, no metrics
+        return {}, items
     return task_metrics(config, items, source, actions), items
 
 
@@ -190,7 +208,7 @@ def task_metrics(config: MeMViTRunConfig, items: list[tuple[int, dict, dict]], s
     if config.task == "epic_verb_noun":
         return epic_classification_metrics(items, source, config)
     if config.task == "epic_anticipation":
-        return anticipation_metrics(items, source, actions)
+        return anticipation_metrics(items, source, actions, config)
     from longvid.memvit.loop import classification_metrics
 
     return classification_metrics([(s, t) for _, s, t in items])
@@ -243,9 +261,13 @@ def marginals(action_scores: torch.Tensor, actions: Sequence[tuple[int, int]], n
     return verb, noun
 
 
-def anticipation_metrics(items, source: WindowClips, actions: Sequence[tuple[int, int]]) -> dict[str, float]:
+def anticipation_metrics(items, source: WindowClips, actions: Sequence[tuple[int, int]], config: MeMViTRunConfig | None = None) -> dict[str, float]:
     """Class-mean recall@5 (EPIC-100 anticipation) of verbs, nouns (by marginalization) and
-    actions; segments whose action is not an action class count for verbs and nouns only."""
+    actions; segments whose action is not an action class count for verbs and nouns only.
+    With the official split files (``config.tail_verbs``/``tail_nouns``/``unseen_participants``)
+    the same on the tail classes (``tail_``: the class mean over the tail verbs, the tail nouns,
+    and the actions with a tail verb or a tail noun) and on the unseen participants' segments
+    (``unseen_``), as the challenge's evaluation does. A split without segments is left out."""
     scores = torch.stack([s["action"] for _, s, _ in items])  # (N, A)
     meta = [source.windows[i].meta for i, _, _ in items]
     verb_labels = torch.tensor([m["verb"] for m in meta])
@@ -254,13 +276,28 @@ def anticipation_metrics(items, source: WindowClips, actions: Sequence[tuple[int
     num_verbs = max(max(v for v, _ in actions), int(verb_labels.max())) + 1
     num_nouns = max(max(n for _, n in actions), int(noun_labels.max())) + 1
     verb, noun = marginals(scores, actions, num_verbs, num_nouns)
-    result = {
-        "verb_recall5": class_mean_recall(verb, verb_labels, 5),
-        "noun_recall5": class_mean_recall(noun, noun_labels, 5),
-    }
-    known = action_labels >= 0
-    if known.any():
-        result["action_recall5"] = class_mean_recall(scores[known], action_labels[known], 5)
+    scored = {"verb": (verb, verb_labels), "noun": (noun, noun_labels), "action": (scores, action_labels)}
+
+    def recalls(mask: torch.Tensor, parts=("verb", "noun", "action")) -> dict[str, float]:
+        out = {}
+        for part in parts:
+            part_scores, labels = scored[part]
+            keep = mask & (labels >= 0)  # actions: a pair that is no action class counts for verbs and nouns only
+            if keep.any():
+                out[f"{part}_recall5"] = class_mean_recall(part_scores[keep], labels[keep], 5)
+        return out
+
+    everything = torch.ones(len(items), dtype=torch.bool)
+    result = recalls(everything)
+    if config is not None and (config.tail_verbs or config.tail_nouns):
+        tail_v = _in_ids(verb_labels, config.tail_verbs)
+        tail_n = _in_ids(noun_labels, config.tail_nouns)
+        for part, mask in (("verb", tail_v), ("noun", tail_n), ("action", tail_v | tail_n)):
+            result.update({f"tail_{k}": v for k, v in recalls(mask, (part,)).items()})
+    if config is not None and config.unseen_participants:
+        unseen = load_id_column(config.unseen_participants, None)
+        mask = torch.tensor([m["participant_id"] in unseen for m in meta])
+        result.update({f"unseen_{k}": v for k, v in recalls(mask).items()})
     return result
 
 
