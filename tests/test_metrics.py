@@ -10,6 +10,9 @@ from longvid.eval import (
     box_iou,
     clamp_intervals,
     class_mean_recall,
+    didemo_iou,
+    didemo_metrics,
+    didemo_proposals,
     epic_accuracy,
     frame_map,
     grounding_metrics,
@@ -158,3 +161,85 @@ def test_intervals_are_cut_to_their_video():
     assert temporal_iou(clamp_intervals(intervals, durations)[2:3], torch.tensor([[0.0, 30.0]]))[0] == 0.0  # past the end: empty
     with pytest.raises(ValueError):
         clamp_intervals(intervals, durations[:2])
+
+
+# -- DiDeMo -------------------------------------------------------------------------------
+
+# Rows of LocalizingMoments data/train_data.json (Hendricks et al.), unchanged: each annotator's
+# (first, last) 5-second segment.
+DIDEMO_TIMES = [[[0, 0], [3, 3], [0, 0], [0, 1]], [[1, 2], [1, 2], [1, 1], [2, 2]]]
+
+
+def naive_didemo(rankings, times):
+    """LocalizingMoments utils/eval.py ``eval_predictions``, written as its plain loops."""
+    ranks, ious = [], []
+    for ranking, truths in zip(rankings, times):
+        ranking = [tuple(s) for s in ranking]
+        top = ranking[0]
+        query_ious = []
+        for t in truths:
+            inter = max(0, min(top[1], t[1]) + 1 - max(top[0], t[0]))
+            union = max(top[1], t[1]) + 1 - min(top[0], t[0])
+            query_ious.append(inter / union)
+        ious.append(sum(sorted(query_ious)[-3:]) / len(sorted(query_ious)[-3:]))
+        query_ranks = sorted(ranking.index(tuple(t)) + 1 for t in truths)[:3]
+        ranks.append(sum(query_ranks) / len(query_ranks))
+    return {"Rank@1": 100.0 * sum(r <= 1 for r in ranks) / len(ranks),
+            "Rank@5": 100.0 * sum(r <= 5 for r in ranks) / len(ranks), "mIoU": 100.0 * sum(ious) / len(ious)}
+
+
+def test_didemo_proposals_are_the_21_spans_of_6_segments():
+    proposals = didemo_proposals()
+    assert len(proposals) == 21 == len(set(proposals))
+    assert proposals[:6] == [(i, i) for i in range(6)] and proposals[6] == (0, 1) and proposals[-1] == (0, 5)
+    assert all(0 <= a <= b <= 5 for a, b in proposals)
+    assert didemo_iou((0, 1), (1, 1)) == 0.5 and didemo_iou((0, 0), (2, 3)) == 0.0 and didemo_iou((1, 4), (1, 4)) == 1.0
+
+
+def test_didemo_leaves_out_the_annotator_who_disagrees_most():
+    proposals = didemo_proposals()
+
+    def first(*spans):  # the given spans first, then the other proposals in order
+        return [*spans, *[p for p in proposals if p not in spans]]
+
+    # 3 of 4 annotators on the top proposal: Rank@1 (the 4th, ranked last, is left out); IoU 1
+    assert didemo_metrics([first((0, 0), (5, 5))], [[[0, 0], [0, 0], [0, 0], [0, 5]]]) == {"Rank@1": 100.0, "Rank@5": 100.0, "mIoU": 100.0}
+    # 2 of 4 on the top proposal, the others ranked 2nd and 3rd: mean rank (1 + 1 + 2) / 3 > 1: not Rank@1
+    two = didemo_metrics([first((1, 1), (2, 2), (3, 3))], [[[1, 1], [1, 1], [2, 2], [3, 3]]])
+    assert two["Rank@1"] == 0.0 and two["Rank@5"] == 100.0 and two["mIoU"] == pytest.approx(100 * (1 + 1 + 0) / 3)
+    # mean of the 3 best ranks: 2, 6, 7 (the 21st left out) -> 5 <= 5; one place lower -> > 5
+    ranking = first((4, 4), (1, 1), (0, 1), (2, 2), (3, 3), (4, 5), (0, 2))
+    assert didemo_metrics([ranking], [[[1, 1], [4, 5], [0, 2], [0, 5]]])["Rank@5"] == 100.0
+    assert didemo_metrics([ranking], [[[1, 1], [0, 2], [0, 2], [0, 5]]])["Rank@5"] == 0.0
+    # fewer than 3 annotators: all of theirs
+    assert didemo_metrics([first((2, 3))], [[[2, 3], [2, 2]]]) == pytest.approx({"Rank@1": 0.0, "Rank@5": 100.0, "mIoU": 75.0})
+
+
+def test_didemo_metrics_match_the_reference_loops():
+    generator = torch.Generator().manual_seed(0)
+    proposals = didemo_proposals()
+    rankings, times = [], []
+    for q in range(200):
+        order = torch.randperm(21, generator=generator).tolist()
+        rankings.append([proposals[i] for i in order])
+        picks = torch.randint(0, 21, (int(torch.randint(1, 6, (1,), generator=generator)),), generator=generator)
+        if q % 3 == 0:  # annotators who agree with the top proposal
+            picks[: len(picks) // 2 + 1] = order[0]
+        times.append([list(proposals[i]) for i in picks.tolist()])
+    assert didemo_metrics(rankings, times) == pytest.approx(naive_didemo(rankings, times), abs=1e-12)
+    # the released rows, ranked by the moment-frequency prior of these rows (the reference's baseline)
+    counts = {}
+    for row in DIDEMO_TIMES:
+        for t in row:
+            counts[tuple(t)] = counts.get(tuple(t), 0) + 1
+    prior = sorted(proposals, key=lambda p: -counts.get(p, 0))
+    assert didemo_metrics([prior] * 2, DIDEMO_TIMES) == pytest.approx(naive_didemo([prior] * 2, DIDEMO_TIMES), abs=1e-12)
+
+
+def test_didemo_metrics_refuse_what_they_cannot_score():
+    with pytest.raises(ValueError, match=r"query 0: annotator moment \[5, 5\] is not among the ranked proposals"):
+        didemo_metrics([[(0, 0), (1, 1)]], [[[0, 0], [5, 5]]])
+    with pytest.raises(ValueError, match="one ranking per query"):
+        didemo_metrics([didemo_proposals()], DIDEMO_TIMES)
+    with pytest.raises(ValueError, match="no annotator times"):
+        didemo_metrics([didemo_proposals()], [[]])

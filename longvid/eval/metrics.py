@@ -5,7 +5,8 @@
 * spatio-temporal detection: :func:`box_iou`, :func:`voc_average_precision`,
   :func:`frame_map` (AVA frame-level mAP at IoU 0.5);
 * temporal grounding: :func:`temporal_iou`, :func:`grounding_metrics`
-  (R@{0.3, 0.5, 0.7} and mIoU).
+  (R@{0.3, 0.5, 0.7} and mIoU); DiDeMo's own protocol over its 21 fixed proposals,
+  :func:`didemo_proposals`, :func:`didemo_metrics` (Rank@1, Rank@5, mIoU).
 
 Every function takes plain tensors (or lists of small records for detection) and
 returns Python floats, so results can be logged and reduced across ranks directly.
@@ -226,4 +227,82 @@ def grounding_metrics(
         raise ValueError("no samples to evaluate")
     result = {f"R@{t:g}": 100.0 * (iou >= t).double().mean().item() for t in thresholds}
     result["mIoU"] = 100.0 * iou.mean().item()
+    return result
+
+
+# -- DiDeMo (Hendricks et al., ICCV 2017) -------------------------------------------------
+#
+# The data set's own evaluation (github.com/LisaAnne/LocalizingMoments, ``utils/eval.py``,
+# ``eval_predictions``): a video is cut into 5-second segments 0..5; a moment is a pair
+# ``(first, last)`` of segment indices, both included, so there are 21 proposals (6 single
+# segments and 15 longer contiguous spans). A prediction is the 21 proposals ranked, best
+# first; every annotator's ``times`` pair (usually 4) is scored against it:
+#   rank(annotator) = 1 + the position of the annotator's pair in the ranking,
+#   iou(annotator)  = IoU of the top proposal and the pair, in segments: (inter + 1) / (union + 1)
+#                     with inclusive indices, i.e. ``max(0, min(e1, e2) + 1 - max(s1, s2)) /
+#                     (max(e1, e2) + 1 - min(s1, s2))``;
+# a query's rank is the mean of its 3 best (smallest) annotator ranks and its IoU the mean of its
+# 3 best (largest) IoUs: the annotator who disagrees most is left out, so with 4 annotators a
+# top-1 proposal counts for Rank@1 only when it is the moment of 3 of them. Rank@k is the share of
+# queries whose mean rank is <= k; mIoU the mean of the query IoUs. Queries with fewer than 3
+# annotators use all of theirs (numpy's ``sort(x)[:3]`` there).
+
+DIDEMO_SEGMENTS = 6
+
+
+def didemo_proposals(segments: int = DIDEMO_SEGMENTS) -> list[tuple[int, int]]:
+    """The ``(first, last)`` segment pairs of DiDeMo's proposals, in the reference's order: the
+    single segments, then spans of 2, 3, ... segments (21 for 6 segments)."""
+    return [(first, first + length - 1) for length in range(1, segments + 1) for first in range(segments - length + 1)]
+
+
+def didemo_iou(pred: tuple[int, int], truth: tuple[int, int]) -> float:
+    """IoU of two inclusive segment spans ``(first, last)`` (the reference's ``iou``)."""
+    inter = max(0, min(pred[1], truth[1]) + 1 - max(pred[0], truth[0]))
+    union = max(pred[1], truth[1]) + 1 - min(pred[0], truth[0])
+    return inter / union
+
+
+def didemo_metrics(rankings, times: Sequence[Sequence[Sequence[int]]], ks: Sequence[int] = (1, 5),
+                   keep: int = 3) -> dict[str, float]:
+    """DiDeMo's Rank@1, Rank@5 and mIoU in percent (the protocol above), for all queries at once.
+
+    rankings: ``(Q, P, 2)`` (a tensor or nested lists): per query the proposals ``(first, last)``
+        best first (all 21, or at least every annotator's pair);
+    times: per query, each annotator's ``(first, last)`` (queries may have different counts).
+    keep: how many of the best annotator scores are averaged (the reference: 3).
+    Returns ``{"Rank@1": ..., "Rank@5": ..., "mIoU": ...}``.
+    """
+    ranked = torch.as_tensor(rankings, dtype=torch.long)
+    if ranked.dim() != 3 or ranked.shape[2] != 2 or ranked.shape[1] == 0:
+        raise ValueError(f"need rankings (Q, P, 2) of segment pairs, got {tuple(ranked.shape)}")
+    if ranked.shape[0] != len(times):
+        raise ValueError(f"need one ranking per query: {ranked.shape[0]} rankings for {len(times)} queries")
+    if ranked.shape[0] == 0:
+        raise ValueError("no samples to evaluate")
+    counts = torch.tensor([len(t) for t in times])  # (Q,) annotators per query
+    if bool((counts == 0).any()):
+        raise ValueError(f"query {int((counts == 0).nonzero()[0])}: no annotator times")
+    truth = torch.full((len(times), int(counts.max()), 2), -1, dtype=torch.long)  # (Q, A, 2); -1: no annotator
+    for q, pairs in enumerate(times):
+        truth[q, : len(pairs)] = torch.as_tensor(pairs, dtype=torch.long).view(-1, 2)
+    present = truth[..., 0] >= 0  # (Q, A)
+    same = (truth[:, :, None, :] == ranked[:, None, :, :]).all(-1)  # (Q, A, P)
+    found = same.any(-1)
+    if bool((present & ~found).any()):
+        q, a = (present & ~found).nonzero()[0].tolist()
+        raise ValueError(f"query {q}: annotator moment {truth[q, a].tolist()} is not among the ranked proposals")
+    rank = same.int().argmax(-1).double() + 1  # (Q, A): 1 + the first position of each annotator's pair
+    top = ranked[:, :1, :]  # (Q, 1, 2)
+    inter = (torch.minimum(top[..., 1], truth[..., 1]) + 1 - torch.maximum(top[..., 0], truth[..., 0])).clamp(min=0)
+    union = torch.maximum(top[..., 1], truth[..., 1]) + 1 - torch.minimum(top[..., 0], truth[..., 0])
+    iou = inter.double() / union.double()  # (Q, A)
+    used = counts.clamp(max=keep).double()  # (Q,) annotator scores averaged
+    best_ranks = rank.masked_fill(~present, float("inf")).sort(-1).values[:, :keep]  # (Q, <=keep) smallest first
+    best_ious = iou.masked_fill(~present, -1.0).sort(-1, descending=True).values[:, :keep]
+    taken = torch.arange(best_ranks.shape[1])[None, :] < used[:, None]  # (Q, <=keep)
+    mean_rank = best_ranks.masked_fill(~taken, 0).sum(-1) / used
+    mean_iou = best_ious.masked_fill(~taken, 0).sum(-1) / used
+    result = {f"Rank@{k}": 100.0 * (mean_rank <= k).double().mean().item() for k in ks}
+    result["mIoU"] = 100.0 * mean_iou.mean().item()
     return result
