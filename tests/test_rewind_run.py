@@ -91,7 +91,9 @@ def test_cli_trains_and_evaluates_on_charades_sta(work, run_cli, tmp_path, monke
     assert code == 0, printed
     assert "Traceback" not in printed and "\r" not in printed
     assert "charades_sta, 3 rows, 3 videos: 3 found, 0 missing" in printed and "trained 4 steps" in printed
-    assert [json.loads(line)["step"] for line in open(out / "log.jsonl")] == [1, 2, 3, 4]
+    records = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if "val" in r] == [1, 2, 3, 4]  # val_data: after every epoch (1 step each)
     assert (out / "step_00000004.safetensors").exists() and len(os.listdir(out / "features")) == 3
     assert json.loads((out / "rewind.json").read_text())["stages"] == ["grounding"]
 
@@ -109,7 +111,8 @@ def test_cli_trains_and_evaluates_on_charades_sta(work, run_cli, tmp_path, monke
     from longvid.core.stream import Frames
     from longvid.video import ClipReader
 
-    model = load_weights(out / "rewind.safetensors").eval()
+    assert metrics["weights"] == str(out / "rewind_best.safetensors")  # val_data in training: the best epoch's
+    model = load_weights(metrics["weights"]).eval()
     for row in rows:
         state = model.init_state(1, instructions=[row["query"]])
         with torch.no_grad():
@@ -335,3 +338,135 @@ def test_predictions_are_cut_to_the_video(work, tmp_path, monkeypatch):
     rewind_run.evaluate("rewind_tiny", [f"val_data={work['charades_test']}", *common], progress=False)
     rows = read_rows(tmp_path / "predictions.jsonl")
     assert [r["prediction"] for r in rows] == [[0.0, float(VIDEOS[os.path.basename(r["video"])[:-4]])] for r in rows]
+
+
+def test_span_scores_are_the_pointer_scores_of_each_span():
+    """A span's score is log p(start = its first frame) + log p(end = its last frame); over all frame
+    spans the best is best_span's; a span holding no frame scores -inf."""
+    from longvid.rewind.grounding import best_span, span_scores
+
+    generator = torch.Generator().manual_seed(0)
+    logits, times = torch.randn(2, 7, generator=generator), torch.arange(7, dtype=torch.float64) + 0.5  # 1 fps, 7 s
+    spans = torch.tensor([[a, b + 1.0] for a in range(7) for b in range(a, 7)] + [[7.0, 12.0], [2.2, 2.4]], dtype=torch.float64)
+    scores = span_scores(logits, times, spans)
+    log_p = logits.log_softmax(-1)
+    for (start, end), score in zip(spans.tolist(), scores.tolist()):
+        inside = [i for i, t in enumerate(times.tolist()) if start <= t < end]
+        expected = float(log_p[0, inside[0]] + log_p[1, inside[-1]]) if inside else float("-inf")
+        assert score == pytest.approx(expected, abs=1e-6)
+    first, last = best_span(logits)
+    assert spans[int(scores.argmax())].tolist() == [float(first), float(last) + 1.0]
+    assert scores[-2:].tolist() == [float("-inf")] * 2
+
+
+@pytest.fixture()
+def didemo(work, tmp_path):
+    """Two moments of LocalizingMoments' train_data.json (times unchanged), their videos converted to mp4."""
+    videos = tmp_path / "didemo_videos"
+    videos.mkdir()
+    os.link(work["videos"] / "AO8RW.mp4", videos / "12090392@N02_13482799053_87ef417396.mp4")  # 9 s
+    os.link(work["videos"] / "Y6R7T.mp4", videos / "21574226@N00_2952305418_f51d7c8b2a.mp4")  # 10 s
+    path = tmp_path / "val_data.json"
+    path.write_text(json.dumps([
+        {"description": "the man in striped shirt looks away.", "reference_description": None,
+         "times": [[0, 0], [3, 3], [0, 0], [0, 1]], "video": "12090392@N02_13482799053_87ef417396.mov",
+         "annotation_id": 20931, "num_segments": 6, "dl_link": "https://www.flickr.com/video_download.gne?id=13482799053"},
+        {"description": "baby close-up", "reference_description": None, "times": [[1, 2], [1, 2], [1, 1], [2, 2]],
+         "video": "21574226@N00_2952305418_f51d7c8b2a.mov", "annotation_id": 30105, "num_segments": 6,
+         "dl_link": "https://www.flickr.com/video_download.gne?id=2952305418"}]))
+    return path, videos
+
+
+def test_didemo_eval_prints_its_own_rank_and_miou(didemo, run_cli, tmp_path, monkeypatch):
+    """``longvid eval`` on DiDeMo ranks its 21 proposals by the grounding pointers' span scores and
+    prints Rank@1, Rank@5 and mIoU as LocalizingMoments' eval computes them, beside R@IoU."""
+    from test_metrics import naive_didemo
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    path, videos = didemo
+    common = [f"video_root={videos}", f"out_dir={tmp_path / 'D'}"]
+    code, printed = run_cli("train", "rewind_tiny", "stage=grounding", f"data={path}", "max_steps=1", *common)
+    assert code == 0, printed
+    code, printed = run_cli("eval", "rewind_tiny", f"val_data={path}", *common)
+    assert code == 0, printed
+    line = next(line for line in printed.splitlines() if line.startswith("R@0.3 "))
+    assert "Rank@1 " in line and "Rank@5 " in line and "didemo_mIoU " in line
+    metrics = json.loads((tmp_path / "D" / "metrics.json").read_text())
+    rows = read_rows(tmp_path / "D" / "predictions.jsonl")
+    assert [r["times"] for r in rows] == [[[0, 0], [3, 3], [0, 0], [0, 1]], [[1, 2], [1, 2], [1, 1], [2, 2]]]
+    naive = naive_didemo(rows and [r["proposals"] for r in rows], [r["times"] for r in rows])
+    assert (metrics["Rank@1"], metrics["Rank@5"], metrics["didemo_mIoU"]) == pytest.approx(
+        (naive["Rank@1"], naive["Rank@5"], naive["mIoU"]), abs=1e-9)
+    for key, value in naive_grounding(rows).items():
+        assert metrics[key] == pytest.approx(value, abs=1e-9), key
+    for row, seconds in zip(rows, (9, 10)):
+        assert sorted(map(tuple, row["proposals"])) == sorted(didemo_proposals_list())
+        # spans past the video's end hold no frame: ranked last, in the proposals' order
+        past = [p for p in row["proposals"] if p[0] * 5 >= seconds]
+        assert row["proposals"][-len(past):] == [list(p) for p in didemo_proposals_list() if p[0] * 5 >= seconds]
+    # the ranking is the model's span scores' order
+    from longvid.rewind.weights import load_weights
+
+    config = rewind_run.load_run_config("rewind_tiny", [f"val_data={path}", *common])
+    model = load_weights(metrics["weights"]).eval()
+    data = rewind_run.read_checked(config, str(path), "eval", None)
+    features = rewind_run.feature_files(config, model)
+    for item, row in zip(data.items, rows):
+        state = rewind_run.watch(model, [rewind_run._read(features, model, 1.0, item.video)], [item.text])
+        scores = model.score_spans(state, [item.text], rewind_run.didemo_spans()[1])[0].tolist()
+        ranked = [scores[didemo_proposals_list().index(tuple(p))] for p in row["proposals"]]
+        assert ranked == sorted(ranked, reverse=True)
+
+
+def didemo_proposals_list():
+    from longvid.eval.metrics import didemo_proposals
+
+    return didemo_proposals()
+
+
+def test_train_evaluates_val_data_every_epoch_and_keeps_the_best(work, run_cli, tmp_path, monkeypatch):
+    """``longvid train rewind_tiny ... val_data=F epochs=2``: after each epoch the val metrics go to
+    log.jsonl; the best epoch by mIoU (the first of equals) is kept in rewind_best.safetensors
+    (its weights are that step's) with best.json, and ``longvid eval`` uses it. Training is the
+    same as without validation."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "V"
+    args = ["stage=grounding", f"data={work['charades_train']}", f"val_data={work['charades_test']}", "batch_size=1",
+            "epochs=2", "max_steps=6", "checkpoint_every=1", f"video_root={work['videos']}"]
+    code, printed = run_cli("train", "rewind_tiny", *args, f"out_dir={out}")
+    assert code == 0, printed
+    assert "val data " in printed and "epoch 1 (step 3) val: R@0.3 " in printed and "epoch 2 (step 6) val: " in printed
+    records = [json.loads(line) for line in open(out / "log.jsonl")]
+    val = [r for r in records if "val" in r]
+    assert [(r["step"], r["epoch"]) for r in val] == [(3, 1), (6, 2)] and all(r["val"]["samples"] == 3 for r in val)
+    scores = [r["val"]["mIoU"] for r in val]
+    best = json.loads((out / "best.json").read_text())
+    assert best["criterion"] == "mIoU" and best["score"] == max(scores) and best["step"] == val[scores.index(max(scores))]["step"]
+    assert f"best validation epoch {best['epoch']} (step {best['step']}, mIoU " in printed
+    kept, final = load_file(out / "rewind_best.safetensors"), load_file(out / "rewind.safetensors")
+    trained = [name for name in kept if name in final and not name.startswith(("text_head", "video_head", "logit"))]
+    same = [torch.equal(kept[name], final[name]) for name in trained]
+    assert all(same) if best["step"] == 6 else not all(same)  # the weights of the best step, not the last's
+    code, printed = run_cli("eval", "rewind_tiny", f"val_data={work['charades_test']}", f"video_root={work['videos']}", f"out_dir={out}")
+    assert code == 0, printed
+    assert "the best validation epoch" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["weights"] == str(out / "rewind_best.safetensors")
+    assert {k: metrics[k] for k in ("R@0.3", "R@0.5", "R@0.7", "mIoU")} == {k: best["metrics"][k] for k in ("R@0.3", "R@0.5", "R@0.7", "mIoU")}
+
+    code, printed = run_cli("train", "rewind_tiny", *args, "eval_every_epoch=false", f"out_dir={tmp_path / 'P'}", "--quiet")
+    assert code == 0, printed
+    plain = [json.loads(line) for line in open(tmp_path / "P" / "log.jsonl")]
+    assert [r["loss"] for r in plain] == [r["loss"] for r in records if "loss" in r]
+    assert not (tmp_path / "P" / "best.json").exists()
+
+
+def test_a_best_metric_the_val_data_lacks_is_refused_before_training(work, tmp_path, capsys):
+    args = ["train", "rewind_tiny", f"data={work['charades_train']}", f"val_data={work['charades_test']}",
+            f"video_root={work['videos']}", f"out_dir={tmp_path}", "best_metric=Rank@1", "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "best_metric=Rank@1" in err and "R@0.3, R@0.5, R@0.7, mIoU" in err
+    assert not (tmp_path / "log.jsonl").exists()

@@ -35,6 +35,7 @@ from longvid.errors import LongvidError
 from longvid.fileio import write_atomically, write_lines_atomically, write_text_atomically
 from longvid.progress import progress as progress_bar
 from longvid.engine.overrides import apply_overrides
+from longvid.engine import validation as engine_validation
 
 CLASSIFICATION = ("lvu", "breakfast", "coin")
 FIRST_WORD_QA = ("msrvtt_qa", "msvd_qa")  # MA-LMM keeps only the first generated word
@@ -475,39 +476,21 @@ def _evaluate_model(run: MALMMRun, model, progress: bool, predictions: str | Non
     return metrics
 
 
-class BestEpoch:
+class BestEpoch(engine_validation.BestEpoch):
     """After every epoch, evaluates on the validation samples and keeps the best weights (by
     :func:`aggregate`) in ``out_dir/best.safetensors`` with ``best.json`` (step, epoch, metrics),
-    as MA-LMM keeps its best validation epoch. Records go to the run log."""
+    as MA-LMM keeps its best validation epoch. Records go to the run log
+    (:class:`longvid.engine.validation.BestEpoch`)."""
 
     def __init__(self, run: MALMMRun, validation: Validation, model, steps_per_epoch: int, is_main: bool, rank: int,
                  world: int, resume: bool, say=print):
-        self.run, self.validation, self.model = run, validation, model
-        self.steps_per_epoch, self.is_main, self.rank, self.world, self.say = steps_per_epoch, is_main, rank, world, say
-        self.record_path = os.path.join(run.out_dir, "best.json")
-        self.best = -float("inf")
-        if resume and os.path.exists(self.record_path):  # a resumed run keeps its best so far
-            with open(self.record_path, encoding="utf-8") as f:
-                self.best = json.load(f)["score"]
-        self.run_log = None
+        def evaluate():
+            answers = validation.answers(model, progress=False, rank=rank, world=world)
+            return validation.score(answers) if is_main else None
 
-    def __call__(self, record: dict) -> None:
-        step = record["step"]
-        if step % self.steps_per_epoch:
-            return
-        answers = self.validation.answers(self.model, progress=False, rank=self.rank, world=self.world)
-        if not self.is_main:
-            return
-        metrics = self.validation.score(answers)
-        value = aggregate(self.run.dataset, metrics)
-        epoch = step // self.steps_per_epoch
-        self.say(f"epoch {epoch} (step {step}) val: " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
-        if self.run_log is not None:
-            self.run_log.write({"step": step, "epoch": epoch, "val": metrics})
-        if value > self.best:
-            self.best = value
-            save_weights(self.model, self.run.out_dir, "best.safetensors")
-            write_text_atomically(self.record_path, json.dumps({"step": step, "epoch": epoch, "score": value, "metrics": metrics}) + "\n")
+        super().__init__(evaluate, lambda metrics: aggregate(run.dataset, metrics),
+                         lambda: save_weights(model, run.out_dir, "best.safetensors"), steps_per_epoch, run.out_dir,
+                         is_main, resume, say, criterion="MA-LMM's agg_metrics")
 
 
 def _load_trained(model, checkpoint: str, say=print) -> None:

@@ -47,6 +47,7 @@ class VideoText:
     interval: the grounding target, or a caption's segment, in seconds (None: none / whole video).
     until:    breakpoint questions: the seconds of video seen when asked (None: the whole video).
     group:    MovieChat-1K's ``"global"`` or ``"breakpoint"``; ``""`` elsewhere.
+    times:    DiDeMo: every annotator's ``(first, last)`` 5-s segment (its own metric scores against all).
     """
 
     video: str
@@ -56,6 +57,7 @@ class VideoText:
     interval: tuple[float, float] | None = None
     until: float | None = None
     group: str = ""
+    times: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -247,8 +249,16 @@ def read_didemo(path: str, video_root: str, ext: str = ".mp4", skipped: Skipped 
             raise AnnotationError(f"{where}: 'times' must be [[first, last], ...] segment indices, got {times!r}")
         first, last = Counter(pairs).most_common(1)[0][0]
         interval = _interval(where, first * DIDEMO_SEGMENT, (last + 1) * DIDEMO_SEGMENT, skipped=skipped)
+        annotators = tuple(tuple(t) for t in (row.get("times") or times) if isinstance(t, list) and len(t) == 2)
+        odd = next((t for t in annotators if not (isinstance(t[0], int) and isinstance(t[1], int) and 0 <= t[0] <= t[1] <= 5)), None)
+        if interval is not None and odd is not None:  # DiDeMo's metric ranks the 21 spans of segments 0..5
+            if skipped is None:
+                raise AnnotationError(f"{where}: 'times' {list(odd)} is not a DiDeMo moment (first <= last in 0..5)")
+            skipped.append((where, f"times {list(odd)} is not a DiDeMo moment"))
+            interval = None
         if interval is not None:
-            items.append(VideoText(_didemo_video(finder, video, ext), where, description.strip(), interval=interval))
+            items.append(VideoText(_didemo_video(finder, video, ext), where, description.strip(), interval=interval,
+                                   times=annotators))
     return items
 
 

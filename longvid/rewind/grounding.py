@@ -2,7 +2,8 @@
 
 :class:`GroundingHead` points at the first and last frame of a moment from the LLM's
 hidden states; :func:`best_span` turns the pointer logits into a frame span,
-:func:`span_seconds` into seconds, and :func:`frames_in` gives the training targets.
+:func:`span_seconds` into seconds, :func:`span_scores` scores given spans (DiDeMo's 21
+proposals), and :func:`frames_in` gives the training targets.
 """
 
 from __future__ import annotations
@@ -46,6 +47,24 @@ def best_span(logits: torch.Tensor) -> tuple[int, int]:
     joint = joint.masked_fill(torch.ones_like(joint, dtype=torch.bool).tril(-1), float("-inf"))
     flat = int(joint.flatten().argmax())
     return flat // joint.shape[1], flat % joint.shape[1]
+
+
+def span_scores(logits: torch.Tensor, times: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """Scores ``(S,)`` of the time spans ``spans (S, 2)`` seconds under pointer ``logits (2, n)``
+    over frames at ``times (n,)``: ``log p(start = first frame in the span) + log p(end = last
+    frame in it)``, the quantity :func:`best_span` maximizes (so the best-scored span agrees with
+    it; equal to ``start_logit + end_logit`` up to a constant). A frame is in ``[start, end)``
+    when its time is; a span holding no frame (past a shorter video's end) scores ``-inf``."""
+    log_p = logits.float().log_softmax(-1)  # (2, n)
+    times = times.to(log_p.device, torch.float64)
+    spans = spans.to(log_p.device, torch.float64)
+    inside = (times[None, :] >= spans[:, :1]) & (times[None, :] < spans[:, 1:])  # (S, n)
+    positions = torch.arange(len(times), device=log_p.device)
+    first = torch.where(inside, positions, len(times)).min(1).values  # (S,)
+    last = torch.where(inside, positions, -1).max(1).values
+    found = inside.any(1)
+    scores = log_p[0][first.clamp(max=len(times) - 1)] + log_p[1][last.clamp(min=0)]
+    return torch.where(found, scores, torch.full_like(scores, float("-inf")))
 
 
 def span_seconds(times: torch.Tensor, start: int, end: int) -> tuple[float, float]:

@@ -57,7 +57,7 @@ from longvid.errors import LongvidError
 from longvid.core.llm import CausalLM, pad_ids
 from longvid.core.seeding import seeded
 from longvid.rewind.config import TINY_BACKBONES, RewindConfig, RewindMemoryConfig, get_config
-from longvid.rewind.grounding import GroundingHead, best_span, pointer_loss, span_seconds
+from longvid.rewind.grounding import GroundingHead, best_span, pointer_loss, span_scores, span_seconds
 from longvid.rewind.memory import MemoryState, RewindMemory
 from longvid.rewind.selection import DFS, Candidates, relevance_scores, sample_top_indices
 from longvid.rewind.store import FrameStore
@@ -523,6 +523,18 @@ class ReWind(nn.Module):
             start, end = best_span(logits[b][:, valid[b]])
             intervals.append(span_seconds(times, start, end))
         return torch.tensor(intervals, dtype=torch.float64)
+
+    @torch.no_grad()
+    def score_spans(self, state: RewindState, questions: list[str], spans: Tensor, until: float | None = None) -> Tensor:
+        """Scores ``(B, S)`` of the time spans ``spans (S, 2)`` seconds (e.g. DiDeMo's 21 proposals)
+        by the grounding pointers: :func:`longvid.rewind.grounding.span_scores` of each stream."""
+        ids, mask = self.tokenize(questions)
+        logits, valid = self.ground_logits(state, ids, mask, until)
+        rows = []
+        for b in range(len(questions)):
+            _, times = state.memory.frame_tokens(b, until)
+            rows.append(span_scores(logits[b][:, valid[b]], times, spans))
+        return torch.stack(rows)
 
     # -- stage 1 -----------------------------------------------------------------------
 

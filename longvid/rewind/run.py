@@ -14,8 +14,13 @@ averaged under ``torchrun``) and ends by writing ``out_dir/rewind.safetensors`` 
 Videos are read from files at 1 fps; the frozen encoder's features of each video are cached
 under ``feature_cache`` (default ``out_dir/features``) before step 1, so epochs and later
 stages never decode again. ``eval`` writes ``out_dir/metrics.json`` (grounding: R@0.3/0.5/0.7
-and mIoU; QA: exact-match accuracy after normalisation, MovieChat-1K's global and breakpoint
-apart; GPT-judged scores are out of scope) and one line per row to ``predictions.jsonl``.
+and mIoU; DiDeMo also its own Rank@1, Rank@5 and mIoU over its 21 proposals; QA: exact-match
+accuracy after normalisation, MovieChat-1K's global and breakpoint apart; GPT-judged scores are
+out of scope) and one line per row to ``predictions.jsonl``.
+
+With ``val_data``, ``train`` evaluates after every epoch (the metrics ``eval`` computes), writes
+them to ``log.jsonl`` and keeps the best weights (``best_metric``: mIoU for grounding, accuracy
+for QA) in ``out_dir/rewind_best.safetensors`` with ``best.json``; ``eval`` then uses those.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ from longvid.rewind.data import (FORMATS, FeatureFiles, VideoText, VideoTexts, r
 
 STAGES = ("1", "2", "grounding")
 STAGE_KINDS = {"1": ("caption", "grounding"), "2": ("qa",), "grounding": ("grounding",)}
+GROUNDING_METRICS = ("R@0.3", "R@0.5", "R@0.7", "mIoU")
+DIDEMO_METRICS = ("Rank@1", "Rank@5", "didemo_mIoU")  # DiDeMo's own, over its 21 proposals
+QA_METRICS = ("accuracy", "accuracy_global", "accuracy_breakpoint")
+ALL_METRICS = GROUNDING_METRICS + DIDEMO_METRICS + QA_METRICS
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,9 @@ class RewindRunConfig:
     model: str = "rewind_tiny"  # ReWind model preset (longvid models)
     stage: str = "grounding"  # "1" (captions, SigLIP), "2" (QA instruction tuning), "grounding"
     data: str = ""  # training annotation file (a MovieChat-1K folder too)
-    val_data: str | None = None  # evaluation annotation file (eval falls back to data)
+    val_data: str | None = None  # evaluation annotation file (eval falls back to data; train evaluates it every epoch)
+    eval_every_epoch: bool = True  # train with val_data: evaluate after every epoch, keep the best (rewind_best.safetensors)
+    best_metric: str = "auto"  # the metric that picks the best epoch (auto: mIoU for grounding, accuracy for QA)
     format: str = "auto"  # charades_sta, didemo, activitynet, moviechat, videochatgpt, captions, or auto
     video_root: str | None = None  # videos folder (default: the annotation file's folder)
     val_video_root: str | None = None  # videos folder of val_data (default: video_root)
@@ -100,6 +111,8 @@ class RewindRunConfig:
             (bool(self.out_dir), "out_dir must not be empty"),
             (self.format == "auto" or self.format in FORMATS, f"format must be auto or one of {', '.join(FORMATS)}, got {self.format!r}"),
             (self.init is None or self.init.endswith(".safetensors"), f"init must be a ReWind .safetensors weights file, got {self.init!r}"),
+            (self.best_metric == "auto" or self.best_metric in ALL_METRICS,
+             f"best_metric must be auto or one of {', '.join(ALL_METRICS)}, got {self.best_metric!r}"),
         ]
         for field in ("encoder", "llm", "init"):  # local paths (hub ids are org/name) must exist
             value = getattr(self, field)
@@ -407,25 +420,51 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
     try:
         data = read_checked(config, config.data, "train", log)
         _check_kind(config, data)
+        val = None
+        if config.val_data and config.eval_every_epoch:  # read and checked now: a bad file fails before compute
+            val = read_checked(config, config.val_data, "val", log)
+            if val.kind == "caption":
+                raise LongvidError(f"val_data {config.val_data}: caption pairs have no evaluation; give grounding or QA data "
+                                   "(or eval_every_epoch=false)")
+            criterion = best_metric(config, val)
         model, stages = build_run_model(config, dist.device)
         features = feature_files(config, model)
-        precompute(model, features, [data], config.fps, progress and dist.is_main, dist.rank, dist.world_size)
+        precompute(model, features, [data] + ([val] if val else []), config.fps, progress and dist.is_main, dist.rank,
+                   dist.world_size)
         barrier()
         model.set_stage(1 if config.stage == "1" else 2)
         task = RewindTask(config, data, features, dist.rank, dist.world_size)
         total = task.total_steps()
+        best = None
+        if val is not None:
+            from longvid.engine.validation import BestEpoch, forget_best
+
+            if dist.is_main and not resume:  # an earlier run's best is not this run's
+                forget_best(config.out_dir, ["best.json", BEST_WEIGHTS, BEST_WEIGHTS.replace(".safetensors", ".json")])
+            validation = Validation(config, val, features, dist.device, dist.rank, dist.world_size)
+            keep = lambda: save_weights(model, os.path.join(config.out_dir, BEST_WEIGHTS), config.model, config.encoder,  # noqa: E731
+                                        config.llm, config.model_seed, [*stages, config.stage])
+            best = BestEpoch(lambda: validation(model), lambda metrics: metrics[criterion], keep, task.per_epoch,
+                             config.out_dir, dist.is_main, resume, log or (lambda text: None), last_step=total,
+                             criterion=criterion)
         bar = progress_bar(total, desc=f"train stage {config.stage}", unit="step", enabled=progress and dist.is_main)
 
         def on_step(record: dict) -> None:
             if bar is not None:
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
                 bar.update(1)
+            if best is not None:
+                best(record)
 
         say = None if bar is None else bar.write
+        if best is not None and say is not None:
+            best.say = say
         try:
             with seeded(config.seed):
                 trainer = TaskTrainer(model, task, config.train_config(), total, config.out_dir, dist, on_step=on_step,
                                       log=say, norm_order="groups")
+                if best is not None:
+                    best.run_log = trainer.run_log
                 history = trainer.fit(resume=resume)
         finally:
             if bar is not None:
@@ -436,6 +475,11 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
                                 config.llm, config.model_seed, [*stages, config.stage])
             done = f"trained {history[-1]['step']} steps; last loss {history[-1]['loss']:.4f}; " if history else ""
             print(f"{done}weights in {path} (+ rewind.json: trained stages {', '.join([*stages, config.stage])})")
+            if best is not None and os.path.exists(best.record_path):
+                with open(best.record_path, encoding="utf-8") as f:
+                    kept = json.load(f)
+                print(f"best validation epoch {kept['epoch']} (step {kept['step']}, {criterion} {kept['score']:.2f}): "
+                      f"{os.path.join(config.out_dir, BEST_WEIGHTS)} (what eval uses)")
         return history
     finally:
         cleanup()
@@ -460,13 +504,49 @@ def exact_match(prediction: str, answer: str) -> bool:
 
 def _weights_for(config: RewindRunConfig, checkpoint: str | None) -> str:
     """The weights file to evaluate: ``checkpoint`` (a weights file, or a folder holding
-    ``rewind.safetensors``), else ``out_dir/rewind.safetensors``."""
+    ``rewind.safetensors``), else ``out_dir/rewind_best.safetensors`` (the best validation epoch)
+    when the run kept one, else ``out_dir/rewind.safetensors``."""
     path = checkpoint or config.out_dir
     if os.path.isdir(path):
-        path = os.path.join(path, "rewind.safetensors")
+        best = os.path.join(path, BEST_WEIGHTS)
+        path = best if checkpoint is None and os.path.isfile(best) else os.path.join(path, "rewind.safetensors")
     if not os.path.isfile(path):
         raise LongvidError(f"{path}: no ReWind weights to evaluate (train first, or give --checkpoint WEIGHTS.safetensors)")
     return path
+
+
+BEST_WEIGHTS = "rewind_best.safetensors"  # + rewind_best.json (its frozen parts) and best.json (the epoch record)
+
+
+def metric_names(data: VideoTexts) -> tuple[str, ...]:
+    """The metrics :func:`summarize` gives for ``data``."""
+    if data.kind == "grounding":
+        return GROUNDING_METRICS + (DIDEMO_METRICS if data.format == "didemo" else ())
+    return ("accuracy", "accuracy_global", "accuracy_breakpoint") if data.format == "moviechat" else ("accuracy",)
+
+
+def best_metric(config: RewindRunConfig, data: VideoTexts) -> str:
+    """The metric that picks the best epoch: ``config.best_metric``, or mIoU (grounding) / accuracy (QA)."""
+    name = config.best_metric if config.best_metric != "auto" else ("mIoU" if data.kind == "grounding" else "accuracy")
+    if name not in metric_names(data):
+        raise LongvidError(f"config: best_metric={name}: {data.path} ({data.format}) gives {', '.join(metric_names(data))}")
+    return name
+
+
+def predict(config: RewindRunConfig, model, features: FeatureFiles, data: VideoTexts, device: torch.device,
+            items: Sequence[VideoText] | None = None, on_rows: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """The prediction rows of ``items`` (default: all of ``data``'s), ``batch_size`` streams at a
+    time under evaluation's autocast; ``on_rows`` sees each batch's rows as they come."""
+    items = list(data.items if items is None else items)
+    rows = []
+    for first in range(0, len(items), config.batch_size):
+        batch = items[first : first + config.batch_size]
+        with autocast(config, device):
+            found = _evaluate_batch(config, model, features, data.kind, batch, data.durations or {})
+        if on_rows is not None:
+            on_rows(found)
+        rows.extend(found)
+    return rows
 
 
 @torch.no_grad()
@@ -492,24 +572,23 @@ def evaluate(config_name: str, overrides: Sequence[str] = (), checkpoint: str | 
         raise LongvidError(f"{path}: caption pairs (stage 1) have no evaluation here; evaluate on grounding or QA data")
     model, stages = build_run_model(config, device, weights)
     model.eval()
+    if log and os.path.basename(weights) == BEST_WEIGHTS:
+        log(f"evaluating {weights} (the best validation epoch)")
     features = feature_files(config, model)
     precompute(model, features, [data], config.fps, progress)
     predictions = predictions or os.path.join(config.out_dir, "predictions.jsonl")
     os.makedirs(os.path.dirname(os.path.abspath(predictions)), exist_ok=True)
-    rows = []
     bar = progress_bar(len(data.items), desc="eval", unit="row", enabled=progress)
     try:
         with open(predictions, "w", encoding="utf-8") as out:
-            for first in range(0, len(data.items), config.batch_size):
-                batch = list(data.items[first : first + config.batch_size])
-                with autocast(config, device):
-                    found = _evaluate_batch(config, model, features, data.kind, batch, data.durations or {})
+            def written(found: list[dict]) -> None:
                 for row in found:
                     out.write(json.dumps(row) + "\n")
-                    out.flush()
-                    rows.append(row)
+                out.flush()
                 if bar is not None:
-                    bar.update(len(batch))
+                    bar.update(len(found))
+
+            rows = predict(config, model, features, data, device, on_rows=written)
     finally:
         if bar is not None:
             bar.close()
@@ -522,15 +601,24 @@ def evaluate(config_name: str, overrides: Sequence[str] = (), checkpoint: str | 
     return metrics
 
 
+def didemo_spans(device=None) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """DiDeMo's 21 proposals as ``(first, last)`` segments and as seconds ``(21, 2)``."""
+    from longvid.eval.metrics import didemo_proposals
+
+    from longvid.rewind.data import DIDEMO_SEGMENT
+
+    proposals = didemo_proposals()
+    seconds = torch.tensor([(a * DIDEMO_SEGMENT, (b + 1) * DIDEMO_SEGMENT) for a, b in proposals], dtype=torch.float64)
+    return proposals, seconds
+
+
 def _evaluate_batch(config: RewindRunConfig, model, features: FeatureFiles, kind: str, batch: list[VideoText],
                     durations: dict[str, float]) -> list[dict]:
     videos = [upto(_read(features, model, config.fps, item.video), item.until) for item in batch]
     questions = [question_of(config, item, kind) for item in batch]
     state = watch(model, videos, questions)
     if kind == "grounding":
-        from longvid.eval.metrics import temporal_iou
-
-        from longvid.eval.metrics import clamp_intervals
+        from longvid.eval.metrics import clamp_intervals, temporal_iou
 
         predicted = model.ground(state, questions)  # (B, 2) seconds
         # cut to each video's duration (its header's; unknown: the last frame's time + half a frame)
@@ -538,8 +626,16 @@ def _evaluate_batch(config: RewindRunConfig, model, features: FeatureFiles, kind
         predicted = clamp_intervals(predicted, torch.tensor(ends, dtype=torch.float64))
         target = torch.tensor([item.interval for item in batch], dtype=torch.float64)
         iou = temporal_iou(predicted, target)
-        return [{"where": item.where, "video": item.video, "query": item.text, "prediction": [float(p[0]), float(p[1])],
+        rows = [{"where": item.where, "video": item.video, "query": item.text, "prediction": [float(p[0]), float(p[1])],
                  "target": list(item.interval), "iou": float(i)} for item, p, i in zip(batch, predicted, iou)]
+        if all(item.times for item in batch):  # DiDeMo: its 21 proposals ranked by the grounding pointers' span scores
+            proposals, seconds = didemo_spans()
+            scores = model.score_spans(state, questions, seconds).float().cpu()  # (B, 21)
+            order = scores.sort(dim=1, descending=True, stable=True).indices  # ties (spans past the video): proposal order
+            for row, item, ranked in zip(rows, batch, order.tolist()):
+                row["proposals"] = [list(proposals[i]) for i in ranked]
+                row["times"] = [list(t) for t in item.times]
+        return rows
     answers = model.answer(state, questions, max_new_tokens=config.max_new_tokens)
     return [{"where": item.where, "video": item.video, "question": item.text, "group": item.group, "until": item.until,
              "prediction": answer, "answer": item.answer, "correct": exact_match(answer, item.answer)}
@@ -549,11 +645,15 @@ def _evaluate_batch(config: RewindRunConfig, model, features: FeatureFiles, kind
 def summarize(data: VideoTexts, rows: list[dict]) -> dict:
     """The metrics of the evaluated ``rows`` (percent)."""
     if data.kind == "grounding":
-        from longvid.eval.metrics import grounding_metrics
+        from longvid.eval.metrics import didemo_metrics, grounding_metrics
 
         predicted = torch.tensor([r["prediction"] for r in rows], dtype=torch.float64)
         target = torch.tensor([r["target"] for r in rows], dtype=torch.float64)
-        return {**grounding_metrics(predicted, target), "samples": len(rows)}
+        metrics = {**grounding_metrics(predicted, target), "samples": len(rows)}
+        if data.format == "didemo":  # LocalizingMoments utils/eval.py: against every annotator, the worst left out
+            official = didemo_metrics([r["proposals"] for r in rows], [r["times"] for r in rows])
+            metrics.update({"Rank@1": official["Rank@1"], "Rank@5": official["Rank@5"], "didemo_mIoU": official["mIoU"]})
+        return metrics
     metrics = {"accuracy": 100.0 * sum(r["correct"] for r in rows) / len(rows), "samples": len(rows),
                "metric": "exact match after normalisation (GPT-judged scores are not computed)"}
     for group in ("global", "breakpoint"):
@@ -562,3 +662,31 @@ def summarize(data: VideoTexts, rows: list[dict]) -> dict:
             metrics[f"accuracy_{group}"] = 100.0 * sum(r["correct"] for r in picked) / len(picked)
             metrics[f"samples_{group}"] = len(picked)
     return metrics
+
+
+class Validation:
+    """``val_data`` evaluated during training: each of ``world`` ranks predicts every ``world``-th
+    row with the model in eval mode (the training's random state left as it was, so a run with
+    validation trains as one without), rank 0 gathers and returns :func:`summarize`'s metrics."""
+
+    def __init__(self, config: RewindRunConfig, data: VideoTexts, features: FeatureFiles, device: torch.device,
+                 rank: int = 0, world: int = 1):
+        self.config, self.data, self.features, self.device, self.rank, self.world = config, data, features, device, rank, world
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict | None:
+        from longvid.engine.distributed import all_gather_objects
+
+        was_training = model.training
+        model.eval()
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                mine = predict(self.config, model, self.features, self.data, self.device, self.data.items[self.rank :: self.world])
+        finally:
+            model.train(was_training)
+        shards = all_gather_objects(mine) if self.world > 1 else [mine]
+        if self.rank != 0:
+            return None
+        rows = [shards[i % self.world][i // self.world] for i in range(len(self.data.items))]
+        return summarize(self.data, rows)
