@@ -270,12 +270,13 @@ def test_test_split_submissions_for_classification_and_anticipation(epic_root, r
         out = tmp_path / preset
         code, text = run_cli("train", preset, f"data={val}", *common, "max_steps=1", f"out_dir={out}")
         assert code == 0, text
-        # training on the test file is refused in one line
-        code, text = run_cli("train", preset, f"data={test}", *common, "max_steps=1", f"out_dir={tmp_path / 'x'}")
-        assert code == 1 and "no verb_class/noun_class columns" in text and text.strip().count("\n") == 0, text
-        # evaluating it without --predictions: nothing to score, said before any compute
-        code, text = run_cli("eval", preset, f"val_data={test}", *common, f"out_dir={out}")
-        assert code == 1 and "has no labels to score: add --predictions FILE" in text, text
+        if challenge == "action_recognition":  # the refusals take the same path for both tasks: checked once
+            # training on the test file is refused in one line
+            code, text = run_cli("train", preset, f"data={test}", *common, "max_steps=1", f"out_dir={tmp_path / 'x'}")
+            assert code == 1 and "no verb_class/noun_class columns" in text and text.strip().count("\n") == 0, text
+            # evaluating it without --predictions: nothing to score, said before any compute
+            code, text = run_cli("eval", preset, f"val_data={test}", *common, f"out_dir={out}")
+            assert code == 1 and "has no labels to score: add --predictions FILE" in text, text
         before = (out / "metrics.json").read_text() if (out / "metrics.json").exists() else None
         sub = tmp_path / f"{preset}.json"
         code, text = run_cli("eval", preset, f"val_data={test}", *common, f"out_dir={out}", "--predictions", sub)
