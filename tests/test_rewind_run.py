@@ -367,13 +367,9 @@ def didemo(work, tmp_path):
     os.link(work["videos"] / "AO8RW.mp4", videos / "12090392@N02_13482799053_87ef417396.mp4")  # 9 s
     os.link(work["videos"] / "Y6R7T.mp4", videos / "21574226@N00_2952305418_f51d7c8b2a.mp4")  # 10 s
     path = tmp_path / "val_data.json"
-    path.write_text(json.dumps([
-        {"description": "the man in striped shirt looks away.", "reference_description": None,
-         "times": [[0, 0], [3, 3], [0, 0], [0, 1]], "video": "12090392@N02_13482799053_87ef417396.mov",
-         "annotation_id": 20931, "num_segments": 6, "dl_link": "https://www.flickr.com/video_download.gne?id=13482799053"},
-        {"description": "baby close-up", "reference_description": None, "times": [[1, 2], [1, 2], [1, 1], [2, 2]],
-         "video": "21574226@N00_2952305418_f51d7c8b2a.mov", "annotation_id": 30105, "num_segments": 6,
-         "dl_link": "https://www.flickr.com/video_download.gne?id=2952305418"}]))
+    from test_rewind_data import DIDEMO  # the two official rows
+
+    path.write_text(json.dumps(json.loads(DIDEMO)))  # one line, as the released file
     return path, videos
 
 

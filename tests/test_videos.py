@@ -22,27 +22,12 @@ from longvid.memvit.epic_files import find_video as find_epic_video
 from longvid.memvit.kinetics_files import find_video as find_kinetics_video
 from longvid.rewind.data import read_data
 from longvid.video import write_video
+from test_rewind_data import ACTIVITYNET, DIDEMO  # rows of the official files, as released
 
 FORMATS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "formats")
 SAMPLES = FORMATS if os.path.isdir(FORMATS) else "/work/shared/reference/formats"
 
-# LocalizingMoments data/train_data.json (Hendricks et al.), two moments as released
-DIDEMO = """[{"description": "the man in striped shirt looks away.", "reference_description": null,
-  "times": [[0, 0], [3, 3], [0, 0], [0, 1]], "video": "12090392@N02_13482799053_87ef417396.mov",
-  "annotation_id": 20931, "num_segments": 6, "dl_link": "https://www.flickr.com/video_download.gne?id=13482799053"},
- {"description": "baby close-up", "reference_description": null, "times": [[1, 2], [1, 2], [1, 1], [2, 2]],
-  "video": "21574226@N00_2952305418_f51d7c8b2a.mov", "annotation_id": 30105, "num_segments": 6,
-  "dl_link": "https://www.flickr.com/video_download.gne?id=2952305418"}]
-"""
 DIDEMO_VIDEOS = ("12090392@N02_13482799053_87ef417396.mov", "21574226@N00_2952305418_f51d7c8b2a.mov")
-
-# ActivityNet Captions train.json (Krishna et al.), one video as released
-ACTIVITYNET = """{"v_QOlSCBRmfWY": {"duration": 82.73,
-  "timestamps": [[0.83, 19.86], [17.37, 60.81], [56.26, 85.0]],
-  "sentences": ["A young woman is seen standing in a room and leads into her dancing.",
-                " The girl dances around the room while the camera captures her movements.",
-                " She continues dancing around the room and ends by laying on the floor."]}}
-"""
 
 
 def touch(folder, *names):

@@ -1,4 +1,5 @@
-"""What several commands share: the ``--dtype`` help and the clip options of ``info`` and ``clips``."""
+"""What several commands share: the ``--dtype`` help, the clip options of ``info`` and ``clips``,
+and the name/value table ``info`` and ``flops`` print."""
 
 from __future__ import annotations
 
@@ -27,3 +28,10 @@ def check_clip_options(args: argparse.Namespace) -> None:
         raise LongvidError(f"--tau must be >= 1, got {args.tau}")
     if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
         raise LongvidError(f"--fps must be a number > 0, got {args.fps:g}")
+
+
+def print_rows(rows: list[tuple[str, str]]) -> None:
+    """Print ``(name, value)`` rows as two aligned columns."""
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Callable
 
+from longvid.cli.common import print_rows
 from longvid.errors import LongvidError
 
 
@@ -33,9 +34,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
         ("params", f"{cost.params:,}"),
         ("GFLOPs", f"{cost.gflops:.2f} (steady state, 1 multiply-add = 1 FLOP)"),
     ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    print_rows(rows)
     return 0
 
 

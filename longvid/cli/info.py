@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Callable
 
-from longvid.cli.common import add_clip_options, check_clip_options
+from longvid.cli.common import add_clip_options, check_clip_options, print_rows
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -36,9 +36,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("audio", "yes" if info.has_audio else "no"),
         (f"clips ({sampling}, {args.tail})", str(clips)),
     ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    print_rows(rows)
     return 0
 
 

@@ -552,9 +552,8 @@ def train(config_name: str, overrides: Sequence[str] = (), resume: bool = False,
         total = config.epochs * task.steps_per_epoch if config.max_steps is None else config.max_steps  # max_steps wins over epochs
         if dist.is_main:
             os.makedirs(run.out_dir, exist_ok=True)
-            for stale in ("best.json", "best.safetensors") if not resume else ():  # an earlier run's best is not this run's
-                if os.path.exists(os.path.join(run.out_dir, stale)):
-                    os.remove(os.path.join(run.out_dir, stale))
+            if not resume:  # an earlier run's best is not this run's
+                engine_validation.forget_best(run.out_dir, ["best.json", "best.safetensors"])
             write_text_atomically(os.path.join(run.out_dir, "run.json"), json.dumps({"preset": config_name, **dataclasses.asdict(run)}, indent=2) + "\n")
         best = None
         if validation is not None and run.eval_every_epoch:
